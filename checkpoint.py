@@ -1,0 +1,133 @@
+"""
+Checkpoint I/O: atomic writes, safe (weights_only) reads with one-sentence errors, nanoGPT's layout.
+
+A checkpoint is a dict with at least nanoGPT's six keys: model, optimizer, model_args, iter_num,
+best_val_loss, config. Ours add the state needed to continue a run exactly (see train.py).
+Everything in it is tensors and plain Python values, so torch.load(weights_only=True) reads it.
+"""
+
+import os
+import pickle
+import random
+import zipfile
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+from runtime import fail
+
+MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+
+
+def save(obj, path):
+    """Write to a temporary file in the same folder, flush it to disk, then rename it into place:
+    a crash at any moment leaves either the old or the new file, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    # make the rename itself durable
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on a directory
+
+
+def load(path, map_location="cpu"):
+    """Read a checkpoint safely; any problem is one sentence naming the file."""
+    if not os.path.exists(path):
+        fail(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at the run folder")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason[:200]}")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        fail(f"{path} is not a training checkpoint: it lacks the 'model' and 'model_args' entries")
+    return ckpt
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add, and drop causal-mask
+    buffers that old nanoGPT versions stored as 'attn.bias'."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        if k.endswith(".attn.bias") and v.dim() == 4:
+            continue
+        out[k] = v
+    return out
+
+
+def model_state(model):
+    """The state dict of the plain model under any DDP / compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model.state_dict()
+
+
+def build_model(ckpt, path, dropout=None):
+    """A GPT with the checkpoint's architecture and weights."""
+    args = {k: ckpt["model_args"][k] for k in MODEL_ARG_KEYS if k in ckpt["model_args"]}
+    if dropout is not None:
+        args["dropout"] = dropout
+    model = GPT(GPTConfig(**args))
+    load_weights(model, ckpt["model"], path)
+    return model
+
+
+def load_weights(model, state_dict, path):
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        fail(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in state_dict.items():
+        if v.shape != own[k].shape:
+            fail(f"{path} does not fit this model: {k} has shape {tuple(v.shape)} in the checkpoint "
+                 f"but {tuple(own[k].shape)} here (a different vocabulary or size?)")
+    model.load_state_dict(state_dict)
+
+
+# -----------------------------------------------------------------------------
+# random state, stored as tensors and plain values so weights_only loading accepts it
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])

@@ -1,0 +1,180 @@
+"""
+Typed configuration for the flat scripts.
+
+    python train.py [config/file.py ...] [--key=value ...]
+
+Each script declares its knobs in one visible block of Key(...) lines and calls configure(). Config
+files are plain Python assignments (nanoGPT's configs run unchanged), each executed in its own
+namespace; --key=value overrides are parsed as Python literals, never executed. Everything is
+applied left to right and checked against the declared types. Whatever a user typed wrong gets one
+sentence and exit status 2, not a traceback.
+"""
+
+import ast
+import difflib
+import json
+import os
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+USAGE_EXIT = 2  # the conventional exit status for bad command-line usage
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Key:
+    name: str
+    default: Any
+    help: str
+    type: type = None  # needed only when the default is None; otherwise taken from the default
+    choices: tuple = None
+
+    def __post_init__(self):
+        if self.type is None:
+            assert self.default is not None, f"key {self.name}: a None default needs type="
+            self.type = type(self.default)
+
+    def check(self, value, source):
+        """Return value converted to this key's type, or raise ConfigError saying what is wrong."""
+        if value is None and self.default is None:
+            return None
+        t = self.type
+        if t is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            elif type(value) is int and value in (0, 1):
+                value = bool(value)
+        elif t is float and type(value) is int:
+            value = float(value)
+        elif t is tuple and isinstance(value, list):
+            value = tuple(value)
+        if type(value) is not t:
+            raise ConfigError(
+                f"{source}: {self.name} must be {_type_name(t)} but got {value!r}; "
+                f"for example --{self.name}={_example(self.default, t)}"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"{source}: {self.name} must be one of {', '.join(map(str, self.choices))}, not {value!r}"
+            )
+        return value
+
+
+def _type_name(t):
+    return {bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(t, t.__name__)
+
+
+def _example(default, t):
+    if default is not None:
+        return default
+    return {bool: True, int: 1, float: 0.1, str: "text"}.get(t, "...")
+
+
+def _unknown(name, keys, source):
+    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; run with --help to list the keys"
+    return ConfigError(f"{source}: unknown key '{name}'{hint}")
+
+
+def _parse_literal(text):
+    """A value from the command line: a Python literal if it is one, else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _run_file(path):
+    """Execute a config file in a fresh namespace and return its public assignments."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist; check the path (configs live in config/)")
+    with open(path) as f:
+        source = f.read()
+    namespace = {"__file__": os.path.abspath(path), "__name__": "__config__"}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as e:  # a user's file: report it in one line
+        line = getattr(e, "lineno", None)
+        where = f"{path}, line {line}" if line else path
+        raise ConfigError(f"config file {where} failed to run: {type(e).__name__}: {e}") from None
+    return {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_")
+        # imports and helper functions a config file may use are not settings
+        and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+    }
+
+
+def parse(keys, argv):
+    """Apply config files and --key=value overrides in order; return the resolved values."""
+    by_name = {k.name: k for k in keys}
+    values = {k.name: k.default for k in keys}
+    for arg in argv:
+        if arg.startswith("--"):
+            if "=" not in arg:
+                name = arg[2:]
+                if name in by_name and by_name[name].type is bool:
+                    raw, source = True, f"--{name}"
+                else:
+                    raise ConfigError(f"{arg} has no value; write it as --{name}=VALUE")
+            else:
+                name, text = arg[2:].split("=", 1)
+                raw, source = _parse_literal(text), arg
+            if name not in by_name:
+                raise _unknown(name, by_name, arg)
+            values[name] = by_name[name].check(raw, source)
+        elif arg.endswith(".py") or os.path.sep in arg:
+            for name, raw in _run_file(arg).items():
+                if name not in by_name:
+                    raise _unknown(name, by_name, f"config file {arg}")
+                values[name] = by_name[name].check(raw, f"config file {arg}")
+        else:
+            raise ConfigError(
+                f"don't know what to do with '{arg}': give config files as path/to/file.py and "
+                f"settings as --key=value"
+            )
+    return values
+
+
+def help_text(keys, script):
+    width = max(len(k.name) for k in keys)
+    lines = [f"usage: python {script} [config/file.py ...] [--key=value ...]", "", "keys (default):"]
+    for k in keys:
+        lines.append(f"  {k.name:<{width}}  {k.help} ({k.default!r})")
+    return "\n".join(lines)
+
+
+def configure(keys, argv=None, script=None, announce=True):
+    """Parse sys.argv for this script's keys; print help or errors and exit as a CLI should."""
+    argv = sys.argv[1:] if argv is None else argv
+    script = script or os.path.basename(sys.argv[0])
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(keys, script))
+        sys.exit(0)
+    try:
+        values = parse(keys, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    cfg = types.SimpleNamespace(**values)
+    differs = [k.name for k in keys if values[k.name] != k.default]
+    if announce and differs and int(os.environ.get("RANK", "0")) == 0:
+        print("config: " + ", ".join(f"{n}={values[n]!r}" for n in differs))
+    return cfg
+
+
+def to_dict(cfg):
+    return dict(vars(cfg))
+
+
+def save(cfg, path):
+    """Write the resolved config as JSON beside a run, so the run can be reproduced."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_dict(cfg), f, indent=1, default=str)
+    os.replace(tmp, path)

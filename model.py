@@ -1,0 +1,264 @@
+"""
+The GPT-2 network, and nothing about files or training loops.
+
+Parameter names follow the GPT-2 checkpoint (wte, wpe, c_attn, c_proj, ln_f) so that importing
+weights from Hugging Face, and loading nanoGPT's checkpoints, is a key-by-key copy.
+References: GPT-2 paper (Radford et al. 2019), openai/gpt-2 model.py, karpathy/nanoGPT model.py.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, pos), preallocated up to block_size."""
+
+    def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
+        shape = (n_layer, batch_size, n_head, block_size, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # how many positions are filled
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) at the next T positions; return the keys and values so far."""
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        end = self.pos + T
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v fused
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # SDPA dispatches to flash / memory-efficient kernels; the manual path is the reference
+        # it is tested against, and the fallback when a kernel misbehaves.
+        self.sdpa = hasattr(F, "scaled_dot_product_attention")
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        S = k.size(2)
+        dropout = self.dropout if self.training else 0.0
+        # With no past, plain causal masking. A single new query may see every cached key. Several
+        # new queries after a past need the causal mask shifted by `past`, given explicitly
+        # (SDPA's is_causal aligns the mask to the top-left corner, not the bottom-right).
+        mask = None
+        if past > 0 and T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and T > 1)
+            )
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            if mask is None and past == 0:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 used the tanh approximation of GELU; the exact form differs by <1e-3 and is what
+        # nanoGPT trains with, so its checkpoints keep their behaviour.
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017): the input embedding is the output projection
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer):
+        # each block adds two of them, and the sum's variance should not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are left out by default, as in the GPT-2 paper's
+        counts (token embeddings stay in: they are the tied output layer)."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def set_attention(self, impl):
+        """'sdpa' (default, fused kernels) or 'manual' (the plain masked softmax)."""
+        assert impl in ("sdpa", "manual")
+        for block in self.transformer.h:
+            block.attn.sdpa = impl == "sdpa"
+
+    def forward(self, idx, targets=None, cache=None, all_logits=False):
+        """Logits and loss. Without targets, only the last position's logits are computed (the
+        only ones generation needs) unless all_logits. With a cache, idx continues the cached
+        sequence: positions start at cache.pos, and the cache advances by idx's length."""
+        device = idx.device
+        b, t = idx.size()
+        start = cache.pos if cache is not None else 0
+        assert start + t <= self.config.block_size, (
+            f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
+        )
+        pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # (t,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (b, t, n_embd)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += t
+
+        if targets is not None:
+            logits = self.lm_head(x)  # (b, t, vocab_size)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        elif all_logits:
+            logits, loss = self.lm_head(x), None
+        else:
+            logits, loss = self.lm_head(x[:, [-1], :]), None  # list index keeps the time dim
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    # -------------------------------------------------------------------------
+    # optimisation and speed accounting
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, fused=False):
+        """AdamW; weight decay only on >= 2-D tensors (matmul weights and embeddings), none on
+        biases and LayerNorm gains. fused=True only where the device has the fused kernel."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if fused and "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6N for the matmuls forward and backward (Kaplan et al. 2020,
+        appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B)."""
+        cfg = self.config
+        N = self.get_num_params()
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * N + 12 * L * H * Q * T
+
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
+        if not peak_flops or dt <= 0:
+            return None
+        return self.flops_per_token() * tokens_per_iter / dt / peak_flops
+
+    # -------------------------------------------------------------------------
+    # generation
+
+    def new_cache(self, batch_size, device=None, dtype=None):
+        cfg = self.config
+        ref = self.lm_head.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
+                       device or ref.device, dtype or ref.dtype)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Plain generation by full recomputation of the (cropped) context for every new token.
+        It is the reference the cached path in sampling.py is tested against."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :]
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

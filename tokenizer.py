@@ -1,0 +1,53 @@
+"""
+Text <-> token ids: the character vocabulary of a dataset's meta.pkl, or GPT-2's BPE (tiktoken).
+"""
+
+from runtime import fail
+
+
+class CharTokenizer:
+    """nanoGPT's character-level vocabulary: stoi/itos dicts stored in meta.pkl."""
+
+    def __init__(self, meta):
+        self.stoi, self.itos = meta["stoi"], meta["itos"]
+        self.vocab_size = meta["vocab_size"]
+        self.eot = None
+        self.name = "char"
+
+    def encode(self, text):
+        unknown = sorted({c for c in text if c not in self.stoi})
+        if unknown:
+            fail(f"the prompt has characters outside this model's vocabulary: {''.join(unknown)!r}; "
+                 f"remove them (the model knows only the characters of its training text)")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.itos[i] for i in ids)
+
+
+class BPETokenizer:
+    """GPT-2's byte-pair encoding through tiktoken."""
+
+    def __init__(self, encoding="gpt2"):
+        import tiktoken
+        try:
+            self.enc = tiktoken.get_encoding(encoding)
+        except Exception as e:  # network errors come in several types depending on the version
+            fail(f"could not load the {encoding} tokenizer ({type(e).__name__}); tiktoken downloads it on first use, "
+                 f"so connect to the internet once, or point TIKTOKEN_CACHE_DIR at a folder holding its files")
+        self.vocab_size = self.enc.n_vocab
+        self.eot = self.enc.eot_token
+        self.name = encoding
+
+    def encode(self, text):
+        return self.enc.encode(text, allowed_special={"<|endoftext|>"})
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def load_tokenizer(meta):
+    """The character vocabulary when a dataset's meta.pkl has one, else GPT-2 BPE."""
+    if meta and "stoi" in meta:
+        return CharTokenizer(meta)
+    return BPETokenizer()

@@ -1,0 +1,421 @@
+"""
+Train a GPT: from scratch, from a checkpoint (init_from=resume) or from GPT-2 weights.
+
+    python train.py config/train_shakespeare_char_cpu.py
+    python train.py config/train_shakespeare_char.py --device=mps
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+
+Defaults are nanoGPT's (GPT-2 124M on OpenWebText) so its config files mean what they meant there.
+python train.py --help lists every key.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+
+import torch
+
+import checkpoint
+import configurator
+from configurator import Key
+from dataset import Batches, DATA_ROOT, read_meta
+from model import GPT, GPTConfig
+import runtime
+from runtime import fail
+
+# -----------------------------------------------------------------------------
+# knobs
+KEYS = [
+    # I/O
+    Key("out_dir", "out", "folder for ckpt.pt, best.pt, metrics.jsonl and config.json"),
+    Key("eval_interval", 2000, "evaluate train/val loss (and save) every this many iterations"),
+    Key("log_interval", 1, "print and record a training line every this many iterations"),
+    Key("eval_iters", 200, "batches per split in each evaluation (fixed batches, same every time)"),
+    Key("eval_only", False, "evaluate once and exit"),
+    Key("always_save_checkpoint", True, "save ckpt.pt at every evaluation, not only when val loss improves"),
+    Key("keep_last", 0, "also keep this many numbered copies ckpt_<iter>.pt of earlier saves (0: none)"),
+    Key("init_from", "scratch", "scratch, resume (from out_dir/ckpt.pt), a GPT-2 name (gpt2, gpt2-medium, ...) or a Hugging Face folder"),
+    # logging
+    Key("wandb_log", False, "log to Weights & Biases (imported only then; WANDB_MODE=offline works)"),
+    Key("wandb_project", "owt", "wandb project"),
+    Key("wandb_run_name", "gpt2", "wandb run name"),
+    # data
+    Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl)"),
+    Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes"),
+    Key("batch_size", 12, "sequences per micro-step per process"),
+    Key("block_size", 1024, "context length in tokens"),
+    Key("seed", 1337, "seed for initialisation, dropout and the batch schedule"),
+    # model
+    Key("n_layer", 12, "transformer blocks"),
+    Key("n_head", 12, "attention heads"),
+    Key("n_embd", 768, "embedding width"),
+    Key("dropout", 0.0, "dropout probability (0 for pretraining, 0.1+ for fine-tuning)"),
+    Key("bias", False, "biases in Linear and LayerNorm layers (GPT-2 had them)"),
+    # optimizer
+    Key("learning_rate", 6e-4, "peak learning rate"),
+    Key("max_iters", 600000, "total optimizer steps"),
+    Key("weight_decay", 1e-1, "AdamW weight decay, applied to 2-D weights only"),
+    Key("beta1", 0.9, "AdamW beta1"),
+    Key("beta2", 0.95, "AdamW beta2"),
+    Key("grad_clip", 1.0, "clip the gradient norm to this (0: no clipping)"),
+    # learning rate schedule
+    Key("decay_lr", True, "linear warmup then cosine decay; False keeps learning_rate constant"),
+    Key("warmup_iters", 2000, "warmup steps"),
+    Key("lr_decay_iters", 600000, "cosine decay ends here (usually max_iters)"),
+    Key("min_lr", 6e-5, "learning rate at the end of the decay (about learning_rate / 10)"),
+    # failure handling
+    Key("on_nonfinite", "stop", "a NaN/inf loss or gradient norm: stop, or skip the step", choices=("stop", "skip")),
+    Key("max_skips", 10, "with on_nonfinite=skip, stop after this many skipped steps"),
+    # system
+    Key("backend", "auto", "distributed backend: auto (nccl on cuda, gloo on cpu), nccl or gloo"),
+    Key("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"),
+    Key("dtype", "auto", "auto, float32, bfloat16 or float16 (float16 uses a gradient scaler)"),
+    Key("compile", None, "torch.compile the model (default: on for CUDA, off elsewhere)", type=bool),
+    Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the device's datasheet or a measured matmul)"),
+]
+cfg = configurator.configure(KEYS)
+
+# -----------------------------------------------------------------------------
+# processes, device, precision
+dist = runtime.dist_from_env()
+master = dist.master
+if cfg.gradient_accumulation_steps % dist.world_size != 0:
+    fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
+         f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=2)
+accum_local = cfg.gradient_accumulation_steps // dist.world_size  # micro-steps this process runs
+device, device_reason = runtime.pick_device(cfg.device)
+backend = None
+if dist.enabled:
+    device, backend = runtime.init_distributed(dist, device, cfg.backend)
+dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
+plan = runtime.plan_for(device, dtype)
+use_compile = cfg.compile if cfg.compile is not None else plan.device_type == "cuda"
+tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+if master:
+    where = f", {dist.world_size} processes ({backend})" if dist.enabled else ""
+    print(f"device {device} ({device_reason}), dtype {dtype} ({dtype_reason}), "
+          f"compile {'on' if use_compile else 'off'}{where}")
+    print(f"tokens per iteration: {tokens_per_iter:,}")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
+if plan.device_type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+data_dir = os.path.join(DATA_ROOT, cfg.dataset)
+meta = read_meta(data_dir)
+batches = Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device, plan.pin_memory)
+
+# -----------------------------------------------------------------------------
+# model
+ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                  bias=cfg.bias, vocab_size=None, dropout=cfg.dropout)
+iter_num, best_val_loss, tokens_seen, ckpt = 0, float("inf"), 0, None
+if cfg.init_from == "scratch":
+    model_args["vocab_size"] = meta["vocab_size"] if meta else 50304  # GPT-2's 50257 padded to a multiple of 64
+    if master and os.path.exists(ckpt_path):
+        print(f"note: {ckpt_path} from an earlier run will be replaced at the first save "
+              f"(init_from=resume continues it instead)")
+    model = GPT(GPTConfig(**model_args))
+elif cfg.init_from == "resume":
+    if not os.path.exists(ckpt_path):
+        fail(f"init_from=resume but there is no checkpoint at {ckpt_path}; "
+             f"train with init_from=scratch first, or set out_dir to the run's folder")
+    ckpt = checkpoint.load(ckpt_path)
+    # the architecture comes from the checkpoint; config keys cannot change it mid-run
+    for k in checkpoint.MODEL_ARG_KEYS:
+        if k in ckpt["model_args"] and k != "dropout":
+            model_args[k] = ckpt["model_args"][k]
+    if meta and meta.get("vocab_size", model_args["vocab_size"]) > model_args["vocab_size"]:
+        fail(f"{ckpt_path} has a vocabulary of {model_args['vocab_size']} but data/{cfg.dataset} uses "
+             f"{meta['vocab_size']}; resume with the dataset the run was trained on")
+    model = checkpoint.build_model(ckpt, ckpt_path, dropout=cfg.dropout)
+    iter_num = int(ckpt["iter_num"])
+    best_val_loss = float(ckpt["best_val_loss"])  # nanoGPT stored a tensor here
+    tokens_seen = int(ckpt.get("tokens_seen", iter_num * tokens_per_iter))
+    if master:
+        print(f"resuming from {ckpt_path} at iteration {iter_num}")
+        if "rng" not in ckpt:
+            print("note: this checkpoint (nanoGPT layout) has no random-number or data state; "
+                  "dropout randomness starts fresh from here")
+else:
+    if not hasattr(GPT, "from_pretrained"):
+        fail(f"init_from={cfg.init_from!r} is not supported yet; use scratch or resume", status=2)
+    model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
+    for k in checkpoint.MODEL_ARG_KEYS:
+        model_args[k] = getattr(model.config, k)
+
+if cfg.block_size < model.config.block_size:
+    model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
+    model_args["block_size"] = cfg.block_size
+elif cfg.block_size > model.config.block_size:
+    fail(f"block_size={cfg.block_size} is longer than the model's context of {model.config.block_size}; "
+         f"use block_size <= {model.config.block_size}")
+model.to(device)
+
+scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
+optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                       fused=plan.fused_adamw)
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if "scaler" in ckpt and plan.grad_scaler:
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng")
+    if rng is not None:
+        if len(rng) == dist.world_size:
+            checkpoint.set_rng_state(rng[dist.rank])
+        elif master:
+            print(f"note: the checkpoint was written by {len(rng)} processes and this run has "
+                  f"{dist.world_size}; dropout randomness starts fresh (the data order does not change)")
+last_eval_iter = ckpt.get("last_eval_iter", -1) if ckpt is not None else -1
+ckpt = None  # free the memory
+
+raw_model = model
+if use_compile:
+    if master:
+        print("compiling the model (the first step takes a while)...")
+    model = torch.compile(model)
+train_model = model
+if dist.enabled:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
+peak_flops, peak_source = runtime.peak_flops(device, dtype, cfg.peak_flops)
+if master:
+    print(f"{raw_model.get_num_params() / 1e6:.2f}M parameters; MFU against {peak_source}"
+          + (f" ({peak_flops / 1e12:.2f} TFLOP/s)" if peak_flops else ""))
+
+# -----------------------------------------------------------------------------
+# helpers used by the loop
+
+
+def get_lr(it):
+    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss on the fixed evaluation batches of each split, shared out over all processes."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        total = torch.zeros(2, device=device)  # loss sum, batch count
+        for k in range(dist.rank, cfg.eval_iters, dist.world_size):
+            X, Y = batches.eval_batch(split, k)
+            with plan.autocast_context():
+                _, loss = model(X, Y)
+            total[0] += loss.float()
+            total[1] += 1
+        total = runtime.all_reduce_mean(total, dist)  # the ratio of means is the mean
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+class Metrics:
+    """out_dir/metrics.jsonl (one JSON object per line) plus wandb behind the same call."""
+
+    def __init__(self, path, start_iter, resumed):
+        self.path = path
+        self.wandb = None
+        if not master:
+            return
+        kept = []
+        if resumed and os.path.exists(path):
+            # drop what was logged after the checkpoint: those iterations are about to be redone
+            with open(path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut short by a crash
+                    if row.get("iter", 0) < start_iter or ("val_loss" in row and row["iter"] == start_iter):
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        if cfg.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                fail("wandb_log=True but wandb is not installed; pip install wandb, or leave wandb_log off")
+            self.wandb = wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg))
+
+    def log(self, row):
+        if not master:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["iter"])
+
+
+def save_checkpoint(name):
+    """Write out_dir/<name> atomically from the plain (unwrapped, uncompiled) model. Every process
+    contributes its random state; only the first writes."""
+    rng = checkpoint.rng_state()
+    if dist.enabled:
+        import torch.distributed as tdist
+        states = [None] * dist.world_size
+        tdist.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    if master:
+        state = dict(
+            model=checkpoint.model_state(raw_model),
+            optimizer=optimizer.state_dict(),
+            model_args=model_args,
+            iter_num=iter_num,
+            best_val_loss=best_val_loss,
+            config=configurator.to_dict(cfg),
+            scaler=scaler.state_dict() if plan.grad_scaler else None,
+            tokens_seen=tokens_seen,
+            last_eval_iter=last_eval_iter,
+            rng=states,
+            # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
+            sampler=dict(kind="stateless", seed=cfg.seed),
+        )
+        path = os.path.join(cfg.out_dir, name)
+        checkpoint.save(state, path)
+        if name == "ckpt.pt" and cfg.keep_last > 0:
+            import shutil
+            numbered = os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt")
+            shutil.copyfile(path, numbered + ".tmp")
+            os.replace(numbered + ".tmp", numbered)
+            olds = sorted(f for f in os.listdir(cfg.out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+            for old in olds[:-cfg.keep_last]:
+                os.remove(os.path.join(cfg.out_dir, old))
+    runtime.barrier(dist)
+
+
+# SIGTERM (schedulers, preemption) or Ctrl-C: finish the step, save, exit. A second Ctrl-C exits at once.
+stop_signal = None
+
+
+def _on_signal(signum, frame):
+    global stop_signal
+    if stop_signal is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    stop_signal = signum
+    if master:
+        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
+              f"(Ctrl-C again to quit without saving)", flush=True)
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+
+# -----------------------------------------------------------------------------
+# training loop
+if master:
+    configurator.save(cfg, os.path.join(cfg.out_dir, "config.json"))
+start_iter = iter_num
+metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume")
+params = [p for p in raw_model.parameters() if p.requires_grad]
+skipped = 0
+t_log, iters_since_log = time.perf_counter(), 0
+t_start = time.perf_counter()
+X, Y = batches.train_batch(iter_num, dist.rank * accum_local)  # first micro-batch of this process
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and iter_num != last_eval_iter:
+        losses = estimate_loss()
+        last_eval_iter = iter_num
+        improved = losses["val"] < best_val_loss  # False for NaN: a NaN never becomes "best"
+        if improved:
+            best_val_loss = losses["val"]
+        if master:
+            print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                  + (" (best)" if improved else ""))
+            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
+                             elapsed_s=round(time.perf_counter() - t_start, 3)))
+        if cfg.eval_only:
+            break
+        if math.isfinite(losses["val"]):
+            if improved and iter_num > 0:
+                save_checkpoint("best.pt")
+            if (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter:
+                save_checkpoint("ckpt.pt")
+    if iter_num >= cfg.max_iters:
+        break
+
+    # one optimizer step: accum_local micro-steps, gradients synchronised only on the last
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum_local):
+        if dist.enabled:
+            train_model.require_backward_grad_sync = micro == accum_local - 1
+        with plan.autocast_context():
+            _, loss = train_model(X, Y)
+            loss = loss / cfg.gradient_accumulation_steps  # the mean over every micro-batch of the step
+        # fetch the next micro-batch while the device works (async copies on CUDA)
+        nxt = (iter_num, dist.rank * accum_local + micro + 1) if micro + 1 < accum_local else (iter_num + 1, dist.rank * accum_local)
+        X, Y = batches.train_batch(*nxt)
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach().float()
+    if plan.grad_scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    # one host sync per step: the loss over all processes, the gradient norm and any stop request
+    stats = torch.stack([loss_sum, torch.tensor(float(stop_signal is not None), device=device)])
+    if dist.enabled:
+        import torch.distributed as tdist
+        tdist.all_reduce(stats)
+    step_loss, stop_votes = stats.tolist()
+    grad_norm = grad_norm.item()
+    finite = math.isfinite(step_loss) and (math.isfinite(grad_norm) or plan.grad_scaler)
+    if not finite:
+        if cfg.on_nonfinite == "skip" and skipped < cfg.max_skips:
+            skipped += 1
+            if master:
+                print(f"iter {iter_num}: non-finite loss {step_loss} or gradient norm {grad_norm}; "
+                      f"step skipped ({skipped} of at most {cfg.max_skips})")
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            fail(f"iteration {iter_num}: the loss ({step_loss}) or gradient norm ({grad_norm}) is not finite, "
+                 f"so training stopped before the update; the last good checkpoint in {cfg.out_dir} is intact "
+                 f"(try a lower learning_rate, or on_nonfinite=skip)")
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    tokens_seen += tokens_per_iter
+    iters_since_log += 1
+
+    if master and (iter_num - 1) % cfg.log_interval == 0:
+        now = time.perf_counter()
+        dt = (now - t_log) / iters_since_log
+        t_log, iters_since_log = now, 0
+        mfu = raw_model.estimate_mfu(tokens_per_iter, dt, peak_flops)
+        eta = (cfg.max_iters - iter_num) * dt
+        print(f"iter {iter_num - 1}: loss {step_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
+              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
+              f"eta {eta / 60:.1f} min")
+        metrics.log(dict(iter=iter_num - 1, loss=step_loss, lr=lr, grad_norm=grad_norm, ms=dt * 1000,
+                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=tokens_seen))
+
+    if stop_votes > 0:
+        save_checkpoint("ckpt.pt")
+        if master:
+            print(f"stopped at iteration {iter_num} and saved {ckpt_path}; continue with the same command "
+                  f"and --init_from=resume")
+        break
+
+if master:
+    print(f"done in {time.perf_counter() - t_start:.1f} s, best val loss {best_val_loss:.4f}")
+runtime.shutdown(dist)
