@@ -131,3 +131,33 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch_cpu"])
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+# -----------------------------------------------------------------------------
+# models for sampling and chat
+
+def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
+    """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
+    or from GPT-2 weights (a hub name or a local Hugging Face folder)."""
+    from dataset import DATA_ROOT, read_meta
+    from tokenizer import load_tokenizer
+    if init_from == "resume":
+        path = os.path.join(out_dir, ckpt_name)
+        ckpt = load(path, map_location=device)
+        model = build_model(ckpt, path, dropout=0.0)
+        # the vocabulary: the copy beside the checkpoint, else the dataset it was trained on
+        meta = read_meta(out_dir)
+        dataset = (ckpt.get("config") or {}).get("dataset")
+        if meta is None and dataset:
+            meta = read_meta(os.path.join(DATA_ROOT, dataset))
+        if meta is None and ckpt["model_args"].get("vocab_size", 50304) < 50257:
+            fail(f"{path} has a vocabulary of {ckpt['model_args']['vocab_size']} tokens but no meta.pkl was found "
+                 f"in {out_dir} or data/{dataset}; copy the dataset's meta.pkl next to the checkpoint")
+        desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
+    else:
+        if not hasattr(GPT, "from_pretrained"):
+            fail(f"init_from={init_from!r} is not supported yet; use init_from=resume", status=2)
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+        meta, desc = None, init_from
+    model.eval().to(device)
+    return model, load_tokenizer(meta), desc

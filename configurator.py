@@ -143,7 +143,9 @@ def parse(keys, argv):
 
 def help_text(keys, script):
     width = max(len(k.name) for k in keys)
-    lines = [f"usage: python {script} [config/file.py ...] [--key=value ...]", "", "keys (default):"]
+    lines = [f"usage: python {script} [config/file.py ...] [--key=value ...] [--print-config]", "",
+             "Config files and --key=value settings apply left to right; --print-config shows the result "
+             "and exits.", "", "keys (default):"]
     for k in keys:
         lines.append(f"  {k.name:<{width}}  {k.help} ({k.default!r})")
     return "\n".join(lines)
@@ -156,15 +158,19 @@ def configure(keys, argv=None, script=None, announce=True):
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(keys, script))
         sys.exit(0)
+    show_only = "--print-config" in argv  # resolve, print as JSON and exit: check a config without running
     try:
-        values = parse(keys, argv)
+        values = parse(keys, [a for a in argv if a != "--print-config"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
+    if show_only:
+        print(json.dumps(values, indent=1))
+        sys.exit(0)
     cfg = types.SimpleNamespace(**values)
     differs = [k.name for k in keys if values[k.name] != k.default]
     if announce and differs and int(os.environ.get("RANK", "0")) == 0:
-        print("config: " + ", ".join(f"{n}={values[n]!r}" for n in differs))
+        print("config: " + ", ".join(f"{n}={values[n]!r}" for n in differs), file=sys.stderr)
     return cfg
 
 

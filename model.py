@@ -244,21 +244,65 @@ class GPT(nn.Module):
                        device or ref.device, dtype or ref.dtype)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Plain generation by full recomputation of the (cropped) context for every new token.
-        It is the reference the cached path in sampling.py is tested against."""
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        generator=None, stop_tokens=()):
+        """Yield the next token of every row, shape (B,), one step at a time.
+
+        The prompt is prefilled once into a KV cache; each new token then costs one forward of a
+        single position through the same attention code as training. When the sequence outgrows
+        block_size the window slides: the cache is rebuilt from the last block_size tokens, which
+        makes each token past that point cost one prefill (learned absolute positions move with
+        the window, so cached keys cannot be reused) and keeps the result identical to full
+        recomputation. Stops early once every row has produced one of stop_tokens."""
+        block = self.config.block_size
+        cache = self.new_cache(idx.size(0))
+        logits, _ = self(idx[:, -block:], cache=cache)
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            yield nxt
+            idx = torch.cat((idx, nxt[:, None]), dim=1)
+            if len(stops):
+                done |= torch.isin(nxt, stops)
+                if bool(done.all()):
+                    return
+            if cache.pos < block:
+                logits, _ = self(nxt[:, None], cache=cache)
+            else:  # slide the window
+                cache.pos = 0
+                logits, _ = self(idx[:, -block:], cache=cache)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 use_cache=True):
+        """Return idx extended by max_new_tokens sampled tokens. use_cache=False recomputes the
+        whole (cropped) context for every token, as nanoGPT does: the reference for the cache."""
+        if use_cache:
+            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator))
+            return torch.cat([idx] + [t[:, None] for t in new], dim=1)
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
             logits, _ = self(idx_cond)
-            logits = logits[:, -1, :]
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                probs = F.softmax(logits, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, nxt[:, None]), dim=1)
         return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most
+    likely tokens; top_p keeps the smallest set of most likely tokens whose probability reaches p
+    (nucleus sampling, Holtzman et al. 2019)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of the tokens ranked above
+        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the set already reached p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]

@@ -51,3 +51,20 @@ def load_tokenizer(meta):
     if meta and "stoi" in meta:
         return CharTokenizer(meta)
     return BPETokenizer()
+
+
+class StreamDecoder:
+    """Turns tokens into text as they arrive. A BPE token can end in the middle of a multi-byte
+    character; such a tail is held back until the next token completes it."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.done = tokenizer, [], 0
+
+    def push(self, token_id):
+        """Add a token; return the newly completed text (possibly empty)."""
+        self.ids.append(int(token_id))
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.done = text[self.done:], len(text)
+        return new

@@ -9,21 +9,8 @@ Defaults are nanoGPT's (GPT-2 124M on OpenWebText) so its config files mean what
 python train.py --help lists every key.
 """
 
-import json
-import math
-import os
-import signal
-import time
-
-import torch
-
-import checkpoint
 import configurator
 from configurator import Key
-from dataset import Batches, DATA_ROOT, read_meta
-from model import GPT, GPTConfig
-import runtime
-from runtime import fail
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -43,6 +30,7 @@ KEYS = [
     Key("wandb_run_name", "gpt2", "wandb run name"),
     # data
     Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl)"),
+    Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes"),
     Key("batch_size", 12, "sequences per micro-step per process"),
     Key("block_size", 1024, "context length in tokens"),
@@ -77,6 +65,22 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
+# the heavy imports come after the knobs so that --help and config errors answer at once
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+import dataset  # noqa: E402
+import runtime  # noqa: E402
+from dataset import Batches, DATA_ROOT, read_meta  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from runtime import fail  # noqa: E402
+
 # -----------------------------------------------------------------------------
 # processes, device, precision
 dist = runtime.dist_from_env()
@@ -104,7 +108,7 @@ if plan.device_type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
-data_dir = os.path.join(DATA_ROOT, cfg.dataset)
+data_dir = cfg.data_dir or os.path.join(DATA_ROOT, cfg.dataset)
 meta = read_meta(data_dir)
 batches = Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device, plan.pin_memory)
 
@@ -321,6 +325,8 @@ signal.signal(signal.SIGINT, _on_signal)
 # training loop
 if master:
     configurator.save(cfg, os.path.join(cfg.out_dir, "config.json"))
+    if meta is not None:  # the vocabulary travels with the run, for sample.py and export
+        dataset.write_meta(meta, cfg.out_dir)
 start_iter = iter_num
 metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume")
 params = [p for p in raw_model.parameters() if p.requires_grad]
@@ -334,6 +340,7 @@ while True:
         group["lr"] = lr
 
     if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and iter_num != last_eval_iter:
+        t_eval = time.perf_counter()
         losses = estimate_loss()
         last_eval_iter = iter_num
         improved = losses["val"] < best_val_loss  # False for NaN: a NaN never becomes "best"
@@ -351,6 +358,7 @@ while True:
                 save_checkpoint("best.pt")
             if (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter:
                 save_checkpoint("ckpt.pt")
+        t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
     if iter_num >= cfg.max_iters:
         break
 

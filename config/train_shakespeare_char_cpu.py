@@ -1,0 +1,30 @@
+# The newcomer's recipe: a baby character-level Shakespeare model that trains on a laptop CPU in
+# about a minute. 4 layers, 4 heads, 128 wide, 64 characters of context, 0.8M parameters.
+#   python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
+# then: python sample.py --out_dir=out-shakespeare-char-cpu
+
+out_dir = 'out-shakespeare-char-cpu'
+eval_interval = 250
+eval_iters = 20
+log_interval = 50
+always_save_checkpoint = False
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0  # too few steps to overfit
+
+learning_rate = 3e-3
+max_iters = 1500
+lr_decay_iters = 1500
+min_lr = 3e-4
+beta2 = 0.99
+warmup_iters = 100
+
+device = 'cpu'
+compile = False  # a first compile costs about a minute on a CPU and gains about 8%

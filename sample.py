@@ -1,0 +1,83 @@
+"""
+Sample text from a trained run or from GPT-2, streaming it as it is generated.
+
+    python sample.py --out_dir=out-shakespeare-char
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
+    python sample.py --start=FILE:prompt.txt
+"""
+
+import configurator
+from configurator import Key
+
+# -----------------------------------------------------------------------------
+# knobs
+KEYS = [
+    Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
+    Key("out_dir", "out", "the run folder, with init_from=resume"),
+    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
+    Key("num_samples", 10, "how many samples"),
+    Key("max_new_tokens", 500, "tokens generated per sample"),
+    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy"),
+    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int),
+    Key("top_p", 1.0, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)"),
+    Key("seed", 1337, "random seed; the same seed gives the same samples"),
+    Key("stream", True, "print tokens as they are generated"),
+    Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
+    Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
+    Key("compile", False, "torch.compile the model (pays off only for long generations)"),
+]
+cfg = configurator.configure(KEYS)
+
+# the heavy imports come after the knobs so that --help and config errors answer at once
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+import runtime  # noqa: E402
+from runtime import fail  # noqa: E402
+from tokenizer import StreamDecoder  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# setup
+device, device_reason = runtime.pick_device(cfg.device)
+dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
+plan = runtime.plan_for(device, dtype)
+if not 0.0 < cfg.top_p <= 1.0:
+    fail(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=2)
+if cfg.temperature < 0:
+    fail(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=2)
+model, tok, desc = checkpoint.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
+print(f"sampling from {desc} on {device} ({device_reason}), {dtype}", file=sys.stderr)
+if cfg.compile:
+    model.forward = torch.compile(model.forward, dynamic=True)  # prefill and decode differ in length
+
+start = cfg.start
+if start.startswith("FILE:"):
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    except OSError as e:
+        fail(f"cannot read the prompt file {start[5:]} ({e.strerror}); check the path after FILE:")
+ids = tok.encode(start)
+if not ids:
+    ids = [tok.eot] if tok.eot is not None else fail("the prompt is empty; give some text with --start=...")
+x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+generator = torch.Generator(device=device).manual_seed(cfg.seed)
+torch.manual_seed(cfg.seed)
+
+# -----------------------------------------------------------------------------
+# generate
+with torch.no_grad(), plan.autocast_context():
+    for k in range(cfg.num_samples):
+        out = StreamDecoder(tok)
+        sys.stdout.write(start)
+        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator):
+            text = out.push(token[0])
+            if cfg.stream:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        if not cfg.stream:
+            sys.stdout.write(tok.decode(out.ids))
+        print("\n---------------")

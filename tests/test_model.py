@@ -1,0 +1,147 @@
+"""The network: attention paths agree, loss semantics, initialisation, optimizer groups, generation."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, sample_next
+
+
+def tiny(**kw):
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True)
+    args.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**args))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sdpa_matches_manual_attention(bias):
+    model = tiny(bias=bias)
+    idx = torch.randint(0, 97, (3, 32))
+    targets = torch.randint(0, 97, (3, 32))
+    logits_sdpa, loss_sdpa = model(idx, targets)
+    model.set_attention("manual")
+    logits_manual, loss_manual = model(idx, targets)
+    torch.testing.assert_close(logits_sdpa, logits_manual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_sdpa, loss_manual, atol=1e-6, rtol=1e-6)
+
+
+def test_loss_is_cross_entropy_ignoring_minus_one():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 16))
+    targets = torch.randint(0, 97, (2, 16))
+    targets[:, :5] = -1  # e.g. padding or prompt tokens
+    logits, loss = model(idx, targets)
+    keep = targets != -1
+    logp = torch.log_softmax(logits.double(), -1)
+    expected = -logp[keep].gather(-1, targets[keep][:, None]).mean()
+    assert abs(loss.item() - expected.item()) < 1e-5
+
+
+def test_inference_returns_last_position_only():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 10))
+    last, loss = model(idx)
+    full, _ = model(idx, all_logits=True)
+    assert loss is None and last.shape == (2, 1, 97)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = tiny()
+    idx = torch.randint(0, 97, (1, 20))
+    changed = idx.clone()
+    changed[0, 15:] = (changed[0, 15:] + 1) % 97
+    a, _ = model(idx, all_logits=True)
+    b, _ = model(changed, all_logits=True)
+    torch.testing.assert_close(a[:, :15], b[:, :15])
+    assert not torch.allclose(a[:, 15:], b[:, 15:])
+
+
+def test_weights_tied_and_gpt2_init():
+    model = tiny(n_layer=8, n_embd=64)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    proj = torch.cat([b.attn.c_proj.weight.flatten() for b in model.transformer.h])
+    fc = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])
+    assert abs(proj.std().item() - 0.02 / math.sqrt(2 * 8)) < 1e-3
+    assert abs(fc.std().item() - 0.02) < 1e-3
+
+
+def test_parameter_count_matches_gpt2_small():
+    # GPT-2 124M: the published count, with the tied head counted once and position embeddings left out
+    model = GPT(GPTConfig(vocab_size=50257, bias=True))
+    assert model.get_num_params(non_embedding=False) == 124_439_808
+    assert model.get_num_params() == 124_439_808 - 1024 * 768
+
+
+def test_crop_block_size():
+    model = tiny(block_size=32)
+    model.crop_block_size(16)
+    assert model.transformer.wpe.weight.shape == (16, 32) and model.config.block_size == 16
+    model(torch.randint(0, 97, (1, 16)))
+    with pytest.raises(AssertionError):
+        model(torch.randint(0, 97, (1, 17)))
+
+
+def test_optimizer_decays_only_matrices():
+    model = tiny()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_mfu_uses_the_given_peak():
+    model = tiny()
+    flops = model.flops_per_token() * 1000
+    assert model.estimate_mfu(1000, 1.0, flops) == pytest.approx(1.0)
+    assert model.estimate_mfu(1000, 1.0, None) is None
+
+
+# -----------------------------------------------------------------------------
+# generation: the KV cache against full recomputation
+
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+def test_kv_cache_greedy_equals_full_recomputation_past_block_size(attention):
+    model = tiny(block_size=24).eval()
+    model.set_attention(attention)
+    prompt = torch.randint(0, 97, (2, 17))  # longer than half the context
+    cached = model.generate(prompt, 20, temperature=0, use_cache=True)  # runs past block_size
+    full = model.generate(prompt, 20, temperature=0, use_cache=False)
+    assert torch.equal(cached, full)
+
+
+def test_kv_cache_logits_match_recomputed_logits():
+    model = tiny(block_size=32).eval()
+    seq = torch.randint(0, 97, (2, 30))
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(seq[:, :10], cache=cache)
+        model(seq[:, 10:14], cache=cache)  # a chunk after a past needs the shifted causal mask
+        for t in range(14, 30):
+            step, _ = model(seq[:, t:t + 1], cache=cache)
+            full, _ = model(seq[:, :t + 1])
+            torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.05, 0.5, 0.2, 0.15, 0.1]])
+    logits = probs.log()
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        seen.add(sample_next(logits, 1.0, None, 0.8, gen).item())
+    assert seen == {1, 2, 3}  # 0.5 + 0.2 = 0.7 < 0.8, + 0.15 reaches it
+    seen = {sample_next(logits, 1.0, None, 0.5, gen).item() for _ in range(100)}
+    assert seen == {1}  # the top token alone reaches 0.5
+
+
+def test_temperature_zero_is_greedy_and_seed_repeats():
+    logits = torch.randn(4, 97)
+    assert torch.equal(sample_next(logits, 0.0), logits.argmax(-1))
+    a = sample_next(logits, 1.0, 50, 0.9, torch.Generator().manual_seed(7))
+    b = sample_next(logits, 1.0, 50, 0.9, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)

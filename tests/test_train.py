@@ -1,0 +1,66 @@
+"""train.py end to end on a tiny model, and the device plan that keeps CUDA-only calls off MPS/CPU."""
+
+import pytest
+import torch
+
+import runtime
+from conftest import TINY, assert_clean_error, read_metrics, run
+
+
+def test_tiny_run_lowers_the_loss_and_writes_a_nanogpt_checkpoint(char_data, tmp_path):
+    out = tmp_path / "run"
+    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--max_iters=60", "--eval_interval=30",
+            "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=5", "--lr_decay_iters=60",
+            "--gradient_accumulation_steps=2", f"--out_dir={out}")
+    assert "device cpu" in p.stdout
+    rows = read_metrics(out)
+    evals = [r for r in rows if "val_loss" in r]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["iter"] for r in evals] == [0, 30, 60]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
+    assert [r["iter"] for r in steps] == list(range(60))
+    assert all({"loss", "lr", "ms", "tok_s", "mfu"} <= set(r) for r in steps)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"} <= set(ckpt)
+    assert ckpt["iter_num"] == 60 and not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert ckpt["best_val_loss"] == pytest.approx(evals[-1]["val_loss"])
+    assert (out / "meta.pkl").exists() and (out / "config.json").exists() and (out / "best.pt").exists()
+
+
+def test_resume_continues_where_the_run_stopped(char_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset=shakespeare_char", *TINY, "--eval_interval=10", "--eval_iters=2", f"--out_dir={out}"]
+    run("train.py", *common, "--max_iters=10")
+    p = run("train.py", *common, "--max_iters=20", "--init_from=resume")
+    assert "resuming from" in p.stdout
+    rows = read_metrics(out)
+    assert [r["iter"] for r in rows if "loss" in r] == list(range(20))
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 20
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    p = run("train.py", "--dataset=shakespeare_char", f"--data_dir={tmp_path}", *TINY, check=False)
+    assert_clean_error(p, words=["train.bin", "python data/shakespeare_char/prepare.py"])
+
+
+def test_resume_without_checkpoint_says_so(char_data, tmp_path):
+    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
+    assert_clean_error(p, words=["init_from=resume", "ckpt.pt"])
+
+
+def test_bad_device_is_one_sentence():
+    p = run("train.py", "--device=tpu", "--dataset=shakespeare_char", check=False)
+    assert_clean_error(p, words=["tpu"])
+
+
+def test_device_plan_keeps_cuda_only_features_on_cuda():
+    mps = runtime.plan_for("mps", runtime.pick_dtype("mps")[0])
+    assert not (mps.grad_scaler or mps.pin_memory or mps.fused_adamw)
+    assert runtime.pick_dtype("mps", "bfloat16")[0] == "bfloat16"
+    cpu = runtime.plan_for("cpu", "float32")
+    assert not (cpu.grad_scaler or cpu.pin_memory or cpu.fused_adamw or cpu.autocast)
+    cuda16 = runtime.plan_for("cuda:1", "float16")
+    assert cuda16.grad_scaler and cuda16.pin_memory and cuda16.fused_adamw and cuda16.autocast
+    assert not runtime.plan_for("cuda", "bfloat16").grad_scaler  # bf16 needs no loss scaling
+    with pytest.raises(SystemExit):
+        runtime.pick_dtype("mps", "float16")  # would need a GradScaler, which MPS does not get
