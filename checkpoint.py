@@ -17,7 +17,7 @@ import torch
 from model import GPT, GPTConfig
 from runtime import fail
 
-MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+MODEL_ARG_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu_approximate")
 
 
 def save(obj, path):
@@ -136,6 +136,24 @@ def set_rng_state(state):
 # -----------------------------------------------------------------------------
 # models for sampling and chat
 
+def load_pretrained(name_or_path, dropout=0.0):
+    """GPT-2 weights from the Hugging Face hub or a local folder, with a sentence on failure."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        fail(f"init_from={name_or_path} needs the transformers package; pip install transformers")
+    try:
+        return GPT.from_pretrained(name_or_path, dict(dropout=dropout))
+    except (OSError, ValueError, EnvironmentError) as e:
+        local = os.path.isdir(name_or_path)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if local:
+            fail(f"{name_or_path} is not a loadable Hugging Face GPT-2 folder ({reason}); it needs config.json "
+                 f"and model.safetensors or pytorch_model.bin")
+        fail(f"could not load {name_or_path!r} from the Hugging Face hub ({reason}); check the name "
+             f"(gpt2, gpt2-medium, gpt2-large, gpt2-xl), connect to the internet, or give a local folder")
+
+
 def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from GPT-2 weights (a hub name or a local Hugging Face folder)."""
@@ -155,9 +173,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
                  f"in {out_dir} or data/{dataset}; copy the dataset's meta.pkl next to the checkpoint")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
     else:
-        if not hasattr(GPT, "from_pretrained"):
-            fail(f"init_from={init_from!r} is not supported yet; use init_from=resume", status=2)
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+        model = load_pretrained(init_from, dropout=0.0)
         meta, desc = None, init_from
     model.eval().to(device)
     return model, load_tokenizer(meta), desc

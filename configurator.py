@@ -110,10 +110,12 @@ def _run_file(path):
     }
 
 
-def parse(keys, argv):
-    """Apply config files and --key=value overrides in order; return the resolved values."""
+def parse(keys, argv, explicit=None):
+    """Apply config files and --key=value overrides in order; return the resolved values.
+    If `explicit` is a set, the names of the keys that were set are added to it."""
     by_name = {k.name: k for k in keys}
     values = {k.name: k.default for k in keys}
+    explicit = set() if explicit is None else explicit
     for arg in argv:
         if arg.startswith("--"):
             if "=" not in arg:
@@ -128,11 +130,13 @@ def parse(keys, argv):
             if name not in by_name:
                 raise _unknown(name, by_name, arg)
             values[name] = by_name[name].check(raw, source)
+            explicit.add(name)
         elif arg.endswith(".py") or os.path.sep in arg:
             for name, raw in _run_file(arg).items():
                 if name not in by_name:
                     raise _unknown(name, by_name, f"config file {arg}")
                 values[name] = by_name[name].check(raw, f"config file {arg}")
+                explicit.add(name)
         else:
             raise ConfigError(
                 f"don't know what to do with '{arg}': give config files as path/to/file.py and "
@@ -159,23 +163,33 @@ def configure(keys, argv=None, script=None, announce=True):
         print(help_text(keys, script))
         sys.exit(0)
     show_only = "--print-config" in argv  # resolve, print as JSON and exit: check a config without running
+    explicit = set()
     try:
-        values = parse(keys, [a for a in argv if a != "--print-config"])
+        values = parse(keys, [a for a in argv if a != "--print-config"], explicit)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
     if show_only:
         print(json.dumps(values, indent=1))
         sys.exit(0)
-    cfg = types.SimpleNamespace(**values)
+    cfg = Config(**values)
+    cfg._explicit = frozenset(explicit)
     differs = [k.name for k in keys if values[k.name] != k.default]
     if announce and differs and int(os.environ.get("RANK", "0")) == 0:
         print("config: " + ", ".join(f"{n}={values[n]!r}" for n in differs), file=sys.stderr)
     return cfg
 
 
+class Config(types.SimpleNamespace):
+    """The resolved keys as attributes (cfg.batch_size); is_set(name) tells whether a config file
+    or the command line set a key, as opposed to it keeping its default."""
+
+    def is_set(self, name):
+        return name in self._explicit
+
+
 def to_dict(cfg):
-    return dict(vars(cfg))
+    return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
 
 
 def save(cfg, path):

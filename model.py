@@ -88,9 +88,10 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 used the tanh approximation of GELU; the exact form differs by <1e-3 and is what
-        # nanoGPT trains with, so its checkpoints keep their behaviour.
-        self.gelu = nn.GELU()
+        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers), so
+        # imported weights use it; nanoGPT trains with the exact form, which stays the default so
+        # its checkpoints behave as they did. The two differ by < 1e-3.
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -122,6 +123,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    gelu_approximate: str = "none"  # "none" (exact, nanoGPT) or "tanh" (GPT-2's own weights)
 
 
 class GPT(nn.Module):
@@ -203,6 +205,84 @@ class GPT(nn.Module):
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    # -------------------------------------------------------------------------
+    # Hugging Face GPT-2 weights in and out
+
+    # transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
+    HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, override_args=None):
+        """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium,
+        gpt2-large, gpt2-xl) or a local folder with config.json and model.safetensors or
+        pytorch_model.bin. Only dropout may be overridden: every other architecture setting comes
+        from the source. Raises OSError when the weights cannot be fetched or read."""
+        override_args = dict(override_args or {})
+        assert set(override_args) <= {"dropout"}, "only dropout can be overridden"
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        c = hf.config
+        config = GPTConfig(
+            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
+            vocab_size=c.vocab_size, bias=True, dropout=override_args.get("dropout", 0.0),
+            gelu_approximate="tanh" if c.activation_function in ("gelu_new", "gelu_pytorch_tanh") else "none",
+        )
+        model = cls(config)
+        model.load_hf_state_dict(hf.state_dict())
+        return model
+
+    def load_hf_state_dict(self, hf_sd):
+        """Copy a transformers GPT2LMHeadModel state dict into this model, key by key."""
+        sd = self.state_dict()
+        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        missing = [k for k in sd if k not in hf_sd]
+        unexpected = [k for k in hf_sd if k not in sd]
+        if missing or unexpected:
+            raise OSError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for k, v in hf_sd.items():
+                v = v.t() if k.endswith(self.HF_TRANSPOSED) else v
+                if v.shape != sd[k].shape:
+                    raise OSError(f"{k} has shape {tuple(v.shape)} in the source but {tuple(sd[k].shape)} here")
+                sd[k].copy_(v)
+
+    def hf_state_dict(self, vocab_size=None):
+        """This model's weights in transformers' GPT2LMHeadModel layout: Conv1D weights
+        transposed, zero biases where this model has none, the vocabulary cropped to vocab_size
+        (padding rows dropped). The head stays the same tensor as wte, so it remains tied."""
+        vocab_size = vocab_size or self.config.vocab_size
+        out = {}
+        for k, v in self.state_dict().items():
+            v = v.detach()
+            if k.endswith(self.HF_TRANSPOSED):
+                v = v.t()
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                continue
+            out[k] = v.contiguous()
+        wte = self.transformer.wte.weight.detach()[:vocab_size].contiguous()
+        out["transformer.wte.weight"] = out["lm_head.weight"] = wte
+        if not self.config.bias:  # transformers' GPT-2 always has biases: add zeros
+            C = self.config.n_embd
+            zeros = {"ln_1.bias": C, "attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "ln_2.bias": C,
+                     "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
+            for i in range(self.config.n_layer):
+                for name, n in zeros.items():
+                    out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=wte.dtype)
+            out["transformer.ln_f.bias"] = torch.zeros(C, dtype=wte.dtype)
+        return out
+
+    def hf_config(self, vocab_size=None):
+        """The matching transformers GPT2Config."""
+        from transformers import GPT2Config
+        c = self.config
+        return GPT2Config(
+            vocab_size=vocab_size or c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+            n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.n_embd,
+            activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
+            tie_word_embeddings=True,
+        )
 
     # -------------------------------------------------------------------------
     # optimisation and speed accounting

@@ -146,9 +146,7 @@ elif cfg.init_from == "resume":
             print("note: this checkpoint (nanoGPT layout) has no random-number or data state; "
                   "dropout randomness starts fresh from here")
 else:
-    if not hasattr(GPT, "from_pretrained"):
-        fail(f"init_from={cfg.init_from!r} is not supported yet; use scratch or resume", status=2)
-    model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
+    model = checkpoint.load_pretrained(cfg.init_from, dropout=cfg.dropout)
     for k in checkpoint.MODEL_ARG_KEYS:
         model_args[k] = getattr(model.config, k)
 
