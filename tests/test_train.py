@@ -1,5 +1,7 @@
 """train.py end to end on a tiny model, and the device plan that keeps CUDA-only calls off MPS/CPU."""
 
+import json
+
 import pytest
 import torch
 
@@ -64,3 +66,28 @@ def test_device_plan_keeps_cuda_only_features_on_cuda():
     assert not runtime.plan_for("cuda", "bfloat16").grad_scaler  # bf16 needs no loss scaling
     with pytest.raises(SystemExit):
         runtime.pick_dtype("mps", "float16")  # would need a GradScaler, which MPS does not get
+
+
+def test_wandb_is_imported_only_when_asked(char_data, tmp_path):
+    # a stand-in wandb module that records its calls, found first on PYTHONPATH
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    calls = tmp_path / "calls.jsonl"
+    (fake / "wandb.py").write_text(
+        "import json, os\n"
+        "def _rec(x):\n"
+        "    with open(os.environ['FAKE_WANDB_CALLS'], 'a') as f: f.write(json.dumps(x) + '\\n')\n"
+        "def init(project=None, name=None, config=None, **kw): _rec({'init': [project, name, config['n_layer']]})\n"
+        "def log(row, step=None): _rec({'log': row, 'step': step})\n"
+    )
+    env = {"PYTHONPATH": str(fake), "FAKE_WANDB_CALLS": str(calls)}
+    common = ["--dataset=shakespeare_char", *TINY, "--max_iters=4", "--eval_interval=2", "--eval_iters=1"]
+    run("train.py", *common, f"--out_dir={tmp_path / 'a'}", env=env)
+    assert not calls.exists()
+    run("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--wandb_log=True", "--wandb_project=p",
+        "--wandb_run_name=r", env=env)
+    rows = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert rows[0] == {"init": ["p", "r", 2]}
+    logged = [r["log"] for r in rows[1:]]
+    assert [r["iter"] for r in logged if "loss" in r] == [0, 1, 2, 3]
+    assert [r["iter"] for r in logged if "val_loss" in r] == [0, 2, 4]
