@@ -367,7 +367,9 @@ while True:
             train_model.require_backward_grad_sync = micro == accum_local - 1
         with plan.autocast_context():
             _, loss = train_model(X, Y)
-            loss = loss / cfg.gradient_accumulation_steps  # the mean over every micro-batch of the step
+            # DDP averages gradients over processes, so each process divides by its own micro-step
+            # count: the result is the mean over every micro-batch of the step
+            loss = loss / accum_local
         # fetch the next micro-batch while the device works (async copies on CUDA)
         nxt = (iter_num, dist.rank * accum_local + micro + 1) if micro + 1 < accum_local else (iter_num + 1, dist.rank * accum_local)
         X, Y = batches.train_batch(*nxt)
@@ -382,6 +384,7 @@ while True:
         import torch.distributed as tdist
         tdist.all_reduce(stats)
     step_loss, stop_votes = stats.tolist()
+    step_loss /= dist.world_size  # the sum of the processes' means
     grad_norm = grad_norm.item()
     finite = math.isfinite(step_loss) and (math.isfinite(grad_norm) or plan.grad_scaler)
     if not finite:
