@@ -303,14 +303,18 @@ def save_checkpoint(name):
 
 
 # SIGTERM (schedulers, preemption) or Ctrl-C: finish the step, save, exit. A second Ctrl-C exits at once.
-stop_signal = None
+stop_signal, stop_time = None, 0.0
 
 
 def _on_signal(signum, frame):
-    global stop_signal
+    global stop_signal, stop_time
     if stop_signal is not None and signum == signal.SIGINT:
+        # under torchrun one Ctrl-C arrives twice, from the terminal and moments later forwarded by
+        # the launcher; only a later press means quit
+        if dist.enabled and time.monotonic() - stop_time < 3.0:
+            return
         raise KeyboardInterrupt
-    stop_signal = signum
+    stop_signal, stop_time = signum, time.monotonic()
     if master:
         print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
               f"(Ctrl-C again to quit without saving)", flush=True)
@@ -410,7 +414,8 @@ while True:
         now = time.perf_counter()
         dt = (now - t_log) / iters_since_log
         t_log, iters_since_log = now, 0
-        mfu = raw_model.estimate_mfu(tokens_per_iter, dt, peak_flops)
+        # per device: each process computes its share of the step against one device's peak
+        mfu = raw_model.estimate_mfu(tokens_per_iter // dist.world_size, dt, peak_flops)
         eta = (cfg.max_iters - iter_num) * dt
         print(f"iter {iter_num - 1}: loss {step_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
