@@ -32,11 +32,12 @@ def torchrun_command(*args, launcher=()):
             str(ROOT / "train.py"), *map(str, args)]
 
 
-def torchrun(*args, check=True):
+def torchrun(*args):
     p = subprocess.run(torchrun_command(*args), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                        capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    if check and p.returncode != 0:
-        raise AssertionError(f"torchrun exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    if p.returncode != 0:
+        raise AssertionError(f"torchrun exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\n"
+                             f"stderr:\n{p.stderr[-3000:]}")
     return p
 
 
