@@ -14,7 +14,9 @@ import torch
 
 def fail(sentence, status=1):
     """Stop with one sentence on stderr and a non-zero exit: for things a user can fix."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    # once per machine under torchrun: a node-local problem (a missing file on node 2) still shows
+    # in that node's output, while a single-node run prints it once
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
         print(f"error: {sentence}", file=sys.stderr, flush=True)
     sys.exit(status)
 
@@ -128,13 +130,29 @@ def dist_from_env():
     )
 
 
+def pick_backend(device_type, requested="auto"):
+    """NCCL for CUDA tensors, Gloo for CPU ones; an explicit choice is checked, not trusted."""
+    import torch.distributed as tdist
+    backend = requested if requested and requested != "auto" else ("nccl" if device_type == "cuda" else "gloo")
+    if not tdist.is_available() or not tdist.is_backend_available(backend):
+        fail(f"backend={backend} is not available in this PyTorch build; "
+             f"use backend=gloo (CPU) or backend=nccl (CUDA), or leave backend=auto")
+    if backend == "nccl" and device_type != "cuda":
+        fail(f"backend=nccl works only on CUDA devices but this run uses {device_type}; "
+             f"use backend=gloo or leave backend=auto")
+    return backend
+
+
 def init_distributed(dist_info, device, backend="auto"):
     """Join the process group; on CUDA each local rank takes its own GPU. Returns the device."""
     import torch.distributed as tdist
     device_type = device.split(":")[0]
-    if backend == "auto":
-        backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = pick_backend(device_type, backend)
     if device_type == "cuda":
+        gpus = torch.cuda.device_count()
+        if dist_info.local_rank >= gpus:
+            fail(f"torchrun started more processes on this machine than the {gpus} GPU(s) it has; "
+                 f"use --nproc_per_node={gpus} (one process per GPU)")
         device = f"cuda:{dist_info.local_rank}"
         torch.cuda.set_device(device)
     tdist.init_process_group(backend=backend)

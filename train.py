@@ -303,14 +303,18 @@ def save_checkpoint(name):
 
 
 # SIGTERM (schedulers, preemption) or Ctrl-C: finish the step, save, exit. A second Ctrl-C exits at once.
-stop_signal = None
+stop_signal, stop_time = None, 0.0
 
 
 def _on_signal(signum, frame):
-    global stop_signal
+    global stop_signal, stop_time
     if stop_signal is not None and signum == signal.SIGINT:
+        # under torchrun one Ctrl-C arrives twice, from the terminal and moments later forwarded by
+        # the launcher; only a later press means quit
+        if dist.enabled and time.monotonic() - stop_time < 3.0:
+            return
         raise KeyboardInterrupt
-    stop_signal = signum
+    stop_signal, stop_time = signum, time.monotonic()
     if master:
         print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
               f"(Ctrl-C again to quit without saving)", flush=True)
@@ -367,7 +371,9 @@ while True:
             train_model.require_backward_grad_sync = micro == accum_local - 1
         with plan.autocast_context():
             _, loss = train_model(X, Y)
-            loss = loss / cfg.gradient_accumulation_steps  # the mean over every micro-batch of the step
+            # DDP averages gradients over processes, so each process divides by its own micro-step
+            # count: the result is the mean over every micro-batch of the step
+            loss = loss / accum_local
         # fetch the next micro-batch while the device works (async copies on CUDA)
         nxt = (iter_num, dist.rank * accum_local + micro + 1) if micro + 1 < accum_local else (iter_num + 1, dist.rank * accum_local)
         X, Y = batches.train_batch(*nxt)
@@ -382,6 +388,7 @@ while True:
         import torch.distributed as tdist
         tdist.all_reduce(stats)
     step_loss, stop_votes = stats.tolist()
+    step_loss /= dist.world_size  # the sum of the processes' means
     grad_norm = grad_norm.item()
     finite = math.isfinite(step_loss) and (math.isfinite(grad_norm) or plan.grad_scaler)
     if not finite:
@@ -407,7 +414,8 @@ while True:
         now = time.perf_counter()
         dt = (now - t_log) / iters_since_log
         t_log, iters_since_log = now, 0
-        mfu = raw_model.estimate_mfu(tokens_per_iter, dt, peak_flops)
+        # per device: each process computes its share of the step against one device's peak
+        mfu = raw_model.estimate_mfu(tokens_per_iter // dist.world_size, dt, peak_flops)
         eta = (cfg.max_iters - iter_num) * dt
         print(f"iter {iter_num - 1}: loss {step_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
