@@ -313,9 +313,9 @@ class GPT(nn.Module):
             return adamw
         assert optimizer == "muon", optimizer
         # "original" scales each update by sqrt(max(1, rows / cols)), as Keller Jordan's Muon does,
-        # so muon_lr means the same for the square and the 4x-wide matrices. Muon's weight decay is
-        # multiplied by its own (much larger) lr, so AdamW's weight_decay would decay 10x harder
-        # here; short runs do better without it (measured on the CPU recipe).
+        # so muon_lr means the same for the square and the 4x-wide matrices. No weight decay:
+        # torch's Muon multiplies it by muon_lr (~10x AdamW's lr), so weight_decay would shrink
+        # these weights ~10x harder than AdamW does. Whether some decay helps long runs is untested.
         muon = Muon(muon_params, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0, adjust_lr_fn="original")
         # the lr schedule multiplies each group's lr_scale: it shapes both learning rates alike
         for g in muon.param_groups:
