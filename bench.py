@@ -5,7 +5,11 @@ line with every figure.
 
     python bench.py                                   # training step, GPT-2 124M shape
     python bench.py --mode=generate                   # decoding speed
+    python bench.py --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --dataset=shakespeare_char
+                                                      # the CPU recipe's baby model on real data
 """
+
+import os
 
 import configurator
 from configurator import Key
@@ -30,6 +34,16 @@ KEYS = [
     Key("repeats", 5, "timed runs; the median is reported"),
 
     # --- training-mode keys ---
+    Key("dataset", "", "train on this prepared dataset (folder under data/); empty: random tokens"),
+    Key("batch_size", 12, "sequences per micro-step"),
+    Key("gradient_accumulation_steps", 1, "micro-steps per optimizer step"),
+    Key("dropout", 0.0, "dropout probability"),
+    Key("optimizer", "adamw", "adamw or muon (Muon for the hidden 2-D weights, AdamW for the rest)",
+        choices=("adamw", "muon")),
+    Key("fused_adamw", None, "fused AdamW kernel (default: on for CUDA and CPU)", type=bool),
+    Key("steps", 10, "optimizer steps in each timed run"),
+    Key("omp_passive", True, "OMP_WAIT_POLICY=PASSIVE, as train.py sets it"),
+    Key("profile", "", "also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) here"),
 
     # --- generation-mode keys ---
 
@@ -42,7 +56,151 @@ cfg = configurator.configure(KEYS)
 
 
 def bench_train():
-    raise NotImplementedError("training benchmark: being written")
+    # OpenMP reads its wait policy when torch loads it, so this has to come before the import
+    if cfg.omp_passive:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import json
+    import resource
+    import statistics
+    import time
+
+    import torch
+
+    import runtime
+    from model import GPT, GPTConfig
+
+    device, device_reason = runtime.pick_device(cfg.device)
+    dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
+    plan = runtime.plan_for(device, dtype)
+    cuda = plan.device_type == "cuda"
+    use_compile = cfg.compile if cfg.compile is not None else cuda
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    B, T, accum = cfg.batch_size, cfg.block_size, cfg.gradient_accumulation_steps
+
+    # data: the real sampler (its cost is part of a step), or random tokens made once up front
+    vocab_size = cfg.vocab_size
+    if cfg.dataset:
+        from dataset import Batches, DATA_ROOT, read_meta
+        data_dir = os.path.join(DATA_ROOT, cfg.dataset)
+        meta = read_meta(data_dir)
+        if meta and not cfg.is_set("vocab_size"):
+            vocab_size = meta["vocab_size"]
+        batches = Batches(data_dir, cfg.dataset, T, B, cfg.seed, device, plan.pin_memory)
+        get_batch = batches.train_batch
+    else:
+        pool = torch.randint(0, vocab_size, (accum * 2, B, T + 1), device=device)
+
+        def get_batch(it, micro):
+            row = pool[(it * accum + micro) % len(pool)]
+            return row[:, :-1], row[:, 1:]
+
+    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T,
+                          vocab_size=vocab_size, bias=cfg.bias, dropout=cfg.dropout)).to(device)
+    fused = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw or plan.device_type == "cpu"
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), fused=fused, optimizer=cfg.optimizer)
+    scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
+    train_model = torch.compile(model) if use_compile else model
+    params = list(model.parameters())
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    it = 0
+
+    def step():
+        # what one iteration of train.py does: accumulation, clipping, the update, one host sync
+        nonlocal it
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            X, Y = get_batch(it, micro)
+            with plan.autocast_context():
+                _, loss = train_model(X, Y)
+                loss = loss / accum
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        if plan.grad_scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        it += 1
+        return loss_sum.item()
+
+    def timed_run():
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(cfg.steps):
+            step()
+        sync()
+        return (time.perf_counter() - t0) / cfg.steps
+
+    print(f"device {device} ({device_reason}), dtype {dtype} ({dtype_reason}), compile {'on' if use_compile else 'off'}")
+    t0 = time.perf_counter()
+    step()  # the first step pays for compilation, allocator growth and lazy initialisation
+    sync()
+    first_step_s = time.perf_counter() - t0
+    for _ in range(cfg.warmup):
+        timed_run()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = [timed_run() for _ in range(cfg.repeats)]
+    dt = statistics.median(times)
+
+    tokens_per_iter = B * T * accum
+    peak, peak_source = runtime.peak_flops(device, dtype)
+    mfu = model.estimate_mfu(tokens_per_iter, dt, peak)
+    if cuda:
+        peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "CUDA max allocated"
+    else:
+        peak_mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+    trace = None
+    if cfg.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        prof.export_chrome_trace(cfg.profile)
+        trace = cfg.profile
+
+    result = dict(
+        mode="train", device=device, device_name=torch.cuda.get_device_name(device) if cuda else platform_name(),
+        dtype=dtype, compile=use_compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=vocab_size,
+        batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
+        data=cfg.dataset or "random", tokens_per_iter=tokens_per_iter,
+        ms_per_iter=dt * 1000, ms_min=min(times) * 1000, ms_max=max(times) * 1000,
+        tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_flops=peak, peak_flops_source=peak_source,
+        peak_memory_bytes=peak_mem, peak_memory_kind=mem_kind, first_step_s=first_step_s,
+        steps=cfg.steps, repeats=cfg.repeats, warmup=cfg.warmup, trace=trace,
+    )
+    rows = [
+        ("model", f"{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {T}, "
+                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"),
+        ("step", f"batch {B} x accum {accum} = {tokens_per_iter:,} tokens, {cfg.optimizer}, data: {result['data']}"),
+        ("ms/iter", f"{dt * 1000:.2f} (median of {cfg.repeats} runs of {cfg.steps} steps; "
+                    f"min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f})"),
+        ("tokens/s", f"{tokens_per_iter / dt:,.0f}"),
+        ("MFU", (f"{mfu * 100:.1f}% of {peak / 1e12:.2f} TFLOP/s ({peak_source})" if mfu is not None
+                 else f"- ({peak_source})")),
+        ("peak memory", f"{peak_mem / 2**20:,.1f} MiB ({mem_kind})"),
+        ("first step", f"{first_step_s:.2f} s (compilation included when on)"),
+    ] + ([("trace", trace)] if trace else [])
+    for name, value in rows:
+        print(f"{name:>12}  {value}")
+    print(json.dumps(result))
+
+
+def platform_name():
+    import platform
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 # -----------------------------------------------------------------------------
