@@ -54,12 +54,12 @@ def save(obj, path):
 
 
 def remove_stale_temps(path):
-    """Delete temporaries of `path` left by processes that died mid-save (SIGKILL, power loss):
-    they are never read, but a checkpoint-sized one wastes disk on every crash."""
-    folder, name = os.path.split(os.path.abspath(path))
+    """Delete checkpoint temporaries (<name>.pt.tmp<pid>) beside `path` left by processes that died
+    mid-save (SIGKILL, power loss): they are never read, but each wastes a checkpoint's worth of disk."""
+    folder = os.path.dirname(os.path.abspath(path))
     for entry in os.listdir(folder):
-        pid = entry[len(name) + 4:] if entry.startswith(name + ".tmp") else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        base, _, pid = entry.rpartition(".tmp")
+        if base.endswith(".pt") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             _remove(os.path.join(folder, entry))
 
 

@@ -184,7 +184,7 @@ if ckpt is not None:
             print(f"note: the checkpoint was written by {len(rng)} processes and this run has "
                   f"{dist.world_size}; dropout randomness starts fresh (the data order does not change)")
 last_eval_iter = ckpt.get("last_eval_iter", -1) if ckpt is not None else -1
-skipped = int(ckpt.get("skipped_steps", 0)) if ckpt is not None else 0  # on_nonfinite=skip's budget is per run
+skipped = int(ckpt.get("skipped_steps", 0)) if ckpt is not None else 0  # max_skips counts across resumes
 ckpt = None  # free the memory
 
 raw_model = model
@@ -321,8 +321,9 @@ def _on_signal(signum, frame):
     if stop_signal is not None and signum == signal.SIGINT:
         # at once: no atexit hooks (wandb, process groups) that could hang; a save cut short here
         # leaves only a temporary file, removed by the next save
-        print(f"\nsecond SIGINT: quitting without saving; {ckpt_path} holds the last save", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        if master:
+            print(f"\nsecond SIGINT: quitting without saving; {ckpt_path} holds the last save", file=sys.stderr, flush=True)
+            sys.stdout.flush()
         os._exit(130)
     stop_signal = signum
     if master:

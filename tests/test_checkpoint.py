@@ -78,6 +78,28 @@ def test_failed_save_is_one_sentence_and_keeps_the_old_file(tmp_path, monkeypatc
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]
 
 
+def dead_pid():
+    proc = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    proc.start()
+    proc.join()
+    return proc.pid  # exited and reaped, so no process has this id (until the system reuses it)
+
+
+def test_keep_copy_keeps_versions_and_stale_temps_go(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    stale = tmp_path / f"ckpt_0000001.pt.tmp{dead_pid()}"
+    live = tmp_path / f"best.pt.tmp{os.getppid()}"  # a save still under way in a live process: left alone
+    stale.write_bytes(b"x"), live.write_bytes(b"x")
+    for k in range(1, 5):
+        checkpoint.save(payload(k, 10), path)
+        checkpoint.keep_copy(path, str(tmp_path / f"ckpt_{k:07d}.pt"), keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["best.pt.tmp%d" % os.getppid(), "ckpt.pt", "ckpt_0000003.pt",
+                                            "ckpt_0000004.pt"]
+    # ckpt.pt is replaced by a rename, so a linked copy keeps the version it was made from
+    assert checkpoint.load(str(tmp_path / "ckpt_0000003.pt"))["iter_num"] == 3
+    assert checkpoint.load(path)["iter_num"] == 4
+
+
 def bad_files(folder):
     """The broken checkpoints users meet, each as ckpt.pt in its own folder: {case: folder}."""
     good = tmp = folder / "good"
