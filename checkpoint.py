@@ -9,6 +9,8 @@ Everything in it is tensors and plain Python values, so torch.load(weights_only=
 import os
 import pickle
 import random
+import shutil
+import warnings
 import zipfile
 
 import numpy as np
@@ -32,9 +34,12 @@ def save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except (OSError, RuntimeError) as e:  # a full disk, a read-only or vanished folder
+        _remove(tmp)
+        fail(f"could not write {path} ({_reason(e)}); the previous checkpoint there is intact: "
+             f"free some disk space or set out_dir to a writable folder, then resume")
+    except BaseException:  # Ctrl-C, SystemExit: never leave a half-written temporary behind
+        _remove(tmp)
         raise
     # make the rename itself durable
     try:
@@ -45,19 +50,85 @@ def save(obj, path):
             os.close(fd)
     except OSError:
         pass  # some filesystems do not support fsync on a directory
+    remove_stale_temps(path)
 
 
-def load(path, map_location="cpu"):
-    """Read a checkpoint safely; any problem is one sentence naming the file."""
+def remove_stale_temps(path):
+    """Delete checkpoint temporaries (<name>.pt.tmp<pid>) beside `path` left by processes that died
+    mid-save (SIGKILL, power loss): they are never read, but each wastes a checkpoint's worth of disk."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for entry in os.listdir(folder):
+        base, _, pid = entry.rpartition(".tmp")
+        if base.endswith(".pt") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(os.path.join(folder, entry))
+
+
+def keep_copy(path, numbered, keep_last):
+    """Keep `path` also as `numbered` (a hard link where the filesystem has them, else a copy)
+    and delete all but the newest `keep_last` numbered copies beside it. Numbered names sort by
+    iteration (zero-padded)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{numbered}.tmp{os.getpid()}"
+    _remove(tmp)
+    try:
+        os.link(path, tmp)  # ckpt.pt is later replaced by a rename, so the link keeps this version
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, numbered)
+    stem, ext = os.path.splitext(os.path.basename(numbered))
+    prefix = stem.rstrip("0123456789")
+    copies = sorted(f for f in os.listdir(folder)
+                    if f.startswith(prefix) and f.endswith(ext) and f[len(prefix):-len(ext)].isdigit())
+    for old in copies[:-keep_last]:
+        _remove(os.path.join(folder, old))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _reason(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def load(path, map_location="cpu", require=()):
+    """Read a checkpoint safely; any problem is one sentence naming the file. `require` lists
+    entries beyond 'model' and 'model_args' the caller needs (e.g. 'optimizer' to resume)."""
     if not os.path.exists(path):
         fail(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at the run folder")
+    if os.path.isdir(path):
+        fail(f"{path} is a folder, not a checkpoint file; point out_dir at the folder that holds ckpt.pt")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason[:200]}")
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warning would bury the sentence
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # random bytes, a plain pickle, or a pickle of arbitrary Python objects: weights_only refuses
+        # them all, and we never fall back to the unsafe loader
+        fail(f"{path} is not a checkpoint that can be read safely: it is corrupt, or it is not a torch "
+             f"checkpoint of tensors and plain values (torch.load(weights_only=True) refused it)")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
+        fail(f"{path} is truncated or corrupt (a copy cut short, or a disk error?) and cannot be read: {_reason(e)}")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("model_args"), dict):
         fail(f"{path} is not a training checkpoint: it lacks the 'model' and 'model_args' entries")
+    missing = [k for k in require if k not in ckpt]
+    if missing:
+        fail(f"{path} cannot be resumed: it lacks the {', '.join(repr(k) for k in missing)} "
+             f"entr{'ies' if len(missing) > 1 else 'y'} (it holds weights only?)")
     return ckpt
 
 
@@ -93,6 +164,8 @@ def build_model(ckpt, path, dropout=None):
 
 
 def load_weights(model, state_dict, path):
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        fail(f"{path} is not a training checkpoint: its 'model' entry holds values other than tensors")
     state_dict = clean_state_dict(state_dict)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -104,6 +177,19 @@ def load_weights(model, state_dict, path):
             fail(f"{path} does not fit this model: {k} has shape {tuple(v.shape)} in the checkpoint "
                  f"but {tuple(own[k].shape)} here (a different vocabulary or size?)")
     model.load_state_dict(state_dict)
+
+
+def vocab_mismatch(vocab_size, meta):
+    """Why a model with `vocab_size` output tokens cannot be used with a dataset's meta.pkl (None
+    for GPT-2 BPE), or None when it can: a character model needs exactly its vocabulary, and BPE
+    ids go up to 50256."""
+    if meta is not None and "stoi" in meta and meta["vocab_size"] != vocab_size:
+        return f"a vocabulary of {vocab_size} tokens but the character vocabulary has {meta['vocab_size']}"
+    if meta is not None and meta.get("vocab_size", 0) > vocab_size:
+        return f"a vocabulary of {vocab_size} tokens but the data uses {meta['vocab_size']}"
+    if meta is None and vocab_size < 50257:
+        return f"a vocabulary of {vocab_size} tokens, too few for GPT-2's 50257 BPE tokens"
+    return None
 
 
 # -----------------------------------------------------------------------------
@@ -168,9 +254,14 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         dataset = (ckpt.get("config") or {}).get("dataset")
         if meta is None and dataset:
             meta = read_meta(os.path.join(DATA_ROOT, dataset))
-        if meta is None and ckpt["model_args"].get("vocab_size", 50304) < 50257:
-            fail(f"{path} has a vocabulary of {ckpt['model_args']['vocab_size']} tokens but no meta.pkl was found "
+        vocab_size = model.config.vocab_size
+        if meta is None and vocab_size < 50257:
+            fail(f"{path} has a vocabulary of {vocab_size} tokens but no meta.pkl was found "
                  f"in {out_dir} or data/{dataset}; copy the dataset's meta.pkl next to the checkpoint")
+        problem = vocab_mismatch(vocab_size, meta)
+        if problem:
+            fail(f"{path} does not fit the meta.pkl found for it: the model has {problem}; "
+                 f"put the meta.pkl of the dataset it was trained on next to the checkpoint")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
     else:
         model = load_pretrained(init_from, dropout=0.0)

@@ -78,6 +78,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set before the import
@@ -114,7 +115,7 @@ if master:
           f"compile {'on' if use_compile else 'off'}{where}")
     print(f"tokens per iteration: {tokens_per_iter:,}")
     os.makedirs(cfg.out_dir, exist_ok=True)
-torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
+runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
 if plan.device_type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -139,14 +140,15 @@ elif cfg.init_from == "resume":
     if not os.path.exists(ckpt_path):
         fail(f"init_from=resume but there is no checkpoint at {ckpt_path}; "
              f"train with init_from=scratch first, or set out_dir to the run's folder")
-    ckpt = checkpoint.load(ckpt_path)
+    ckpt = checkpoint.load(ckpt_path, require=("optimizer", "iter_num", "best_val_loss"))
     # the architecture comes from the checkpoint; config keys cannot change it mid-run
     for k in checkpoint.MODEL_ARG_KEYS:
         if k in ckpt["model_args"] and k != "dropout":
             model_args[k] = ckpt["model_args"][k]
-    if meta and meta.get("vocab_size", model_args["vocab_size"]) > model_args["vocab_size"]:
-        fail(f"{ckpt_path} has a vocabulary of {model_args['vocab_size']} but data/{cfg.dataset} uses "
-             f"{meta['vocab_size']}; resume with the dataset the run was trained on")
+    problem = checkpoint.vocab_mismatch(model_args.get("vocab_size", 50304), meta)
+    if problem:
+        fail(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; "
+             f"resume with the dataset the run was trained on")
     model = checkpoint.build_model(ckpt, ckpt_path, dropout=cfg.dropout)
     iter_num = int(ckpt["iter_num"])
     best_val_loss = float(ckpt["best_val_loss"])  # nanoGPT stored a tensor here
@@ -156,6 +158,10 @@ elif cfg.init_from == "resume":
         if "rng" not in ckpt:
             print("note: this checkpoint (nanoGPT layout) has no random-number or data state; "
                   "dropout randomness starts fresh from here")
+        sampler_seed = (ckpt.get("sampler") or {}).get("seed", cfg.seed)
+        if sampler_seed != cfg.seed:
+            print(f"note: the run drew its batches with seed={sampler_seed} and this one uses seed={cfg.seed}, "
+                  f"so the data order from here differs from the original run's")
 else:
     model = checkpoint.load_pretrained(cfg.init_from, dropout=cfg.dropout)
     for k in checkpoint.MODEL_ARG_KEYS:
@@ -174,23 +180,28 @@ fused_adamw = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_ada
 optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                        fused=fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                        muon_momentum=cfg.muon_momentum)
+resume_rng = None  # restored just before the loop: setup below (e.g. the FLOPs probe) draws random numbers
 if ckpt is not None:
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
-    except (KeyError, ValueError):
-        saved = ckpt.get("config", {}).get("optimizer", "adamw")
-        fail(f"{ckpt_path} holds an optimizer state for optimizer={saved}, which does not fit "
-             f"optimizer={cfg.optimizer}; resume with --optimizer={saved}")
-    if "scaler" in ckpt and plan.grad_scaler:
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        saved = (ckpt.get("config") or {}).get("optimizer", "adamw")
+        if saved != cfg.optimizer:
+            fail(f"{ckpt_path} holds an optimizer state for optimizer={saved}, which does not fit "
+                 f"optimizer={cfg.optimizer}; resume with --optimizer={saved}")
+        fail(f"{ckpt_path} has an optimizer state that does not fit this model ({str(e).strip()[:150]}); "
+             f"it was written by a different model or optimizer setup")
+    if ckpt.get("scaler") and plan.grad_scaler:
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng")
     if rng is not None:
         if len(rng) == dist.world_size:
-            checkpoint.set_rng_state(rng[dist.rank])
+            resume_rng = rng[dist.rank]
         elif master:
             print(f"note: the checkpoint was written by {len(rng)} processes and this run has "
                   f"{dist.world_size}; dropout randomness starts fresh (the data order does not change)")
 last_eval_iter = ckpt.get("last_eval_iter", -1) if ckpt is not None else -1
+skipped = int(ckpt.get("skipped_steps", 0)) if ckpt is not None else 0  # max_skips counts across resumes
 ckpt = None  # free the memory
 
 raw_model = model
@@ -246,7 +257,7 @@ def estimate_loss():
 class Metrics:
     """out_dir/metrics.jsonl (one JSON object per line) plus wandb behind the same call."""
 
-    def __init__(self, path, start_iter, resumed):
+    def __init__(self, path, start_iter, resumed, last_eval_iter=-1):
         self.path = path
         self.wandb = None
         if not master:
@@ -260,7 +271,10 @@ class Metrics:
                         row = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a line cut short by a crash
-                    if row.get("iter", 0) < start_iter or ("val_loss" in row and row["iter"] == start_iter):
+                    if not isinstance(row, dict) or not isinstance(row.get("iter"), int):
+                        continue
+                    # the evaluation at the resume point stays only if the checkpoint says it was done
+                    if row["iter"] < start_iter or ("val_loss" in row and row["iter"] == start_iter == last_eval_iter):
                         kept.append(line if line.endswith("\n") else line + "\n")
         with open(path + ".tmp", "w") as f:
             f.writelines(kept)
@@ -303,6 +317,7 @@ def save_checkpoint(name):
             scaler=scaler.state_dict() if plan.grad_scaler else None,
             tokens_seen=tokens_seen,
             last_eval_iter=last_eval_iter,
+            skipped_steps=skipped,
             rng=states,
             # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
             sampler=dict(kind="stateless", seed=cfg.seed),
@@ -310,13 +325,7 @@ def save_checkpoint(name):
         path = os.path.join(cfg.out_dir, name)
         checkpoint.save(state, path)
         if name == "ckpt.pt" and cfg.keep_last > 0:
-            import shutil
-            numbered = os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt")
-            shutil.copyfile(path, numbered + ".tmp")
-            os.replace(numbered + ".tmp", numbered)
-            olds = sorted(f for f in os.listdir(cfg.out_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
-            for old in olds[:-cfg.keep_last]:
-                os.remove(os.path.join(cfg.out_dir, old))
+            checkpoint.keep_copy(path, os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt"), cfg.keep_last)
     runtime.barrier(dist)
 
 
@@ -331,7 +340,12 @@ def _on_signal(signum, frame):
         # the launcher; only a later press means quit
         if dist.enabled and time.monotonic() - stop_time < 3.0:
             return
-        raise KeyboardInterrupt
+        # at once: no atexit hooks (wandb, process groups) that could hang; a save cut short here
+        # leaves only a temporary file, removed by the next save
+        if master:
+            print(f"\nsecond SIGINT: quitting without saving; {ckpt_path} holds the last save", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+        os._exit(130)
     stop_signal, stop_time = signum, time.monotonic()
     if master:
         print(f"\n{signal.Signals(signum).name} received: finishing this step and saving "
@@ -348,9 +362,11 @@ if master:
     if meta is not None:  # the vocabulary travels with the run, for sample.py and export
         dataset.write_meta(meta, cfg.out_dir)
 start_iter = iter_num
-metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume")
+metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume",
+                  last_eval_iter=last_eval_iter)
 params = [p for p in raw_model.parameters() if p.requires_grad]
-skipped = 0
+if resume_rng is not None:
+    checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
 t_log, iters_since_log = time.perf_counter(), 0
 t_start = time.perf_counter()
 X, Y = batches.train_batch(iter_num, dist.rank * accum_local)  # first micro-batch of this process
@@ -359,7 +375,7 @@ while True:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_lr / learning_rate
 
-    if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and iter_num != last_eval_iter:
+    if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and iter_num != last_eval_iter):
         t_eval = time.perf_counter()
         losses = estimate_loss()
         last_eval_iter = iter_num
@@ -417,9 +433,11 @@ while True:
                       f"step skipped ({skipped} of at most {cfg.max_skips})")
             optimizer.zero_grad(set_to_none=True)
         else:
+            why = (f"after {skipped} skipped steps (max_skips={cfg.max_skips})" if cfg.on_nonfinite == "skip"
+                   else "(on_nonfinite=skip would skip such steps)")
             fail(f"iteration {iter_num}: the loss ({step_loss}) or gradient norm ({grad_norm}) is not finite, "
-                 f"so training stopped before the update; the last good checkpoint in {cfg.out_dir} is intact "
-                 f"(try a lower learning_rate, or on_nonfinite=skip)")
+                 f"so training stopped before the update {why}; the last good checkpoint in {cfg.out_dir} "
+                 f"is intact, resume it with a lower learning_rate")
     else:
         scaler.step(optimizer)
         scaler.update()

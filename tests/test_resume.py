@@ -1,0 +1,217 @@
+"""train.py stopped and resumed: a SIGTERM'd or SIGKILL'd run continues bit for bit like an
+uninterrupted one (the reference), and the non-finite guard, keep_last, nanoGPT checkpoints and a
+second Ctrl-C behave as the README says."""
+
+import hashlib
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT, TINY, assert_clean_error, nanogpt_checkpoint, read_metrics, run
+
+# one intra-op thread: much faster for a tiny model on a busy machine, and the same in every run compared
+ENV = {"OMP_NUM_THREADS": "1"}
+# dropout and gradient accumulation on, so both the random state and the micro-step schedule must resume
+EXACT = ["--dataset=shakespeare_char", *TINY, "--dropout=0.1", "--gradient_accumulation_steps=3",
+         "--eval_interval=10", "--eval_iters=2", "--learning_rate=3e-3", "--warmup_iters=5",
+         "--lr_decay_iters=80", "--log_interval=1"]
+TIMING = {"ms", "tok_s", "mfu", "elapsed_s"}  # wall-clock figures, the only ones allowed to differ
+
+
+def start(*args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **ENV)
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(p, prefix, timeout=300):
+    """Read p's stdout until a line starts with prefix (no fixed sleeps: the machine may be slow)."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+        assert time.monotonic() < deadline, f"no line {prefix!r} within {timeout} s:\n{''.join(seen[-20:])}"
+    raise AssertionError(f"train.py ended before printing {prefix!r}:\n{''.join(seen[-20:])}\n{p.stderr.read()}")
+
+
+def finish(p, timeout=300):
+    out, err = p.communicate(timeout=timeout)
+    return out, err
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Exact (bitwise) equality of two checkpoint trees."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert a == b, (where, a, b)
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_resumed_equals_reference(ref_dir, out_dir):
+    ref, got = read_metrics(ref_dir), read_metrics(out_dir)
+    assert without_timing(got) == without_timing(ref)  # every loss, val loss, lr, grad norm, bitwise
+    a, b = load(ref_dir / "ckpt.pt"), load(out_dir / "ckpt.pt")
+    a["config"].pop("init_from"), b["config"].pop("init_from")
+    a["config"].pop("out_dir"), b["config"].pop("out_dir")
+    # weights, optimizer, RNG, tokens seen, best val loss...: the whole saved state, not just weights
+    assert_same(a, b)
+    assert_same(load(ref_dir / "best.pt")["model"], load(out_dir / "best.pt")["model"], "best.pt")
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(char_data, tmp_path):
+    K = 60
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run("train.py", *EXACT, f"--max_iters={K}", f"--out_dir={ref}", env=ENV)
+
+    p = start(*EXACT, f"--max_iters={K}", f"--out_dir={out}")
+    wait_for_line(p, "iter 3:")
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(p)
+    assert p.returncode == 0, stderr
+    assert "SIGTERM received" in stdout and "--init_from=resume" in stdout, stdout
+    stopped = load(out / "ckpt.pt")["iter_num"]
+    assert 4 <= stopped < K, f"the run stopped at {stopped}; the signal came too late to test a resume"
+    assert [r["iter"] for r in read_metrics(out) if "loss" in r] == list(range(stopped))
+
+    p = run("train.py", *EXACT, f"--max_iters={K}", f"--out_dir={out}", "--init_from=resume", env=ENV)
+    assert f"resuming from {out / 'ckpt.pt'} at iteration {stopped}" in p.stdout
+    assert "note:" not in p.stdout  # a checkpoint of ours restores everything
+    assert_resumed_equals_reference(ref, out)
+
+
+def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
+    """Saving every iteration and killed without warning: each time the run resumes from what is
+    on disk (a cut-short metrics line, half-written temporaries) and still ends like the reference."""
+    K = 16
+    common = [*EXACT, f"--max_iters={K}", "--eval_interval=1", "--eval_iters=1", "--keep_last=2"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run("train.py", *common, f"--out_dir={ref}", env=ENV)
+    rng = random.Random(0)
+    init = "scratch"
+    for attempt in range(2):
+        p = start(*common, f"--out_dir={out}", f"--init_from={init}")
+        wait_for_line(p, "eval ")
+        wait_for_line(p, "iter ")  # past the startup (and the resume) so a checkpoint exists
+        time.sleep(rng.uniform(0, 0.3))
+        p.kill()
+        finish(p)
+        if p.returncode == 0:
+            break  # it finished before the kill landed; the resume below is then a no-op
+        assert p.returncode == -signal.SIGKILL
+        ckpt = load(out / "ckpt.pt")  # loadable after every kill
+        assert ckpt["iter_num"] < K
+        init = "resume"
+    run("train.py", *common, f"--out_dir={out}", "--init_from=resume", env=ENV)
+    assert_resumed_equals_reference(ref, out)
+    assert not [f for f in os.listdir(out) if ".tmp" in f], os.listdir(out)
+    assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == [f"ckpt_{K - 1:07d}.pt", f"ckpt_{K:07d}.pt"]
+
+
+def test_second_sigint_quits_at_once(char_data, tmp_path):
+    # steps of a few seconds, so the second Ctrl-C lands while the first is still finishing its step
+    p = start(*EXACT, "--batch_size=64", "--gradient_accumulation_steps=16", "--max_iters=100000",
+              f"--out_dir={tmp_path}", "--eval_interval=100000")
+    wait_for_line(p, "iter 0:")
+    p.send_signal(signal.SIGINT)
+    wait_for_line(p, "SIGINT received")
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = finish(p, timeout=60)
+    assert p.returncode == 130, (p.returncode, stderr)
+    assert "Traceback" not in stderr and "quitting without saving" in stderr
+    assert not (tmp_path / "ckpt.pt").exists()  # no save after the second Ctrl-C
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_one_sigint_saves_and_says_how_to_resume(char_data, tmp_path):
+    p = start(*EXACT, "--max_iters=100000", f"--out_dir={tmp_path}", "--eval_interval=100000")
+    wait_for_line(p, "iter 1:")
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = finish(p, timeout=120)
+    assert p.returncode == 0, stderr
+    saved = load(tmp_path / "ckpt.pt")["iter_num"]
+    assert f"stopped at iteration {saved} and saved" in stdout and "--init_from=resume" in stdout
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def poisoned_resume(char_data, out, *extra):
+    """A good run to iteration 4, then resumed with a learning rate that sends the weights to
+    +-1e30: the evaluation at 5 is NaN and the step at 5 has a non-finite loss."""
+    common = ["--dataset=shakespeare_char", *TINY, "--eval_iters=1", f"--out_dir={out}"]
+    run("train.py", *common, "--max_iters=4", "--eval_interval=2", env=ENV)
+    before = {f: digest(out / f) for f in ("ckpt.pt", "best.pt")}
+    p = run("train.py", *common, "--init_from=resume", "--max_iters=12", "--eval_interval=1",
+            "--learning_rate=1e30", "--decay_lr=False", "--grad_clip=0", *extra, check=False, env=ENV)
+    assert {f: digest(out / f) for f in ("ckpt.pt", "best.pt")} == before  # the good checkpoints, untouched
+    assert load(out / "ckpt.pt")["iter_num"] == 4
+    return p
+
+
+def test_nonfinite_loss_stops_before_the_update_naming_the_iteration(char_data, tmp_path):
+    p = poisoned_resume(char_data, tmp_path)
+    assert "eval 5:" in p.stdout and "val loss nan" in p.stdout and "(best)" not in p.stdout.split("eval 5:")[1]
+    error = assert_clean_error(p, words=["iteration 5", "not finite", "stopped before the update", "intact"])
+    assert "on_nonfinite=skip" in error
+    assert not [r for r in read_metrics(tmp_path) if r["iter"] >= 5 and "loss" in r]  # no step got logged
+
+
+def test_nonfinite_skip_skips_up_to_max_skips(char_data, tmp_path):
+    p = poisoned_resume(char_data, tmp_path, "--on_nonfinite=skip", "--max_skips=3")
+    for k in (1, 2, 3):
+        assert f"step skipped ({k} of at most 3)" in p.stdout
+    assert_clean_error(p, words=["iteration 8", "after 3 skipped steps"])
+    assert [r["iter"] for r in read_metrics(tmp_path) if "loss" in r] == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_nanogpt_checkpoint_resumes_with_a_note(char_data, tmp_path):
+    nanogpt_checkpoint(tmp_path / "ckpt.pt", iter_num=100)
+    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", "--max_iters=103",
+            "--eval_interval=1000", "--eval_iters=1", f"--out_dir={tmp_path}", env=ENV)
+    assert "resuming from" in p.stdout and "at iteration 100" in p.stdout
+    assert "note: this checkpoint (nanoGPT layout)" in p.stdout
+    ckpt = load(tmp_path / "ckpt.pt")
+    assert ckpt["iter_num"] == 103 and ckpt["best_val_loss"] <= 2.5
+    # what it writes now is complete: the next resume restores everything without a note
+    assert {"rng", "sampler", "tokens_seen", "scaler", "last_eval_iter", "optimizer"} <= set(ckpt)
+    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", "--max_iters=104",
+            "--eval_interval=1000", "--eval_iters=1", f"--out_dir={tmp_path}", env=ENV)
+    assert "note:" not in p.stdout
+
+
+def test_keep_last_keeps_the_newest_copies(char_data, tmp_path):
+    run("train.py", "--dataset=shakespeare_char", *TINY, "--max_iters=5", "--eval_interval=1", "--eval_iters=1",
+        "--keep_last=2", f"--out_dir={tmp_path}", env=ENV)
+    copies = sorted(f for f in os.listdir(tmp_path) if f.startswith("ckpt_"))
+    assert copies == ["ckpt_0000004.pt", "ckpt_0000005.pt"]
+    assert load(tmp_path / copies[0])["iter_num"] == 4
+    assert digest(tmp_path / copies[1]) == digest(tmp_path / "ckpt.pt")
