@@ -26,7 +26,10 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 
 def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT):
     """Run one of the project's scripts in a fresh interpreter; return the CompletedProcess."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    # one thread: the tiny models gain nothing from a second, and two processes (DDP tests, or a
+    # busy machine) with two threads each on two cores slow every step by an order of magnitude
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    full_env.update(env or {})
     p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=full_env,
                        capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
