@@ -23,6 +23,12 @@ import dataset  # noqa: E402
 from runtime import fail  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BadDocument(ValueError):
+    pass
+
+
 ARGS = ["input", "dataset", "data_files", "text_field", "num_proc", "val_fraction", "seed", "batch_mb", "out"]
 
 
@@ -72,10 +78,10 @@ def local_documents(files, text_field):
                     row = json.loads(line)
                     text = row[text_field]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    fail(f"{path}, line {lineno}: expected a JSON object with a {text_field!r} string; "
-                         f"fix the line or name the field with --text_field=")
+                    text = None
                 if not isinstance(text, str):
-                    fail(f"{path}, line {lineno}: {text_field!r} is not a string")
+                    raise BadDocument(f"{path}, line {lineno}: expected a JSON object with a {text_field!r} string; "
+                                      f"fix the line or name the field with --text_field=")
                 yield text
 
 
@@ -110,14 +116,23 @@ def prepare_local(args, enc, out, num_proc, val_fraction, batch_chars):
         batch["index"], batch["text"], batch["chars"] = [], [], 0
 
     batch = {"index": [], "text": [], "chars": 0}
-    for i, text in enumerate(tqdm(local_documents(files, args.get("text_field", "text")), total=n_docs,
-                                  unit="doc", desc="tokenizing")):
-        batch["index"].append(i)
-        batch["text"].append(text)
-        batch["chars"] += len(text)
-        if batch["chars"] >= batch_chars:
-            flush(batch)
-    flush(batch)
+    bar = tqdm(total=n_docs, unit="doc", desc="tokenizing")
+    try:
+        for i, text in enumerate(local_documents(files, args.get("text_field", "text"))):
+            batch["index"].append(i)
+            batch["text"].append(text)
+            batch["chars"] += len(text)
+            bar.update()
+            if batch["chars"] >= batch_chars:
+                flush(batch)
+        flush(batch)
+    except BadDocument as e:
+        bar.close()  # ends the progress line, so the error starts its own
+        for w in writers.values():
+            w.f.close()
+            os.remove(w.tmp)
+        fail(str(e))
+    bar.close()
     return writers["train"].close(), writers["val"].close()
 
 
