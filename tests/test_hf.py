@@ -199,3 +199,15 @@ def test_finetune_refuses_a_conflicting_architecture(hf_dir, bpe_data, char_data
     assert_clean_error(p, status=2, words=["n_layer=4", "n_layer=2"])
     p = run("train.py", "--dataset=shakespeare_char", *base, check=False)
     assert_clean_error(p, status=2, words=["vocabulary", "gpt2"])
+
+
+def test_gpt2_configs_resolve():
+    import json
+    for name, init in [("eval_gpt2", "gpt2"), ("eval_gpt2_medium", "gpt2-medium"), ("eval_gpt2_large", "gpt2-large"),
+                       ("eval_gpt2_xl", "gpt2-xl")]:
+        cfg = json.loads(run("train.py", f"config/{name}.py", "--print-config").stdout)
+        assert cfg["eval_only"] and cfg["init_from"] == init and cfg["out_dir"] != "out"
+    cfg = json.loads(run("train.py", "config/finetune_shakespeare.py", "--print-config").stdout)
+    assert cfg["init_from"].startswith("gpt2") and cfg["dataset"] == "shakespeare"
+    cfg = json.loads(run("train.py", "config/train_gpt2.py", "--print-config").stdout)
+    assert cfg["dataset"] == "openwebtext" and cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"] == 491520
