@@ -29,6 +29,10 @@ def hf_dir(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.05)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     hf.save_pretrained(folder)
+    # the same weights as older transformers saved them: pytorch_model.bin
+    (folder / "bin").mkdir()
+    hf.config.save_pretrained(folder / "bin")
+    torch.save(hf.state_dict(), folder / "bin" / "pytorch_model.bin")
     return folder
 
 
@@ -49,11 +53,13 @@ def hf_logits(folder, idx):
 
 def test_import_matches_hf_logits(hf_dir):
     idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
-    model = GPT.from_pretrained(str(hf_dir)).eval()
-    assert model.config.gelu_approximate == "tanh" and model.config.bias and model.config.block_size == 64
-    with torch.no_grad():
-        ours, _ = model(idx, all_logits=True)
-    assert (ours - hf_logits(hf_dir, idx)).abs().max().item() <= TOL
+    reference = hf_logits(hf_dir, idx)
+    for folder in (hf_dir, hf_dir / "bin"):
+        model = GPT.from_pretrained(str(folder)).eval()
+        assert model.config.gelu_approximate == "tanh" and model.config.bias and model.config.block_size == 64
+        with torch.no_grad():
+            ours, _ = model(idx, all_logits=True)
+        assert (ours - reference).abs().max().item() <= TOL
     # the same through the entry point train/sample use, with dropout overridden
     assert checkpoint.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
 
@@ -68,9 +74,26 @@ def export(out_dir, export_dir, *extra, check=True):
 
 
 def load_clean(folder):
-    """GPT2LMHeadModel from an exported folder, asserting transformers found exactly its weights."""
-    hf, info = GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
+    """GPT2LMHeadModel from an exported folder, asserting transformers found exactly its weights and
+    logged no warning while loading it."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.said = []
+
+        def emit(self, record):
+            self.said.append(record.getMessage())
+
+    collect = Collect()
+    transformers.utils.logging.add_handler(collect)
+    try:
+        hf, info = GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
+    finally:
+        transformers.utils.logging.remove_handler(collect)
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert not collect.said, collect.said
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # still tied
     return hf.eval()
 
