@@ -60,6 +60,11 @@ def test_import_matches_hf_logits(hf_dir):
         with torch.no_grad():
             ours, _ = model(idx, all_logits=True)
         assert (ours - reference).abs().max().item() <= TOL
+    # and back out: the imported model exported in memory is the source again
+    back = GPT2LMHeadModel(model.hf_config())
+    assert back.load_state_dict(model.hf_state_dict(), strict=False) == ([], [])  # (missing, unexpected)
+    with torch.no_grad():
+        assert (back.eval()(idx).logits - reference).abs().max().item() <= TOL
     # the same through the entry point train/sample use, with dropout overridden
     assert checkpoint.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
 
