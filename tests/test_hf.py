@@ -69,9 +69,15 @@ def test_import_matches_hf_logits(hf_dir):
     assert checkpoint.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
 
 
-def test_bad_local_folder_is_one_sentence(tmp_path):
+def test_unloadable_weights_are_one_sentence(tmp_path, char_data):
     p = run("sample.py", f"--init_from={tmp_path}", "--device=cpu", "--num_samples=1", check=False)
     assert_clean_error(p, words=[str(tmp_path), "config.json"])
+    p = run("sample.py", f"--init_from={tmp_path / 'nope'}", "--device=cpu", check=False)
+    assert_clean_error(p, words=["no such folder"])
+    # a hub name with no connection and nothing cached
+    p = run("train.py", "--init_from=gpt2", "--dataset=shakespeare_char", *TINY, f"--out_dir={tmp_path}", check=False,
+            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+    assert_clean_error(p, words=["'gpt2'", "connect to the internet", "local folder"])
 
 
 def export(out_dir, export_dir, *extra, check=True):
