@@ -228,6 +228,9 @@ def load_pretrained(name_or_path, dropout=0.0):
         import transformers  # noqa: F401
     except ImportError:
         fail(f"init_from={name_or_path} needs the transformers package; pip install transformers")
+    if os.sep in name_or_path and not os.path.exists(name_or_path):  # a path, not a hub name
+        fail(f"init_from={name_or_path}: no such folder; give a Hugging Face GPT-2 folder (config.json and "
+             f"model.safetensors) or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     try:
         return GPT.from_pretrained(name_or_path, dict(dropout=dropout))
     except (OSError, ValueError, EnvironmentError) as e:

@@ -223,6 +223,15 @@ class GPT(nn.Module):
         from transformers import GPT2LMHeadModel
         hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         c = hf.config
+        # settings this network does not implement: refuse rather than compute something else
+        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise ValueError(f"activation_function={c.activation_function!r} is not GELU")
+        if c.n_inner not in (None, 4 * c.n_embd) or c.layer_norm_epsilon != 1e-5:
+            raise ValueError(f"n_inner={c.n_inner} or layer_norm_epsilon={c.layer_norm_epsilon} differs from GPT-2's")
+        if c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or not c.scale_attn_weights:
+            raise ValueError("the attention scaling differs from GPT-2's")
+        if not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight):
+            raise ValueError("the output head is not tied to the token embedding")
         config = GPTConfig(
             n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
             vocab_size=c.vocab_size, bias=True, dropout=override_args.get("dropout", 0.0),
@@ -282,6 +291,8 @@ class GPT(nn.Module):
             activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
             resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
             tie_word_embeddings=True,
+            # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
+            **({} if (vocab_size or c.vocab_size) > 50256 else dict(bos_token_id=None, eos_token_id=None)),
         )
 
     # -------------------------------------------------------------------------

@@ -164,6 +164,14 @@ elif cfg.init_from == "resume":
                   f"so the data order from here differs from the original run's")
 else:
     model = checkpoint.load_pretrained(cfg.init_from, dropout=cfg.dropout)
+    # the architecture is the source's; a setting that contradicts it is a mistake, not a request
+    for k in ("n_layer", "n_head", "n_embd", "bias"):
+        if cfg.is_set(k) and getattr(cfg, k) != getattr(model.config, k):
+            fail(f"{k}={getattr(cfg, k)} conflicts with {cfg.init_from}, which has {k}={getattr(model.config, k)}; "
+                 f"drop the setting (only dropout and a shorter block_size can differ from the weights)", status=2)
+    if meta and ("stoi" in meta or meta.get("vocab_size", 0) > model.config.vocab_size):
+        fail(f"{data_dir} has its own vocabulary of {meta.get('vocab_size')} tokens but {cfg.init_from} reads GPT-2 BPE; "
+             f"prepare the data with GPT-2's tokenizer (e.g. data/corpus/prepare.py --tokenizer=gpt2)", status=2)
     for k in checkpoint.MODEL_ARG_KEYS:
         model_args[k] = getattr(model.config, k)
 

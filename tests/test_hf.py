@@ -1,0 +1,247 @@
+"""GPT-2 weights in and out, checked against transformers' GPT2LMHeadModel: import parity, export
+parity and greedy generation, the text-generation pipeline, fine-tuning from a local folder."""
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import SHAKESPEARE, SHARED, TINY, assert_clean_error, read_metrics, run
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+import checkpoint  # noqa: E402
+from model import GPT  # noqa: E402
+
+GPT2_TOKENIZER = SHARED / "data" / "gpt2_tokenizer"
+TOL = 1e-5  # fp32
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random GPT-2 in GPT-2's vocabulary, saved as transformers saves GPT-2. Every weight is
+    perturbed so that biases and LayerNorm gains are not their trivial init (a dropped bias shows)."""
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    hf.save_pretrained(folder)
+    # the same weights as older transformers saved them: pytorch_model.bin
+    (folder / "bin").mkdir()
+    hf.config.save_pretrained(folder / "bin")
+    torch.save(hf.state_dict(), folder / "bin" / "pytorch_model.bin")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bpe_data(tmp_path_factory, char_data):  # char_data: the corpus is on disk
+    folder = tmp_path_factory.mktemp("bpe")
+    src = folder / "corpus.txt"
+    src.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    run("data/corpus/prepare.py", f"--input={src}", "--tokenizer=gpt2", f"--out={folder}")
+    return folder
+
+
+def hf_logits(folder, idx):
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return hf(idx).logits
+
+
+def test_import_matches_hf_logits(hf_dir):
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
+    reference = hf_logits(hf_dir, idx)
+    for folder in (hf_dir, hf_dir / "bin"):
+        model = GPT.from_pretrained(str(folder)).eval()
+        assert model.config.gelu_approximate == "tanh" and model.config.bias and model.config.block_size == 64
+        with torch.no_grad():
+            ours, _ = model(idx, all_logits=True)
+        assert (ours - reference).abs().max().item() <= TOL
+    # and back out: the imported model exported in memory is the source again
+    back = GPT2LMHeadModel(model.hf_config())
+    assert back.load_state_dict(model.hf_state_dict(), strict=False) == ([], [])  # (missing, unexpected)
+    with torch.no_grad():
+        assert (back.eval()(idx).logits - reference).abs().max().item() <= TOL
+    # the same through the entry point train/sample use, with dropout overridden
+    assert checkpoint.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
+
+
+def test_unloadable_weights_are_one_sentence(tmp_path, char_data):
+    p = run("sample.py", f"--init_from={tmp_path}", "--device=cpu", "--num_samples=1", check=False)
+    assert_clean_error(p, words=[str(tmp_path), "config.json"])
+    p = run("sample.py", f"--init_from={tmp_path / 'nope'}", "--device=cpu", check=False)
+    assert_clean_error(p, words=["no such folder"])
+    # a hub name with no connection and nothing cached
+    p = run("train.py", "--init_from=gpt2", "--dataset=shakespeare_char", *TINY, f"--out_dir={tmp_path}", check=False,
+            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+    assert_clean_error(p, words=["'gpt2'", "connect to the internet", "local folder"])
+
+
+def export(out_dir, export_dir, *extra, check=True):
+    return run("export.py", f"--out_dir={out_dir}", f"--export_dir={export_dir}", *extra, check=check)
+
+
+def load_clean(folder):
+    """GPT2LMHeadModel from an exported folder, asserting transformers found exactly its weights and
+    logged no warning while loading it."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.said = []
+
+        def emit(self, record):
+            self.said.append(record.getMessage())
+
+    collect = Collect()
+    transformers.utils.logging.add_handler(collect)
+    try:
+        hf, info = GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
+    finally:
+        transformers.utils.logging.remove_handler(collect)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert not collect.said, collect.said
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # still tied
+    return hf.eval()
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory, bpe_data):
+    """A model trained here in GPT-2's vocabulary: bias=False, exact GELU, padded vocabulary of 50304."""
+    out = tmp_path_factory.mktemp("bpe-run")
+    run("train.py", f"--data_dir={bpe_data}", *TINY, "--gradient_accumulation_steps=1", "--max_iters=6", "--eval_interval=6", "--eval_iters=1",
+        "--learning_rate=1e-2", "--warmup_iters=0", f"--out_dir={out}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bpe_export(tmp_path_factory, bpe_run):
+    dest = tmp_path_factory.mktemp("bpe-export") / "hf"
+    p = export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}")
+    assert "exported" in p.stdout
+    files = {f.name for f in dest.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, files
+    assert not list(dest.parent.glob("hf.*"))  # no temporary folder left behind
+    return dest
+
+
+def test_export_matches_our_logits_and_greedy_tokens(bpe_run, bpe_export):
+    dest = bpe_export
+    path = bpe_run / "ckpt.pt"
+    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
+    assert ours.config.vocab_size == 50304 and not ours.config.bias
+    hf = load_clean(dest)
+    assert hf.config.vocab_size == 50257 and hf.config.n_positions == 32
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        mine, _ = ours(idx, all_logits=True)
+        theirs = hf(idx).logits
+    assert (mine[..., :50257] - theirs).abs().max().item() <= TOL
+    prompt = idx[:1, :8]
+    ours_gen = ours.generate(prompt, 20, temperature=0)[0, 8:].tolist()
+    hf_gen = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
+                         pad_token_id=50256)[0, 8:].tolist()
+    # transformers stops at <|endoftext|>; up to there the tokens must be the same
+    assert hf_gen == ours_gen[:len(hf_gen)] and (len(hf_gen) == 20 or hf_gen[-1] == 50256)
+
+
+def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gen = transformers.pipeline("text-generation", model=str(bpe_export), device="cpu")
+    text = gen("ROMEO:", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    # the same continuation from our own model and tiktoken
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    path = bpe_run / "ckpt.pt"
+    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
+    ids = torch.tensor([enc.encode("ROMEO:")])
+    new = ours.generate(ids, 8, temperature=0)[0, ids.size(1):].tolist()
+    if 50256 in new:
+        new = new[:new.index(50256)]
+    assert text == "ROMEO:" + enc.decode(new)
+
+
+def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path):
+    dest = tmp_path / "hf"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    p = export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}", check=False)
+    assert_clean_error(p, words=["already exists", "--overwrite"])
+    assert [f.name for f in dest.iterdir()] == ["keep.txt"]
+    # no tokenizer to be had: a sentence saying what to do, and nothing written
+    p = run("export.py", f"--out_dir={bpe_run}", f"--export_dir={tmp_path / 'new'}", check=False,
+            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+    assert_clean_error(p, words=["--tokenizer_dir", "--skip_tokenizer"])
+    assert not (tmp_path / "new").exists()
+    export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}", "--overwrite")
+    assert not (dest / "keep.txt").exists() and (dest / "model.safetensors").exists()
+    assert not list(tmp_path.glob("hf.*"))
+
+
+def test_char_model_exports_weights_and_vocabulary(char_data, tmp_path):
+    out = tmp_path / "run"
+    run("train.py", "--dataset=shakespeare_char", *TINY, "--gradient_accumulation_steps=1", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+        f"--out_dir={out}")
+    dest = tmp_path / "hf"
+    p = export(out, dest)
+    assert "no transformers tokenizer exists" in p.stderr
+    assert {f.name for f in dest.iterdir()} >= {"config.json", "model.safetensors", "meta.pkl"}
+    with open(dest / "meta.pkl", "rb") as f:
+        assert pickle.load(f)["vocab_size"] == 65
+    hf = load_clean(dest)
+    assert hf.config.vocab_size == 65 and hf.config.eos_token_id is None
+    path = out / "ckpt.pt"
+    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
+    idx = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (ours(idx, all_logits=True)[0] - hf(idx).logits).abs().max().item() <= TOL
+
+
+def test_finetune_from_a_local_folder_then_resume(hf_dir, bpe_data, tmp_path):
+    out = tmp_path / "ft"
+    common = [f"--data_dir={bpe_data}", *TINY, "--gradient_accumulation_steps=1", "--eval_interval=3", "--eval_iters=2", "--dropout=0.1",
+              f"--out_dir={out}", "--learning_rate=1e-3", "--warmup_iters=0"]
+    p = run("train.py", *common, f"--init_from={hf_dir}", "--max_iters=3")
+    rows = read_metrics(out)
+    assert [r["iter"] for r in rows if "loss" in r] == [0, 1, 2]
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    args = ckpt["model_args"]
+    assert args["bias"] is True and args["gelu_approximate"] == "tanh" and args["vocab_size"] == 50257
+    assert args["block_size"] == 32 and args["dropout"] == 0.1  # cropped from 64; dropout overridden
+    # the first evaluation scored the imported weights themselves: compare with transformers' loss
+    from dataset import Batches
+    batches = Batches(str(bpe_data), "bpe", 32, 8, 1337, "cpu")  # TINY's block and batch, the default seed
+    hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        ref = sum(torch.nn.functional.cross_entropy(hf(X).logits.flatten(0, 1), Y.flatten()).item()
+                  for X, Y in (batches.eval_batch("val", k) for k in range(2))) / 2
+    evals = [r for r in rows if "val_loss" in r]
+    assert evals[0]["iter"] == 0 and evals[0]["val_loss"] == pytest.approx(ref, abs=1e-4)
+    p = run("train.py", *common, "--init_from=resume", "--max_iters=6")
+    assert "resuming from" in p.stdout
+    assert [r["iter"] for r in read_metrics(out) if "loss" in r] == list(range(6))
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
+
+
+def test_finetune_refuses_a_conflicting_architecture(hf_dir, bpe_data, char_data, tmp_path):
+    base = [*TINY, f"--init_from={hf_dir}", "--max_iters=1", f"--out_dir={tmp_path}"]
+    p = run("train.py", f"--data_dir={bpe_data}", *base, "--n_layer=4", check=False)
+    assert_clean_error(p, status=2, words=["n_layer=4", "n_layer=2"])
+    p = run("train.py", "--dataset=shakespeare_char", *base, check=False)
+    assert_clean_error(p, status=2, words=["vocabulary", "gpt2"])
+
+
+def test_gpt2_configs_resolve():
+    import json
+    for name, init in [("eval_gpt2", "gpt2"), ("eval_gpt2_medium", "gpt2-medium"), ("eval_gpt2_large", "gpt2-large"),
+                       ("eval_gpt2_xl", "gpt2-xl")]:
+        cfg = json.loads(run("train.py", f"config/{name}.py", "--print-config").stdout)
+        assert cfg["eval_only"] and cfg["init_from"] == init and cfg["out_dir"] != "out"
+    cfg = json.loads(run("train.py", "config/finetune_shakespeare.py", "--print-config").stdout)
+    assert cfg["init_from"].startswith("gpt2") and cfg["dataset"] == "shakespeare"
+    cfg = json.loads(run("train.py", "config/train_gpt2.py", "--print-config").stdout)
+    assert cfg["dataset"] == "openwebtext" and cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"] == 491520
