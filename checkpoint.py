@@ -243,20 +243,33 @@ def load_pretrained(name_or_path, dropout=0.0):
              f"(gpt2, gpt2-medium, gpt2-large, gpt2-xl), connect to the internet, or give a local folder")
 
 
+def find_meta(ckpt, out_dir):
+    """(meta, folder) for a run's vocabulary: the meta.pkl train.py copies beside the checkpoint,
+    else the one of the dataset named in its config (how nanoGPT's sample.py finds it); (None,
+    None) for GPT-2 BPE runs, which have none."""
+    from dataset import DATA_ROOT, read_meta
+    meta = read_meta(out_dir)
+    if meta is not None:
+        return meta, out_dir
+    dataset = (ckpt.get("config") or {}).get("dataset")
+    if dataset:
+        folder = os.path.join(DATA_ROOT, dataset)
+        meta = read_meta(folder)
+        if meta is not None:
+            return meta, folder
+    return None, None
+
+
 def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from GPT-2 weights (a hub name or a local Hugging Face folder)."""
-    from dataset import DATA_ROOT, read_meta
     from tokenizer import load_tokenizer
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
         ckpt = load(path, map_location=device)
         model = build_model(ckpt, path, dropout=0.0)
-        # the vocabulary: the copy beside the checkpoint, else the dataset it was trained on
-        meta = read_meta(out_dir)
+        meta, _ = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
-        if meta is None and dataset:
-            meta = read_meta(os.path.join(DATA_ROOT, dataset))
         vocab_size = model.config.vocab_size
         if meta is None and vocab_size < 50257:
             fail(f"{path} has a vocabulary of {vocab_size} tokens but no meta.pkl was found "

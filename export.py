@@ -34,7 +34,6 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 import checkpoint  # noqa: E402
-from dataset import DATA_ROOT, read_meta  # noqa: E402
 from runtime import fail  # noqa: E402
 
 GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
@@ -55,13 +54,8 @@ path = os.path.join(cfg.out_dir, cfg.ckpt_name)
 ckpt = checkpoint.load(path)
 model = checkpoint.build_model(ckpt, path, dropout=0.0)
 vocab_size = model.config.vocab_size
-# the vocabulary: the copy train.py puts beside the checkpoint, else the dataset it was trained on
-meta_dir = cfg.out_dir
-meta = read_meta(meta_dir)
+meta, meta_dir = checkpoint.find_meta(ckpt, cfg.out_dir)
 dataset = (ckpt.get("config") or {}).get("dataset")
-if meta is None and dataset:
-    meta_dir = os.path.join(DATA_ROOT, dataset)
-    meta = read_meta(meta_dir)
 char_level = bool(meta and "stoi" in meta)
 if char_level:
     vocab_size = meta["vocab_size"]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 # a model small enough that a training run takes seconds on a CPU
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--device=cpu",
-        "--compile=False", "--dtype=float32"]
+        "--compile=False", "--dtype=float32", "--gradient_accumulation_steps=1"]
 
 
 def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT):
