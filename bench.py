@@ -38,6 +38,7 @@ KEYS = [
     Key("recompute_max_batch", 1, "generate: time full recomputation only up to this batch size (it is slow)"),
     Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
+    Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
 
 ]
 cfg = configurator.configure(KEYS)
@@ -72,6 +73,8 @@ def bench_generate():
     device, device_reason = runtime.pick_device(cfg.device)
     dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
     ptdtype = runtime.plan_for(device, dtype).ptdtype
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
         runtime.fail(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size={cfg.block_size}; "
                      f"the benchmark times decoding without the sliding window, so lower one of them")
@@ -109,10 +112,10 @@ def bench_generate():
     for B in cfg.gen_batch_sizes:
         x = torch.randint(0, hf_vocab, (B, cfg.prompt_len), device=device)
         methods = {"kv_cache": lambda n: run_ours(x, n, True)}
-        if B <= cfg.recompute_max_batch:
-            methods["recompute"] = lambda n: run_ours(x, n, False)
         if hf is not None:
             methods["transformers"] = lambda n: run_hf(x, n)
+        if B <= cfg.recompute_max_batch:
+            methods["recompute"] = lambda n: run_ours(x, n, False)
         # warm-up: a few tokens each touch every kernel, the allocator and the thread pool
         for _ in range(cfg.warmup):
             for f in methods.values():
@@ -127,6 +130,7 @@ def bench_generate():
                 f(cfg.new_tokens)
                 sync()
                 times[name].append(time.perf_counter() - t0)
+                print(f"  {name} batch {B} run {r + 1}: {B * cfg.new_tokens / times[name][-1]:.2f} tok/s", flush=True)
         for name, ts in times.items():
             dt = statistics.median(ts)
             results.append(dict(method=name, batch=B, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
