@@ -80,14 +80,21 @@ if style == "play":
 else:
     user, bot, sep = "User: ", "Assistant: ", "\n"
     preamble = "A conversation between a curious user and a helpful, knowledgeable assistant.\n\n"
-sep = cfg.sep if cfg.sep is not None else sep
-user = cfg.user if cfg.user is not None else user
-bot = cfg.bot if cfg.bot is not None else bot
-preamble = cfg.preamble if cfg.preamble is not None else preamble
+
+
+
+def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backslash and an n
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+sep = unescape(cfg.sep) if cfg.sep is not None else sep
+user = unescape(cfg.user) if cfg.user is not None else user
+bot = unescape(cfg.bot) if cfg.bot is not None else bot
+preamble = unescape(cfg.preamble) if cfg.preamble is not None else preamble
 if not user.strip() or not bot.strip():
     fail("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=2)
 # a reply ends where the model starts the next speaker's line, whichever speaker it picks
-stops = ["\n" + user.strip(), "\n" + bot.strip(), *cfg.stop]
+stops = ["\n" + user.strip(), "\n" + bot.strip(), *map(unescape, cfg.stop)]
 stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
