@@ -46,6 +46,13 @@ KEYS = [
     Key("profile", "", "also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) here"),
 
     # --- generation-mode keys ---
+    Key("prompt_len", 16, "generate: prompt tokens"),
+    Key("new_tokens", 256, "generate: tokens generated per run"),
+    Key("gen_batch_sizes", (1, 4), "generate: batch sizes to measure"),
+    Key("recompute_max_batch", 1, "generate: time full recomputation only up to this batch size (it is slow)"),
+    Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
+    Key("hf", True, "generate: also time transformers' generate on the same weights"),
+    Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
 
 ]
 cfg = configurator.configure(KEYS)
@@ -208,7 +215,102 @@ def platform_name():
 
 
 def bench_generate():
-    raise NotImplementedError("generation benchmark: being written")
+    # Three ways to produce the same greedy tokens from the same weights: this project's KV-cache
+    # path, full recomputation of the context for every token (nanoGPT), and transformers'
+    # GPT2LMHeadModel.generate with its own cache. The methods take turns within each repeat, so
+    # a change in the load from other processes hits them all alike.
+    import json
+    import statistics
+    import time
+
+    import torch
+
+    import runtime
+    from model import GPT, GPTConfig
+
+    device, device_reason = runtime.pick_device(cfg.device)
+    dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
+    ptdtype = runtime.plan_for(device, dtype).ptdtype
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
+        runtime.fail(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size={cfg.block_size}; "
+                     f"the benchmark times decoding without the sliding window, so lower one of them")
+    torch.manual_seed(cfg.seed)
+    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                       vocab_size=cfg.vocab_size, bias=cfg.bias, gelu_approximate="tanh")
+    model = GPT(config).eval().to(device=device, dtype=ptdtype)
+    hf_vocab = min(cfg.vocab_size, 50257)  # transformers gets GPT-2's real vocabulary, without our padding
+    hf = None
+    if cfg.hf:
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel(model.hf_config(hf_vocab)).eval()
+        missing, unexpected = hf.load_state_dict(model.hf_state_dict(hf_vocab), strict=False)
+        assert not unexpected and all(k.endswith("attn.bias") for k in missing), (missing, unexpected)
+        hf = hf.to(device=device, dtype=ptdtype)
+        hf.generation_config.eos_token_id = None  # a random model must not stop early
+        hf.generation_config.pad_token_id = 0
+    print(f"generation on {device} ({device_reason}), {dtype} ({dtype_reason}), {torch.get_num_threads()} threads, "
+          f"{model.get_num_params() / 1e6:.1f}M parameters, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run_ours(x, n, use_cache):
+        return model.generate(x, n, temperature=0, use_cache=use_cache)
+
+    def run_hf(x, n):
+        with torch.no_grad():
+            out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        assert out.size(1) == x.size(1) + n
+        return out
+
+    results = []
+    for B in cfg.gen_batch_sizes:
+        x = torch.randint(0, hf_vocab, (B, cfg.prompt_len), device=device)
+        methods = {"kv_cache": lambda n: run_ours(x, n, True)}
+        if hf is not None:
+            methods["transformers"] = lambda n: run_hf(x, n)
+        if B <= cfg.recompute_max_batch:
+            methods["recompute"] = lambda n: run_ours(x, n, False)
+        # warm-up: a few tokens each touch every kernel, the allocator and the thread pool
+        for _ in range(cfg.warmup):
+            for f in methods.values():
+                f(8)
+        times = {name: [] for name in methods}
+        for r in range(cfg.repeats):
+            for name, f in methods.items():
+                if name == "recompute" and r >= cfg.recompute_repeats:
+                    continue
+                sync()
+                t0 = time.perf_counter()
+                f(cfg.new_tokens)
+                sync()
+                times[name].append(time.perf_counter() - t0)
+                print(f"  {name} batch {B} run {r + 1}: {B * cfg.new_tokens / times[name][-1]:.2f} tok/s", flush=True)
+        for name, ts in times.items():
+            dt = statistics.median(ts)
+            results.append(dict(method=name, batch=B, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                                runs=len(ts), median_s=round(dt, 3), tok_s=round(B * cfg.new_tokens / dt, 2),
+                                ms_per_step=round(dt / cfg.new_tokens * 1e3, 2)))
+
+    # -------------------------------------------------------------------------
+    # report: a table, the speed-ups within this run, then everything as one JSON line
+    print(f"{'method':<14}{'batch':>6}{'runs':>6}{'median s':>10}{'ms/step':>10}{'tok/s':>10}")
+    for r in results:
+        print(f"{r['method']:<14}{r['batch']:>6}{r['runs']:>6}{r['median_s']:>10.2f}{r['ms_per_step']:>10.1f}{r['tok_s']:>10.2f}")
+    speedups = {}
+    for B in cfg.gen_batch_sizes:
+        by = {r["method"]: r["tok_s"] for r in results if r["batch"] == B}
+        for other in ("recompute", "transformers"):
+            if other in by:
+                speedups[f"kv_cache_vs_{other}_b{B}"] = round(by["kv_cache"] / by[other], 2)
+    for k, v in speedups.items():
+        print(f"{k}: {v:.2f}x")
+    print(json.dumps(dict(mode="generate", device=device, dtype=dtype, threads=torch.get_num_threads(),
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+                          prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens, results=results, speedups=speedups)))
 
 
 # -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ KEYS = [
     Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy"),
     Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int),
     Key("top_p", 1.0, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)"),
+    Key("stop", (), "strings that end a sample, e.g. ('\\n\\n',); the stop string itself is not printed", type=tuple),
+    Key("stop_at_eot", True, "end a sample at GPT-2's <|endoftext|> token (BPE models)"),
     Key("seed", 1337, "random seed; the same seed gives the same samples"),
     Key("stream", True, "print tokens as they are generated"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 import checkpoint  # noqa: E402
 import runtime  # noqa: E402
 from runtime import fail  # noqa: E402
-from tokenizer import StreamDecoder  # noqa: E402
+from tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # setup
@@ -46,6 +48,8 @@ dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
 plan = runtime.plan_for(device, dtype)
 if not 0.0 < cfg.top_p <= 1.0:
     fail(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=2)
+if not all(isinstance(t, str) for t in cfg.stop):
+    fail(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=2)
 if cfg.temperature < 0:
     fail(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=2)
 model, tok, desc = checkpoint.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
@@ -64,6 +68,7 @@ ids = tok.encode(start)
 if not ids:
     ids = [tok.eot] if tok.eot is not None else fail("the prompt is empty; give some text with --start=...")
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+stop_tokens = [tok.eot] if cfg.stop_at_eot and tok.eot is not None else []
 generator = torch.Generator(device=device).manual_seed(cfg.seed)
 torch.manual_seed(cfg.seed)
 
@@ -71,13 +76,18 @@ torch.manual_seed(cfg.seed)
 # generate
 with torch.no_grad(), plan.autocast_context():
     for k in range(cfg.num_samples):
-        out = StreamDecoder(tok)
+        out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)
-        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator):
-            text = out.push(token[0])
+        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
+                                           stop_tokens=stop_tokens):
+            if int(token[0]) in stop_tokens:
+                break
+            shown = text.push(out.push(token[0]))
             if cfg.stream:
-                sys.stdout.write(text)
+                sys.stdout.write(shown)
                 sys.stdout.flush()
-        if not cfg.stream:
-            sys.stdout.write(tok.decode(out.ids))
+            if text.stopped:
+                break
+        rest = text.flush()
+        sys.stdout.write(rest if cfg.stream else text.text)
         print("\n---------------")

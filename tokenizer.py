@@ -68,3 +68,32 @@ class StreamDecoder:
             return ""
         new, self.done = text[self.done:], len(text)
         return new
+
+
+class StopText:
+    """Streams generated text up to the first of some stop strings, which are left out. Text that
+    might be the start of a stop string is held back until the next tokens settle it."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in stops if s]
+        self.text, self.shown, self.stopped = "", 0, False
+
+    def push(self, new_text):
+        """Add text; return the part that is now safe to show."""
+        if self.stopped:
+            return ""
+        self.text += new_text
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.stopped = self.text[:cut], True
+            safe = cut
+        else:  # hold back the longest tail that begins some stop string
+            hold = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
+            safe = len(self.text) - hold
+        out, self.shown = self.text[self.shown:safe], max(self.shown, safe)
+        return out
+
+    def flush(self):
+        """The held-back tail, once generation has ended without a stop."""
+        out, self.shown = self.text[self.shown:], len(self.text)
+        return out

@@ -1,0 +1,189 @@
+"""
+Talk with a model: a running transcript of speaker-prefixed turns, each reply streamed as it is
+generated and ended at the next speaker prefix (or a stop token).
+
+    python chat.py --out_dir=out-shakespeare-char-cpu      # a play: you are ROMEO, it is JULIET
+    python chat.py --init_from=gpt2                         # "User:" / "Assistant:" lines
+    echo "Hello there" | python chat.py --init_from=gpt2    # piped: one turn per input line
+    python chat.py --init_from=gpt2 --prompt="What is a cat?"   # one reply, then exit
+
+Commands inside a chat: /reset forgets the conversation, /quit (or end of input) leaves, /help.
+A base model does not know it is chatting; the transcript format is what makes it answer.
+"""
+
+import configurator
+from configurator import Key
+
+# -----------------------------------------------------------------------------
+# knobs
+KEYS = [
+    Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
+    Key("out_dir", "out", "the run folder, with init_from=resume"),
+    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("style", "auto", "auto (play for character models, chat otherwise), play or chat: the default prefixes",
+        choices=("auto", "play", "chat")),
+    Key("user", None, "your speaker prefix (default: 'ROMEO:\\n' in a play, 'User: ' in a chat)", type=str),
+    Key("bot", None, "the model's speaker prefix (default: 'JULIET:\\n' in a play, 'Assistant: ' in a chat)", type=str),
+    Key("sep", None, "what ends each line of the transcript (default: a blank line in a play, a newline in a chat)", type=str),
+    Key("preamble", None, "text before the first turn (default: a line setting the scene for a chat)", type=str),
+    Key("stop", (), "more strings that end a reply, besides the speaker prefixes", type=tuple),
+    Key("prompt", None, "one-shot: answer this line, print the reply and exit", type=str),
+    Key("max_new_tokens", 200, "longest reply, in tokens"),
+    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy"),
+    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int),
+    Key("top_p", 0.95, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)"),
+    Key("seed", 1337, "random seed; the same seed and input give the same conversation"),
+    Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
+    Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
+]
+cfg = configurator.configure(KEYS)
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+import runtime  # noqa: E402
+from runtime import fail  # noqa: E402
+from tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
+
+HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
+
+# -----------------------------------------------------------------------------
+# setup
+if not 0.0 < cfg.top_p <= 1.0:
+    fail(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=2)
+if cfg.temperature < 0:
+    fail(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=2)
+if cfg.max_new_tokens < 1:
+    fail(f"max_new_tokens={cfg.max_new_tokens} must be at least 1", status=2)
+init_from = cfg.init_from
+if init_from == "auto":
+    if not os.path.exists(os.path.join(cfg.out_dir, cfg.ckpt_name)):
+        fail(f"no trained run in {cfg.out_dir}/ to chat with; train one (python train.py "
+             f"config/train_shakespeare_char_cpu.py) and pass --out_dir=out-shakespeare-char-cpu, or use "
+             f"--init_from=gpt2 for GPT-2's weights")
+    init_from = "resume"
+device, device_reason = runtime.pick_device(cfg.device)
+dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
+plan = runtime.plan_for(device, dtype)
+model, tok, desc = checkpoint.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
+block_size = model.config.block_size
+
+# Speaker prefixes. A character model trained on plays continues a play: you speak one part and it
+# answers in another, separated by the blank lines of the script. A BPE base model continues a
+# transcript of named lines.
+style = cfg.style if cfg.style != "auto" else ("play" if isinstance(tok, CharTokenizer) else "chat")
+if style == "play":
+    user, bot, sep, preamble = "ROMEO:\n", "JULIET:\n", "\n\n", ""
+else:
+    user, bot, sep = "User: ", "Assistant: ", "\n"
+    preamble = "A conversation between a curious user and a helpful, knowledgeable assistant.\n\n"
+
+
+
+def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backslash and an n
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+sep = unescape(cfg.sep) if cfg.sep is not None else sep
+user = unescape(cfg.user) if cfg.user is not None else user
+bot = unescape(cfg.bot) if cfg.bot is not None else bot
+preamble = unescape(cfg.preamble) if cfg.preamble is not None else preamble
+if not user.strip() or not bot.strip():
+    fail("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=2)
+# a reply ends where the model starts the next speaker's line, whichever speaker it picks
+stops = ["\n" + user.strip(), "\n" + bot.strip(), *map(unescape, cfg.stop)]
+stop_tokens = [tok.eot] if tok.eot is not None else []
+# keep room for a whole reply within the context; older turns are dropped first
+reserve = min(cfg.max_new_tokens, block_size // 2)
+
+interactive = sys.stdin.isatty()
+if interactive:
+    import readline  # noqa: F401  (line editing and up-arrow history for input())
+print(f"chatting with {desc} on {device} ({device_reason}), {dtype}; {style} style. {HELP}", file=sys.stderr)
+
+generator = torch.Generator(device=device).manual_seed(cfg.seed)
+turns = []  # (user line, reply) of the conversation so far
+
+
+def encode_conversation(line):
+    """The transcript ending in the bot prefix, as token ids, with the oldest turns dropped until
+    it fits in the context beside a reply."""
+    def render(history):
+        text = preamble + "".join(f"{user}{u}{sep}{bot}{r}{sep}" for u, r in history)
+        return text + f"{user}{line}{sep}{bot}"
+    history = list(turns)
+    ids = tok.encode(render(history))
+    while history and len(ids) > block_size - reserve:
+        history.pop(0)
+        ids = tok.encode(render(history))
+    if not ids and tok.eot is not None:
+        ids = [tok.eot]
+    return ids[-(block_size - reserve):]  # a single turn longer than the context keeps its end
+
+
+def reply(line):
+    ids = encode_conversation(line)
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+    decoder, text = StreamDecoder(tok), StopText(stops)
+    sys.stdout.write(bot)
+    with torch.no_grad(), plan.autocast_context():
+        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                           generator, stop_tokens=stop_tokens):
+            if int(token[0]) in stop_tokens:
+                break
+            sys.stdout.write(text.push(decoder.push(token[0])))
+            sys.stdout.flush()
+            if text.stopped:
+                break
+    if not text.stopped:
+        sys.stdout.write(text.flush())
+    answer = text.text.strip()
+    sys.stdout.write("\n" + ("\n" if style == "play" else ""))
+    sys.stdout.flush()
+    turns.append((line, answer))
+    return answer
+
+
+# -----------------------------------------------------------------------------
+# the conversation
+if cfg.prompt is not None:
+    reply(cfg.prompt)
+    sys.exit(0)
+
+while True:
+    try:
+        line = input(user if interactive else "")
+    except EOFError:
+        break
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        break
+    line = line.strip()
+    if not line:
+        continue
+    if line.startswith("/"):
+        command = line.split()[0].lower()
+        if command in ("/quit", "/exit"):
+            break
+        if command == "/reset":
+            turns.clear()
+            print("(conversation forgotten)", file=sys.stderr)
+        elif command == "/help":
+            print(HELP, file=sys.stderr)
+        else:
+            print(f"unknown command {command}; {HELP}", file=sys.stderr)
+        continue
+    unknown = sorted(set(line) - set(tok.stoi)) if isinstance(tok, CharTokenizer) else []
+    if unknown:
+        print(f"this model knows only the characters of its training text; leave out {''.join(unknown)!r}",
+              file=sys.stderr)
+        continue
+    if not interactive:
+        sys.stdout.write(f"{user}{line}{sep}")  # piped input is not echoed: show it in the transcript
+    try:
+        reply(line)
+    except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat
+        print(file=sys.stderr)

@@ -1,0 +1,88 @@
+"""Generation beyond the model: stop tokens and strings, the decode-time weight layout and thread
+choice, and sample.py on Hugging Face GPT-2 folders checked against transformers' own generate."""
+
+import torch
+
+from conftest import run
+from model import GPT, GPTConfig, DecodeThreads
+from tokenizer import StopText
+
+
+def tiny(**kw):
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True)
+    args.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**args)).eval()
+
+
+def test_stop_text_holds_back_a_possible_stop_and_cuts_at_it():
+    s = StopText(["\nA:"])
+    shown = [s.push(c) for c in "hi\nthere\nA: more"]
+    assert "".join(shown) == "hi\nthere" and s.stopped and s.text == "hi\nthere"
+    assert shown[2] == ""  # "\n" might begin "\nA:", so it waits for the next character
+    s = StopText(["\nA:"])
+    assert s.push("yo\n") == "yo" and s.flush() == "\n" and not s.stopped
+
+
+def test_decode_layout_keeps_values_and_logits():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 20))
+    before, _ = model(idx, all_logits=True)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    model.decode_layout()
+    assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight.t().is_contiguous()
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    after, _ = model(idx, all_logits=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+def test_stop_tokens_end_the_stream_once_every_row_has_one():
+    model = tiny()
+    prompt = torch.randint(0, 97, (2, 5))
+    free = torch.stack(list(model.generate_stream(prompt, 12, temperature=0)))  # (12, B)
+    stop = int(free[3, 0])  # row 0 produces this token at step 3 at the latest
+    steps = list(model.generate_stream(prompt, 12, temperature=0, stop_tokens=[stop]))
+    first = [int((free[:, b] == stop).nonzero()[0]) if (free[:, b] == stop).any() else 11 for b in range(2)]
+    assert len(steps) == max(first) + 1
+    assert torch.equal(torch.stack(steps), free[:len(steps)])
+
+
+def test_thread_choice_is_timed_and_restored():
+    threads = torch.get_num_threads()
+    chooser = DecodeThreads("cpu")
+    for _ in range(2 * DecodeThreads.TRIALS + 2):
+        with chooser.step():
+            torch.randn(64, 64) @ torch.randn(64, 64)
+    assert chooser.chosen in ([threads, 1] if threads > 1 else [threads])
+    chooser.restore()
+    assert torch.get_num_threads() == threads
+
+
+def hf_folder(path):
+    """A tiny random GPT-2 in Hugging Face's format (GPT-2's weights cannot be downloaded here)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).eval()
+    hf.save_pretrained(path)
+    return hf
+
+
+def test_sample_from_a_hugging_face_folder_matches_transformers(tmp_path):
+    import tiktoken
+    hf = hf_folder(tmp_path / "hf")
+    enc = tiktoken.get_encoding("gpt2")
+    prompt = "The cat sat on"
+    ids = torch.tensor([enc.encode(prompt)])
+    with torch.no_grad():
+        ref = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.size(1):]
+    args = [f"--init_from={tmp_path / 'hf'}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=20",
+            "--temperature=0", "--device=cpu", "--stop_at_eot=False"]
+    p = run("sample.py", *args)
+    text = p.stdout.split("\n---------------")[0]
+    assert text == prompt + enc.decode(ref.tolist())  # greedy through the KV cache = transformers' tokens
+    # a stop string cuts the sample before it; with stop_at_eot the <|endoftext|> token ends a sample
+    cut = enc.decode(ref.tolist()[4:6])
+    p = run("sample.py", *args, f"--stop=({cut!r},)")
+    stopped = p.stdout.split("\n---------------")[0]
+    assert stopped == text[:text.index(cut)]
