@@ -42,7 +42,7 @@ KEYS = [
         choices=("adamw", "muon")),
     Key("fused_adamw", None, "fused AdamW kernel (default: on for CUDA and CPU)", type=bool),
     Key("steps", 10, "optimizer steps in each timed run"),
-    Key("omp_passive", True, "OMP_WAIT_POLICY=PASSIVE, as train.py sets it"),
+    Key("omp_passive", False, "OMP_WAIT_POLICY=PASSIVE, as train.py's key of the same name"),
     Key("profile", "", "also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) here"),
 
     # --- generation-mode keys ---

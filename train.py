@@ -67,8 +67,8 @@ KEYS = [
     Key("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16 (float16 uses a gradient scaler)"),
     Key("compile", None, "torch.compile the model (default: on for CUDA, off elsewhere)", type=bool),
-    Key("omp_passive", True, "OpenMP threads sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; "
-        "unless already set): 10x faster steps on a CPU shared with other work, measured on 2 cores"),
+    Key("omp_passive", False, "OpenMP threads sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; "
+        "unless already set): only for a CPU shared with other busy work; 2-3x slower steps on an idle one"),
     Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the device's datasheet or a measured matmul)"),
 ]
 cfg = configurator.configure(KEYS)
