@@ -18,7 +18,8 @@ def tiny_model():
 def test_muon_matches_torch_muon_within_bf16_rounding():
     # ours orthogonalizes in fp32 on CPU, torch's in bf16: same update up to bf16's ~3 digits
     torch.manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(64, 16)), torch.nn.Parameter(torch.randn(16, 48))]
+    # two of the same shape once oriented wide: (48, 16) and (16, 48) are orthogonalized as one batch
+    ours = [torch.nn.Parameter(torch.randn(*shape)) for shape in [(64, 16), (16, 48), (48, 16), (16, 16)]]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt = Muon(ours, lr=0.05, weight_decay=0.01, adjust_lr_fn="original")
     ref_opt = torch.optim.Muon(ref, lr=0.05, weight_decay=0.01, adjust_lr_fn="original")
@@ -31,7 +32,7 @@ def test_muon_matches_torch_muon_within_bf16_rounding():
         ref_opt.step()
     for p, q, p0 in zip(ours, ref, start):
         moved = (q - p0).abs().max()
-        assert moved > 0.05  # the updates are not trivially small
+        assert moved > 0.02  # the updates are not trivially small
         assert (p - q).abs().max() < 0.03 * moved
     # the same state layout, so either can load the other's state
     ref_opt.load_state_dict(opt.state_dict())
