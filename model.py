@@ -301,7 +301,7 @@ class GPT(nn.Module):
     # optimisation and speed accounting
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, fused=False, optimizer="adamw",
-                             muon_lr=0.02, muon_momentum=0.95):
+                             muon_lr=0.02, muon_momentum=0.95, muon_ns_steps=5):
         """AdamW; weight decay only on >= 2-D tensors (matmul weights and embeddings), none on
         biases and LayerNorm gains. fused=True only where the device has the fused kernel.
 
@@ -329,7 +329,8 @@ class GPT(nn.Module):
         # so muon_lr means the same for the square and the 4x-wide matrices. No weight decay:
         # torch's Muon multiplies it by muon_lr (~10x AdamW's lr), so weight_decay would shrink
         # these weights ~10x harder than AdamW does. Whether some decay helps long runs is untested.
-        muon = Muon(muon_params, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0, adjust_lr_fn="original")
+        muon = Muon(muon_params, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0, adjust_lr_fn="original",
+                    ns_steps=muon_ns_steps)
         # the lr schedule multiplies each group's lr_scale: it shapes both learning rates alike
         for g in muon.param_groups:
             g["lr_scale"] = muon_lr / learning_rate

@@ -52,6 +52,7 @@ KEYS = [
         choices=("adamw", "muon")),
     Key("muon_lr", 0.02, "Muon's peak learning rate (the schedule scales it like learning_rate)"),
     Key("muon_momentum", 0.95, "Muon's Nesterov momentum"),
+    Key("muon_ns_steps", 5, "Newton-Schulz iterations per Muon update (4 trains as well for a fifth less work)"),
     Key("fused_adamw", None, "the fused AdamW kernel (default: on for CUDA and CPU; far faster than the per-tensor loop on CPU)",
         type=bool),
     # learning rate schedule
@@ -187,7 +188,7 @@ scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", e
 fused_adamw = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw
 optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                        fused=fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
-                                       muon_momentum=cfg.muon_momentum)
+                                       muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
 resume_rng = None  # restored just before the loop: setup below (e.g. the FLOPs probe) draws random numbers
 if ckpt is not None:
     try:

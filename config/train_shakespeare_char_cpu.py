@@ -4,7 +4,7 @@
 # then: python sample.py --out_dir=out-shakespeare-char-cpu
 
 out_dir = 'out-shakespeare-char-cpu'
-eval_interval = 300  # evaluations count in the wall time: at 0, halfway and at the end
+eval_interval = 600  # evaluations count in the wall time: at the start and at the end
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
@@ -23,6 +23,7 @@ dropout = 0.0  # too few steps to overfit
 # for (measured here: see the README's speed section); AdamW keeps the embeddings and norms.
 optimizer = 'muon'
 muon_lr = 0.02
+muon_ns_steps = 4  # one Newton-Schulz iteration fewer: val 1.861 against 1.860, 2.5 s less (3 is worse: 1.92)
 learning_rate = 3e-3
 max_iters = 600
 lr_decay_iters = 600
