@@ -282,5 +282,8 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     else:
         model = load_pretrained(init_from, dropout=0.0)
         meta, desc = None, init_from
+    tok = load_tokenizer(meta)
+    if tok.vocab_size < model.config.vocab_size:
+        model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)
-    return model, load_tokenizer(meta), desc
+    return model, tok, desc

@@ -169,6 +169,14 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
+    def crop_vocab(self, vocab_size):
+        """Drop the embedding rows past vocab_size: the padding (50257 -> 50304) that no tokenizer
+        produces, so generation can never sample an id the tokenizer cannot decode."""
+        assert vocab_size <= self.config.vocab_size
+        w = nn.Parameter(self.transformer.wte.weight.detach()[:vocab_size].clone())
+        self.transformer.wte.weight = self.lm_head.weight = w  # still tied
+        self.config.vocab_size = vocab_size
+
     def set_attention(self, impl):
         """'sdpa' (default, fused kernels) or 'manual' (the plain masked softmax)."""
         assert impl in ("sdpa", "manual")

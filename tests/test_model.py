@@ -84,6 +84,17 @@ def test_crop_block_size():
         model(torch.randint(0, 97, (1, 17)))
 
 
+def test_crop_vocab_keeps_logits_and_tying():
+    model = tiny(vocab_size=97).eval()
+    idx = torch.randint(0, 90, (2, 12))
+    full, _ = model(idx, all_logits=True)
+    model.crop_vocab(90)
+    cropped, _ = model(idx, all_logits=True)
+    assert cropped.shape[-1] == 90 and model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(cropped, full[..., :90])
+    assert int(model.generate(idx, 30, temperature=1.0)[:, 12:].max()) < 90
+
+
 def test_optimizer_decays_only_matrices():
     model = tiny()
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
