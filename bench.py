@@ -106,7 +106,7 @@ def bench_train():
 
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T,
                           vocab_size=vocab_size, bias=cfg.bias, dropout=cfg.dropout)).to(device)
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw or plan.device_type == "cpu"
+    fused = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), fused=fused, optimizer=cfg.optimizer)
     scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
     train_model = torch.compile(model) if use_compile else model
