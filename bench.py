@@ -12,10 +12,14 @@ line with every figure.
 import os
 
 import configurator
+import errors
 from configurator import Key
 
+errors.install()
+
 # -----------------------------------------------------------------------------
-# knobs
+# knobs: the model, optimizer and step keys have train.py's names, so a training config file gives
+# bench.py the step it runs (keys of train.py that do not shape a step, such as out_dir, are skipped)
 KEYS = [
     Key("mode", "train", "train: the training step; generate: decoding speed", choices=("train", "generate")),
     # model shape (GPT-2 124M by default)
@@ -23,8 +27,9 @@ KEYS = [
     Key("n_head", 12, "attention heads"),
     Key("n_embd", 768, "embedding width"),
     Key("block_size", 1024, "context length"),
-    Key("vocab_size", 50304, "vocabulary size"),
+    Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)"),
     Key("bias", False, "biases in Linear and LayerNorm layers"),
+    Key("dropout", 0.0, "dropout probability"),
     # system
     Key("device", "auto", "auto, cpu, cuda, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
@@ -33,16 +38,23 @@ KEYS = [
     Key("warmup", 2, "untimed runs first"),
     Key("repeats", 5, "timed runs; the median is reported"),
 
-    # --- training-mode keys ---
+    # --- training-mode keys (train.py's) ---
     Key("dataset", "", "train on this prepared dataset (folder under data/); empty: random tokens"),
     Key("batch_size", 12, "sequences per micro-step"),
     Key("gradient_accumulation_steps", 1, "micro-steps per optimizer step"),
-    Key("dropout", 0.0, "dropout probability"),
     Key("optimizer", "adamw", "adamw or muon (Muon for the hidden 2-D weights, AdamW for the rest)",
         choices=("adamw", "muon")),
+    Key("learning_rate", 6e-4, "AdamW's learning rate (the timing does not depend on it)"),
+    Key("weight_decay", 1e-1, "AdamW weight decay"),
+    Key("beta1", 0.9, "AdamW beta1"),
+    Key("beta2", 0.95, "AdamW beta2"),
+    Key("grad_clip", 1.0, "clip the gradient norm to this (0: no clipping)"),
+    Key("muon_lr", 0.02, "Muon's learning rate"),
+    Key("muon_momentum", 0.95, "Muon's Nesterov momentum"),
+    Key("muon_ns_steps", 5, "Newton-Schulz iterations per Muon update"),
     Key("fused_adamw", None, "fused AdamW kernel (default: on for CUDA and CPU)", type=bool),
-    Key("steps", 10, "optimizer steps in each timed run"),
     Key("omp_passive", False, "OMP_WAIT_POLICY=PASSIVE, as train.py's key of the same name"),
+    Key("steps", 10, "optimizer steps in each timed run"),
     Key("profile", "", "also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) here"),
 
     # --- generation-mode keys ---
@@ -53,9 +65,8 @@ KEYS = [
     Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
     Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
-
 ]
-cfg = configurator.configure(KEYS)
+cfg = configurator.configure(KEYS, foreign_file_keys=True)
 
 
 # -----------------------------------------------------------------------------
@@ -73,44 +84,42 @@ def bench_train():
 
     import torch
 
+    import optim
     import runtime
     from model import GPT, GPTConfig
+    from training import Step
 
-    device, device_reason = runtime.pick_device(cfg.device)
-    dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
-    plan = runtime.plan_for(device, dtype)
+    rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, distributed=False)
+    plan, device = rt.plan, rt.device
     cuda = plan.device_type == "cuda"
-    use_compile = cfg.compile if cfg.compile is not None else cuda
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     B, T, accum = cfg.batch_size, cfg.block_size, cfg.gradient_accumulation_steps
 
     # data: the real sampler (its cost is part of a step), or random tokens made once up front
     vocab_size = cfg.vocab_size
     if cfg.dataset:
-        from dataset import Batches, DATA_ROOT, read_meta
-        data_dir = os.path.join(DATA_ROOT, cfg.dataset)
-        meta = read_meta(data_dir)
-        if meta and not cfg.is_set("vocab_size"):
-            vocab_size = meta["vocab_size"]
-        batches = Batches(data_dir, cfg.dataset, T, B, cfg.seed, device, plan.pin_memory)
-        get_batch = batches.train_batch
+        from dataset import Batches, data_root
+        batches = Batches(os.path.join(data_root(), cfg.dataset), cfg.dataset, T, B, cfg.seed, device,
+                          plan.pin_memory)
+        if batches.meta and not cfg.is_set("vocab_size"):
+            vocab_size = batches.meta["vocab_size"]
     else:
-        pool = torch.randint(0, vocab_size, (accum * 2, B, T + 1), device=device)
+        class RandomTokens:
+            pool = torch.randint(0, vocab_size, (accum * 2, B, T + 1), device=device)
 
-        def get_batch(it, micro):
-            row = pool[(it * accum + micro) % len(pool)]
-            return row[:, :-1], row[:, 1:]
+            def train_batch(self, it, micro):
+                row = self.pool[(it * accum + micro) % len(self.pool)]
+                return row[:, :-1], row[:, 1:]
+        batches = RandomTokens()
 
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T,
                           vocab_size=vocab_size, bias=cfg.bias, dropout=cfg.dropout)).to(device)
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), fused=fused, optimizer=cfg.optimizer)
-    scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
-    train_model = torch.compile(model) if use_compile else model
-    params = list(model.parameters())
+    optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                           fused=plan.fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
+                                           muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
+    optim.set_lr(optimizer, cfg.learning_rate)
+    train_model = torch.compile(model) if rt.compile else model
+    step = Step(model, train_model, optimizer, batches, plan, runtime.Dist(), accum, cfg.grad_clip)
 
     def sync():
         if cuda:
@@ -118,37 +127,20 @@ def bench_train():
 
     it = 0
 
-    def step():
-        # what one iteration of train.py does: accumulation, clipping, the update, one host sync
-        nonlocal it
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(accum):
-            X, Y = get_batch(it, micro)
-            with plan.autocast_context():
-                _, loss = train_model(X, Y)
-                loss = loss / accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
-        if plan.grad_scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        it += 1
-        return loss_sum.item()
-
     def timed_run():
+        nonlocal it
         sync()
         t0 = time.perf_counter()
         for _ in range(cfg.steps):
-            step()
+            step(it)  # ends in the host sync train.py's step ends in
+            it += 1
         sync()
         return (time.perf_counter() - t0) / cfg.steps
 
-    print(f"device {device} ({device_reason}), dtype {dtype} ({dtype_reason}), compile {'on' if use_compile else 'off'}")
+    print(rt.why)
     t0 = time.perf_counter()
-    step()  # the first step pays for compilation, allocator growth and lazy initialisation
+    step(it)  # the first step pays for compilation, allocator growth and lazy initialisation
+    it += 1
     sync()
     first_step_s = time.perf_counter() - t0
     for _ in range(cfg.warmup):
@@ -159,8 +151,8 @@ def bench_train():
     dt = statistics.median(times)
 
     tokens_per_iter = B * T * accum
-    peak, peak_source = runtime.peak_flops(device, dtype)
-    mfu = model.estimate_mfu(tokens_per_iter, dt, peak)
+    peak, peak_source = runtime.peak_flops(device, plan.dtype)
+    mfu = runtime.mfu(model.flops_per_token(), tokens_per_iter, dt, peak)
     if cuda:
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "CUDA max allocated"
     else:
@@ -172,14 +164,15 @@ def bench_train():
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=activities) as prof:
             for _ in range(3):
-                step()
+                step(it)
+                it += 1
             sync()
         prof.export_chrome_trace(cfg.profile)
         trace = cfg.profile
 
     result = dict(
         mode="train", device=device, device_name=torch.cuda.get_device_name(device) if cuda else platform_name(),
-        dtype=dtype, compile=use_compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
+        dtype=plan.dtype, compile=rt.compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=vocab_size,
         batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
         data=cfg.dataset or "random", tokens_per_iter=tokens_per_iter,
@@ -187,6 +180,9 @@ def bench_train():
         tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_flops=peak, peak_flops_source=peak_source,
         peak_memory_bytes=peak_mem, peak_memory_kind=mem_kind, first_step_s=first_step_s,
         steps=cfg.steps, repeats=cfg.repeats, warmup=cfg.warmup, trace=trace,
+        # what the optimizer was built with, read back from it (the settings that change a step's work)
+        muon_ns_steps=optimizer.muon.param_groups[0]["ns_steps"] if cfg.optimizer == "muon" else None,
+        fused_adamw=bool((optimizer.adamw if cfg.optimizer == "muon" else optimizer).defaults.get("fused")),
     )
     rows = [
         ("model", f"{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {T}, "
@@ -225,32 +221,35 @@ def bench_generate():
 
     import torch
 
+    import hf as hf_io
     import runtime
+    from errors import UserError
+    from generate import generate
     from model import GPT, GPTConfig
+    from tokenizer import GPT2_VOCAB
 
-    device, device_reason = runtime.pick_device(cfg.device)
-    dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
-    ptdtype = runtime.plan_for(device, dtype).ptdtype
+    rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
+    device, ptdtype = rt.device, rt.plan.ptdtype
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
-        runtime.fail(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size={cfg.block_size}; "
-                     f"the benchmark times decoding without the sliding window, so lower one of them")
+        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
+                        f"{cfg.block_size}; the benchmark times decoding without the sliding window, so lower one of them")
     torch.manual_seed(cfg.seed)
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                        vocab_size=cfg.vocab_size, bias=cfg.bias, gelu_approximate="tanh")
     model = GPT(config).eval().to(device=device, dtype=ptdtype)
-    hf_vocab = min(cfg.vocab_size, 50257)  # transformers gets GPT-2's real vocabulary, without our padding
+    hf_vocab = min(cfg.vocab_size, GPT2_VOCAB)  # transformers gets GPT-2's real vocabulary, without our padding
     hf = None
     if cfg.hf:
         from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(model.hf_config(hf_vocab)).eval()
-        missing, unexpected = hf.load_state_dict(model.hf_state_dict(hf_vocab), strict=False)
+        hf = GPT2LMHeadModel(hf_io.gpt2_config_for(model, hf_vocab)).eval()
+        missing, unexpected = hf.load_state_dict(hf_io.gpt2_state_dict(model, hf_vocab), strict=False)
         assert not unexpected and all(k.endswith("attn.bias") for k in missing), (missing, unexpected)
         hf = hf.to(device=device, dtype=ptdtype)
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
-    print(f"generation on {device} ({device_reason}), {dtype} ({dtype_reason}), {torch.get_num_threads()} threads, "
+    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, "
           f"{model.get_num_params() / 1e6:.1f}M parameters, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
 
     def sync():
@@ -258,7 +257,7 @@ def bench_generate():
             torch.cuda.synchronize()
 
     def run_ours(x, n, use_cache):
-        return model.generate(x, n, temperature=0, use_cache=use_cache)
+        return generate(model, x, n, temperature=0, use_cache=use_cache)
 
     def run_hf(x, n):
         with torch.no_grad():
@@ -308,7 +307,7 @@ def bench_generate():
                 speedups[f"kv_cache_vs_{other}_b{B}"] = round(by["kv_cache"] / by[other], 2)
     for k, v in speedups.items():
         print(f"{k}: {v:.2f}x")
-    print(json.dumps(dict(mode="generate", device=device, dtype=dtype, threads=torch.get_num_threads(),
+    print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
                           prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens, results=results, speedups=speedups)))
 

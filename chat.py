@@ -12,7 +12,10 @@ A base model does not know it is chatting; the transcript format is what makes i
 """
 
 import configurator
+import errors
 from configurator import Key
+
+errors.install()
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -38,14 +41,17 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
+import conversation  # noqa: E402
+import loading  # noqa: E402
 import runtime  # noqa: E402
-from runtime import fail  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
+from generate import generate_stream  # noqa: E402
 from tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
@@ -53,48 +59,40 @@ HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of 
 # -----------------------------------------------------------------------------
 # setup
 if not 0.0 < cfg.top_p <= 1.0:
-    fail(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=2)
+    raise UserError(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=USAGE)
 if cfg.temperature < 0:
-    fail(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=2)
+    raise UserError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=USAGE)
 if cfg.max_new_tokens < 1:
-    fail(f"max_new_tokens={cfg.max_new_tokens} must be at least 1", status=2)
+    raise UserError(f"max_new_tokens={cfg.max_new_tokens} must be at least 1", status=USAGE)
 init_from = cfg.init_from
 if init_from == "auto":
     if not os.path.exists(os.path.join(cfg.out_dir, cfg.ckpt_name)):
-        fail(f"no trained run in {cfg.out_dir}/ to chat with; train one (python train.py "
-             f"config/train_shakespeare_char_cpu.py) and pass --out_dir=out-shakespeare-char-cpu, or use "
-             f"--init_from=gpt2 for GPT-2's weights")
+        raise UserError(f"no trained run in {cfg.out_dir}/ to chat with; train one (python train.py "
+                        f"config/train_shakespeare_char_cpu.py) and pass --out_dir=out-shakespeare-char-cpu, or use "
+                        f"--init_from=gpt2 for GPT-2's weights")
     init_from = "resume"
-device, device_reason = runtime.pick_device(cfg.device)
-dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
-plan = runtime.plan_for(device, dtype)
-model, tok, desc = checkpoint.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
+rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
+plan, device = rt.plan, rt.device
+model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
 block_size = model.config.block_size
 
 # Speaker prefixes. A character model trained on plays continues a play: you speak one part and it
 # answers in another, separated by the blank lines of the script. A BPE base model continues a
 # transcript of named lines.
 style = cfg.style if cfg.style != "auto" else ("play" if isinstance(tok, CharTokenizer) else "chat")
-if style == "play":
-    user, bot, sep, preamble = "ROMEO:\n", "JULIET:\n", "\n\n", ""
-else:
-    user, bot, sep = "User: ", "Assistant: ", "\n"
-    preamble = "A conversation between a curious user and a helpful, knowledgeable assistant.\n\n"
-
+transcript = conversation.PLAY if style == "play" else conversation.CHAT
 
 
 def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backslash and an n
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-sep = unescape(cfg.sep) if cfg.sep is not None else sep
-user = unescape(cfg.user) if cfg.user is not None else user
-bot = unescape(cfg.bot) if cfg.bot is not None else bot
-preamble = unescape(cfg.preamble) if cfg.preamble is not None else preamble
+transcript = dataclasses.replace(transcript, **{k: unescape(getattr(cfg, k)) for k in ("user", "bot", "sep", "preamble")
+                                                if getattr(cfg, k) is not None})
+user, bot, sep = transcript.user, transcript.bot, transcript.sep
 if not user.strip() or not bot.strip():
-    fail("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=2)
-# a reply ends where the model starts the next speaker's line, whichever speaker it picks
-stops = ["\n" + user.strip(), "\n" + bot.strip(), *map(unescape, cfg.stop)]
+    raise UserError("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=USAGE)
+stops = [*transcript.stops(), *map(unescape, cfg.stop)]
 stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
@@ -102,36 +100,20 @@ reserve = min(cfg.max_new_tokens, block_size // 2)
 interactive = sys.stdin.isatty()
 if interactive:
     import readline  # noqa: F401  (line editing and up-arrow history for input())
-print(f"chatting with {desc} on {device} ({device_reason}), {dtype}; {style} style. {HELP}", file=sys.stderr)
+print(f"chatting with {desc}; {rt.why}; {style} style. {HELP}", file=sys.stderr)
 
 generator = torch.Generator(device=device).manual_seed(cfg.seed)
 turns = []  # (user line, reply) of the conversation so far
 
 
-def encode_conversation(line):
-    """The transcript ending in the bot prefix, as token ids, with the oldest turns dropped until
-    it fits in the context beside a reply."""
-    def render(history):
-        text = preamble + "".join(f"{user}{u}{sep}{bot}{r}{sep}" for u, r in history)
-        return text + f"{user}{line}{sep}{bot}"
-    history = list(turns)
-    ids = tok.encode(render(history))
-    while history and len(ids) > block_size - reserve:
-        history.pop(0)
-        ids = tok.encode(render(history))
-    if not ids and tok.eot is not None:
-        ids = [tok.eot]
-    return ids[-(block_size - reserve):]  # a single turn longer than the context keeps its end
-
-
 def reply(line):
-    ids = encode_conversation(line)
+    ids = transcript.fit(tok.encode, turns, line, block_size - reserve)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
     decoder, text = StreamDecoder(tok), StopText(stops)
     sys.stdout.write(bot)
     with torch.no_grad(), plan.autocast_context():
-        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                           generator, stop_tokens=stop_tokens):
+        for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                     generator, stop_tokens=stop_tokens):
             if int(token[0]) in stop_tokens:
                 break
             sys.stdout.write(text.push(decoder.push(token[0])))
@@ -176,10 +158,10 @@ while True:
         else:
             print(f"unknown command {command}; {HELP}", file=sys.stderr)
         continue
-    unknown = sorted(set(line) - set(tok.stoi)) if isinstance(tok, CharTokenizer) else []
-    if unknown:
-        print(f"this model knows only the characters of its training text; leave out {''.join(unknown)!r}",
-              file=sys.stderr)
+    try:
+        tok.encode(line)  # a line the vocabulary cannot spell is refused here, and the chat goes on
+    except UserError as e:
+        print(e, file=sys.stderr)
         continue
     if not interactive:
         sys.stdout.write(f"{user}{line}{sep}")  # piped input is not echoed: show it in the transcript

@@ -19,11 +19,14 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-USAGE_EXIT = 2  # the conventional exit status for bad command-line usage
+from errors import USAGE, UserError
 
 
-class ConfigError(Exception):
-    pass
+class ConfigError(UserError):
+    """A wrong key, value or config file (exit status 2)."""
+
+    def __init__(self, sentence):
+        super().__init__(sentence, status=USAGE)
 
 
 @dataclass
@@ -110,9 +113,11 @@ def _run_file(path):
     }
 
 
-def parse(keys, argv, explicit=None):
+def parse(keys, argv, explicit=None, ignored=None):
     """Apply config files and --key=value overrides in order; return the resolved values.
-    If `explicit` is a set, the names of the keys that were set are added to it."""
+    If `explicit` is a set, the names of the keys that were set are added to it. If `ignored` is a
+    set, names in config files that are not keys here are collected in it instead of refused (bench.py
+    reads train.py's config files for the settings that shape a step)."""
     by_name = {k.name: k for k in keys}
     values = {k.name: k.default for k in keys}
     explicit = set() if explicit is None else explicit
@@ -133,6 +138,9 @@ def parse(keys, argv, explicit=None):
             explicit.add(name)
         elif arg.endswith(".py") or os.path.sep in arg:
             for name, raw in _run_file(arg).items():
+                if name not in by_name and ignored is not None:
+                    ignored.add(name)
+                    continue
                 if name not in by_name:
                     raise _unknown(name, by_name, f"config file {arg}")
                 values[name] = by_name[name].check(raw, f"config file {arg}")
@@ -155,8 +163,9 @@ def help_text(keys, script):
     return "\n".join(lines)
 
 
-def configure(keys, argv=None, script=None, announce=True):
-    """Parse sys.argv for this script's keys; print help or errors and exit as a CLI should."""
+def configure(keys, argv=None, script=None, announce=True, foreign_file_keys=False):
+    """Parse sys.argv for this script's keys; print help or errors and exit as a CLI should.
+    foreign_file_keys: config files may set keys of another script, which are skipped (and named)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or os.path.basename(sys.argv[0])
     if any(a in ("-h", "--help") for a in argv):
@@ -164,11 +173,12 @@ def configure(keys, argv=None, script=None, announce=True):
         sys.exit(0)
     show_only = "--print-config" in argv  # resolve, print as JSON and exit: check a config without running
     explicit = set()
+    ignored = set() if foreign_file_keys else None
     try:
-        values = parse(keys, [a for a in argv if a != "--print-config"], explicit)
+        values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
+        sys.exit(USAGE)
     if show_only:
         print(json.dumps(values, indent=1))
         sys.exit(0)
@@ -177,6 +187,8 @@ def configure(keys, argv=None, script=None, announce=True):
     differs = [k.name for k in keys if values[k.name] != k.default]
     if announce and differs and int(os.environ.get("RANK", "0")) == 0:
         print("config: " + ", ".join(f"{n}={values[n]!r}" for n in differs), file=sys.stderr)
+    if announce and ignored:
+        print(f"config: not used by {script}: {', '.join(sorted(ignored))}", file=sys.stderr)
     return cfg
 
 
@@ -193,8 +205,7 @@ def to_dict(cfg):
 
 
 def save(cfg, path):
-    """Write the resolved config as JSON beside a run, so the run can be reproduced."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write the resolved config as JSON beside a run (atomically), so the run can be reproduced."""
+    import fileio
+    with fileio.atomic_open(path, "w") as f:
         json.dump(to_dict(cfg), f, indent=1, default=str)
-    os.replace(tmp, path)

@@ -1,132 +1,179 @@
 """
-The on-disk token format and batch sampling.
+A prepared dataset as training reads it: the on-disk token format, its consistency check, and the
+deterministic batch schedule.
 
 A prepared dataset is a folder data/<name>/ with train.bin and val.bin (flat arrays of token ids,
-uint16, or uint32 when the vocabulary does not fit in 16 bits) and, for character-level data,
-meta.pkl ({'vocab_size', 'stoi', 'itos'}, the layout nanoGPT writes). A uint32 dataset also records
-its dtype in meta.pkl.
+uint16, or uint32 when the vocabulary does not fit in 16 bits), for character-level data meta.pkl
+({'vocab_size', 'stoi', 'itos'}, the layout nanoGPT writes; a uint32 dataset also records its dtype
+there), and dataset.json, written last by this project's prepare scripts: the sizes, dtype and
+vocabulary of the other files, so that a folder left half-rewritten by a killed prepare is refused
+instead of trained on. Folders prepared by nanoGPT have no dataset.json and train as they always did.
 
 Batches are a pure function of (seed, iteration, micro-step): nothing depends on what was drawn
 before, so an interrupted and resumed run, or a run split over more processes, sees exactly the
 same data as an uninterrupted single-process run.
 """
 
+import hashlib
+import json
 import os
 import pickle
-import shutil
-import sys
-import urllib.request
 
 import numpy as np
-import torch
 
-from runtime import fail
+import fileio
+from errors import UserError
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+MANIFEST = "dataset.json"
+SPLITS = ("train", "val")
+
+
+def data_root():
+    """Where dataset=<name> is looked up: data/ beside the code, or $GPT_DATA_ROOT (datasets on
+    another disk; the tests keep theirs out of the checkout this way)."""
+    return os.environ.get("GPT_DATA_ROOT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def token_dtype(vocab_size):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def write_tokens(ids, path, vocab_size):
-    """Write a token array atomically (a crash mid-write never leaves a half-written bin)."""
-    arr = np.asarray(ids, dtype=token_dtype(vocab_size))
-    tmp = path + ".tmp"
-    arr.tofile(tmp)
-    os.replace(tmp, path)
-    return len(arr)
+# -----------------------------------------------------------------------------
+# meta.pkl: read with an unpickler that builds nothing but plain values
+
+class _PlainUnpickler(pickle.Unpickler):
+    """meta.pkl holds dicts, lists, strings and numbers, which pickle stores without naming any class.
+    A file that names one (a class, a function such as os.system) is refused before anything runs."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
 
 
-def write_meta(meta, folder):
-    tmp = os.path.join(folder, "meta.pkl.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(meta, f)
-    os.replace(tmp, os.path.join(folder, "meta.pkl"))
+def check_meta(meta, path):
+    """The vocabulary a meta.pkl must describe, or a sentence saying what is wrong with it."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] < 1:
+        raise UserError(f"{path} is not a vocabulary file: it should be a dict with a positive 'vocab_size' "
+                        f"(nanoGPT's layout); prepare the dataset again")
+    if "stoi" in meta or "itos" in meta:
+        stoi, itos = meta.get("stoi"), meta.get("itos")
+        ok = (isinstance(stoi, dict) and isinstance(itos, dict) and len(stoi) == len(itos) == meta["vocab_size"]
+              and all(isinstance(k, str) and isinstance(v, int) for k, v in stoi.items())
+              and all(isinstance(k, int) and isinstance(v, str) for k, v in itos.items()))
+        if not ok:
+            raise UserError(f"{path} has a broken character vocabulary (stoi/itos do not match vocab_size "
+                            f"{meta['vocab_size']}); prepare the dataset again")
+    if meta.get("dtype", "uint16") not in ("uint16", "uint32"):
+        raise UserError(f"{path} names the token dtype {meta.get('dtype')!r}; only uint16 and uint32 are read")
+    return meta
 
 
 def read_meta(folder):
+    """The folder's meta.pkl (None when it has none), read safely: see _PlainUnpickler."""
     path = os.path.join(folder, "meta.pkl")
     if not os.path.exists(path):
         return None
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path} was not loaded: {fileio.reason(e)}, and a vocabulary file holds only plain "
+                        f"values, so loading it could run code; delete it and prepare the dataset again") from None
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
+        raise UserError(f"{path} is truncated or not a pickle ({fileio.reason(e)}); prepare the dataset "
+                        f"again") from None
+    return check_meta(meta, path)
+
+
+def write_meta(meta, folder):
+    with fileio.atomic_open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump(meta, f)
+
+
+def file_sha256(path):
     with open(path, "rb") as f:
-        return pickle.load(f)
+        return hashlib.sha256(f.read()).hexdigest()
 
 
-def read_text(input_path, url, cache_path):
-    """The corpus as a string: from input_path if given, else from cache_path, else downloaded."""
-    if input_path:
-        if not os.path.isfile(input_path):
-            fail(f"--input={input_path} does not exist; give the path of a text file")
-        with open(input_path, encoding="utf-8") as f:
-            return f.read()
-    if not os.path.exists(cache_path):
-        print(f"downloading {url}")
-        tmp = cache_path + ".tmp"
+# -----------------------------------------------------------------------------
+# consistency
+
+def prepare_hint(dataset):
+    script = os.path.join("data", dataset, "prepare.py")
+    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)):
+        return f"run `python {script}` first"
+    return f"prepare it first (data/<name>/prepare.py writes train.bin and val.bin into data/{dataset}/)"
+
+
+def check_folder(data_dir, dataset):
+    """(meta, dtype) of a prepared folder after checking it: both bins present, sizes whole tokens,
+    and, where dataset.json exists, every file as it recorded. One sentence for anything wrong."""
+    meta = read_meta(data_dir)
+    dtype = np.dtype((meta or {}).get("dtype", "uint16"))
+    manifest_path = os.path.join(data_dir, MANIFEST)
+    manifest = None
+    if os.path.exists(manifest_path):
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f)
-        except OSError as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            fail(f"could not download {url} ({e}); download it by hand and run again with "
-                 f"--input=path/to/input.txt")
-        os.replace(tmp, cache_path)
-    with open(cache_path, encoding="utf-8") as f:
-        return f.read()
-
-
-def parse_prepare_args(argv, allowed):
-    """The prepare scripts take only --name=value flags; return them as a dict of strings."""
-    out = {}
-    for arg in argv:
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not eq or name not in allowed:
-            fail(f"unknown argument {arg!r}; this script takes " + ", ".join(f"--{a}=..." for a in allowed), status=2)
-        out[name] = value
-    return out
-
-
-def report_split(folder, train_n, val_n, vocab_size):
-    print(f"{folder}: train.bin {train_n:,} tokens, val.bin {val_n:,} tokens, vocab {vocab_size:,} "
-          f"({np.dtype(token_dtype(vocab_size)).name})")
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+            complete = bool(manifest.get("complete"))
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if not complete:
+            raise UserError(f"{data_dir} was left half-prepared (its prepare.py stopped before it finished, so its "
+                            f"files may mix two versions); run the prepare script again")
+        dtype = np.dtype(manifest["dtype"])
+    for split in SPLITS:
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.exists(path):
+            raise UserError(f"{path} is missing: {prepare_hint(dataset)}")
+        size = os.path.getsize(path)
+        if size == 0 or size % dtype.itemsize:
+            raise UserError(f"{path} holds {size} bytes, {'nothing' if size == 0 else 'not a whole number of'} "
+                            f"{dtype.name} tokens; it is damaged or cut short: prepare the dataset again")
+        if manifest is not None and manifest["files"].get(f"{split}.bin", {}).get("bytes") != size:
+            raise UserError(f"{path} is not the file {MANIFEST} recorded (a different size): the folder mixes "
+                            f"two preparations; prepare the dataset again")
+    if manifest is not None:
+        recorded = manifest["files"].get("meta.pkl")
+        meta_path = os.path.join(data_dir, "meta.pkl")
+        if (recorded is None) != (meta is None) or (recorded and recorded.get("sha256") != file_sha256(meta_path)):
+            raise UserError(f"{meta_path} is not the vocabulary {MANIFEST} recorded: the folder mixes two "
+                            f"preparations; prepare the dataset again")
+    return meta, dtype
 
 
 # -----------------------------------------------------------------------------
 # reading and sampling
 
-def prepare_hint(dataset):
-    script = os.path.join("data", dataset, "prepare.py")
-    if os.path.exists(os.path.join(DATA_ROOT, dataset, "prepare.py")):
-        return f"run `python {script}` first"
-    return f"prepare it first (data/<name>/prepare.py writes train.bin and val.bin into data/{dataset}/)"
-
-
 class Batches:
     """Memory-mapped train/val tokens and the deterministic batch schedule."""
 
-    def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False):
+    def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self.device, self.pin_memory = device, pin_memory
-        meta = read_meta(data_dir) or {}
-        dtype = np.dtype(meta.get("dtype", "uint16"))
+        self.device, self.pin_memory, self.vocab_size = device, pin_memory, vocab_size
+        self.meta, dtype = check_folder(data_dir, dataset)
         self.data = {}
-        for split in ("train", "val"):
+        for split in SPLITS:
             path = os.path.join(data_dir, f"{split}.bin")
-            if not os.path.exists(path):
-                fail(f"{path} is missing: {prepare_hint(dataset)}")
             self.data[split] = np.memmap(path, dtype=dtype, mode="r")
             if len(self.data[split]) <= block_size:
-                fail(f"{path} holds {len(self.data[split])} tokens, fewer than block_size+1={block_size + 1}; "
-                     f"use a smaller block_size or more data")
+                raise UserError(f"{path} holds {len(self.data[split])} tokens, fewer than block_size+1="
+                                f"{block_size + 1}; use a smaller block_size or more data")
         self._eval_cache = {}
 
     def _draw(self, split, stream):
         """A batch whose start offsets come from a generator seeded by `stream` alone."""
+        import torch  # here, not at the top: the prepare scripts import this module and need no torch
         data = self.data[split]
         rng = np.random.default_rng(stream)
         ix = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         rows = np.stack([data[i:i + self.block_size + 1] for i in ix]).astype(np.int64)
+        # checked here on the host, where it costs microseconds: on a GPU an id past the embedding
+        # is a device-side assert that kills the process without saying which file is wrong
+        if self.vocab_size is not None and rows.max() >= self.vocab_size:
+            raise UserError(f"the {split} data holds token id {rows.max()} but the model has only "
+                            f"{self.vocab_size} tokens; the data and its meta.pkl do not belong together: "
+                            f"prepare the dataset again")
         x = torch.from_numpy(rows[:, :-1].copy())
         y = torch.from_numpy(rows[:, 1:].copy())
         if self.pin_memory:
@@ -145,10 +192,3 @@ class Batches:
             self._eval_cache[key] = self._draw(split, [self.seed, 1 if split == "train" else 2, k])
         return self._eval_cache[key]
 
-
-def main_guard(fn):
-    """Run a prepare script's main, turning Ctrl-C into a one-line message."""
-    try:
-        fn(sys.argv[1:])
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was half-written, run it again to finish")

@@ -6,33 +6,14 @@ weights from Hugging Face, and loading nanoGPT's checkpoints, is a key-by-key co
 References: GPT-2 paper (Radford et al. 2019), openai/gpt-2 model.py, karpathy/nanoGPT model.py.
 """
 
-import inspect
 import math
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
-class KVCache:
-    """Keys and values of every layer for positions [0, pos), preallocated up to block_size."""
-
-    def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
-        shape = (n_layer, batch_size, n_head, block_size, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # how many positions are filled
-
-    def update(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) at the next T positions; return the keys and values so far."""
-        T = k.size(2)
-        self.k[layer, :, :, self.pos:self.pos + T] = k
-        self.v[layer, :, :, self.pos:self.pos + T] = v
-        end = self.pos + T
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+from tokenizer import GPT2_PADDED_VOCAB
 
 
 class CausalSelfAttention(nn.Module):
@@ -119,13 +100,17 @@ class Block(nn.Module):
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    vocab_size: int = GPT2_PADDED_VOCAB
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     gelu_approximate: str = "none"  # "none" (exact, nanoGPT) or "tanh" (GPT-2's own weights)
+
+
+# what a checkpoint's model_args may hold: every setting of the network
+MODEL_ARG_KEYS = tuple(f.name for f in fields(GPTConfig))
 
 
 class GPT(nn.Module):
@@ -152,6 +137,29 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @classmethod
+    def with_weights(cls, config, state_dict):
+        """A GPT holding state_dict's tensors (this project's names), built on the meta device so no
+        throw-away random initialisation runs: loading costs the read, not an init of every weight
+        (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit."""
+        with torch.device("meta"):
+            model = cls(config)
+        own = model.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if missing or unexpected:
+            raise ValueError(f"the weights do not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for k, v in state_dict.items():
+            if v.shape != own[k].shape:
+                raise ValueError(f"{k} has shape {tuple(v.shape)} in the weights but {tuple(own[k].shape)} in the "
+                                 f"model (a different vocabulary or size?)")
+        # fp32 master weights whatever the file holds (fp16/bf16 files): autocast picks compute dtypes
+        state_dict = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+                      for k, v in state_dict.items()}
+        model.load_state_dict(state_dict, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
+        return model
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -216,134 +224,6 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    # -------------------------------------------------------------------------
-    # Hugging Face GPT-2 weights in and out
-
-    # transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
-    HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, override_args=None):
-        """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium,
-        gpt2-large, gpt2-xl) or a local folder with config.json and model.safetensors or
-        pytorch_model.bin. Only dropout may be overridden: every other architecture setting comes
-        from the source. Raises OSError when the weights cannot be fetched or read."""
-        override_args = dict(override_args or {})
-        assert set(override_args) <= {"dropout"}, "only dropout can be overridden"
-        from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-        c = hf.config
-        # settings this network does not implement: refuse rather than compute something else
-        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise ValueError(f"activation_function={c.activation_function!r} is not GELU")
-        if c.n_inner not in (None, 4 * c.n_embd) or c.layer_norm_epsilon != 1e-5:
-            raise ValueError(f"n_inner={c.n_inner} or layer_norm_epsilon={c.layer_norm_epsilon} differs from GPT-2's")
-        if c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or not c.scale_attn_weights:
-            raise ValueError("the attention scaling differs from GPT-2's")
-        if not torch.equal(hf.lm_head.weight, hf.transformer.wte.weight):
-            raise ValueError("the output head is not tied to the token embedding")
-        config = GPTConfig(
-            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions,
-            vocab_size=c.vocab_size, bias=True, dropout=override_args.get("dropout", 0.0),
-            gelu_approximate="tanh" if c.activation_function in ("gelu_new", "gelu_pytorch_tanh") else "none",
-        )
-        model = cls(config)
-        model.load_hf_state_dict(hf.state_dict())
-        return model
-
-    def load_hf_state_dict(self, hf_sd):
-        """Copy a transformers GPT2LMHeadModel state dict into this model, key by key."""
-        sd = self.state_dict()
-        hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-        missing = [k for k in sd if k not in hf_sd]
-        unexpected = [k for k in hf_sd if k not in sd]
-        if missing or unexpected:
-            raise OSError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for k, v in hf_sd.items():
-                v = v.t() if k.endswith(self.HF_TRANSPOSED) else v
-                if v.shape != sd[k].shape:
-                    raise OSError(f"{k} has shape {tuple(v.shape)} in the source but {tuple(sd[k].shape)} here")
-                sd[k].copy_(v)
-
-    def hf_state_dict(self, vocab_size=None):
-        """This model's weights in transformers' GPT2LMHeadModel layout: Conv1D weights
-        transposed, zero biases where this model has none, the vocabulary cropped to vocab_size
-        (padding rows dropped). The head stays the same tensor as wte, so it remains tied."""
-        vocab_size = vocab_size or self.config.vocab_size
-        out = {}
-        for k, v in self.state_dict().items():
-            v = v.detach()
-            if k.endswith(self.HF_TRANSPOSED):
-                v = v.t()
-            if k in ("transformer.wte.weight", "lm_head.weight"):
-                continue
-            out[k] = v.contiguous()
-        wte = self.transformer.wte.weight.detach()[:vocab_size].contiguous()
-        out["transformer.wte.weight"] = out["lm_head.weight"] = wte
-        if not self.config.bias:  # transformers' GPT-2 always has biases: add zeros
-            C = self.config.n_embd
-            zeros = {"ln_1.bias": C, "attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "ln_2.bias": C,
-                     "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
-            for i in range(self.config.n_layer):
-                for name, n in zeros.items():
-                    out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=wte.dtype)
-            out["transformer.ln_f.bias"] = torch.zeros(C, dtype=wte.dtype)
-        return out
-
-    def hf_config(self, vocab_size=None):
-        """The matching transformers GPT2Config."""
-        from transformers import GPT2Config
-        c = self.config
-        return GPT2Config(
-            vocab_size=vocab_size or c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-            n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.n_embd,
-            activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
-            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
-            tie_word_embeddings=True,
-            # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
-            **({} if (vocab_size or c.vocab_size) > 50256 else dict(bos_token_id=None, eos_token_id=None)),
-        )
-
-    # -------------------------------------------------------------------------
-    # optimisation and speed accounting
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, fused=False, optimizer="adamw",
-                             muon_lr=0.02, muon_momentum=0.95, muon_ns_steps=5):
-        """AdamW; weight decay only on >= 2-D tensors (matmul weights and embeddings), none on
-        biases and LayerNorm gains. fused=True only where the device has the fused kernel.
-
-        optimizer="muon": Muon (Jordan et al. 2024, kellerjordan.github.io/posts/muon) for the 2-D
-        weights inside the blocks, AdamW as above for everything else (embeddings and the tied
-        head, position embeddings, biases, norms), which Muon is not meant for."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        muon_params = []
-        if optimizer == "muon":
-            muon_params = [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
-        muon_ids = {id(p) for p in muon_params}
-        rest = [p for p in params if id(p) not in muon_ids]
-        decay = [p for p in rest if p.dim() >= 2]
-        no_decay = [p for p in rest if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        extra = {"fused": True} if fused and "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
-        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
-        if optimizer == "adamw":
-            return adamw
-        assert optimizer == "muon", optimizer
-        # "original" scales each update by sqrt(max(1, rows / cols)), as Keller Jordan's Muon does,
-        # so muon_lr means the same for the square and the 4x-wide matrices. No weight decay:
-        # torch's Muon multiplies it by muon_lr (~10x AdamW's lr), so weight_decay would shrink
-        # these weights ~10x harder than AdamW does. Whether some decay helps long runs is untested.
-        muon = Muon(muon_params, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0, adjust_lr_fn="original",
-                    ns_steps=muon_ns_steps)
-        # the lr schedule multiplies each group's lr_scale: it shapes both learning rates alike
-        for g in muon.param_groups:
-            g["lr_scale"] = muon_lr / learning_rate
-        return MuonAdamW(muon, adamw)
-
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls forward and backward (Kaplan et al. 2020,
         appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B)."""
@@ -352,222 +232,18 @@ class GPT(nn.Module):
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         return 6 * N + 12 * L * H * Q * T
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
-        if not peak_flops or dt <= 0:
-            return None
-        return self.flops_per_token() * tokens_per_iter / dt / peak_flops
-
     # -------------------------------------------------------------------------
-    # generation
+    # nanoGPT's entry points, kept for code written against it; the work is done elsewhere
 
-    def new_cache(self, batch_size, device=None, dtype=None):
-        cfg = self.config
-        ref = self.lm_head.weight
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
-                       device or ref.device, dtype or ref.dtype)
-
-    def decode_layout(self):
-        """Store every Linear weight column-major (the transpose contiguous), in place, on CPU.
-        Decoding one position multiplies a vector by each weight; this CPU BLAS streams the
-        column-major layout about 1.5x faster (bench.py --mode=generate measures it). The values,
-        parameter names, shapes and the code path stay the same; only the memory order changes."""
-        # ordinary tensors even when called under inference mode, so the model can still be trained
-        with torch.inference_mode(False), torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.is_contiguous():
-                    module.weight.data = module.weight.data.t().contiguous().t()  # also wte: the head is tied to it
-
-    # inference mode rather than no_grad: it also skips view and version-counter bookkeeping, about
-    # 2 ms of a ~40 ms decode step for the 124M model on a 2-core CPU
-    @torch.inference_mode()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, stop_tokens=()):
-        """Yield the next token of every row, shape (B,), one step at a time.
-
-        The prompt is prefilled once into a KV cache; each new token then costs one forward of a
-        single position through the same attention code as training. When the sequence outgrows
-        block_size the window slides: the cache is rebuilt from the last block_size tokens, which
-        makes each token past that point cost one prefill (learned absolute positions move with
-        the window, so cached keys cannot be reused) and keeps the result identical to full
-        recomputation. Stops early once every row has produced one of stop_tokens."""
-        block = self.config.block_size
-        if idx.device.type == "cpu" and not self.training:
-            self.decode_layout()
-        cache = self.new_cache(idx.size(0))
-        logits, _ = self(idx[:, -block:], cache=cache)
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
-        threads = DecodeThreads(idx.device)
-        try:
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-                yield nxt
-                idx = torch.cat((idx, nxt[:, None]), dim=1)
-                if len(stops):
-                    done |= torch.isin(nxt, stops)
-                    if bool(done.all()):
-                        return
-                if cache.pos < block:
-                    with threads.step():
-                        logits, _ = self(nxt[:, None], cache=cache)
-                else:  # slide the window
-                    cache.pos = 0
-                    logits, _ = self(idx[:, -block:], cache=cache)
-        finally:
-            threads.restore()
+    @classmethod
+    def from_pretrained(cls, name_or_path, override_args=None):
+        """A GPT with a Hugging Face GPT-2's weights (hf.py)."""
+        import hf
+        return hf.load_gpt2(name_or_path, dropout=(override_args or {}).get("dropout", 0.0))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                  use_cache=True):
-        """Return idx extended by max_new_tokens sampled tokens. use_cache=False recomputes the
-        whole (cropped) context for every token, as nanoGPT does: the reference for the cache."""
-        if use_cache:
-            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator))
-            return torch.cat([idx] + [t[:, None] for t in new], dim=1)
-        for _ in range(max_new_tokens):
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, nxt[:, None]), dim=1)
-        return idx
-
-
-def orthogonalize(G, coefficients, steps, eps, dtype):
-    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix U V^T of each G = U S V^T
-    in a (n, rows, cols) batch with rows <= cols (Bernstein & Newhouse 2024; the quintic with these
-    coefficients is Keller Jordan's: it gives singular values in roughly [0.7, 1.2] rather than
-    exactly 1, which trains as well). Rows <= cols keeps the Gram matrix X X^T the smaller one."""
-    a, b, c = coefficients
-    X = G.to(dtype)
-    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
-    return X.to(G.dtype)
-
-
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon (same hyperparameters, state layout and update), except that the
-    Newton-Schulz iteration runs in bfloat16 only on CUDA. torch's runs it in bfloat16 everywhere,
-    which a CPU without bf16 units does ~20x slower than fp32 (136 against 7 ms for one 512x128
-    matrix on this project's 2-core EPYC): it made a Muon step cost more than the whole forward and
-    backward. tests/test_optim.py checks it against torch's within bf16 rounding."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        assert closure is None, "closures are not supported"
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            # Same-shaped updates (a layer's weights repeat in every block) are orthogonalized as one
-            # batch: one chain of batched matmuls instead of one per matrix. On the CPU recipe's
-            # 16 small matrices this made the optimizer step 1.7x faster.
-            by_shape = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                tall = p.size(0) > p.size(1)
-                update = update.mT if tall else update
-                by_shape.setdefault(tuple(update.shape), []).append((p, tall, update))
-            for items in by_shape.values():
-                dtype = torch.bfloat16 if items[0][0].is_cuda else torch.float32
-                ortho = orthogonalize(torch.stack([u for _, _, u in items]), group["ns_coefficients"],
-                                      group["ns_steps"], group["eps"], dtype)
-                for (p, tall, _), update in zip(items, ortho):
-                    A, B = p.shape
-                    # "original" (the only one train.py uses): same update RMS for tall and square matrices
-                    scale = math.sqrt(max(1, A / B)) if group["adjust_lr_fn"] in (None, "original") else 0.2 * math.sqrt(max(A, B))
-                    p.mul_(1 - lr * group["weight_decay"])
-                    p.add_(update.mT if tall else update, alpha=-lr * scale)
-
-
-class MuonAdamW:
-    """Muon and AdamW stepped as one optimizer: what train.py needs of one (param_groups for the
-    lr schedule and the gradient scaler, step, zero_grad, and a state dict of plain tensors and
-    numbers that torch.load(weights_only=True) reads back)."""
-
-    def __init__(self, muon, adamw):
-        self.muon, self.adamw = muon, adamw
-        self.param_groups = muon.param_groups + adamw.param_groups  # the same dicts: lr changes reach both
-
-    def step(self):
-        self.muon.step()
-        self.adamw.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none=set_to_none)
-        self.adamw.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
-    def load_state_dict(self, state):
-        if set(state) != {"muon", "adamw"}:
-            raise ValueError("the saved optimizer state is not Muon + AdamW")
-        scales = [g["lr_scale"] for g in self.muon.param_groups]  # today's muon_lr, not the saved one
-        self.muon.load_state_dict(state["muon"])
-        self.adamw.load_state_dict(state["adamw"])
-        for g, scale in zip(self.muon.param_groups, scales):
-            g["lr_scale"] = scale
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups
-
-
-class DecodeThreads:
-    """Picks the CPU thread count for single-position decode steps by timing them. A decode step
-    is a chain of small ops; when other processes keep the cores busy, every op's parallel region
-    waits for a descheduled worker, and one thread measured 2-3x faster than two on a loaded
-    2-core machine, while on an idle machine more threads stream the weights faster. So the first
-    steps alternate between all threads and one, and the faster median wins."""
-
-    TRIALS = 3  # steps timed per candidate
-
-    def __init__(self, device):
-        self.original = torch.get_num_threads()
-        cpu = torch.device(device).type == "cpu"
-        self.candidates = [self.original, 1] if cpu and self.original > 1 else []
-        self.times = {n: [] for n in self.candidates}
-        self.chosen = None if self.candidates else self.original
-
-    @contextmanager
-    def step(self):
-        if self.chosen is not None:
-            if torch.get_num_threads() != self.chosen:
-                torch.set_num_threads(self.chosen)
-            yield
-            return
-        n = min(self.candidates, key=lambda c: len(self.times[c]))  # take turns
-        torch.set_num_threads(n)
-        t0 = time.perf_counter()
-        yield
-        self.times[n].append(time.perf_counter() - t0)
-        if all(len(t) >= self.TRIALS for t in self.times.values()):
-            self.chosen = min(self.candidates, key=lambda c: sorted(self.times[c])[self.TRIALS // 2])
-
-    def restore(self):
-        torch.set_num_threads(self.original)
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most
-    likely tokens; top_p keeps the smallest set of most likely tokens whose probability reaches p
-    (nucleus sampling, Holtzman et al. 2019)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of the tokens ranked above
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the set already reached p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+        """idx extended by max_new_tokens sampled tokens (generate.py)."""
+        import generate
+        return generate.generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)

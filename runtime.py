@@ -1,25 +1,16 @@
 """
 Where and how the scripts run: device and dtype choice, the per-device plan of CUDA-only features,
-distributed (torchrun) setup, peak FLOPs for MFU, and the one-sentence exit for user errors.
+the one setup call every script makes, distributed (torchrun) setup, and peak FLOPs for MFU.
 """
 
 import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-
-def fail(sentence, status=1):
-    """Stop with one sentence on stderr and a non-zero exit: for things a user can fix."""
-    # once per machine under torchrun: a node-local problem (a missing file on node 2) still shows
-    # in that node's output, while a single-node run prints it once
-    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
-        print(f"error: {sentence}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
+from errors import UserError
 
 # -----------------------------------------------------------------------------
 # device and dtype
@@ -29,11 +20,13 @@ def pick_device(requested="auto"):
     if requested and requested != "auto":
         kind = requested.split(":")[0]
         if kind == "cuda" and not torch.cuda.is_available():
-            fail(f"device={requested} was asked for but CUDA is not available here; use --device=cpu or leave device unset")
+            raise UserError(f"device={requested} was asked for but CUDA is not available here; use --device=cpu "
+                            f"or leave device unset")
         if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            fail(f"device={requested} was asked for but MPS is not available here; use --device=cpu or leave device unset")
+            raise UserError(f"device={requested} was asked for but MPS is not available here; use --device=cpu "
+                            f"or leave device unset")
         if kind not in ("cuda", "mps", "cpu", "xpu"):
-            fail(f"device={requested} is not a device this tool knows; use cuda, mps or cpu")
+            raise UserError(f"device={requested} is not a device this tool knows; use cuda, mps or cpu")
         return requested, "as asked"
     if torch.cuda.is_available():
         return "cuda", "CUDA is available"
@@ -46,9 +39,10 @@ def pick_dtype(device_type, requested="auto"):
     """Return (dtype name, reason)."""
     if requested and requested != "auto":
         if requested not in ("float32", "bfloat16", "float16"):
-            fail(f"dtype={requested} is not supported; use float32, bfloat16 or float16")
+            raise UserError(f"dtype={requested} is not supported; use float32, bfloat16 or float16")
         if device_type == "mps" and requested == "float16":
-            fail("dtype=float16 needs a gradient scaler, which this tool does not use on MPS; use bfloat16 or float32")
+            raise UserError("dtype=float16 needs a gradient scaler, which this tool does not use on MPS; "
+                            "use bfloat16 or float32")
         return requested, "as asked"
     if device_type == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -95,6 +89,44 @@ def plan_for(device, dtype):
     )
 
 
+@dataclass
+class Setup:
+    """What setup() decided: the processes, the device plan, and the line that says why."""
+    dist: "Dist"
+    plan: DevicePlan
+    compile: bool
+    backend: str = None
+    why: str = ""
+
+    @property
+    def device(self):
+        return self.plan.device
+
+
+def setup(device="auto", dtype="auto", compile=None, fused_adamw=None, backend="auto", distributed=True):
+    """The one setup call of every script: join torchrun's process group when launched by it (and
+    `distributed`), choose the device and dtype, and make the per-device choices (TF32 matmuls on
+    CUDA; compile and fused AdamW default to what pays on the device, unless given)."""
+    dist = dist_from_env() if distributed else Dist()
+    device, device_reason = pick_device(device)
+    chosen_backend = None
+    if dist.enabled:
+        device, chosen_backend = init_distributed(dist, device, backend)
+    dtype, dtype_reason = pick_dtype(device.split(":")[0], dtype)
+    plan = plan_for(device, dtype)
+    if fused_adamw is not None:
+        plan.fused_adamw = fused_adamw
+    use_compile = compile if compile is not None else plan.device_type == "cuda"
+    if plan.device_type == "cuda":
+        # TF32 tensor cores for fp32 matmuls (10 bits of mantissa, like bf16's 8 plus 2): the parts
+        # of a bf16 run that stay fp32 go ~8x faster on A100/H100
+        torch.set_float32_matmul_precision("high")
+    where = f", {dist.world_size} processes ({chosen_backend})" if dist.enabled else ""
+    why = (f"device {device} ({device_reason}), dtype {dtype} ({dtype_reason}), "
+           f"compile {'on' if use_compile else 'off'}{where}")
+    return Setup(dist=dist, plan=plan, compile=use_compile, backend=chosen_backend, why=why)
+
+
 def seed_everything(seed):
     import random
 
@@ -136,11 +168,11 @@ def pick_backend(device_type, requested="auto"):
     import torch.distributed as tdist
     backend = requested if requested and requested != "auto" else ("nccl" if device_type == "cuda" else "gloo")
     if not tdist.is_available() or not tdist.is_backend_available(backend):
-        fail(f"backend={backend} is not available in this PyTorch build; "
-             f"use backend=gloo (CPU) or backend=nccl (CUDA), or leave backend=auto")
+        raise UserError(f"backend={backend} is not available in this PyTorch build; "
+                        f"use backend=gloo (CPU) or backend=nccl (CUDA), or leave backend=auto")
     if backend == "nccl" and device_type != "cuda":
-        fail(f"backend=nccl works only on CUDA devices but this run uses {device_type}; "
-             f"use backend=gloo or leave backend=auto")
+        raise UserError(f"backend=nccl works only on CUDA devices but this run uses {device_type}; "
+                        f"use backend=gloo or leave backend=auto")
     return backend
 
 
@@ -152,21 +184,38 @@ def init_distributed(dist_info, device, backend="auto"):
     if device_type == "cuda":
         gpus = torch.cuda.device_count()
         if dist_info.local_rank >= gpus:
-            fail(f"torchrun started more processes on this machine than the {gpus} GPU(s) it has; "
-                 f"use --nproc_per_node={gpus} (one process per GPU)")
+            raise UserError(f"torchrun started more processes on this machine than the {gpus} GPU(s) it has; "
+                            f"use --nproc_per_node={gpus} (one process per GPU)")
         device = f"cuda:{dist_info.local_rank}"
         torch.cuda.set_device(device)
     tdist.init_process_group(backend=backend)
     return device, backend
 
 
-def all_reduce_mean(values, dist_info):
-    """Average a 1-D float tensor over ranks (identity in a single process)."""
+def all_reduce_sum(values, dist_info):
+    """Sum a float tensor over processes (identity in a single process)."""
+    if dist_info.enabled:
+        import torch.distributed as tdist
+        tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
+    return values
+
+
+def any_process(flag, dist_info, device="cpu"):
+    """Whether flag is true on any process: every process gets the same answer, so all take the same
+    branch (a process that leaves a loop alone would leave the others waiting in a collective).
+    device: where the collective runs (the training device; NCCL reduces only CUDA tensors)."""
     if not dist_info.enabled:
-        return values
-    import torch.distributed as tdist
-    tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
-    return values / dist_info.world_size
+        return bool(flag)
+    votes = torch.tensor([float(bool(flag))], device=device)
+    return bool(all_reduce_sum(votes, dist_info).item())
+
+
+def raise_everywhere(error, dist_info, device="cpu"):
+    """Raise `error` (a UserError or None) on every process if any process has one: what one rank
+    failed to do (rank 0 writing a checkpoint) ends every rank with a sentence, and none is left
+    waiting at the next collective. A process without an error of its own raises a generic one."""
+    if any_process(error is not None, dist_info, device):
+        raise error or UserError("another process of this run failed (its error is in that process's output)")
 
 
 def barrier(dist_info):
@@ -220,6 +269,13 @@ def measured_matmul_flops(device="cpu", n=512, repeats=5):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def mfu(flops_per_token, tokens, dt, peak):
+    """Model FLOPs utilisation: the training FLOP/s achieved over the device's peak (None if unknown)."""
+    if not peak or dt <= 0:
+        return None
+    return flops_per_token * tokens / dt / peak
 
 
 def peak_flops(device, dtype, override=0.0):

@@ -7,7 +7,10 @@ Sample text from a trained run or from GPT-2, streaming it as it is generated.
 """
 
 import configurator
+import errors
 from configurator import Key
+
+errors.install()
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -36,25 +39,25 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
+import loading  # noqa: E402
 import runtime  # noqa: E402
-from runtime import fail  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
+from generate import generate_stream  # noqa: E402
 from tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # setup
-device, device_reason = runtime.pick_device(cfg.device)
-dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
-plan = runtime.plan_for(device, dtype)
 if not 0.0 < cfg.top_p <= 1.0:
-    fail(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=2)
+    raise UserError(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=USAGE)
 if not all(isinstance(t, str) for t in cfg.stop):
-    fail(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=2)
+    raise UserError(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=USAGE)
 if cfg.temperature < 0:
-    fail(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=2)
-model, tok, desc = checkpoint.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
-print(f"sampling from {desc} on {device} ({device_reason}), {dtype}", file=sys.stderr)
-if cfg.compile:
+    raise UserError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=USAGE)
+rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
+plan, device = rt.plan, rt.device
+model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
+print(f"sampling from {desc}; {rt.why}", file=sys.stderr)
+if rt.compile:
     model.forward = torch.compile(model.forward, dynamic=True)  # prefill and decode differ in length
 
 start = cfg.start
@@ -63,10 +66,12 @@ if start.startswith("FILE:"):
         with open(start[5:], encoding="utf-8") as f:
             start = f.read()
     except OSError as e:
-        fail(f"cannot read the prompt file {start[5:]} ({e.strerror}); check the path after FILE:")
+        raise UserError(f"cannot read the prompt file {start[5:]} ({e.strerror}); check the path after FILE:") from None
 ids = tok.encode(start)
 if not ids:
-    ids = [tok.eot] if tok.eot is not None else fail("the prompt is empty; give some text with --start=...")
+    if tok.eot is None:
+        raise UserError("the prompt is empty; give some text with --start=...")
+    ids = [tok.eot]
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
 stop_tokens = [tok.eot] if cfg.stop_at_eot and tok.eot is not None else []
 generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -78,8 +83,8 @@ with torch.no_grad(), plan.autocast_context():
     for k in range(cfg.num_samples):
         out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)
-        for token in model.generate_stream(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
-                                           stop_tokens=stop_tokens):
+        for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
+                                     stop_tokens=stop_tokens):
             if int(token[0]) in stop_tokens:
                 break
             shown = text.push(out.push(token[0]))

@@ -1,8 +1,28 @@
 """
-Text <-> token ids: the character vocabulary of a dataset's meta.pkl, or GPT-2's BPE (tiktoken).
+Text <-> token ids: the character vocabulary of a dataset's meta.pkl, or GPT-2's BPE (tiktoken); the
+vocabulary sizes and the rule for whether a model's vocabulary fits a dataset's; streamed decoding.
 """
 
-from runtime import fail
+from errors import UserError
+
+GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+GPT2_EOT = 50256  # <|endoftext|>, GPT-2's last token
+# GPT-2's vocabulary padded up to a multiple of 64 for faster matmuls (nanoGPT's choice); the padding
+# rows are never produced by the tokenizer
+GPT2_PADDED_VOCAB = 50304
+
+
+def vocab_mismatch(vocab_size, meta):
+    """Why a model with `vocab_size` output tokens cannot be used with a dataset whose meta.pkl is
+    `meta` (None for GPT-2 BPE data, which has none), or None when it can: a character model needs
+    exactly its vocabulary, and other data needs every id it holds to have a row."""
+    if meta is not None and "stoi" in meta and meta["vocab_size"] != vocab_size:
+        return f"a vocabulary of {vocab_size} tokens but the character vocabulary has {meta['vocab_size']}"
+    if meta is not None and meta.get("vocab_size", 0) > vocab_size:
+        return f"a vocabulary of {vocab_size} tokens but the data uses {meta['vocab_size']}"
+    if meta is None and vocab_size < GPT2_VOCAB:
+        return f"a vocabulary of {vocab_size} tokens, too few for GPT-2's {GPT2_VOCAB} BPE tokens"
+    return None
 
 
 class CharTokenizer:
@@ -17,8 +37,8 @@ class CharTokenizer:
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
         if unknown:
-            fail(f"the prompt has characters outside this model's vocabulary: {''.join(unknown)!r}; "
-                 f"remove them (the model knows only the characters of its training text)")
+            raise UserError(f"the prompt has characters outside this model's vocabulary: {''.join(unknown)!r}; "
+                            f"remove them (the model knows only the characters of its training text)")
         return [self.stoi[c] for c in text]
 
     def decode(self, ids):
@@ -33,8 +53,9 @@ class BPETokenizer:
         try:
             self.enc = tiktoken.get_encoding(encoding)
         except Exception as e:  # network errors come in several types depending on the version
-            fail(f"could not load the {encoding} tokenizer ({type(e).__name__}); tiktoken downloads it on first use, "
-                 f"so connect to the internet once, or point TIKTOKEN_CACHE_DIR at a folder holding its files")
+            raise UserError(f"could not load the {encoding} tokenizer ({type(e).__name__}); tiktoken downloads it on "
+                            f"first use, so connect to the internet once, or point TIKTOKEN_CACHE_DIR at a folder "
+                            f"holding its files") from None
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
         self.name = encoding

@@ -10,7 +10,10 @@ python train.py --help lists every key.
 """
 
 import configurator
+import errors
 from configurator import Key
+
+errors.install()  # a mistake a user can fix ends in one sentence, on every process
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -89,41 +92,34 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 import dataset  # noqa: E402
+import fileio  # noqa: E402
+import loading  # noqa: E402
+import optim  # noqa: E402
 import runtime  # noqa: E402
-from dataset import Batches, DATA_ROOT, read_meta  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from runtime import fail  # noqa: E402
+from dataset import Batches  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
+from model import GPT, MODEL_ARG_KEYS  # noqa: E402
+from tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch  # noqa: E402
+from training import Step, evaluate  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # processes, device, precision
-dist = runtime.dist_from_env()
+rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, cfg.backend)
+dist, plan, device = rt.dist, rt.plan, rt.device
 master = dist.master
 if cfg.gradient_accumulation_steps % dist.world_size != 0:
-    fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
-         f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=2)
+    raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
+                    f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=USAGE)
 accum_local = cfg.gradient_accumulation_steps // dist.world_size  # micro-steps this process runs
-device, device_reason = runtime.pick_device(cfg.device)
-backend = None
-if dist.enabled:
-    device, backend = runtime.init_distributed(dist, device, cfg.backend)
-dtype, dtype_reason = runtime.pick_dtype(device.split(":")[0], cfg.dtype)
-plan = runtime.plan_for(device, dtype)
-use_compile = cfg.compile if cfg.compile is not None else plan.device_type == "cuda"
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
 if master:
-    where = f", {dist.world_size} processes ({backend})" if dist.enabled else ""
-    print(f"device {device} ({device_reason}), dtype {dtype} ({dtype_reason}), "
-          f"compile {'on' if use_compile else 'off'}{where}")
+    print(rt.why)
     print(f"tokens per iteration: {tokens_per_iter:,}")
-    os.makedirs(cfg.out_dir, exist_ok=True)
 runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
-if plan.device_type == "cuda":
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
 
-data_dir = cfg.data_dir or os.path.join(DATA_ROOT, cfg.dataset)
-meta = read_meta(data_dir)
+data_dir = cfg.data_dir or os.path.join(dataset.data_root(), cfg.dataset)
 batches = Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device, plan.pin_memory)
+meta = batches.meta
 
 # -----------------------------------------------------------------------------
 # model
@@ -132,25 +128,25 @@ model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, blo
                   bias=cfg.bias, vocab_size=None, dropout=cfg.dropout)
 iter_num, best_val_loss, tokens_seen, ckpt = 0, float("inf"), 0, None
 if cfg.init_from == "scratch":
-    model_args["vocab_size"] = meta["vocab_size"] if meta else 50304  # GPT-2's 50257 padded to a multiple of 64
+    model_args["vocab_size"] = meta["vocab_size"] if meta else GPT2_PADDED_VOCAB
     if master and os.path.exists(ckpt_path):
         print(f"note: {ckpt_path} from an earlier run will be replaced at the first save "
               f"(init_from=resume continues it instead)")
-    model = GPT(GPTConfig(**model_args))
+    model = GPT(loading.model_config(model_args))
 elif cfg.init_from == "resume":
     if not os.path.exists(ckpt_path):
-        fail(f"init_from=resume but there is no checkpoint at {ckpt_path}; "
-             f"train with init_from=scratch first, or set out_dir to the run's folder")
+        raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}; "
+                        f"train with init_from=scratch first, or set out_dir to the run's folder")
     ckpt = checkpoint.load(ckpt_path, require=("optimizer", "iter_num", "best_val_loss"))
     # the architecture comes from the checkpoint; config keys cannot change it mid-run
-    for k in checkpoint.MODEL_ARG_KEYS:
+    for k in MODEL_ARG_KEYS:
         if k in ckpt["model_args"] and k != "dropout":
             model_args[k] = ckpt["model_args"][k]
-    problem = checkpoint.vocab_mismatch(model_args.get("vocab_size", 50304), meta)
+    problem = vocab_mismatch(model_args.get("vocab_size", GPT2_PADDED_VOCAB), meta)
     if problem:
-        fail(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; "
-             f"resume with the dataset the run was trained on")
-    model = checkpoint.build_model(ckpt, ckpt_path, dropout=cfg.dropout)
+        raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; "
+                        f"resume with the dataset the run was trained on")
+    model = loading.build_model(ckpt, ckpt_path, dropout=cfg.dropout)
     iter_num = int(ckpt["iter_num"])
     best_val_loss = float(ckpt["best_val_loss"])  # nanoGPT stored a tensor here
     tokens_seen = int(ckpt.get("tokens_seen", iter_num * tokens_per_iter))
@@ -164,31 +160,43 @@ elif cfg.init_from == "resume":
             print(f"note: the run drew its batches with seed={sampler_seed} and this one uses seed={cfg.seed}, "
                   f"so the data order from here differs from the original run's")
 else:
-    model = checkpoint.load_pretrained(cfg.init_from, dropout=cfg.dropout)
+    model = loading.load_pretrained(cfg.init_from, dropout=cfg.dropout)
     # the architecture is the source's; a setting that contradicts it is a mistake, not a request
     for k in ("n_layer", "n_head", "n_embd", "bias"):
         if cfg.is_set(k) and getattr(cfg, k) != getattr(model.config, k):
-            fail(f"{k}={getattr(cfg, k)} conflicts with {cfg.init_from}, which has {k}={getattr(model.config, k)}; "
-                 f"drop the setting (only dropout and a shorter block_size can differ from the weights)", status=2)
-    if meta and ("stoi" in meta or meta.get("vocab_size", 0) > model.config.vocab_size):
-        fail(f"{data_dir} has its own vocabulary of {meta.get('vocab_size')} tokens but {cfg.init_from} reads GPT-2 BPE; "
-             f"prepare the data with GPT-2's tokenizer (e.g. data/corpus/prepare.py --tokenizer=gpt2)", status=2)
-    for k in checkpoint.MODEL_ARG_KEYS:
+            raise UserError(f"{k}={getattr(cfg, k)} conflicts with {cfg.init_from}, which has "
+                            f"{k}={getattr(model.config, k)}; drop the setting (only dropout and a shorter "
+                            f"block_size can differ from the weights)", status=USAGE)
+    problem = vocab_mismatch(model.config.vocab_size, meta)
+    if problem:
+        raise UserError(f"{cfg.init_from} does not fit {data_dir}: the model has {problem}; prepare the data with "
+                        f"the model's tokenizer (GPT-2's: data/corpus/prepare.py --tokenizer=gpt2)", status=USAGE)
+    for k in MODEL_ARG_KEYS:
         model_args[k] = getattr(model.config, k)
 
 if cfg.block_size < model.config.block_size:
     model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
     model_args["block_size"] = cfg.block_size
 elif cfg.block_size > model.config.block_size:
-    fail(f"block_size={cfg.block_size} is longer than the model's context of {model.config.block_size}; "
-         f"use block_size <= {model.config.block_size}")
+    raise UserError(f"block_size={cfg.block_size} is longer than the model's context of {model.config.block_size}; "
+                    f"use block_size <= {model.config.block_size}")
 model.to(device)
+batches.vocab_size = model.config.vocab_size  # an id past the embedding is refused when drawn
 
-scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
-fused_adamw = cfg.fused_adamw if cfg.fused_adamw is not None else plan.fused_adamw
-optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                       fused=fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
+optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                       fused=plan.fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                        muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
+raw_model = model
+if rt.compile:
+    if master:
+        print("compiling the model (the first step takes a while)...")
+    model = torch.compile(model)
+train_model = model
+if dist.enabled:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
+step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip)
+
 resume_rng = None  # restored just before the loop: setup below (e.g. the FLOPs probe) draws random numbers
 if ckpt is not None:
     try:
@@ -196,12 +204,12 @@ if ckpt is not None:
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         saved = (ckpt.get("config") or {}).get("optimizer", "adamw")
         if saved != cfg.optimizer:
-            fail(f"{ckpt_path} holds an optimizer state for optimizer={saved}, which does not fit "
-                 f"optimizer={cfg.optimizer}; resume with --optimizer={saved}")
-        fail(f"{ckpt_path} has an optimizer state that does not fit this model ({str(e).strip()[:150]}); "
-             f"it was written by a different model or optimizer setup")
+            raise UserError(f"{ckpt_path} holds an optimizer state for optimizer={saved}, which does not fit "
+                            f"optimizer={cfg.optimizer}; resume with --optimizer={saved}") from None
+        raise UserError(f"{ckpt_path} has an optimizer state that does not fit this model "
+                        f"({fileio.reason(e)[:150]}); it was written by a different model or optimizer setup") from None
     if ckpt.get("scaler") and plan.grad_scaler:
-        scaler.load_state_dict(ckpt["scaler"])
+        step.scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng")
     if rng is not None:
         if len(rng) == dist.world_size:
@@ -213,62 +221,23 @@ last_eval_iter = ckpt.get("last_eval_iter", -1) if ckpt is not None else -1
 skipped = int(ckpt.get("skipped_steps", 0)) if ckpt is not None else 0  # max_skips counts across resumes
 ckpt = None  # free the memory
 
-raw_model = model
-if use_compile:
-    if master:
-        print("compiling the model (the first step takes a while)...")
-    model = torch.compile(model)
-train_model = model
-if dist.enabled:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
-peak_flops, peak_source = runtime.peak_flops(device, dtype, cfg.peak_flops)
+peak_flops, peak_source = runtime.peak_flops(device, plan.dtype, cfg.peak_flops)
+flops_per_token = raw_model.flops_per_token()
 if master:
     print(f"{raw_model.get_num_params() / 1e6:.2f}M parameters; MFU against {peak_source}"
           + (f" ({peak_flops / 1e12:.2f} TFLOP/s)" if peak_flops else ""))
 
 # -----------------------------------------------------------------------------
-# helpers used by the loop
-
-
-def get_lr(it):
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it > cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-@torch.no_grad()
-def estimate_loss():
-    """Mean loss on the fixed evaluation batches of each split, shared out over all processes."""
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        total = torch.zeros(2, device=device)  # loss sum, batch count
-        for k in range(dist.rank, cfg.eval_iters, dist.world_size):
-            X, Y = batches.eval_batch(split, k)
-            with plan.autocast_context():
-                _, loss = model(X, Y)
-            total[0] += loss.float()
-            total[1] += 1
-        total = runtime.all_reduce_mean(total, dist)  # the ratio of means is the mean
-        out[split] = (total[0] / total[1]).item()
-    model.train()
-    return out
+# logging and saving
 
 
 class Metrics:
-    """out_dir/metrics.jsonl (one JSON object per line) plus wandb behind the same call."""
+    """out_dir/metrics.jsonl (one JSON object per line) plus wandb behind the same call, rank 0 only.
+    A failure to write (a full disk) is kept in `failure` and raised on every process at the next
+    step's sync, so no process is left waiting for one that stopped."""
 
     def __init__(self, path, start_iter, resumed, last_eval_iter=-1):
-        self.path = path
-        self.wandb = None
+        self.path, self.wandb, self.failure = path, None, None
         if not master:
             return
         kept = []
@@ -285,29 +254,34 @@ class Metrics:
                     # the evaluation at the resume point stays only if the checkpoint says it was done
                     if row["iter"] < start_iter or ("val_loss" in row and row["iter"] == start_iter == last_eval_iter):
                         kept.append(line if line.endswith("\n") else line + "\n")
-        with open(path + ".tmp", "w") as f:
+        with fileio.atomic_open(path, "w") as f:
             f.writelines(kept)
-        os.replace(path + ".tmp", path)
         if cfg.wandb_log:
             try:
                 import wandb
             except ImportError:
-                fail("wandb_log=True but wandb is not installed; pip install wandb, or leave wandb_log off")
+                raise UserError("wandb_log=True but wandb is not installed; pip install wandb, or leave wandb_log "
+                                "off") from None
             self.wandb = wandb
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg))
 
     def log(self, row):
-        if not master:
+        if not master or self.failure is not None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            self.failure = UserError(f"could not append to {self.path} ({fileio.reason(e)}); the last checkpoint in "
+                                     f"{cfg.out_dir} is intact: free some disk space, then resume")
         if self.wandb is not None:
             self.wandb.log(row, step=row["iter"])
 
 
 def save_checkpoint(name):
     """Write out_dir/<name> atomically from the plain (unwrapped, uncompiled) model. Every process
-    contributes its random state; only the first writes."""
+    contributes its random state; only the first writes, and if it cannot, every process stops
+    with its sentence."""
     rng = checkpoint.rng_state()
     if dist.enabled:
         import torch.distributed as tdist
@@ -315,6 +289,7 @@ def save_checkpoint(name):
         tdist.all_gather_object(states, rng)
     else:
         states = [rng]
+    failure = None
     if master:
         state = dict(
             model=checkpoint.model_state(raw_model),
@@ -323,7 +298,7 @@ def save_checkpoint(name):
             iter_num=iter_num,
             best_val_loss=best_val_loss,
             config=configurator.to_dict(cfg),
-            scaler=scaler.state_dict() if plan.grad_scaler else None,
+            scaler=step.scaler.state_dict() if plan.grad_scaler else None,
             tokens_seen=tokens_seen,
             last_eval_iter=last_eval_iter,
             skipped_steps=skipped,
@@ -332,10 +307,13 @@ def save_checkpoint(name):
             sampler=dict(kind="stateless", seed=cfg.seed),
         )
         path = os.path.join(cfg.out_dir, name)
-        checkpoint.save(state, path)
-        if name == "ckpt.pt" and cfg.keep_last > 0:
-            checkpoint.keep_copy(path, os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt"), cfg.keep_last)
-    runtime.barrier(dist)
+        try:
+            checkpoint.save(state, path)
+            if name == "ckpt.pt" and cfg.keep_last > 0:
+                checkpoint.keep_copy(path, os.path.join(cfg.out_dir, f"ckpt_{iter_num:07d}.pt"), cfg.keep_last)
+        except UserError as e:
+            failure = e
+    runtime.raise_everywhere(failure, dist, device)
 
 
 # SIGTERM (schedulers, preemption) or Ctrl-C: finish the step, save, exit. A second Ctrl-C exits at once.
@@ -366,27 +344,31 @@ signal.signal(signal.SIGINT, _on_signal)
 
 # -----------------------------------------------------------------------------
 # training loop
+failure = None
 if master:
-    configurator.save(cfg, os.path.join(cfg.out_dir, "config.json"))
-    if meta is not None:  # the vocabulary travels with the run, for sample.py and export
-        dataset.write_meta(meta, cfg.out_dir)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        configurator.save(cfg, os.path.join(cfg.out_dir, "config.json"))
+        if meta is not None:  # the vocabulary travels with the run, for sample.py and export
+            dataset.write_meta(meta, cfg.out_dir)
+    except (UserError, OSError) as e:
+        failure = e if isinstance(e, UserError) else UserError(f"could not create {cfg.out_dir} ({fileio.reason(e)}); "
+                                                               f"set out_dir to a writable folder")
+runtime.raise_everywhere(failure, dist, device)
 start_iter = iter_num
 metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume",
                   last_eval_iter=last_eval_iter)
-params = [p for p in raw_model.parameters() if p.requires_grad]
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
 t_log, iters_since_log = time.perf_counter(), 0
 t_start = time.perf_counter()
-X, Y = batches.train_batch(iter_num, dist.rank * accum_local)  # first micro-batch of this process
 while True:
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_lr / learning_rate
+    lr = optim.lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    optim.set_lr(optimizer, lr)
 
     if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and iter_num != last_eval_iter):
         t_eval = time.perf_counter()
-        losses = estimate_loss()
+        losses = evaluate(model, batches, cfg.eval_iters, plan, dist)
         last_eval_iter = iter_num
         improved = losses["val"] < best_val_loss  # False for NaN: a NaN never becomes "best"
         if improved:
@@ -407,50 +389,22 @@ while True:
     if iter_num >= cfg.max_iters:
         break
 
-    # one optimizer step: accum_local micro-steps, gradients synchronised only on the last
-    loss_sum = torch.zeros((), device=device)
-    for micro in range(accum_local):
-        if dist.enabled:
-            train_model.require_backward_grad_sync = micro == accum_local - 1
-        with plan.autocast_context():
-            _, loss = train_model(X, Y)
-            # DDP averages gradients over processes, so each process divides by its own micro-step
-            # count: the result is the mean over every micro-batch of the step
-            loss = loss / accum_local
-        # fetch the next micro-batch while the device works (async copies on CUDA)
-        nxt = (iter_num, dist.rank * accum_local + micro + 1) if micro + 1 < accum_local else (iter_num + 1, dist.rank * accum_local)
-        X, Y = batches.train_batch(*nxt)
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach().float()
-    if plan.grad_scaler:
-        scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    # one host sync per step: the loss over all processes, the gradient norm and any stop request
-    stats = torch.stack([loss_sum, torch.tensor(float(stop_signal is not None), device=device)])
-    if dist.enabled:
-        import torch.distributed as tdist
-        tdist.all_reduce(stats)
-    step_loss, stop_votes = stats.tolist()
-    step_loss /= dist.world_size  # the sum of the processes' means
-    grad_norm = grad_norm.item()
-    finite = math.isfinite(step_loss) and (math.isfinite(grad_norm) or plan.grad_scaler)
-    if not finite:
+    result = step(iter_num, flags=(stop_signal is not None, metrics.failure is not None))
+    stop_votes, failures = result.flags
+    if failures:
+        raise metrics.failure or UserError("rank 0 could not write the metrics (its error is in its output)")
+    if not result.finite:
         if cfg.on_nonfinite == "skip" and skipped < cfg.max_skips:
             skipped += 1
             if master:
-                print(f"iter {iter_num}: non-finite loss {step_loss} or gradient norm {grad_norm}; "
+                print(f"iter {iter_num}: non-finite loss {result.loss} or gradient norm {result.grad_norm}; "
                       f"step skipped ({skipped} of at most {cfg.max_skips})")
-            optimizer.zero_grad(set_to_none=True)
         else:
             why = (f"after {skipped} skipped steps (max_skips={cfg.max_skips})" if cfg.on_nonfinite == "skip"
                    else "(on_nonfinite=skip would skip such steps)")
-            fail(f"iteration {iter_num}: the loss ({step_loss}) or gradient norm ({grad_norm}) is not finite, "
-                 f"so training stopped before the update {why}; the last good checkpoint in {cfg.out_dir} "
-                 f"is intact, resume it with a lower learning_rate")
-    else:
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            raise UserError(f"iteration {iter_num}: the loss ({result.loss}) or gradient norm ({result.grad_norm}) "
+                            f"is not finite, so training stopped before the update {why}; the last good checkpoint "
+                            f"in {cfg.out_dir} is intact, resume it with a lower learning_rate")
     iter_num += 1
     tokens_seen += tokens_per_iter
     iters_since_log += 1
@@ -460,12 +414,12 @@ while True:
         dt = (now - t_log) / iters_since_log
         t_log, iters_since_log = now, 0
         # per device: each process computes its share of the step against one device's peak
-        mfu = raw_model.estimate_mfu(tokens_per_iter // dist.world_size, dt, peak_flops)
+        mfu = runtime.mfu(flops_per_token, tokens_per_iter // dist.world_size, dt, peak_flops)
         eta = (cfg.max_iters - iter_num) * dt
-        print(f"iter {iter_num - 1}: loss {step_loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
+        print(f"iter {iter_num - 1}: loss {result.loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
               f"eta {eta / 60:.1f} min")
-        metrics.log(dict(iter=iter_num - 1, loss=step_loss, lr=lr, grad_norm=grad_norm, ms=dt * 1000,
+        metrics.log(dict(iter=iter_num - 1, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
                          tok_s=tokens_per_iter / dt, mfu=mfu, tokens=tokens_seen))
 
     if stop_votes > 0:
@@ -475,6 +429,7 @@ while True:
                   f"and --init_from=resume")
         break
 
+runtime.raise_everywhere(metrics.failure, dist, device)  # a last metrics line that could not be written
 if master:
     print(f"done in {time.perf_counter() - t_start:.1f} s, best val loss {best_val_loss:.4f}")
 runtime.shutdown(dist)

@@ -1,27 +1,75 @@
-"""Shared test helpers: paths, the offline corpus and tokenizer cache, and running the scripts."""
+"""Shared test helpers: the tests' own corpus and data folder, the downloads some tests need (skipped,
+with the reason, where they cannot be had), and running the scripts."""
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-# The machines here are offline: CI keeps the corpus and tiktoken's files in ../shared. Elsewhere the
-# prepare scripts download the corpus and tiktoken its files, as they do for users.
-SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
-if not SHAKESPEARE.exists():
-    SHAKESPEARE = ROOT / "data" / "shakespeare_char" / "input.txt"
-if (SHARED / "tiktoken_cache").is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 sys.path.insert(0, str(ROOT))
+
+# Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
+# scripts the tests start too), never into the checkout.
+DATA_ROOT = Path(tempfile.mkdtemp(prefix="gpt-tests-data-"))
+os.environ["GPT_DATA_ROOT"] = str(DATA_ROOT)
+CORPUS = DATA_ROOT / "play.txt"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts scripts in subprocesses (seconds each); still part of the suite")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(DATA_ROOT, ignore_errors=True)
+
+
+def play_text(n_chars=400_000, seed=0):
+    """A play-shaped corpus made here, so that no test needs a download: speakers' names in capitals,
+    speeches of a few lines of words, blank lines between them. Its statistics are easy enough for a
+    tiny model to learn in a few dozen steps, as tiny-shakespeare's are."""
+    rng = random.Random(seed)
+    speakers = ["ROMEO", "JULIET", "MERCUTIO", "NURSE", "FRIAR LAURENCE", "TYBALT", "BENVOLIO", "LADY CAPULET"]
+    words = ("the and to of my I you a that in is not with it me be your his this but have for what thy thou "
+             "so will him all do shall are by no her love sir our if good come on lord now more then how here "
+             "night day heart death sweet fair well know let there which would say hath make go man they such "
+             "art eyes name speak hand light tears fortune time she upon house grace gentle stay live").split()
+    out, size = [], 0
+    while size < n_chars:
+        speech = [rng.choice(speakers) + ":"]
+        for _ in range(rng.randint(1, 4)):
+            line = [rng.choice(words) for _ in range(rng.randint(4, 10))]
+            line[0] = line[0].capitalize()
+            speech.append(" ".join(line) + rng.choice([",", ".", ";", "!", "?", ":"]))
+        text = "\n".join(speech) + "\n\n"
+        out.append(text)
+        size += len(text)
+    return "".join(out)
+
+
+CORPUS.write_text(play_text(), encoding="utf-8")
+CORPUS_VOCAB = len(set(CORPUS.read_text(encoding="utf-8")))
 
 # a model small enough that a training run takes seconds on a CPU
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--device=cpu",
         "--compile=False", "--dtype=float32", "--gradient_accumulation_steps=1"]
+
+
+def offline(tmp_path):
+    """Environment variables that make a script behave as on a machine without internet and with empty
+    caches, whatever this machine has: the hub switched off, and every HTTP(S) request sent to a closed
+    local port (refused at once)."""
+    closed = "http://127.0.0.1:9"
+    return {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home"),
+            "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-tiktoken-cache"),
+            "HTTPS_PROXY": closed, "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed,
+            "NO_PROXY": "", "no_proxy": ""}
 
 
 def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT):
@@ -57,19 +105,32 @@ def read_metrics(out_dir):
 
 @pytest.fixture(scope="session")
 def char_data():
-    """tiny-shakespeare prepared at the character level in data/shakespeare_char/."""
-    folder = ROOT / "data" / "shakespeare_char"
-    if not (folder / "val.bin").exists() or not (folder / "meta.pkl").exists():
-        run("data/shakespeare_char/prepare.py", *([f"--input={SHAKESPEARE}"] if SHAKESPEARE.exists() else []))
+    """The tests' corpus prepared at the character level as dataset=play_char (in the temporary data root)."""
+    folder = DATA_ROOT / "play_char"
+    run("data/shakespeare_char/prepare.py", CORPUS, f"--out={folder}")
     return folder
 
 
-def nanogpt_checkpoint(path, vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=32, dataset="shakespeare_char",
+@pytest.fixture(scope="session")
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding: from TIKTOKEN_CACHE_DIR or tiktoken's cache, else downloaded once;
+    the test is skipped, naming what is missing, where neither is possible (offline)."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come in several types
+        pytest.skip(f"GPT-2's BPE files could not be had ({type(e).__name__}): tiktoken downloads them once; "
+                    f"offline, point TIKTOKEN_CACHE_DIR at a folder holding them")
+
+
+def nanogpt_checkpoint(path, vocab_size=None, n_layer=2, n_head=2, n_embd=32, block_size=32, dataset="play_char",
                        iter_num=100, compiled=True):
     """Write a checkpoint the way nanoGPT's train.py does: its six keys only, state-dict names of its
     model.py (with the '_orig_mod.' prefix a compiled model adds), bias=False, the tied head stored
     under both names, best_val_loss as a tensor, and an AdamW state with its two parameter groups."""
     import torch
+    if vocab_size is None:
+        vocab_size = CORPUS_VOCAB  # the character vocabulary of play_char
     torch.manual_seed(0)
     n = n_embd
     sd = {"transformer.wte.weight": torch.randn(vocab_size, n) * 0.02,

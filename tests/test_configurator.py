@@ -151,6 +151,7 @@ init_from = 'gpt2'
 }
 
 
+@pytest.mark.slow
 def test_nanogpt_config_files_run_unchanged(tmp_path):
     for name, text in NANOGPT_CONFIGS.items():
         path = tmp_path / name
@@ -166,21 +167,23 @@ def test_nanogpt_config_files_run_unchanged(tmp_path):
             assert cfg["gradient_accumulation_steps"] == 40 and cfg["wandb_log"] is True
 
 
+@pytest.mark.slow
 def test_project_configs_resolve():
     for name in ("config/train_shakespeare_char.py", "config/train_shakespeare_char_cpu.py"):
         run("train.py", name, "--print-config")
 
 
+# every message is checked in-process above; these check that train.py passes them on with status 2
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["--batch_sise=3"], ["batch_sise", "batch_size"]),
-    (["--batch_size=big"], ["batch_size"]),
     (["config/nope.py"], ["config/nope.py"]),
-    (["--decay_lr=yes"], ["decay_lr"]),
 ])
 def test_train_rejects_bad_input_with_status_2(args, words):
     assert_clean_error(run("train.py", *args, check=False), status=2, words=words)
 
 
+@pytest.mark.slow
 def test_unknown_key_in_config_file_via_train(tmp_path):
     f = tmp_path / "typo.py"
     f.write_text("n_layers = 4\n")
@@ -188,6 +191,7 @@ def test_unknown_key_in_config_file_via_train(tmp_path):
     assert "typo.py" in err and "n_layers" in err and "n_layer" in err
 
 
+@pytest.mark.slow
 def test_help_lists_keys():
     p = run("train.py", "--help")
     assert "learning_rate" in p.stdout and "gradient_accumulation_steps" in p.stdout

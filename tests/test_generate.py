@@ -1,11 +1,16 @@
 """Generation beyond the model: stop tokens and strings, the decode-time weight layout and thread
 choice, and sample.py on Hugging Face GPT-2 folders checked against transformers' own generate."""
 
+import time
+
+import pytest
 import torch
 
+import conversation
 from conftest import run
-from model import GPT, GPTConfig, DecodeThreads
-from tokenizer import StopText
+from generate import DecodeThreads, decode_layout, generate_stream
+from model import GPT, GPTConfig
+from tokenizer import StopText, StreamDecoder
 
 
 def tiny(**kw):
@@ -29,7 +34,7 @@ def test_decode_layout_keeps_values_and_logits():
     idx = torch.randint(0, 97, (2, 20))
     before, _ = model(idx, all_logits=True)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    model.decode_layout()
+    decode_layout(model)
     assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight.t().is_contiguous()
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     after, _ = model(idx, all_logits=True)
@@ -40,23 +45,53 @@ def test_decode_layout_keeps_values_and_logits():
 def test_stop_tokens_end_the_stream_once_every_row_has_one():
     model = tiny()
     prompt = torch.randint(0, 97, (2, 5))
-    free = torch.stack(list(model.generate_stream(prompt, 12, temperature=0)))  # (12, B)
+    free = torch.stack(list(generate_stream(model, prompt, 12, temperature=0)))  # (12, B)
     stop = int(free[3, 0])  # row 0 produces this token at step 3 at the latest
-    steps = list(model.generate_stream(prompt, 12, temperature=0, stop_tokens=[stop]))
+    steps = list(generate_stream(model, prompt, 12, temperature=0, stop_tokens=[stop]))
     first = [int((free[:, b] == stop).nonzero()[0]) if (free[:, b] == stop).any() else 11 for b in range(2)]
     assert len(steps) == max(first) + 1
     assert torch.equal(torch.stack(steps), free[:len(steps)])
 
 
-def test_thread_choice_is_timed_and_restored():
-    threads = torch.get_num_threads()
+@pytest.mark.parametrize("slow_threads", ["all", "one"])
+def test_thread_choice_keeps_the_faster_and_restores(slow_threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: state["n"])  # pretend this machine has 4 threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(n=n))
+    state = {"n": 4}
     chooser = DecodeThreads("cpu")
+    slow = 4 if slow_threads == "all" else 1
     for _ in range(2 * DecodeThreads.TRIALS + 2):
         with chooser.step():
-            torch.randn(64, 64) @ torch.randn(64, 64)
-    assert chooser.chosen in ([threads, 1] if threads > 1 else [threads])
+            time.sleep(0.02 if state["n"] == slow else 0.001)  # the step as slow as that thread count makes it
+    assert chooser.chosen == (1 if slow_threads == "all" else 4)
+    assert state["n"] == chooser.chosen  # later steps run with the choice
     chooser.restore()
-    assert torch.get_num_threads() == threads
+    assert state["n"] == 4
+
+
+def test_stream_decoder_holds_back_a_split_multibyte_character():
+    class Bytes:  # a byte-level tokenizer: a character outside ASCII spans several tokens
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+    ids = list("né東!".encode("utf-8"))  # n, two bytes of é, three of 東, !
+    d = StreamDecoder(Bytes())
+    shown = [d.push(i) for i in ids]
+    assert shown == ["n", "", "é", "", "", "東", "!"]
+    assert "".join(shown) == "né東!"
+
+
+def test_chat_transcript_drops_the_oldest_turns_to_fit():
+    t = conversation.Transcript(user="A: ", bot="B: ", sep="\n", preamble="P\n")
+    turns = [("one", "uno"), ("two", "dos"), ("three", "tres")]
+    encode = lambda text: list(text)  # noqa: E731  (one token per character)
+    full = t.render(turns, "four")
+    assert full == "P\nA: one\nB: uno\nA: two\nB: dos\nA: three\nB: tres\nA: four\nB: "
+    assert t.fit(encode, turns, "four", len(full)) == list(full)  # fits: nothing dropped
+    # one token short: the oldest turn goes, the rest stays whole
+    assert "".join(t.fit(encode, turns, "four", len(full) - 1)) == t.render(turns[1:], "four")
+    assert "".join(t.fit(encode, turns, "four", len(t.render(turns[2:], "four")))) == t.render(turns[2:], "four")
+    # no turn left to drop and still too long: the end of the line is kept, next to the reply
+    assert "".join(t.fit(encode, turns, "x" * 50, 20)) == ("x" * 50 + "\nB: ")[-20:]
 
 
 def hf_folder(path):
@@ -68,10 +103,10 @@ def hf_folder(path):
     return hf
 
 
-def test_sample_from_a_hugging_face_folder_matches_transformers(tmp_path):
-    import tiktoken
+@pytest.mark.slow
+def test_sample_from_a_hugging_face_folder_matches_transformers(tmp_path, gpt2_encoding):
     hf = hf_folder(tmp_path / "hf")
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding
     prompt = "The cat sat on"
     ids = torch.tensor([enc.encode(prompt)])
     with torch.no_grad():

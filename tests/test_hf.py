@@ -1,20 +1,23 @@
 """GPT-2 weights in and out, checked against transformers' GPT2LMHeadModel: import parity, export
 parity and greedy generation, the text-generation pipeline, fine-tuning from a local folder."""
 
+import os
 import pickle
 
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, SHARED, TINY, assert_clean_error, read_metrics, run
+from conftest import CORPUS, CORPUS_VOCAB, TINY, assert_clean_error, offline, read_metrics, run
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import checkpoint  # noqa: E402
-from model import GPT  # noqa: E402
+import hf as hf_io  # noqa: E402
+import loading  # noqa: E402
+from errors import UserError  # noqa: E402
+from generate import generate  # noqa: E402
 
-GPT2_TOKENIZER = SHARED / "data" / "gpt2_tokenizer"
 TOL = 1e-5  # fp32
 
 
@@ -37,10 +40,10 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bpe_data(tmp_path_factory, char_data):  # char_data: the corpus is on disk
+def bpe_data(tmp_path_factory, gpt2_encoding):
     folder = tmp_path_factory.mktemp("bpe")
     src = folder / "corpus.txt"
-    src.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    src.write_text(CORPUS.read_text(encoding="utf-8")[:60000], encoding="utf-8")
     run("data/corpus/prepare.py", f"--input={src}", "--tokenizer=gpt2", f"--out={folder}")
     return folder
 
@@ -55,28 +58,29 @@ def test_import_matches_hf_logits(hf_dir):
     idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(1))
     reference = hf_logits(hf_dir, idx)
     for folder in (hf_dir, hf_dir / "bin"):
-        model = GPT.from_pretrained(str(folder)).eval()
+        model = hf_io.load_gpt2(str(folder)).eval()
         assert model.config.gelu_approximate == "tanh" and model.config.bias and model.config.block_size == 64
         with torch.no_grad():
             ours, _ = model(idx, all_logits=True)
         assert (ours - reference).abs().max().item() <= TOL
     # and back out: the imported model exported in memory is the source again
-    back = GPT2LMHeadModel(model.hf_config())
-    assert back.load_state_dict(model.hf_state_dict(), strict=False) == ([], [])  # (missing, unexpected)
+    back = GPT2LMHeadModel(hf_io.gpt2_config_for(model))
+    assert back.load_state_dict(hf_io.gpt2_state_dict(model), strict=False) == ([], [])  # (missing, unexpected)
     with torch.no_grad():
         assert (back.eval()(idx).logits - reference).abs().max().item() <= TOL
     # the same through the entry point train/sample use, with dropout overridden
-    assert checkpoint.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
+    assert loading.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
 
 
+@pytest.mark.slow
 def test_unloadable_weights_are_one_sentence(tmp_path, char_data):
     p = run("sample.py", f"--init_from={tmp_path}", "--device=cpu", "--num_samples=1", check=False)
     assert_clean_error(p, words=[str(tmp_path), "config.json"])
     p = run("sample.py", f"--init_from={tmp_path / 'nope'}", "--device=cpu", check=False)
     assert_clean_error(p, words=["no such folder"])
     # a hub name with no connection and nothing cached
-    p = run("train.py", "--init_from=gpt2", "--dataset=shakespeare_char", *TINY, f"--out_dir={tmp_path}", check=False,
-            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+    p = run("train.py", "--init_from=gpt2", "--dataset=play_char", *TINY, f"--out_dir={tmp_path / 'run'}",
+            check=False, env=offline(tmp_path))
     assert_clean_error(p, words=["'gpt2'", "connect to the internet", "local folder"])
 
 
@@ -121,7 +125,7 @@ def bpe_run(tmp_path_factory, bpe_data):
 @pytest.fixture(scope="module")
 def bpe_export(tmp_path_factory, bpe_run):
     dest = tmp_path_factory.mktemp("bpe-export") / "hf"
-    p = export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}")
+    p = export(bpe_run, dest)  # the tokenizer files are made from tiktoken's
     assert "exported" in p.stdout
     files = {f.name for f in dest.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, files
@@ -129,10 +133,11 @@ def bpe_export(tmp_path_factory, bpe_run):
     return dest
 
 
+@pytest.mark.slow
 def test_export_matches_our_logits_and_greedy_tokens(bpe_run, bpe_export):
     dest = bpe_export
     path = bpe_run / "ckpt.pt"
-    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
+    ours = loading.build_model(checkpoint.load(path), path).eval()
     assert ours.config.vocab_size == 50304 and not ours.config.bias
     hf = load_clean(dest)
     assert hf.config.vocab_size == 50257 and hf.config.n_positions == 32
@@ -142,65 +147,68 @@ def test_export_matches_our_logits_and_greedy_tokens(bpe_run, bpe_export):
         theirs = hf(idx).logits
     assert (mine[..., :50257] - theirs).abs().max().item() <= TOL
     prompt = idx[:1, :8]
-    ours_gen = ours.generate(prompt, 20, temperature=0)[0, 8:].tolist()
+    ours_gen = generate(ours, prompt, 20, temperature=0)[0, 8:].tolist()
     hf_gen = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
                          pad_token_id=50256)[0, 8:].tolist()
     # transformers stops at <|endoftext|>; up to there the tokens must be the same
     assert hf_gen == ours_gen[:len(hf_gen)] and (len(hf_gen) == 20 or hf_gen[-1] == 50256)
 
 
-def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, monkeypatch):
+@pytest.mark.slow
+def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, gpt2_encoding, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     gen = transformers.pipeline("text-generation", model=str(bpe_export), device="cpu")
     text = gen("ROMEO:", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     # the same continuation from our own model and tiktoken
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding
     path = bpe_run / "ckpt.pt"
-    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
+    ours = loading.build_model(checkpoint.load(path), path).eval()
     ids = torch.tensor([enc.encode("ROMEO:")])
-    new = ours.generate(ids, 8, temperature=0)[0, ids.size(1):].tolist()
+    new = generate(ours, ids, 8, temperature=0)[0, ids.size(1):].tolist()
     if 50256 in new:
         new = new[:new.index(50256)]
     assert text == "ROMEO:" + enc.decode(new)
 
 
+@pytest.mark.slow
 def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path):
     dest = tmp_path / "hf"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
-    p = export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}", check=False)
+    p = export(bpe_run, dest, check=False)
     assert_clean_error(p, words=["already exists", "--overwrite"])
     assert [f.name for f in dest.iterdir()] == ["keep.txt"]
     # no tokenizer to be had: a sentence saying what to do, and nothing written
     p = run("export.py", f"--out_dir={bpe_run}", f"--export_dir={tmp_path / 'new'}", check=False,
-            env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")})
+            env=offline(tmp_path))
     assert_clean_error(p, words=["--tokenizer_dir", "--skip_tokenizer"])
     assert not (tmp_path / "new").exists()
-    export(bpe_run, dest, f"--tokenizer_dir={GPT2_TOKENIZER}", "--overwrite")
+    export(bpe_run, dest, "--overwrite")
     assert not (dest / "keep.txt").exists() and (dest / "model.safetensors").exists()
     assert not list(tmp_path.glob("hf.*"))
 
 
+@pytest.mark.slow
 def test_char_model_exports_weights_and_vocabulary(char_data, tmp_path):
     out = tmp_path / "run"
-    run("train.py", "--dataset=shakespeare_char", *TINY, "--gradient_accumulation_steps=1", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+    run("train.py", "--dataset=play_char", *TINY, "--gradient_accumulation_steps=1", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
         f"--out_dir={out}")
     dest = tmp_path / "hf"
     p = export(out, dest)
     assert "no transformers tokenizer exists" in p.stderr
     assert {f.name for f in dest.iterdir()} >= {"config.json", "model.safetensors", "meta.pkl"}
     with open(dest / "meta.pkl", "rb") as f:
-        assert pickle.load(f)["vocab_size"] == 65
+        assert pickle.load(f)["vocab_size"] == CORPUS_VOCAB
     hf = load_clean(dest)
-    assert hf.config.vocab_size == 65 and hf.config.eos_token_id is None
+    assert hf.config.vocab_size == CORPUS_VOCAB and hf.config.eos_token_id is None
     path = out / "ckpt.pt"
-    ours = checkpoint.build_model(checkpoint.load(path), path).eval()
-    idx = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(3))
+    ours = loading.build_model(checkpoint.load(path), path).eval()
+    idx = torch.randint(0, CORPUS_VOCAB, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (ours(idx, all_logits=True)[0] - hf(idx).logits).abs().max().item() <= TOL
 
 
+@pytest.mark.slow
 def test_finetune_from_a_local_folder_then_resume(hf_dir, bpe_data, tmp_path):
     out = tmp_path / "ft"
     common = [f"--data_dir={bpe_data}", *TINY, "--gradient_accumulation_steps=1", "--eval_interval=3", "--eval_iters=2", "--dropout=0.1",
@@ -227,14 +235,16 @@ def test_finetune_from_a_local_folder_then_resume(hf_dir, bpe_data, tmp_path):
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 6
 
 
+@pytest.mark.slow
 def test_finetune_refuses_a_conflicting_architecture(hf_dir, bpe_data, char_data, tmp_path):
     base = [*TINY, f"--init_from={hf_dir}", "--max_iters=1", f"--out_dir={tmp_path}"]
     p = run("train.py", f"--data_dir={bpe_data}", *base, "--n_layer=4", check=False)
     assert_clean_error(p, status=2, words=["n_layer=4", "n_layer=2"])
-    p = run("train.py", "--dataset=shakespeare_char", *base, check=False)
+    p = run("train.py", "--dataset=play_char", *base, check=False)
     assert_clean_error(p, status=2, words=["vocabulary", "gpt2"])
 
 
+@pytest.mark.slow
 def test_gpt2_configs_resolve():
     import json
     for name, init in [("eval_gpt2", "gpt2"), ("eval_gpt2_medium", "gpt2-medium"), ("eval_gpt2_large", "gpt2-large"),
@@ -245,3 +255,26 @@ def test_gpt2_configs_resolve():
     assert cfg["init_from"].startswith("gpt2") and cfg["dataset"] == "shakespeare"
     cfg = json.loads(run("train.py", "config/train_gpt2.py", "--print-config").stdout)
     assert cfg["dataset"] == "openwebtext" and cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"] == 491520
+
+
+def test_tokenizer_made_from_tiktoken_is_gpt2s(gpt2_encoding, tmp_path):
+    """export.py writes GPT-2's tokenizer made from tiktoken's files; compare with GPT-2's own files
+    (CI keeps them offline; elsewhere they are downloaded from the hub once, or the test skips)."""
+    from transformers import GPT2TokenizerFast
+    ref_dir = os.environ.get("GPT_TEST_GPT2_TOKENIZER")
+    if not ref_dir:
+        try:
+            from huggingface_hub import hf_hub_download
+            ref_dir = os.path.dirname(hf_hub_download("openai-community/gpt2", "vocab.json", etag_timeout=5))
+            hf_hub_download("openai-community/gpt2", "merges.txt", etag_timeout=5)
+        except Exception as e:
+            pytest.skip(f"GPT-2's vocab.json and merges.txt could not be had ({type(e).__name__}); CI sets "
+                        f"GPT_TEST_GPT2_TOKENIZER to a folder holding them")
+    ours = hf_io.gpt2_tokenizer(model_max_length=64)
+    ref = GPT2TokenizerFast.from_pretrained(ref_dir)
+    assert ours.get_vocab() == ref.get_vocab() and ours.model_max_length == 64
+    text = CORPUS.read_text(encoding="utf-8")[:5000] + " naïve café 東京 <|endoftext|> \t  spaces\n\n"
+    assert ours(text)["input_ids"] == ref(text)["input_ids"] == gpt2_encoding.encode(text, allowed_special="all")
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(UserError):  # a folder without merges.txt
+        hf_io.gpt2_tokenizer(str(tmp_path))

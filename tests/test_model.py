@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, sample_next
+from generate import KVCache, generate, sample_next
+from model import GPT, GPTConfig
+from optim import configure_optimizers, lr_at
 
 
 def tiny(**kw):
@@ -92,12 +94,12 @@ def test_crop_vocab_keeps_logits_and_tying():
     cropped, _ = model(idx, all_logits=True)
     assert cropped.shape[-1] == 90 and model.lm_head.weight is model.transformer.wte.weight
     torch.testing.assert_close(cropped, full[..., :90])
-    assert int(model.generate(idx, 30, temperature=1.0)[:, 12:].max()) < 90
+    assert int(generate(model, idx, 30, temperature=1.0)[:, 12:].max()) < 90
 
 
 def test_optimizer_decays_only_matrices():
     model = tiny()
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+    opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
@@ -105,11 +107,29 @@ def test_optimizer_decays_only_matrices():
     assert n == sum(p.numel() for p in model.parameters())
 
 
-def test_mfu_uses_the_given_peak():
-    model = tiny()
-    flops = model.flops_per_token() * 1000
-    assert model.estimate_mfu(1000, 1.0, flops) == pytest.approx(1.0)
-    assert model.estimate_mfu(1000, 1.0, None) is None
+def test_flops_per_token_matches_a_hand_count_for_gpt2_small():
+    # by hand, per token, for GPT-2 124M (12 layers, 768 wide, context 1024, 50257 tokens): every matmul
+    # costs 2 FLOPs per weight forward and twice that backward; the weights are the four matrices of
+    # each block and the (tied) head. Attention adds q.k and att.v: 2 * 2 * T * C per layer forward.
+    L, C, T, V = 12, 768, 1024, 50257
+    matmul_weights = L * (C * 3 * C + C * C + C * 4 * C + 4 * C * C) + C * V
+    by_hand = 3 * 2 * matmul_weights + 3 * 4 * L * T * C
+    model = GPT(GPTConfig(vocab_size=V, bias=True))
+    # the model counts every non-position parameter (norms and biases too: 0.1% more)
+    assert model.flops_per_token() == pytest.approx(by_hand, rel=1e-3)
+    assert model.flops_per_token() / 1e6 == pytest.approx(855.2, abs=0.1)  # 6N + 12LHQT, the PaLM formula
+
+
+def test_lr_schedule_warmup_cosine_and_floor():
+    lr, floor = 6e-4, 6e-5
+    at = lambda it: lr_at(it, lr, floor, warmup_iters=10, lr_decay_iters=110)  # noqa: E731
+    assert at(0) == pytest.approx(lr / 11) and at(9) == pytest.approx(lr * 10 / 11)  # linear, never 0
+    assert at(10) == pytest.approx(lr)  # the peak, where the cosine starts
+    assert at(60) == pytest.approx((lr + floor) / 2)  # halfway down the cosine
+    assert at(85) == pytest.approx(floor + (lr - floor) * (1 + math.cos(math.pi * 0.75)) / 2)
+    assert at(110) == pytest.approx(floor) and at(10_000) == floor  # then the floor for good
+    assert all(at(i) >= at(i + 1) for i in range(10, 200))
+    assert lr_at(5, lr, floor, 10, 110, decay_lr=False) == lr
 
 
 # -----------------------------------------------------------------------------
@@ -120,15 +140,15 @@ def test_kv_cache_greedy_equals_full_recomputation_past_block_size(attention):
     model = tiny(block_size=24).eval()
     model.set_attention(attention)
     prompt = torch.randint(0, 97, (2, 17))  # longer than half the context
-    cached = model.generate(prompt, 20, temperature=0, use_cache=True)  # runs past block_size
-    full = model.generate(prompt, 20, temperature=0, use_cache=False)
+    cached = generate(model, prompt, 20, temperature=0, use_cache=True)  # runs past block_size
+    full = generate(model, prompt, 20, temperature=0, use_cache=False)
     assert torch.equal(cached, full)
 
 
 def test_kv_cache_logits_match_recomputed_logits():
     model = tiny(block_size=32).eval()
     seq = torch.randint(0, 97, (2, 30))
-    cache = model.new_cache(2)
+    cache = KVCache.for_model(model, 2)
     with torch.no_grad():
         model(seq[:, :10], cache=cache)
         model(seq[:, 10:14], cache=cache)  # a chunk after a past needs the shifted causal mask

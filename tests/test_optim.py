@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, read_metrics, run
-from model import GPT, GPTConfig, Muon, MuonAdamW
+from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
+from model import GPT, GPTConfig
+from optim import Muon, MuonAdamW, configure_optimizers
 
 
 def tiny_model():
@@ -40,8 +41,8 @@ def test_muon_matches_torch_muon_within_bf16_rounding():
 
 def test_fused_adamw_on_cpu_matches_the_plain_loop():
     a, b = tiny_model(), tiny_model()
-    opt_a = a.configure_optimizers(0.1, 1e-2, (0.9, 0.95), fused=True)
-    opt_b = b.configure_optimizers(0.1, 1e-2, (0.9, 0.95), fused=False)
+    opt_a = configure_optimizers(a, 0.1, 1e-2, (0.9, 0.95), fused=True)
+    opt_b = configure_optimizers(b, 0.1, 1e-2, (0.9, 0.95), fused=False)
     assert opt_a.defaults["fused"] and not opt_b.defaults.get("fused")
     x = torch.randint(0, 65, (4, 16))
     for _ in range(3):
@@ -58,7 +59,7 @@ def test_fused_adamw_on_cpu_matches_the_plain_loop():
 
 def test_muon_takes_the_hidden_matrices_and_adamw_everything_else():
     model = tiny_model()
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), optimizer="muon", muon_lr=0.05)
+    opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), optimizer="muon", muon_lr=0.05)
     assert isinstance(opt, MuonAdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     muon = [names[id(p)] for g in opt.muon.param_groups for p in g["params"]]
@@ -69,16 +70,17 @@ def test_muon_takes_the_hidden_matrices_and_adamw_everything_else():
     assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= set(adamw)
     assert all(g["lr_scale"] == pytest.approx(50) for g in opt.muon.param_groups)
     # a Muon + AdamW state saved and loaded keeps today's lr_scale
-    other = tiny_model().configure_optimizers(0.1, 1e-3, (0.9, 0.95), optimizer="muon", muon_lr=0.01)
+    other = configure_optimizers(tiny_model(), 0.1, 1e-3, (0.9, 0.95), optimizer="muon", muon_lr=0.01)
     other.load_state_dict(opt.state_dict())
     assert all(g["lr_scale"] == pytest.approx(10) for g in other.param_groups[:len(other.muon.param_groups)])
     with pytest.raises(ValueError):
-        other.load_state_dict(tiny_model().configure_optimizers(0.1, 1e-3, (0.9, 0.95)).state_dict())
+        other.load_state_dict(configure_optimizers(tiny_model(), 0.1, 1e-3, (0.9, 0.95)).state_dict())
 
 
+@pytest.mark.slow
 def test_muon_training_run_learns_saves_and_resumes(char_data, tmp_path):
     out = tmp_path / "run"
-    common = ["--dataset=shakespeare_char", *TINY, "--optimizer=muon", "--muon_lr=0.05", "--learning_rate=3e-3",
+    common = ["--dataset=play_char", *TINY, "--optimizer=muon", "--muon_lr=0.05", "--learning_rate=3e-3",
               "--warmup_iters=5", "--lr_decay_iters=60", "--min_lr=3e-4", "--eval_interval=30", "--eval_iters=4",
               f"--out_dir={out}"]
     run("train.py", *common, "--max_iters=30")
@@ -101,15 +103,20 @@ def test_muon_training_run_learns_saves_and_resumes(char_data, tmp_path):
     assert_clean_error(p, words=["optimizer=muon"])
 
 
-def test_bench_train_reports_a_timed_step_and_writes_a_trace(char_data, tmp_path):
+@pytest.mark.slow
+def test_bench_times_the_step_a_training_config_describes(char_data, tmp_path):
+    # a train.py config file: bench.py takes the keys that shape a step and says which it skips
+    config = tmp_path / "recipe.py"
+    config.write_text("out_dir = 'out-x'\neval_interval = 100\ndataset = 'play_char'\nn_layer = 2\nn_head = 2\n"
+                      "n_embd = 32\nblock_size = 32\nbatch_size = 4\ngradient_accumulation_steps = 2\n"
+                      "optimizer = 'muon'\nmuon_ns_steps = 4\nmuon_lr = 0.03\n")
     trace = tmp_path / "trace.json"
-    p = run("bench.py", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
-            "--device=cpu", "--dataset=shakespeare_char", "--gradient_accumulation_steps=2", "--optimizer=muon",
-            "--steps=2", "--warmup=1", "--repeats=3", f"--profile={trace}")
+    p = run("bench.py", config, "--device=cpu", "--steps=2", "--warmup=1", "--repeats=2", f"--profile={trace}")
+    assert "not used by bench.py: eval_interval, out_dir" in p.stderr
     assert "ms/iter" in p.stdout and "MFU" in p.stdout
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["vocab_size"] == 65 and result["tokens_per_iter"] == 4 * 32 * 2
-    assert result["ms_min"] <= result["ms_per_iter"] <= result["ms_max"]
-    assert result["tokens_per_s"] == pytest.approx(result["tokens_per_iter"] / result["ms_per_iter"] * 1000)
-    assert result["peak_memory_bytes"] > 0 and result["mfu"] > 0
+    assert result["optimizer"] == "muon" and result["muon_ns_steps"] == 4 and result["fused_adamw"]
+    assert result["n_layer"] == 2 and result["data"] == "play_char"
+    assert result["vocab_size"] == CORPUS_VOCAB and result["tokens_per_iter"] == 4 * 32 * 2
+    assert result["peak_memory_bytes"] > 0
     assert "traceEvents" in json.loads(trace.read_text())

@@ -5,15 +5,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from conftest import ROOT, SHAKESPEARE, assert_clean_error, run
+from conftest import CORPUS, CORPUS_VOCAB, ROOT, assert_clean_error, run
 
 
 def test_char_prepare_round_trips(char_data):
-    text = SHAKESPEARE.read_text(encoding="utf-8")
+    text = CORPUS.read_text(encoding="utf-8")
     with open(char_data / "meta.pkl", "rb") as f:
         meta = pickle.load(f)
-    assert set(meta) == {"vocab_size", "itos", "stoi"} and meta["vocab_size"] == 65
+    assert set(meta) == {"vocab_size", "itos", "stoi"} and meta["vocab_size"] == CORPUS_VOCAB
     train = np.fromfile(char_data / "train.bin", dtype=np.uint16)
     val = np.fromfile(char_data / "val.bin", dtype=np.uint16)
     assert len(train) == int(len(text) * 0.9)
@@ -21,18 +22,17 @@ def test_char_prepare_round_trips(char_data):
     assert decoded == text
 
 
-def test_bpe_prepare_round_trips(char_data):  # char_data: the corpus is on disk
-    import tiktoken
-    run("data/shakespeare/prepare.py", f"--input={SHAKESPEARE}")
-    text = SHAKESPEARE.read_text(encoding="utf-8")
-    enc = tiktoken.get_encoding("gpt2")
-    folder = ROOT / "data" / "shakespeare"
-    train = np.fromfile(folder / "train.bin", dtype=np.uint16).tolist()
-    val = np.fromfile(folder / "val.bin", dtype=np.uint16).tolist()
+@pytest.mark.slow
+def test_bpe_prepare_round_trips(gpt2_encoding, tmp_path):
+    run("data/shakespeare/prepare.py", f"--input={CORPUS}", f"--out={tmp_path}")
+    text = CORPUS.read_text(encoding="utf-8")
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16).tolist()
     split = int(len(text) * 0.9)
-    assert enc.decode(train) == text[:split] and enc.decode(val) == text[split:]
+    assert gpt2_encoding.decode(train) == text[:split] and gpt2_encoding.decode(val) == text[split:]
 
 
+@pytest.mark.slow
 def test_missing_input_file_is_one_sentence(tmp_path):
     p = run("data/shakespeare_char/prepare.py", f"--input={tmp_path}/nope.txt", check=False)
     assert_clean_error(p, words=["nope.txt"])
@@ -40,9 +40,11 @@ def test_missing_input_file_is_one_sentence(tmp_path):
     assert_clean_error(p, status=2, words=["--inptu=x"])
 
 
+@pytest.mark.slow
 def test_failed_download_says_what_to_do(tmp_path):
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import dataset; "
-            f"dataset.read_text(None, 'http://127.0.0.1:9/input.txt', {str(tmp_path / 'input.txt')!r})")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import dataprep, errors; "
+            f"errors.run(lambda argv: dataprep.read_text(None, 'http://127.0.0.1:9/input.txt', "
+            f"{str(tmp_path / 'input.txt')!r}), [])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert_clean_error(p, words=["could not download", "--input="])
-    assert not (tmp_path / "input.txt").exists()
+    assert not (tmp_path / "input.txt").exists() and not list(tmp_path.iterdir())

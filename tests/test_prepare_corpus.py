@@ -3,27 +3,25 @@
 
 import json
 import pickle
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHAKESPEARE, TINY, assert_clean_error, run
+from conftest import CORPUS, CORPUS_VOCAB, DATA_ROOT, ROOT, TINY, assert_clean_error, run
 
 EOT = 50256
 
 
 @pytest.fixture(scope="module")
-def enc():
-    import tiktoken
-    return tiktoken.get_encoding("gpt2")
+def enc(gpt2_encoding):
+    return gpt2_encoding
 
 
 def documents(n, seed=0):
-    """n documents cut from tiny-shakespeare at random places and lengths, some with non-ASCII text."""
-    text = SHAKESPEARE.read_text(encoding="utf-8")
+    """n documents cut from the tests' corpus at random places and lengths, some with non-ASCII text."""
+    text = CORPUS.read_text(encoding="utf-8")
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n):
@@ -59,6 +57,7 @@ def split_documents(path, enc):
     return out
 
 
+@pytest.mark.slow
 def test_openwebtext_local_input_decodes_to_the_documents(tmp_path, enc):
     docs = documents(40)
     src = write_local(tmp_path / "in", docs)
@@ -73,6 +72,7 @@ def test_openwebtext_local_input_decodes_to_the_documents(tmp_path, enc):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_openwebtext_datasets_pipeline_on_a_local_dataset(tmp_path, enc):
     pytest.importorskip("datasets")
     docs = documents(30, seed=1)
@@ -102,7 +102,8 @@ def peak_rss_mb(src, out):
     return int(p.stdout.split("maxrss_kb")[-1]) / 1024
 
 
-def test_openwebtext_peak_memory_does_not_grow_with_the_corpus(tmp_path):
+@pytest.mark.slow
+def test_openwebtext_peak_memory_does_not_grow_with_the_corpus(tmp_path, gpt2_encoding):
     # 3 MB and 24 MB of text, tokenized in batches of 1 MB. Holding the corpus or its token list would
     # add 21 MB of text and about 150 MB of Python ints to the larger run's peak.
     one = documents(2000, seed=2)  # about 3 MB
@@ -116,7 +117,8 @@ def test_openwebtext_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     assert peak_big - peak_small < 8, (peak_small, peak_big)
 
 
-def test_openwebtext_bad_input_is_one_sentence(tmp_path):
+@pytest.mark.slow
+def test_openwebtext_bad_input_is_one_sentence(tmp_path, gpt2_encoding):
     p = run("data/openwebtext/prepare.py", f"--input={tmp_path / 'nope'}", check=False)
     assert_clean_error(p, words=["nope"])
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
@@ -127,6 +129,7 @@ def test_openwebtext_bad_input_is_one_sentence(tmp_path):
 # -----------------------------------------------------------------------------
 # your own corpus
 
+@pytest.mark.slow
 def test_corpus_folder_in_gpt2_bpe_has_eot_after_each_file(tmp_path, enc):
     docs = documents(5, seed=3)
     src = tmp_path / "in"
@@ -141,6 +144,7 @@ def test_corpus_folder_in_gpt2_bpe_has_eot_after_each_file(tmp_path, enc):
     assert not (tmp_path / "out" / "meta.pkl").exists()
 
 
+@pytest.mark.slow
 def test_corpus_char_round_trips_and_goes_to_uint32_when_needed(tmp_path):
     # 70,000 distinct characters do not fit in uint16 token ids
     text = "".join(chr(0x10000 + i) for i in range(70000)) + "abc\n" * 1000
@@ -156,21 +160,20 @@ def test_corpus_char_round_trips_and_goes_to_uint32_when_needed(tmp_path):
     assert len(np.fromfile(out / "train.bin", dtype=np.uint32)) == int(len(text) * 0.9)
 
 
+@pytest.mark.slow
 def test_dataset_key_points_at_a_prepared_corpus(tmp_path):
     name = f"test_corpus_{tmp_path.name}"
-    folder = ROOT / "data" / name
-    try:
-        p = run("data/corpus/prepare.py", f"--input={SHAKESPEARE}", "--tokenizer=char", f"--out={folder}")
-        assert f"--dataset={name}" in p.stdout
-        out = tmp_path / "run"
-        run("train.py", f"--dataset={name}", *TINY, "--gradient_accumulation_steps=1", "--max_iters=2",
-            "--eval_interval=2", "--eval_iters=1", f"--out_dir={out}")
-        with open(out / "meta.pkl", "rb") as f:
-            assert pickle.load(f)["vocab_size"] == 65
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    folder = DATA_ROOT / name  # where dataset=<name> looks (GPT_DATA_ROOT, set by conftest)
+    p = run("data/corpus/prepare.py", f"--input={CORPUS}", "--tokenizer=char", f"--out={folder}")
+    assert f"--dataset={name}" in p.stdout
+    out = tmp_path / "run"
+    run("train.py", f"--dataset={name}", *TINY, "--gradient_accumulation_steps=1", "--max_iters=2",
+        "--eval_interval=2", "--eval_iters=1", f"--out_dir={out}")
+    with open(out / "meta.pkl", "rb") as f:
+        assert pickle.load(f)["vocab_size"] == CORPUS_VOCAB
 
 
+@pytest.mark.slow
 def test_corpus_bad_arguments_are_one_sentence(tmp_path):
     p = run("data/corpus/prepare.py", f"--input={tmp_path / 'none.txt'}", check=False)
     assert_clean_error(p, words=["none.txt"])
@@ -189,7 +192,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_openwebtext_needs_datasets_only_for_the_hub(tmp_path):
+@pytest.mark.slow
+def test_openwebtext_needs_datasets_only_for_the_hub(tmp_path, gpt2_encoding):
     script = str(ROOT / "data/openwebtext/prepare.py")
     src = write_local(tmp_path / "in", documents(4, seed=4))
     p = subprocess.run([sys.executable, "-c", WITHOUT_DATASETS, script, f"--input={src}", f"--out={tmp_path / 'o'}"],

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY, assert_clean_error, nanogpt_checkpoint, read_metrics, run
@@ -18,7 +19,7 @@ from conftest import ROOT, TINY, assert_clean_error, nanogpt_checkpoint, read_me
 # one intra-op thread: much faster for a tiny model on a busy machine, and the same in every run compared
 ENV = {"OMP_NUM_THREADS": "1"}
 # dropout and gradient accumulation on, so both the random state and the micro-step schedule must resume
-EXACT = ["--dataset=shakespeare_char", *TINY, "--dropout=0.1", "--gradient_accumulation_steps=3",
+EXACT = ["--dataset=play_char", *TINY, "--dropout=0.1", "--gradient_accumulation_steps=3",
          "--eval_interval=10", "--eval_iters=2", "--learning_rate=3e-3", "--warmup_iters=5",
          "--lr_decay_iters=80", "--log_interval=1"]
 TIMING = {"ms", "tok_s", "mfu", "elapsed_s"}  # wall-clock figures, the only ones allowed to differ
@@ -86,6 +87,7 @@ def assert_resumed_equals_reference(ref_dir, out_dir):
     assert_same(load(ref_dir / "best.pt")["model"], load(out_dir / "best.pt")["model"], "best.pt")
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(char_data, tmp_path):
     K = 60
     ref, out = tmp_path / "ref", tmp_path / "run"
@@ -107,6 +109,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(char_data, tmp_path):
     assert_resumed_equals_reference(ref, out)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
     """Saving every iteration and killed without warning: each time the run resumes from what is
     on disk (a cut-short metrics line, half-written temporaries) and still ends like the reference."""
@@ -127,7 +130,8 @@ def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
             break  # it finished before the kill landed; the resume below is then a no-op
         assert p.returncode == -signal.SIGKILL
         ckpt = load(out / "ckpt.pt")  # loadable after every kill
-        assert ckpt["iter_num"] < K
+        if ckpt["iter_num"] == K:
+            break  # the kill landed after the final save, before the exit: nothing left to resume
         init = "resume"
     run("train.py", *common, f"--out_dir={out}", "--init_from=resume", env=ENV)
     assert_resumed_equals_reference(ref, out)
@@ -135,6 +139,7 @@ def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
     assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == [f"ckpt_{K - 1:07d}.pt", f"ckpt_{K:07d}.pt"]
 
 
+@pytest.mark.slow
 def test_second_sigint_quits_at_once(char_data, tmp_path):
     # steps of a few seconds, so the second Ctrl-C lands while the first is still finishing its step
     p = start(*EXACT, "--batch_size=64", "--gradient_accumulation_steps=16", "--max_iters=100000",
@@ -150,6 +155,7 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
+@pytest.mark.slow
 def test_one_sigint_saves_and_says_how_to_resume(char_data, tmp_path):
     p = start(*EXACT, "--max_iters=100000", f"--out_dir={tmp_path}", "--eval_interval=100000")
     wait_for_line(p, "iter 1:")
@@ -167,7 +173,7 @@ def digest(path):
 def poisoned_resume(char_data, out, *extra):
     """A good run to iteration 4, then resumed with a learning rate that sends the weights to
     +-1e30: the evaluation at 5 is NaN and the step at 5 has a non-finite loss."""
-    common = ["--dataset=shakespeare_char", *TINY, "--eval_iters=1", f"--out_dir={out}"]
+    common = ["--dataset=play_char", *TINY, "--eval_iters=1", f"--out_dir={out}"]
     run("train.py", *common, "--max_iters=4", "--eval_interval=2", env=ENV)
     before = {f: digest(out / f) for f in ("ckpt.pt", "best.pt")}
     p = run("train.py", *common, "--init_from=resume", "--max_iters=12", "--eval_interval=1",
@@ -177,6 +183,7 @@ def poisoned_resume(char_data, out, *extra):
     return p
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_before_the_update_naming_the_iteration(char_data, tmp_path):
     p = poisoned_resume(char_data, tmp_path)
     assert "eval 5:" in p.stdout and "val loss nan" in p.stdout and "(best)" not in p.stdout.split("eval 5:")[1]
@@ -185,6 +192,7 @@ def test_nonfinite_loss_stops_before_the_update_naming_the_iteration(char_data, 
     assert not [r for r in read_metrics(tmp_path) if r["iter"] >= 5 and "loss" in r]  # no step got logged
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_skips_up_to_max_skips(char_data, tmp_path):
     p = poisoned_resume(char_data, tmp_path, "--on_nonfinite=skip", "--max_skips=3")
     for k in (1, 2, 3):
@@ -193,9 +201,10 @@ def test_nonfinite_skip_skips_up_to_max_skips(char_data, tmp_path):
     assert [r["iter"] for r in read_metrics(tmp_path) if "loss" in r] == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
+@pytest.mark.slow
 def test_nanogpt_checkpoint_resumes_with_a_note(char_data, tmp_path):
     nanogpt_checkpoint(tmp_path / "ckpt.pt", iter_num=100)
-    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", "--max_iters=103",
+    p = run("train.py", "--dataset=play_char", *TINY, "--init_from=resume", "--max_iters=103",
             "--eval_interval=1000", "--eval_iters=1", f"--out_dir={tmp_path}", env=ENV)
     assert "resuming from" in p.stdout and "at iteration 100" in p.stdout
     assert "note: this checkpoint (nanoGPT layout)" in p.stdout
@@ -203,13 +212,14 @@ def test_nanogpt_checkpoint_resumes_with_a_note(char_data, tmp_path):
     assert ckpt["iter_num"] == 103 and ckpt["best_val_loss"] <= 2.5
     # what it writes now is complete: the next resume restores everything without a note
     assert {"rng", "sampler", "tokens_seen", "scaler", "last_eval_iter", "optimizer"} <= set(ckpt)
-    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", "--max_iters=104",
+    p = run("train.py", "--dataset=play_char", *TINY, "--init_from=resume", "--max_iters=104",
             "--eval_interval=1000", "--eval_iters=1", f"--out_dir={tmp_path}", env=ENV)
     assert "note:" not in p.stdout
 
 
+@pytest.mark.slow
 def test_keep_last_keeps_the_newest_copies(char_data, tmp_path):
-    run("train.py", "--dataset=shakespeare_char", *TINY, "--max_iters=5", "--eval_interval=1", "--eval_iters=1",
+    run("train.py", "--dataset=play_char", *TINY, "--max_iters=5", "--eval_interval=1", "--eval_iters=1",
         "--keep_last=2", f"--out_dir={tmp_path}", env=ENV)
     copies = sorted(f for f in os.listdir(tmp_path) if f.startswith("ckpt_"))
     assert copies == ["ckpt_0000004.pt", "ckpt_0000005.pt"]

@@ -2,9 +2,12 @@
 
 import pickle
 
+import pytest
+
 from conftest import TINY, assert_clean_error, nanogpt_checkpoint, run
 
 
+@pytest.mark.slow
 def test_nanogpt_checkpoint_samples(char_data, tmp_path):
     nanogpt_checkpoint(tmp_path / "ckpt.pt")  # no meta.pkl beside it: found via config['dataset']
     p = run("sample.py", f"--out_dir={tmp_path}", "--num_samples=2", "--max_new_tokens=40", "--device=cpu",
@@ -18,8 +21,9 @@ def test_nanogpt_checkpoint_samples(char_data, tmp_path):
         assert body.startswith("ROMEO:") and len(body) >= 40 and set(body) <= vocab
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples(char_data, tmp_path):
-    run("train.py", "--dataset=shakespeare_char", *TINY, "--max_iters=5", "--eval_interval=5",
+    run("train.py", "--dataset=play_char", *TINY, "--max_iters=5", "--eval_interval=5",
         "--eval_iters=1", f"--out_dir={tmp_path}")
     args = [f"--out_dir={tmp_path}", "--num_samples=1", "--max_new_tokens=30", "--top_p=0.9"]
     a, b = run("sample.py", *args).stdout, run("sample.py", *args).stdout
@@ -27,6 +31,7 @@ def test_same_seed_same_samples(char_data, tmp_path):
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_prompt_file_and_bad_prompt(char_data, tmp_path):
     nanogpt_checkpoint(tmp_path / "ckpt.pt")
     (tmp_path / "prompt.txt").write_text("JULIET:")

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 import runtime
+from errors import UserError
 from conftest import TINY, assert_clean_error, read_metrics, run
 
 
+@pytest.mark.slow
 def test_tiny_run_lowers_the_loss_and_writes_a_nanogpt_checkpoint(char_data, tmp_path):
     out = tmp_path / "run"
-    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--max_iters=60", "--eval_interval=30",
+    p = run("train.py", "--dataset=play_char", *TINY, "--max_iters=60", "--eval_interval=30",
             "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=5", "--lr_decay_iters=60",
             "--gradient_accumulation_steps=2", f"--out_dir={out}")
     assert "device cpu" in p.stdout
@@ -29,9 +31,10 @@ def test_tiny_run_lowers_the_loss_and_writes_a_nanogpt_checkpoint(char_data, tmp
     assert (out / "meta.pkl").exists() and (out / "config.json").exists() and (out / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_where_the_run_stopped(char_data, tmp_path):
     out = tmp_path / "run"
-    common = ["--dataset=shakespeare_char", *TINY, "--eval_interval=10", "--eval_iters=2", f"--out_dir={out}"]
+    common = ["--dataset=play_char", *TINY, "--eval_interval=10", "--eval_iters=2", f"--out_dir={out}"]
     run("train.py", *common, "--max_iters=10")
     p = run("train.py", *common, "--max_iters=20", "--init_from=resume")
     assert "resuming from" in p.stdout
@@ -40,18 +43,21 @@ def test_resume_continues_where_the_run_stopped(char_data, tmp_path):
     assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 20
 
 
+@pytest.mark.slow
 def test_missing_data_names_the_prepare_command(tmp_path):
     p = run("train.py", "--dataset=shakespeare_char", f"--data_dir={tmp_path}", *TINY, check=False)
     assert_clean_error(p, words=["train.bin", "python data/shakespeare_char/prepare.py"])
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_says_so(char_data, tmp_path):
-    p = run("train.py", "--dataset=shakespeare_char", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
+    p = run("train.py", "--dataset=play_char", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
     assert_clean_error(p, words=["init_from=resume", "ckpt.pt"])
 
 
+@pytest.mark.slow
 def test_bad_device_is_one_sentence():
-    p = run("train.py", "--device=tpu", "--dataset=shakespeare_char", check=False)
+    p = run("train.py", "--device=tpu", "--dataset=play_char", check=False)
     assert_clean_error(p, words=["tpu"])
 
 
@@ -64,10 +70,11 @@ def test_device_plan_keeps_cuda_only_features_on_cuda():
     cuda16 = runtime.plan_for("cuda:1", "float16")
     assert cuda16.grad_scaler and cuda16.pin_memory and cuda16.fused_adamw and cuda16.autocast
     assert not runtime.plan_for("cuda", "bfloat16").grad_scaler  # bf16 needs no loss scaling
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError):
         runtime.pick_dtype("mps", "float16")  # would need a GradScaler, which MPS does not get
 
 
+@pytest.mark.slow
 def test_wandb_is_imported_only_when_asked(char_data, tmp_path):
     # a stand-in wandb module that records its calls, found first on PYTHONPATH
     fake = tmp_path / "fake"
@@ -81,7 +88,7 @@ def test_wandb_is_imported_only_when_asked(char_data, tmp_path):
         "def log(row, step=None): _rec({'log': row, 'step': step})\n"
     )
     env = {"PYTHONPATH": str(fake), "FAKE_WANDB_CALLS": str(calls)}
-    common = ["--dataset=shakespeare_char", *TINY, "--max_iters=4", "--eval_interval=2", "--eval_iters=1"]
+    common = ["--dataset=play_char", *TINY, "--max_iters=4", "--eval_interval=2", "--eval_iters=1"]
     run("train.py", *common, f"--out_dir={tmp_path / 'a'}", env=env)
     assert not calls.exists()
     run("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--wandb_log=True", "--wandb_project=p",

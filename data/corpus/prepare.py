@@ -2,7 +2,7 @@
 Your own corpus: any text file, or a folder of them, tokenized into train.bin / val.bin (and meta.pkl)
 in the layout train.py reads, so that `dataset=` in a config points at it.
 
-    python data/corpus/prepare.py --input=mybook.txt                       # GPT-2 BPE, into data/corpus/
+    python data/corpus/prepare.py mybook.txt                               # GPT-2 BPE, into data/corpus/
     python data/corpus/prepare.py --input=notes/ --tokenizer=char --out=data/notes_char
     python train.py config/train_shakespeare_char.py --dataset=notes_char
 
@@ -17,10 +17,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataset  # noqa: E402
-from runtime import fail  # noqa: E402
+import dataprep  # noqa: E402
+import errors  # noqa: E402
+from dataset import data_root  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SUFFIXES = (".txt", ".md")
 
 
@@ -28,10 +29,10 @@ def corpus_files(path):
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        fail(f"--input={path} does not exist; give a text file or a folder of .txt/.md files")
+        raise UserError(f"--input={path} does not exist; give a text file or a folder of .txt/.md files")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(SUFFIXES))
     if not files:
-        fail(f"--input={path} holds no .txt or .md files; put the corpus in such files")
+        raise UserError(f"--input={path} holds no .txt or .md files; put the corpus in such files")
     return files
 
 
@@ -42,24 +43,26 @@ def read_docs(files):
             with open(path, encoding="utf-8") as f:
                 docs.append(f.read())
         except UnicodeDecodeError as e:
-            fail(f"{path} is not UTF-8 text (byte {e.start}); convert it (e.g. iconv -t utf-8) or leave it out")
+            raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it (e.g. iconv -t utf-8) or "
+                            f"leave it out") from None
     return docs
 
 
 def main(argv):
-    args = dataset.parse_prepare_args(argv, ["input", "tokenizer", "out", "val_fraction"])
+    args = dataprep.parse_args(argv, ["input", "tokenizer", "out", "val_fraction"], __doc__)
     if not args.get("input"):
-        fail("give the corpus with --input=FILE_OR_FOLDER", status=2)
+        raise UserError("give the corpus as a path (or --input=FILE_OR_FOLDER)", status=USAGE)
     kind = args.get("tokenizer", "gpt2")
     if kind not in ("char", "gpt2"):
-        fail(f"--tokenizer={kind} is not known; use --tokenizer=char or --tokenizer=gpt2", status=2)
+        raise UserError(f"--tokenizer={kind} is not known; use --tokenizer=char or --tokenizer=gpt2", status=USAGE)
     try:
         val_fraction = float(args.get("val_fraction", "0.1"))
     except ValueError:
         val_fraction = -1.0
     if not 0.0 < val_fraction < 1.0:
-        fail(f"--val_fraction={args.get('val_fraction')} must be a number between 0 and 1, e.g. 0.1", status=2)
-    out = os.path.abspath(args.get("out") or HERE)
+        raise UserError(f"--val_fraction={args.get('val_fraction')} must be a number between 0 and 1, e.g. 0.1",
+                        status=USAGE)
+    out = dataprep.out_folder(args, "corpus")
     files = corpus_files(args["input"])
     docs = read_docs(files)
 
@@ -83,26 +86,22 @@ def main(argv):
             ids.extend(doc_ids)
             ids.append(tok.eot)  # documents end with <|endoftext|>, as GPT-2 was trained
         vocab_line = f"GPT-2 BPE vocabulary of {vocab_size} (<|endoftext|> = {tok.eot} after each file)"
-    if dataset.token_dtype(vocab_size).__name__ == "uint32":
-        meta = dict(meta or {"vocab_size": vocab_size}, dtype="uint32")  # Batches reads the dtype from here
 
     split = int(len(ids) * (1 - val_fraction))
     if split == 0 or split == len(ids):
-        fail(f"{args['input']} is too small to split ({len(ids)} tokens); give more text or another --val_fraction")
-    os.makedirs(out, exist_ok=True)
-    train_n = dataset.write_tokens(ids[:split], os.path.join(out, "train.bin"), vocab_size)
-    val_n = dataset.write_tokens(ids[split:], os.path.join(out, "val.bin"), vocab_size)
-    if meta is not None:
-        dataset.write_meta(meta, out)
-    elif os.path.exists(os.path.join(out, "meta.pkl")):
-        os.remove(os.path.join(out, "meta.pkl"))  # a stale character vocabulary would mislead train.py
+        raise UserError(f"{args['input']} is too small to split ({len(ids)} tokens); give more text or another "
+                        f"--val_fraction")
+    writer = dataprep.DatasetWriter(out, vocab_size, meta)
+    writer.write("train", ids[:split])
+    writer.write("val", ids[split:])
+    counts = writer.finish()
     print(f"{len(files)} file(s), {sum(map(len, docs)):,} characters; {vocab_line}")
     print(f"split: first {1 - val_fraction:.0%} of the tokens train, the rest val")
-    dataset.report_split(out, train_n, val_n, vocab_size)
-    name = os.path.relpath(out, dataset.DATA_ROOT)
+    dataprep.report_split(out, counts, vocab_size)
+    name = os.path.relpath(out, data_root())
     use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
     print(f"train on it with --{use}")
 
 
 if __name__ == "__main__":
-    dataset.main_guard(main)
+    errors.run(main)

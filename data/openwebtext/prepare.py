@@ -1,5 +1,5 @@
 """
-OpenWebText (or any document collection) in GPT-2 BPE: train.bin and val.bin in this folder, each
+OpenWebText (or any document collection) in GPT-2 BPE: train.bin and val.bin in data/openwebtext/, each
 document followed by <|endoftext|>, for config/train_gpt2.py.
 
     pip install datasets && python data/openwebtext/prepare.py --num_proc=8   # ~54 GB download, 8M documents
@@ -19,10 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataset  # noqa: E402
-from runtime import fail  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+import dataprep  # noqa: E402
+import errors  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
 
 
 class BadDocument(ValueError):
@@ -32,35 +31,15 @@ class BadDocument(ValueError):
 ARGS = ["input", "dataset", "data_files", "text_field", "num_proc", "val_fraction", "seed", "batch_mb", "out"]
 
 
-class BinWriter:
-    """Appends token arrays to <path>.tmp and renames it into place on close: the bin on disk is
-    either the previous complete one or the new complete one, never a partial file."""
-
-    def __init__(self, path, dtype):
-        self.path, self.tmp, self.dtype, self.n = path, path + ".tmp", dtype, 0
-        self.f = open(self.tmp, "wb")
-
-    def write(self, arr):
-        arr.astype(self.dtype, copy=False).tofile(self.f)
-        self.n += len(arr)
-
-    def close(self):
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-        return self.n
-
-
 # -----------------------------------------------------------------------------
 # local documents: streamed in batches, tokenized with tiktoken's threads (its Rust core releases the GIL)
 
 def local_files(folder):
     if not os.path.isdir(folder):
-        fail(f"--input={folder} is not a folder; give a folder of .txt and/or .jsonl files")
+        raise UserError(f"--input={folder} is not a folder; give a folder of .txt and/or .jsonl files")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith((".txt", ".jsonl")))
     if not files:
-        fail(f"--input={folder} holds no .txt or .jsonl files")
+        raise UserError(f"--input={folder} holds no .txt or .jsonl files")
     return files
 
 
@@ -96,57 +75,52 @@ def count_documents(files):
     return n
 
 
-def prepare_local(args, enc, out, num_proc, val_fraction, batch_chars):
+def prepare_local(args, enc, writer, num_proc, val_fraction, batch_chars):
     import numpy as np
     from tqdm import tqdm
     files = local_files(args["input"])
     n_docs = count_documents(files)
     n_val = max(1, round(n_docs * val_fraction))
     if n_docs < 2:
-        fail(f"--input={args['input']} holds {n_docs} document(s); it takes at least 2 (one for val)")
-    writers = {s: BinWriter(os.path.join(out, f"{s}.bin"), np.uint16) for s in ("train", "val")}
+        raise UserError(f"--input={args['input']} holds {n_docs} document(s); it takes at least 2 (one for val)")
     eot = np.array([enc.eot_token], dtype=np.uint16)
+    with writer.bin("train") as train, writer.bin("val") as val:
+        def flush(batch):
+            for i, ids in zip(batch["index"], enc.encode_ordinary_batch(batch["text"], num_threads=num_proc)):
+                # document i is val when the evenly spaced val positions step past it
+                f = val if (i + 1) * n_val // n_docs > i * n_val // n_docs else train
+                np.array(ids, dtype=np.uint16).tofile(f)
+                eot.tofile(f)
+            batch["index"], batch["text"], batch["chars"] = [], [], 0
 
-    def flush(batch):
-        for i, ids in zip(batch["index"], enc.encode_ordinary_batch(batch["text"], num_threads=num_proc)):
-            # document i is val when the evenly spaced val positions step past it
-            split = "val" if (i + 1) * n_val // n_docs > i * n_val // n_docs else "train"
-            writers[split].write(np.array(ids, dtype=np.uint16))
-            writers[split].write(eot)
-        batch["index"], batch["text"], batch["chars"] = [], [], 0
-
-    batch = {"index": [], "text": [], "chars": 0}
-    bar = tqdm(total=n_docs, unit="doc", desc="tokenizing")
-    try:
-        for i, text in enumerate(local_documents(files, args.get("text_field", "text"))):
-            batch["index"].append(i)
-            batch["text"].append(text)
-            batch["chars"] += len(text)
-            bar.update()
-            if batch["chars"] >= batch_chars:
-                flush(batch)
-        flush(batch)
-    except BadDocument as e:
-        bar.close()  # ends the progress line, so the error starts its own
-        for w in writers.values():
-            w.f.close()
-            os.remove(w.tmp)
-        fail(str(e))
-    bar.close()
-    return writers["train"].close(), writers["val"].close()
+        batch = {"index": [], "text": [], "chars": 0}
+        bar = tqdm(total=n_docs, unit="doc", desc="tokenizing")
+        try:
+            for i, text in enumerate(local_documents(files, args.get("text_field", "text"))):
+                batch["index"].append(i)
+                batch["text"].append(text)
+                batch["chars"] += len(text)
+                bar.update()
+                if batch["chars"] >= batch_chars:
+                    flush(batch)
+            flush(batch)
+        except BadDocument as e:
+            raise UserError(str(e)) from None  # the unfinished bins are removed on the way out
+        finally:
+            bar.close()  # ends the progress line, so an error starts its own
 
 
 # -----------------------------------------------------------------------------
 # the Hugging Face datasets pipeline (nanoGPT's recipe)
 
-def prepare_hf(args, enc, out, num_proc, val_fraction, seed):
+def prepare_hf(args, enc, writer, num_proc, val_fraction, seed):
     import numpy as np
     from tqdm import tqdm
     try:
         import datasets
     except ImportError:
-        fail("this needs the Hugging Face datasets package: pip install datasets "
-             "(or give local files with --input=FOLDER, which does not)")
+        raise UserError("this needs the Hugging Face datasets package: pip install datasets "
+                        "(or give local files with --input=FOLDER, which does not)") from None
     name = args.get("dataset", "openwebtext")
     field = args.get("text_field", "text")
     kwargs = {"data_files": args["data_files"]} if args.get("data_files") else {}
@@ -154,14 +128,15 @@ def prepare_hf(args, enc, out, num_proc, val_fraction, seed):
         ds = datasets.load_dataset(name, num_proc=num_proc, **kwargs)
     except Exception as e:  # network, hub and file errors come in many types
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        fail(f"could not load the dataset {name!r} ({reason}); check the connection and the name, "
-             f"or give local files with --input=FOLDER")
+        raise UserError(f"could not load the dataset {name!r} ({reason}); check the connection and the name, "
+                        f"or give local files with --input=FOLDER") from None
     ds = ds["train"]
     if field not in ds.column_names:
-        fail(f"the dataset has no {field!r} column (it has {', '.join(ds.column_names)}); name it with --text_field=")
+        raise UserError(f"the dataset has no {field!r} column (it has {', '.join(ds.column_names)}); name it "
+                        f"with --text_field=")
     n_val = max(1, round(len(ds) * val_fraction))
     if len(ds) < 2:
-        fail(f"the dataset holds {len(ds)} document(s); it takes at least 2 (one for val)")
+        raise UserError(f"the dataset holds {len(ds)} document(s); it takes at least 2 (one for val)")
     splits = ds.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     splits["val"] = splits.pop("test")
 
@@ -173,41 +148,41 @@ def prepare_hf(args, enc, out, num_proc, val_fraction, seed):
     # datasets writes the tokenized columns to its on-disk cache, num_proc processes at a time
     tokenized = splits.map(tokenize, remove_columns=splits["train"].column_names, desc="tokenizing",
                            num_proc=num_proc)
-    counts = []
     for split in ("train", "val"):
         part = tokenized[split].with_format("numpy")
-        writer = BinWriter(os.path.join(out, f"{split}.bin"), np.uint16)
         batch = 1024  # documents per write; the Arrow cache is memory-mapped, so memory stays flat
-        for start in tqdm(range(0, len(part), batch), desc=f"writing {split}.bin", unit="batch"):
-            rows = part[start:start + batch]["ids"]
-            writer.write(np.concatenate(list(rows)) if len(rows) else np.zeros(0, np.uint16))
-        counts.append(writer.close())
-    return tuple(counts)
+        with writer.bin(split) as f:
+            for start in tqdm(range(0, len(part), batch), desc=f"writing {split}.bin", unit="batch"):
+                rows = part[start:start + batch]["ids"]
+                if len(rows):
+                    np.concatenate(list(rows)).astype(np.uint16, copy=False).tofile(f)
 
 
 def main(argv):
-    args = dataset.parse_prepare_args(argv, ARGS)
+    args = dataprep.parse_args(argv, ARGS, __doc__)
     try:
         num_proc = int(args.get("num_proc", max(1, (os.cpu_count() or 2) // 2)))
         val_fraction = float(args.get("val_fraction", "0.0005"))  # nanoGPT's: about 4,000 documents
         seed = int(args.get("seed", "2357"))
         batch_chars = int(float(args.get("batch_mb", "64")) * 2**20)
     except ValueError as e:
-        fail(f"a numeric argument is not a number ({e}); e.g. --num_proc=8 --val_fraction=0.0005", status=2)
+        raise UserError(f"a numeric argument is not a number ({e}); e.g. --num_proc=8 --val_fraction=0.0005",
+                        status=USAGE) from None
     if num_proc < 1 or not 0.0 < val_fraction < 1.0 or batch_chars < 1:
-        fail("--num_proc must be >= 1, --val_fraction between 0 and 1 and --batch_mb positive", status=2)
+        raise UserError("--num_proc must be >= 1, --val_fraction between 0 and 1 and --batch_mb positive", status=USAGE)
     if args.get("input") and (args.get("dataset") or args.get("data_files")):
-        fail("give either --input=FOLDER (local files) or --dataset/--data_files (Hugging Face), not both", status=2)
-    out = os.path.abspath(args.get("out") or HERE)
-    os.makedirs(out, exist_ok=True)
+        raise UserError("give either --input=FOLDER (local files) or --dataset/--data_files (Hugging Face), not both",
+                        status=USAGE)
+    out = dataprep.out_folder(args, "openwebtext")
     from tokenizer import BPETokenizer
     enc = BPETokenizer("gpt2").enc
+    writer = dataprep.DatasetWriter(out, enc.n_vocab)
     if args.get("input"):
-        train_n, val_n = prepare_local(args, enc, out, num_proc, val_fraction, batch_chars)
+        prepare_local(args, enc, writer, num_proc, val_fraction, batch_chars)
     else:
-        train_n, val_n = prepare_hf(args, enc, out, num_proc, val_fraction, seed)
-    dataset.report_split(out, train_n, val_n, enc.n_vocab)
+        prepare_hf(args, enc, writer, num_proc, val_fraction, seed)
+    dataprep.report_split(out, writer.finish(), enc.n_vocab)
 
 
 if __name__ == "__main__":
-    dataset.main_guard(main)
+    errors.run(main)

@@ -1,0 +1,111 @@
+"""
+What the data/<name>/prepare.py scripts share: their arguments and --help, a corpus read from a file
+or downloaded once, and writing a dataset folder that is always either consistent or refused.
+"""
+
+import json
+import os
+import shutil
+import sys
+import urllib.request
+
+import numpy as np
+
+import fileio
+from dataset import MANIFEST, SPLITS, data_root, file_sha256, token_dtype, write_meta
+from errors import USAGE, UserError
+
+
+def parse_args(argv, allowed, doc, positional="input"):
+    """A prepare script's --name=value flags as a dict of strings. A bare argument is the value of
+    `positional` (`prepare.py book.txt` means --input=book.txt); --help prints the script's doc."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip())
+        print("\narguments: " + " ".join(f"--{a}=..." for a in allowed))
+        sys.exit(0)
+    out = {}
+    for arg in argv:
+        if not arg.startswith("-") and positional and positional not in out:
+            out[positional] = arg
+            continue
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not eq or name not in allowed:
+            raise UserError(f"unknown argument {arg!r}; this script takes " + ", ".join(f"--{a}=..." for a in allowed)
+                            + " (--help explains them)", status=USAGE)
+        out[name] = value
+    return out
+
+
+def out_folder(args, name):
+    """--out, else data/<name> under the data root (where dataset=<name> finds it)."""
+    return os.path.abspath(args.get("out") or os.path.join(data_root(), name))
+
+
+def read_text(input_path, url, cache_path):
+    """The corpus as a string: from input_path if given, else from cache_path, else downloaded there."""
+    if input_path:
+        if not os.path.isfile(input_path):
+            raise UserError(f"--input={input_path} does not exist; give the path of a text file")
+        with open(input_path, encoding="utf-8") as f:
+            return f.read()
+    if not os.path.exists(cache_path):
+        print(f"downloading {url}")
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r, fileio.atomic_open(cache_path, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (OSError, UserError) as e:
+            raise UserError(f"could not download {url} ({fileio.reason(e)}); download it by hand and run again "
+                            f"with --input=path/to/input.txt") from None
+    with open(cache_path, encoding="utf-8") as f:
+        return f.read()
+
+
+class DatasetWriter:
+    """Writes a dataset folder so that training can tell a finished preparation from an interrupted one:
+    dataset.json is first rewritten as unfinished, then the bins and meta.pkl are replaced (each
+    atomically), and dataset.json is written last with their sizes and the vocabulary's hash."""
+
+    def __init__(self, folder, vocab_size, meta=None):
+        self.folder, self.vocab_size, self.meta = folder, vocab_size, meta
+        self.dtype = np.dtype(token_dtype(vocab_size))
+        if self.dtype == np.uint32:
+            self.meta = dict(meta or {"vocab_size": vocab_size}, dtype="uint32")  # Batches reads the dtype here
+        os.makedirs(folder, exist_ok=True)
+        fileio.remove_stale_temps(folder)
+        for f in os.listdir(folder):
+            if f.endswith(".tmp"):  # fixed temporary names of earlier versions
+                fileio.remove(os.path.join(folder, f))
+        self._manifest(complete=False)
+
+    def _manifest(self, complete, files=None):
+        with fileio.atomic_open(os.path.join(self.folder, MANIFEST), "w") as f:
+            json.dump(dict(complete=complete, vocab_size=self.vocab_size, dtype=self.dtype.name, files=files or {}),
+                      f, indent=1)
+
+    def bin(self, split):
+        """A file object for <split>.bin, replaced atomically when the block ends (for streaming)."""
+        return fileio.atomic_open(os.path.join(self.folder, f"{split}.bin"), "wb")
+
+    def write(self, split, ids):
+        arr = np.asarray(ids, dtype=self.dtype)
+        with self.bin(split) as f:
+            arr.tofile(f)
+        return len(arr)
+
+    def finish(self):
+        meta_path = os.path.join(self.folder, "meta.pkl")
+        if self.meta is not None:
+            write_meta(self.meta, self.folder)
+        else:
+            fileio.remove(meta_path)  # a stale character vocabulary would mislead train.py
+        files = {f"{s}.bin": {"bytes": os.path.getsize(os.path.join(self.folder, f"{s}.bin"))} for s in SPLITS}
+        if self.meta is not None:
+            files["meta.pkl"] = {"sha256": file_sha256(meta_path)}
+        self._manifest(complete=True, files=files)
+        return {s: files[f"{s}.bin"]["bytes"] // self.dtype.itemsize for s in SPLITS}
+
+
+def report_split(folder, counts, vocab_size):
+    print(f"{folder}: train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, vocab {vocab_size:,} "
+          f"({np.dtype(token_dtype(vocab_size)).name})")

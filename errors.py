@@ -1,0 +1,66 @@
+"""
+The one exception for mistakes a user can fix, and the one place where it becomes a sentence and an exit.
+
+Library code raises UserError and never exits: a caller that can go on (chat.py after a prompt the
+vocabulary cannot spell, a test) catches it. A script calls install() first; an uncaught UserError
+then prints `error: <sentence>` on stderr and exits with its status instead of a traceback.
+Nothing here imports torch, so prepare scripts and config errors answer at once.
+"""
+
+import os
+import sys
+
+USAGE = 2  # the conventional exit status for bad command-line usage (a wrong key or value)
+
+
+class UserError(Exception):
+    """Something the user can fix, said in one sentence: what was wrong and what to do."""
+
+    def __init__(self, sentence, status=1):
+        super().__init__(sentence)
+        self.status = status
+
+
+def first_on_node():
+    """True in a single process and in each node's first torchrun process: a node-local problem (a
+    missing file on node 2) shows in that node's output, while a one-node run prints it once."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+
+
+def report(e, stream=None):
+    if first_on_node():
+        print(f"error: {e}", file=stream or sys.stderr, flush=True)
+
+
+def _hook(kind, value, tb):
+    if issubclass(kind, UserError):
+        # the real stderr: torch.distributed wraps the excepthook and buffers what it prints, to
+        # prefix each line with the rank, and an os._exit below would lose that buffer
+        report(value, sys.__stderr__)
+        sys.stdout.flush()
+        # os._exit because an excepthook cannot choose the exit status; stdio is flushed above and
+        # nothing else a script registers needs to run after a refused start or a failed save
+        os._exit(value.status)
+    if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
+        os._exit(0)
+    if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
+        print("\ninterrupted", file=sys.__stderr__, flush=True)
+        os._exit(130)
+    sys.__excepthook__(kind, value, tb)
+
+
+def install():
+    """Turn an uncaught UserError into `error: <sentence>` and its exit status (scripts call this first)."""
+    sys.excepthook = _hook
+
+
+def run(main, argv=None):
+    """Run a prepare script's main(argv): a UserError or Ctrl-C becomes one line and an exit status."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        report(e)
+        sys.exit(e.status)
+    except KeyboardInterrupt:
+        report("interrupted; nothing was half-written, run it again to finish")
+        sys.exit(130)

@@ -1,0 +1,103 @@
+"""
+Files written so that a crash never leaves a torn one: every file the tools write goes through atomic_open.
+
+The one durability rule: write a temporary file in the same folder (`<name>.tmp<pid>`), flush it and
+fsync it, rename it over the destination, then fsync the folder so the rename itself survives a power
+cut. A reader sees the old complete file or the new complete one, never a part. Temporaries left by a
+process that died mid-write are never read; remove_stale_temps deletes them.
+"""
+
+import os
+from contextlib import contextmanager
+
+from errors import UserError
+
+
+def reason(e):
+    """The first line of an exception's message, for a sentence (an OS error's text without its number)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def temp_name(path):
+    return f"{path}.tmp{os.getpid()}"
+
+
+@contextmanager
+def atomic_open(path, mode="wb", advice="free some disk space or choose a writable folder"):
+    """Open a temporary file for writing in path's folder; on leaving the block without an error it
+    replaces path. Any OSError (a full disk, a read-only folder) becomes a UserError naming path and
+    ending with `advice`; the temporary is removed whatever happens."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = temp_name(path)
+    f = None
+    try:
+        # open() creates the file with the usual permissions (0666 less the umask), unlike mkstemp's 0600
+        f = open(tmp, mode)
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except OSError as e:
+        _close_and_remove(f, tmp)
+        raise UserError(f"could not write {path} ({reason(e)}); {advice}") from None
+    except BaseException:  # Ctrl-C, a UserError from the block: never leave a temporary behind
+        _close_and_remove(f, tmp)
+        raise
+    fsync_folder(folder)
+
+
+def _close_and_remove(f, tmp):
+    if f is not None:
+        try:
+            f.close()
+        except OSError:
+            pass
+    remove(tmp)
+
+
+def fsync_folder(folder):
+    """Make renames in folder durable (some filesystems cannot fsync a folder: then best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(folder):
+    """Delete the temporaries (`<name>.tmp<pid>`) in folder whose writer is gone (SIGKILL, power
+    loss): they are never read, and a checkpoint's costs a checkpoint's worth of disk."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        base, _, pid = entry.rpartition(".tmp")
+        if base and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            path = os.path.join(folder, entry)
+            if os.path.isfile(path):
+                remove(path)

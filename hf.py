@@ -1,0 +1,244 @@
+"""
+Hugging Face weights in and out: GPT-2 folders and hub names read straight from their files, and this
+project's models written in transformers' layout.
+
+Reading does not go through transformers: config.json is plain JSON and model.safetensors is memory-
+mapped, so loading costs the read and not an import of transformers plus two random initialisations.
+Hub files are taken from the local cache first; the network is tried only when they are not there,
+and a machine that cannot reach the hub is told so in seconds, not after minutes of retries.
+"""
+
+import json
+import os
+import socket
+from urllib.parse import urlparse
+
+import torch
+
+from errors import UserError
+from model import GPT, GPTConfig
+from tokenizer import GPT2_EOT, GPT2_VOCAB
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+# -----------------------------------------------------------------------------
+# finding the files
+
+def hub_reachable(timeout=5.0):
+    """Whether the hub's host answers at all: a refused or unresolvable host costs milliseconds here,
+    where huggingface_hub retries for minutes before it gives up."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_file(repo, filename, required=True):
+    """Path of a file of a hub repository: from the cache if it is there, else downloaded (then cached).
+    None when it is not required and the repository lacks it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    try:
+        return hf_hub_download(repo, filename, local_files_only=True)
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        pass
+    if not hub_reachable():
+        if not required:
+            return None
+        raise UserError(f"{repo!r} is not in the local Hugging Face cache and the hub cannot be reached (offline, "
+                        f"or HF_HUB_OFFLINE is set); connect to the internet once (files are cached), or give a "
+                        f"local folder")
+    try:
+        return hf_hub_download(repo, filename)
+    except EntryNotFoundError:
+        if required:
+            raise UserError(f"the hub repository {repo!r} has no {filename}") from None
+        return None
+    except Exception as e:  # repository not found, gated, network errors: many types across versions
+        if not required and "404" in str(e):
+            return None
+        raise UserError(f"could not fetch {filename} of {repo!r} from the Hugging Face hub "
+                        f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
+                        f"check the name ({', '.join(GPT2_NAMES)}) and the connection, or give a local folder") from None
+
+
+def local_or_hub(name_or_path, filename, required=True):
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        return path if os.path.isfile(path) else None
+    return hub_file(name_or_path, filename, required)
+
+
+def read_weights(name_or_path):
+    """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
+    sharded with an index) or pytorch_model.bin (weights_only, memory-mapped)."""
+    from safetensors.torch import load_file
+    index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
+    if index:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+            sd.update(load_file(local_or_hub(name_or_path, shard)))
+        return sd
+    path = local_or_hub(name_or_path, "model.safetensors", required=False)
+    if path:
+        return load_file(path)
+    path = local_or_hub(name_or_path, "pytorch_model.bin", required=False)
+    if path:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    raise UserError(f"{name_or_path} has no model.safetensors or pytorch_model.bin")
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 in
+
+def gpt2_config(c, dropout=0.0):
+    """This project's GPTConfig for a transformers GPT-2 config.json (a dict). Settings this network
+    does not implement are refused rather than computed differently."""
+    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
+    if c.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"model_type={c.get('model_type')!r} is not GPT-2")
+    act = get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+        raise ValueError(f"activation_function={act!r} is not GELU")
+    n_embd = get("n_embd", 768)
+    if get("n_inner", 4 * n_embd) != 4 * n_embd or get("layer_norm_epsilon", 1e-5) != 1e-5:
+        raise ValueError(f"n_inner={c.get('n_inner')} or layer_norm_epsilon={c.get('layer_norm_epsilon')} "
+                         f"differs from GPT-2's")
+    if get("scale_attn_by_inverse_layer_idx", False) or get("reorder_and_upcast_attn", False) \
+            or not get("scale_attn_weights", True):
+        raise ValueError("the attention scaling differs from GPT-2's")
+    if not get("tie_word_embeddings", True):
+        raise ValueError("the output head is not tied to the token embedding")
+    return GPTConfig(n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
+                     block_size=get("n_positions", 1024), vocab_size=get("vocab_size", 50257), bias=True,
+                     dropout=dropout, gelu_approximate="tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "none")
+
+
+def from_gpt2_state_dict(hf_sd):
+    """A transformers GPT-2 state dict (with or without the 'transformer.' prefix, head stored or
+    left out as tied) in this project's names and layout."""
+    out = {}
+    for k, v in hf_sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of older transformers versions, not weights
+        if k != "lm_head.weight" and not k.startswith("transformer."):
+            k = "transformer." + k
+        out[k] = v.t() if k.endswith(TRANSPOSED) else v
+    wte = out.get("transformer.wte.weight")
+    head = out.pop("lm_head.weight", None)
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise ValueError("the output head is not tied to the token embedding")
+    if wte is not None:
+        out["lm_head.weight"] = wte
+    return out
+
+
+def load_gpt2(name_or_path, dropout=0.0):
+    """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large,
+    gpt2-xl) or a local folder with config.json and model.safetensors or pytorch_model.bin. Only
+    dropout may differ from the source."""
+    where = name_or_path if os.path.isdir(name_or_path) else repr(name_or_path)
+    config_path = local_or_hub(name_or_path, "config.json")
+    if config_path is None:
+        raise UserError(f"{where} is not a Hugging Face GPT-2 folder: it has no config.json "
+                        f"(it needs config.json and model.safetensors or pytorch_model.bin)")
+    try:
+        with open(config_path) as f:
+            config = gpt2_config(json.load(f), dropout)
+        sd = from_gpt2_state_dict(read_weights(name_or_path))
+        return GPT.with_weights(config, sd)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"{where} is not a GPT-2 this tool can load ({e}); it needs a GPT-2 config.json and "
+                        f"model.safetensors or pytorch_model.bin") from None
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 out
+
+# The files tiktoken builds its gpt2 encoding from: encoder.json is transformers' vocab.json, and
+# vocab.bpe is merges.txt (the same merges; only the version line differs). sample.py has already
+# fetched them once, so the tokenizer of an export needs no other download.
+TIKTOKEN_GPT2 = {"vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                 "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
+
+
+def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
+    """transformers' GPT2TokenizerFast for GPT-2's BPE: from a folder with vocab.json and merges.txt, or
+    made from tiktoken's files (its cache, else downloaded as tiktoken downloads them)."""
+    import tempfile
+
+    from tiktoken.load import read_file_cached
+    from transformers import GPT2TokenizerFast
+    with tempfile.TemporaryDirectory() as tmp:
+        if tokenizer_dir:
+            if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
+                raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
+                                f"on huggingface.co/openai-community/gpt2)")
+            folder = tokenizer_dir
+        else:
+            folder = tmp
+            for name, url in TIKTOKEN_GPT2.items():
+                try:
+                    data = read_file_cached(url)
+                except Exception as e:  # network errors come in several types
+                    raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
+                                    f"sample.py downloads once); connect to the internet once, or point "
+                                    f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
+                                    f"vocab.json and merges.txt, or export the weights alone with "
+                                    f"--skip_tokenizer") from None
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(data)
+        tok = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
+    if len(tok) != GPT2_VOCAB:
+        raise UserError(f"the tokenizer files in {tokenizer_dir or 'tiktoken cache'} hold {len(tok)} tokens, not "
+                        f"GPT-2's {GPT2_VOCAB}; use GPT-2's vocab.json and merges.txt")
+    return tok
+
+
+def gpt2_state_dict(model, vocab_size=None):
+    """The model's weights in transformers' GPT2LMHeadModel layout: Conv1D weights transposed, zero
+    biases where the model has none, the vocabulary cropped to vocab_size (padding rows dropped). The
+    head stays the same tensor as wte, so it remains tied."""
+    vocab_size = vocab_size or model.config.vocab_size
+    out = {}
+    for k, v in model.state_dict().items():
+        if k in ("transformer.wte.weight", "lm_head.weight"):
+            continue
+        v = v.detach()
+        out[k] = (v.t() if k.endswith(TRANSPOSED) else v).contiguous()
+    wte = model.transformer.wte.weight.detach()[:vocab_size].contiguous()
+    out["transformer.wte.weight"] = out["lm_head.weight"] = wte
+    if not model.config.bias:  # transformers' GPT-2 always has biases: add zeros
+        C = model.config.n_embd
+        zeros = {"ln_1.bias": C, "attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "ln_2.bias": C,
+                 "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
+        for i in range(model.config.n_layer):
+            for name, n in zeros.items():
+                out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=wte.dtype)
+        out["transformer.ln_f.bias"] = torch.zeros(C, dtype=wte.dtype)
+    return out
+
+
+def gpt2_config_for(model, vocab_size=None):
+    """The transformers GPT2Config that computes what the model computes."""
+    from transformers import GPT2Config
+    c = model.config
+    vocab_size = vocab_size or c.vocab_size
+    return GPT2Config(
+        vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+        n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.n_embd,
+        activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
+        **({} if vocab_size > GPT2_EOT else dict(bos_token_id=None, eos_token_id=None)),
+    )

@@ -1,0 +1,96 @@
+"""
+Models built from saved weights: a run folder or checkpoint file of this project or nanoGPT, or GPT-2
+from Hugging Face, with the vocabulary that goes with it; what sample.py, chat.py, export.py and
+train.py's init_from use.
+"""
+
+import os
+
+import checkpoint
+import hf
+from errors import UserError
+from model import GPT, MODEL_ARG_KEYS, GPTConfig
+from tokenizer import GPT2_VOCAB, vocab_mismatch
+
+
+def model_config(model_args, dropout=None):
+    """The GPTConfig of a checkpoint's model_args (nanoGPT's have fewer keys: the rest keep their
+    defaults, which are nanoGPT's behaviour)."""
+    args = {k: model_args[k] for k in MODEL_ARG_KEYS if k in model_args}
+    if dropout is not None:
+        args["dropout"] = dropout
+    return GPTConfig(**args)
+
+
+def build_model(ckpt, path, dropout=None):
+    """A GPT with the checkpoint's architecture and weights."""
+    try:
+        return GPT.with_weights(model_config(ckpt["model_args"], dropout),
+                                checkpoint.clean_state_dict(ckpt["model"]))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path} does not fit this model: {e}") from None
+
+
+def load_pretrained(name_or_path, dropout=0.0):
+    """GPT-2 weights from a local Hugging Face folder or the hub, with a sentence on failure."""
+    if not os.path.isdir(name_or_path):
+        if os.sep in name_or_path and (os.path.isabs(name_or_path) or name_or_path.startswith(".")
+                                       or os.path.exists(os.path.dirname(name_or_path))):
+            raise UserError(f"init_from={name_or_path}: no such folder; give a Hugging Face GPT-2 folder "
+                            f"(config.json and model.safetensors) or a hub name ({', '.join(hf.GPT2_NAMES)})")
+        if "/" not in name_or_path and name_or_path not in hf.GPT2_NAMES:
+            raise UserError(f"init_from={name_or_path} is not a folder, a checkpoint file or a GPT-2 name; use "
+                            f"scratch, resume, a path to a ckpt.pt, a Hugging Face folder, one of "
+                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2")
+    return hf.load_gpt2(name_or_path, dropout=dropout)
+
+
+def find_meta(ckpt, out_dir):
+    """(meta, folder) for a run's vocabulary: the meta.pkl train.py copies beside the checkpoint,
+    else the one of the dataset named in its config (how nanoGPT's sample.py finds it); (None,
+    None) for GPT-2 BPE runs, which have none."""
+    from dataset import data_root, read_meta
+    meta = read_meta(out_dir)
+    if meta is not None:
+        return meta, out_dir
+    dataset = (ckpt.get("config") or {}).get("dataset")
+    if dataset:
+        folder = os.path.join(data_root(), dataset)
+        meta = read_meta(folder)
+        if meta is not None:
+            return meta, folder
+    return None, None
+
+
+def check_vocab(model, meta, path, folder_hint):
+    """Refuse a model whose vocabulary does not fit the meta.pkl found for it."""
+    vocab_size = model.config.vocab_size
+    if meta is None and vocab_size < GPT2_VOCAB:
+        raise UserError(f"{path} has a vocabulary of {vocab_size} tokens but no meta.pkl was found in "
+                        f"{folder_hint}; copy the dataset's meta.pkl next to the checkpoint")
+    problem = vocab_mismatch(vocab_size, meta)
+    if problem:
+        raise UserError(f"{path} does not fit the meta.pkl found for it: the model has {problem}; "
+                        f"put the meta.pkl of the dataset it was trained on next to the checkpoint")
+
+
+def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
+    """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
+    or from GPT-2 weights (a hub name or a local Hugging Face folder)."""
+    from tokenizer import load_tokenizer
+    if init_from == "resume":
+        path = os.path.join(out_dir, ckpt_name)
+        ckpt = checkpoint.load(path)
+        model = build_model(ckpt, path, dropout=0.0)
+        meta, _ = find_meta(ckpt, out_dir)
+        dataset = (ckpt.get("config") or {}).get("dataset")
+        check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
+        desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
+    else:
+        model = load_pretrained(init_from, dropout=0.0)
+        meta, desc = None, init_from
+    tok = load_tokenizer(meta)
+    if tok.vocab_size < model.config.vocab_size:
+        model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
+    model.eval().to(device)
+    return model, tok, desc
