@@ -124,8 +124,8 @@ meta = batches.meta
 # -----------------------------------------------------------------------------
 # model
 ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                  bias=cfg.bias, vocab_size=None, dropout=cfg.dropout)
+# every network setting that is a key here (the rest, such as vocab_size, come from the data or weights)
+model_args = {k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}
 iter_num, best_val_loss, tokens_seen, ckpt = 0, float("inf"), 0, None
 if cfg.init_from == "scratch":
     model_args["vocab_size"] = meta["vocab_size"] if meta else GPT2_PADDED_VOCAB
