@@ -1,5 +1,5 @@
 """Pictures of training runs: metrics.jsonl read robustly (curves.py), the standard picture and
-loss.png's background drawing, several runs on shared axes.
+loss.png's background drawing, plot.py's picture and table.
 
 The metrics files are written by hand in train.py's format, so every expected number is known. A DDP
 run's file is the same format (rank 0 writes it), so the runs here stand for DDP runs too."""
@@ -7,6 +7,8 @@ run's file is the same format (rank 0 writes it), so the runs here stand for DDP
 import json
 import math
 import os
+import runpy
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import curves
+from conftest import ROOT, assert_clean_error, run
 
 TOKENS_PER_ITER = 768  # the CPU recipe's 12 x 64
 
@@ -212,6 +215,51 @@ def test_runs_of_different_lengths_share_the_axes(tmp_path):
     with pytest.raises(curves.PlotError,
                        match=f"^no run has a value for y=vall_loss; the metrics in these runs are: {listed}$"):
         curves.draw_runs([short, long], y="vall_loss")
+
+
+def test_plot_py_draws_two_runs_and_prints_their_table_without_importing_torch(tmp_path):
+    a_run(tmp_path / "out-a", 40, eval_interval=20)
+    rows = [eval_row(0, 4.3), *[step_row(it, 4.0) for it in range(10)], eval_row(10, 3.5), *[
+        step_row(it, 3.0) for it in range(10, 20)], eval_row(20, 3.9)]  # best at 10, worse after
+    write_metrics(tmp_path / "out-b", rows, tail='{"iter": 20, "loss": 3.')  # still being written
+    # import time per module on stderr: the whole list of what plot.py imported
+    p = run("plot.py", "out-a", "out-b", "--x=time", "--out=both.png", cwd=tmp_path,
+            env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "matplotlib.figure" in imported and not {m for m in imported if m.split(".")[0] == "torch"}
+    table = [line.split() for line in p.stdout.splitlines()]
+    assert table[0] == ["run", "best", "val", "at", "iter", "last", "val", "iterations", "tokens", "train", "time"]
+    assert table[1] == ["out-a", "3.7000", "40", "3.7000", "40", f"{40 * TOKENS_PER_ITER:,}", "4.0", "s"]
+    assert table[2] == ["out-b", "3.5000", "10", "3.9000", "20", f"{20 * TOKENS_PER_ITER:,}", "2.0", "s"]
+    assert p.stdout.splitlines()[-1] == "wrote both.png"
+    assert_png(tmp_path / "both.png", 800, 500)
+
+
+def test_plot_py_names_what_it_cannot_draw(tmp_path, monkeypatch, capsys):
+    a_run(tmp_path / "out-a", 10, eval_interval=5)
+    p = run("plot.py", str(tmp_path / "out-a"), str(tmp_path / "typo"), check=False)
+    assert_clean_error(p, status=2, words=("typo is not a run folder", "metrics.jsonl"))
+    # the rest in-process: plot.py is a script, run as one
+    monkeypatch.chdir(tmp_path)
+
+    def plot(*args):
+        monkeypatch.setattr(sys, "argv", ["plot.py", *args])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / "plot.py"), run_name="__main__")
+        return e.value.code, capsys.readouterr().err
+
+    write_metrics(tmp_path / "empty", [])
+    code, err = plot("empty")
+    assert code == 2 and err == "error: no run has a value for y=val_loss; the metrics in these runs are: none yet\n"
+    code, err = plot("out-a", "--smooth=1")
+    assert code == 2 and err.startswith("error: smooth must be from 0")
+    code, err = plot("--y=loss")
+    assert code == 2 and err.startswith("error: give one or more run folders")
+    # a successful run ends without SystemExit and writes the default name
+    monkeypatch.setattr(sys, "argv", ["plot.py", "out-a", "--y=lr", "--logx"])
+    runpy.run_path(str(ROOT / "plot.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote plot-lr.png"
+    assert_png(tmp_path / "plot-lr.png", 800, 500)
 
 
 # -----------------------------------------------------------------------------
