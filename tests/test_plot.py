@@ -1,12 +1,14 @@
 """Pictures of training runs: metrics.jsonl read robustly (curves.py), the standard picture and
-loss.png's background drawing, plot.py's picture and table.
+loss.png's background drawing, plot.py's picture and table, the progress bar and TensorBoard (loggers.py).
 
 The metrics files are written by hand in train.py's format, so every expected number is known. A DDP
 run's file is the same format (rank 0 writes it), so the runs here stand for DDP runs too."""
 
+import io
 import json
 import math
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 import curves
+import loggers
 from conftest import ROOT, assert_clean_error, run
 
 TOKENS_PER_ITER = 768  # the CPU recipe's 12 x 64
@@ -333,3 +336,87 @@ def test_a_failed_drawing_warns_once_and_never_raises(tmp_path, monkeypatch, cap
     assert err[0].startswith(f"warning: could not draw {tmp_path / 'loss.png'} (") and reason in err[0]
     assert err[0].endswith("); training goes on")
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+# -----------------------------------------------------------------------------
+# progress bar and TensorBoard
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_shows_on_a_terminal_and_lets_log_lines_through_whole(monkeypatch):
+    pytest.importorskip("tqdm")
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    bar = loggers.progress_bar(total=50, initial=10)
+    assert isinstance(bar, loggers.ProgressBar) and sys.stdout is not screen
+    for it in range(11, 51):
+        bar.update(it, loss=3.0 - it / 100)
+        if it % 20 == 0:
+            print(f"iter {it - 1}: loss {3.0 - it / 100:.4f}")
+    bar.close()
+    assert sys.stdout is screen
+    # each line arrives after the bar is wiped with a carriage return: it reads whole on the terminal
+    shown = [line.rsplit("\r", 1)[-1] for line in screen.getvalue().split("\n")]
+    assert "iter 19: loss 2.8000" in shown and "iter 39: loss 2.6000" in shown
+    assert re.search(r"50/50 .*loss 2\.5000\]$", shown[-2]), shown[-2]
+
+
+def test_without_a_terminal_the_bar_is_a_stand_in_with_the_same_methods(capsys):
+    bar = loggers.progress_bar(total=50, enabled=True)  # pytest's captured stdout is no terminal
+    assert isinstance(bar, loggers.NoProgressBar)
+    assert isinstance(loggers.progress_bar(total=50, enabled=False), loggers.NoProgressBar)
+    public = lambda cls: {n for n in vars(cls) if not n.startswith("_")}  # noqa: E731
+    assert public(loggers.NoProgressBar) == public(loggers.ProgressBar)
+    assert public(loggers.NoTensorBoard) == public(loggers.TensorBoard)
+    bar.update(3, loss=1.0)
+    bar.warn("warning: something")
+    bar.close()
+    assert capsys.readouterr() == ("", "warning: something\n")
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars_and_a_resume_replaces_the_redone_steps(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = loggers.tensorboard_logger(True, str(tmp_path))
+    for it in range(6):
+        tb.log(step_row(it, 4.0 - it / 10) | {"mfu": None, "note": "text", "flag": True})
+    tb.log(eval_row(6, 3.5))
+    tb.close()
+    tb = loggers.tensorboard_logger(True, str(tmp_path), start_iter=4)  # resumed from iteration 4
+    for it in range(4, 6):
+        tb.log(step_row(it, 2.0))
+    tb.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == {"loss", "lr", "grad_norm", "ms", "tok_s", "tokens", "train_loss", "val_loss", "elapsed_s"}
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [0, 1, 2, 3, 4, 5]  # each step once: 4 and 5 from the resumed run
+    assert [e.value for e in loss] == pytest.approx([4.0, 3.9, 3.8, 3.7, 2.0, 2.0])  # stored as float32
+    assert [(e.step, e.value) for e in events.Scalars("tokens")][:2] == [(0, TOKENS_PER_ITER), (1, 2 * TOKENS_PER_ITER)]
+    assert events.Scalars("val_loss") == []  # the interrupted run's evaluation at 6 is to be redone
+
+
+def test_tensorboard_missing_is_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(loggers.LoggerError, match=r"^tensorboard_log=True but tensorboard is not installed; "
+                                                  r"pip install tensorboard, or leave tensorboard_log off$"):
+        loggers.tensorboard_logger(True, "out")
+
+
+def test_the_optional_libraries_are_imported_only_when_used(tmp_path):
+    # a fresh interpreter: this one has imported them all by now
+    code = (f"import sys, curves, loggers\n"
+            f"tb = loggers.tensorboard_logger(False, {str(tmp_path)!r})\n"
+            f"tb.log({{'iter': 0, 'loss': 1.0}}); tb.close()\n"
+            f"bar = loggers.progress_bar(total=10); bar.update(1, 1.0); bar.close()\n"
+            f"picture = curves.LossPicture({str(tmp_path)!r})\n"
+            f"heavy = ('torch', 'tensorboard', 'tqdm', 'matplotlib')\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
