@@ -26,14 +26,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import fileio
+from errors import USAGE, UserError
+
 STEP, EVAL = "step", "eval"
 AXES = ("iter", "tokens", "time")
 FIGSIZE, DPI = (8, 6), 100  # an 800x600 PNG of about 50 KB: readable on a screen, cheap to redraw
 
 
-class PlotError(Exception):
-    """Something a user asked for that cannot be drawn; one sentence."""
-    # to become the project-wide UserError; this module raises it in read_run and draw_runs only
+class PlotError(UserError):
+    """Something a user asked for that cannot be drawn (a usage error: exit status 2)."""
+
+    def __init__(self, sentence):
+        super().__init__(sentence, status=USAGE)
 
 
 # -----------------------------------------------------------------------------
@@ -174,11 +179,12 @@ class Run:
         its = self.steps["iter"]
         if axis == "tokens":
             values = self.steps.get("tokens", np.full(len(its), math.nan))
+        elif np.isfinite(self.steps.get("elapsed_s", np.full(len(its), math.nan))).any():
+            # wall time since the run started, as train.py logs it on every row (continued across resumes)
+            values = self.steps["elapsed_s"]
         else:
-            # Step rows carry no clock, only ms per iteration averaged over the log interval, so time
-            # is the sum of ms over the iterations each row covers: training time, without the
-            # evaluations, checkpoint saves and start-up between steps (the first step's compile is
-            # in). Unlike the evaluations' elapsed_s it continues across a resume instead of restarting.
+            # Runs written before step rows carried elapsed_s: the sum of ms over the iterations each
+            # row covers, i.e. training time without evaluations, saves and start-up.
             ms = self.steps.get("ms", np.full(len(its), math.nan))
             covered = np.diff(its, prepend=-1)
             values = np.cumsum(np.nan_to_num(ms) * covered) / 1000.0
@@ -291,7 +297,7 @@ def draw_run(run, smooth=None):
     return fig
 
 
-AXIS_LABEL = {"iter": "iteration", "tokens": "tokens", "time": "training time"}
+AXIS_LABEL = {"iter": "iteration", "tokens": "tokens", "time": "wall time"}
 # (from this many seconds, divide by, unit): seconds up to 3 minutes, minutes up to 3 hours, then hours
 TIME_UNITS = ((3 * 3600, 3600, "h"), (180, 60, "min"), (0, 1, "s"))
 
@@ -344,19 +350,8 @@ def draw_runs(runs, x="iter", y="val_loss", logx=False, logy=False, smooth=None)
 
 def save_png(fig, path):
     """Write the figure to path atomically: a reader sees the old picture or the new one, never half."""
-    # a temporary name beside the target (same filesystem, so os.replace is atomic), created with
-    # open() rather than mkstemp so the picture gets the usual umask permissions, not 0600
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with fileio.atomic_open(path, "wb", advice="give a writable path (plot.py: --out=FILE.png)") as f:
+        fig.savefig(f, format="png", dpi=DPI)
 
 
 # -----------------------------------------------------------------------------
@@ -427,6 +422,8 @@ class LossPicture:
         except Exception as e:  # drawing must never stop a run: say why once, then keep trying quietly
             if isinstance(e, ImportError) and (e.name or "").split(".")[0] == "matplotlib":
                 reason = "matplotlib is not installed; pip install matplotlib"
+            elif isinstance(e, UserError):  # the file could not be written: its sentence already says why
+                reason = str(e)
             else:
                 reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the message
             self._fail(reason)

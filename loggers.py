@@ -13,10 +13,7 @@ tqdm and TensorBoard are imported only when they are used.
 import os
 import sys
 
-
-class LoggerError(Exception):
-    """A logger that was asked for and cannot work here; one sentence."""
-    # to become the project-wide UserError; raised only by TensorBoard below
+from errors import UserError
 
 
 # -----------------------------------------------------------------------------
@@ -96,7 +93,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise LoggerError("tensorboard_log=True but tensorboard is not installed; pip install tensorboard, "
+            raise UserError("tensorboard_log=True but tensorboard is not installed; pip install tensorboard, "
                               "or leave tensorboard_log off") from None
         # TensorBoard re-reads event files every few seconds; flushing every 10 s (not the writer's
         # default of 120) keeps a live view current, and the writing happens in the writer's own thread

@@ -13,13 +13,17 @@ length, hold NaN rows, still be training, or come from DDP. No display is needed
 import sys
 
 import configurator
+import errors
 from configurator import Key
+from errors import USAGE, UserError
+
+errors.install()
 
 # -----------------------------------------------------------------------------
 # knobs
 KEYS = [
-    Key("x", "iter", "x axis: iter, tokens (seen so far), or time: training seconds, the steps' ms summed "
-        "(evaluations, saves and start-up left out)", choices=("iter", "tokens", "time")),
+    Key("x", "iter", "x axis: iter, tokens (seen so far), or time (wall time since the run started)",
+        choices=("iter", "tokens", "time")),
     Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, train_loss, loss, lr, grad_norm, ms, tok_s, mfu, ..."),
     Key("logx", False, "logarithmic x axis"),
     Key("logy", False, "logarithmic y axis"),
@@ -40,15 +44,10 @@ cfg = configurator.configure(KEYS, argv=[a for a in sys.argv[1:] if not is_run(a
                              script="plot.py RUN [RUN ...]", announce=False)
 
 
-def fail(sentence):
-    print(f"error: {sentence}", file=sys.stderr)
-    sys.exit(configurator.USAGE_EXIT)  # every failure here is about what was typed
-
-
 if not run_args:
-    fail("give one or more run folders to draw, e.g. python plot.py out-shakespeare-char-cpu")
+    raise UserError("give one or more run folders to draw, e.g. python plot.py out-shakespeare-char-cpu", USAGE)
 if cfg.smooth is not None and not 0 <= cfg.smooth < 1:
-    fail(f"smooth must be from 0 (raw) up to but not including 1, not {cfg.smooth}")
+    raise UserError(f"smooth must be from 0 (raw) up to but not including 1, not {cfg.smooth}", USAGE)
 
 import curves  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
 
@@ -59,14 +58,12 @@ try:
     runs = [curves.read_run(a) for a in run_args]
     fig = curves.draw_runs(runs, x=cfg.x, y=cfg.y, logx=cfg.logx, logy=cfg.logy, smooth=cfg.smooth)
     curves.save_png(fig, out)
-except curves.PlotError as e:
-    fail(str(e))
 except ImportError as e:
     if (e.name or "").split(".")[0] != "matplotlib":
         raise
-    fail("plot.py draws with matplotlib, which is not installed; pip install matplotlib")
-except OSError as e:
-    fail(f"could not write {out}: {e.strerror or e}; give a writable path with --out=FILE.png")
+    raise UserError("plot.py draws with matplotlib, which is not installed; pip install matplotlib", USAGE) from None
+except UserError as e:
+    raise UserError(str(e), USAGE) from None  # everything that fails here is about what was typed
 
 # -----------------------------------------------------------------------------
 # the table

@@ -29,6 +29,7 @@ KEYS = [
     Key("init_from", "scratch", "scratch, resume (from out_dir/ckpt.pt), a GPT-2 name (gpt2, gpt2-medium, ...) or a Hugging Face folder"),
     # logging
     Key("wandb_log", False, "log to Weights & Biases (imported only then; WANDB_MODE=offline works)"),
+    Key("tensorboard_log", False, "also write the metrics to out_dir/tb for TensorBoard (imported only then)"),
     Key("wandb_project", "owt", "wandb project"),
     Key("wandb_run_name", "gpt2", "wandb run name"),
     # data
@@ -91,9 +92,11 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
+import curves  # noqa: E402
 import dataset  # noqa: E402
 import fileio  # noqa: E402
 import loading  # noqa: E402
+import loggers  # noqa: E402
 import optim  # noqa: E402
 import runtime  # noqa: E402
 from dataset import Batches  # noqa: E402
@@ -219,6 +222,7 @@ if ckpt is not None:
                   f"{dist.world_size}; dropout randomness starts fresh (the data order does not change)")
 last_eval_iter = ckpt.get("last_eval_iter", -1) if ckpt is not None else -1
 skipped = int(ckpt.get("skipped_steps", 0)) if ckpt is not None else 0  # max_skips counts across resumes
+elapsed_before = float(ckpt.get("elapsed_s", 0.0)) if ckpt is not None else 0.0  # wall time of earlier sessions
 ckpt = None  # free the memory
 
 peak_flops, peak_source = runtime.peak_flops(device, plan.dtype, cfg.peak_flops)
@@ -232,12 +236,13 @@ if master:
 
 
 class Metrics:
-    """out_dir/metrics.jsonl (one JSON object per line) plus wandb behind the same call, rank 0 only.
-    A failure to write (a full disk) is kept in `failure` and raised on every process at the next
-    step's sync, so no process is left waiting for one that stopped."""
+    """out_dir/metrics.jsonl (one JSON object per line) plus wandb and TensorBoard behind the same call,
+    rank 0 only. A failure to write (a full disk) is kept in `failure` and raised on every process at
+    the next step's sync, so no process is left waiting for one that stopped."""
 
     def __init__(self, path, start_iter, resumed, last_eval_iter=-1):
         self.path, self.wandb, self.failure = path, None, None
+        self.tb = loggers.tensorboard_logger(False, None)
         if not master:
             return
         kept = []
@@ -256,6 +261,13 @@ class Metrics:
                         kept.append(line if line.endswith("\n") else line + "\n")
         with fileio.atomic_open(path, "w") as f:
             f.writelines(kept)
+        # TensorBoard hides what the interrupted run logged from start_iter on, as the rewind above
+        # does; the evaluation kept at start_iter is written again
+        self.tb = loggers.tensorboard_logger(cfg.tensorboard_log, os.path.dirname(path), start_iter=start_iter)
+        for line in kept:
+            row = json.loads(line)
+            if row["iter"] >= start_iter:
+                self.tb.log(row)
         if cfg.wandb_log:
             try:
                 import wandb
@@ -274,8 +286,12 @@ class Metrics:
         except OSError as e:
             self.failure = UserError(f"could not append to {self.path} ({fileio.reason(e)}); the last checkpoint in "
                                      f"{cfg.out_dir} is intact: free some disk space, then resume")
+        self.tb.log(row)
         if self.wandb is not None:
             self.wandb.log(row, step=row["iter"])
+
+    def close(self):
+        self.tb.close()
 
 
 def save_checkpoint(name):
@@ -302,6 +318,7 @@ def save_checkpoint(name):
             tokens_seen=tokens_seen,
             last_eval_iter=last_eval_iter,
             skipped_steps=skipped,
+            elapsed_s=elapsed(),
             rng=states,
             # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
             sampler=dict(kind="stateless", seed=cfg.seed),
@@ -358,10 +375,19 @@ runtime.raise_everywhere(failure, dist, device)
 start_iter = iter_num
 metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume",
                   last_eval_iter=last_eval_iter)
+bar = loggers.progress_bar(total=cfg.max_iters, initial=iter_num, enabled=master)
+picture = curves.LossPicture(cfg.out_dir, enabled=master, warn=bar.warn)  # out_dir/loss.png, drawn off the loop
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
 t_log, iters_since_log = time.perf_counter(), 0
 t_start = time.perf_counter()
+
+
+def elapsed():
+    """Wall time of the run so far, resumed sessions included (the x axis of plot.py --x=time)."""
+    return round(elapsed_before + time.perf_counter() - t_start, 3)
+
+
 while True:
     lr = optim.lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
     optim.set_lr(optimizer, lr)
@@ -377,7 +403,8 @@ while True:
             print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                   + (" (best)" if improved else ""))
             metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
-                             elapsed_s=round(time.perf_counter() - t_start, 3)))
+                             elapsed_s=elapsed()))
+            picture.refresh()
         if cfg.eval_only:
             break
         if math.isfinite(losses["val"]):
@@ -408,6 +435,7 @@ while True:
     iter_num += 1
     tokens_seen += tokens_per_iter
     iters_since_log += 1
+    bar.update(iter_num, result.loss)
 
     if master and (iter_num - 1) % cfg.log_interval == 0:
         now = time.perf_counter()
@@ -420,7 +448,7 @@ while True:
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
               f"eta {eta / 60:.1f} min")
         metrics.log(dict(iter=iter_num - 1, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
-                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=tokens_seen))
+                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=tokens_seen, elapsed_s=elapsed()))
 
     if stop_votes > 0:
         save_checkpoint("ckpt.pt")
@@ -430,6 +458,9 @@ while True:
         break
 
 runtime.raise_everywhere(metrics.failure, dist, device)  # a last metrics line that could not be written
+picture.close()  # the final picture, drawn before the process ends
+metrics.close()
+bar.close()
 if master:
     print(f"done in {time.perf_counter() - t_start:.1f} s, best val loss {best_val_loss:.4f}")
 runtime.shutdown(dist)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import curves
+from errors import UserError
 import loggers
 from conftest import ROOT, assert_clean_error, run
 
@@ -245,19 +246,19 @@ def test_plot_py_names_what_it_cannot_draw(tmp_path, monkeypatch, capsys):
     # the rest in-process: plot.py is a script, run as one
     monkeypatch.chdir(tmp_path)
 
-    def plot(*args):
+    def plot(*args):  # the UserError plot.py ends with (its excepthook prints it as the sentence)
         monkeypatch.setattr(sys, "argv", ["plot.py", *args])
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(UserError) as e:
             runpy.run_path(str(ROOT / "plot.py"), run_name="__main__")
-        return e.value.code, capsys.readouterr().err
+        return e.value.status, str(e.value)
 
     write_metrics(tmp_path / "empty", [])
     code, err = plot("empty")
-    assert code == 2 and err == "error: no run has a value for y=val_loss; the metrics in these runs are: none yet\n"
+    assert code == 2 and err == "no run has a value for y=val_loss; the metrics in these runs are: none yet"
     code, err = plot("out-a", "--smooth=1")
-    assert code == 2 and err.startswith("error: smooth must be from 0")
+    assert code == 2 and err.startswith("smooth must be from 0")
     code, err = plot("--y=loss")
-    assert code == 2 and err.startswith("error: give one or more run folders")
+    assert code == 2 and err.startswith("give one or more run folders")
     # a successful run ends without SystemExit and writes the default name
     monkeypatch.setattr(sys, "argv", ["plot.py", "out-a", "--y=lr", "--logx"])
     runpy.run_path(str(ROOT / "plot.py"), run_name="__main__")
@@ -319,7 +320,7 @@ def test_a_failed_drawing_warns_once_and_never_raises(tmp_path, monkeypatch, cap
     a_run(tmp_path, 10, eval_interval=5)
     if failure == "unwritable":
         (tmp_path / "loss.png").mkdir()  # os.replace cannot put a file where a folder is
-        reason = "IsADirectoryError"
+        reason = "Is a directory"
     elif failure == "draw raises":
         monkeypatch.setattr(curves, "draw_run", lambda run, smooth=None: 1 / 0)
         reason = "(ZeroDivisionError: division by zero)"
@@ -403,7 +404,7 @@ def test_tensorboard_event_files_hold_the_logged_scalars_and_a_resume_replaces_t
 
 def test_tensorboard_missing_is_one_sentence(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(loggers.LoggerError, match=r"^tensorboard_log=True but tensorboard is not installed; "
+    with pytest.raises(UserError, match=r"^tensorboard_log=True but tensorboard is not installed; "
                                                   r"pip install tensorboard, or leave tensorboard_log off$"):
         loggers.tensorboard_logger(True, "out")
 
