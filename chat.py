@@ -104,7 +104,7 @@ turns = []  # (user line, reply) of the conversation so far
 def reply(line):
     ids = transcript.fit(tok.encode, turns, line, block_size - reserve)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
-    decoder, text = StreamDecoder(tok), StopText(stops)
+    decoder, text = StreamDecoder(tok), StopText(stops, line_stop=transcript.line_stop())
     sys.stdout.write(bot)
     with torch.no_grad(), plan.autocast_context():
         for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,

@@ -59,6 +59,17 @@ def _close_and_remove(f, tmp):
     remove(tmp)
 
 
+def normal_permissions(folder):
+    """Give folder and everything in it the permissions a file the user makes gets (0666/0777 less the
+    umask): some writers create their files private to the owner (safetensors: -rw-------)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def fsync_folder(folder):
     """Make renames in folder durable (some filesystems cannot fsync a folder: then best effort)."""
     try:

@@ -183,9 +183,16 @@ def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path
             env=offline(tmp_path))
     assert_clean_error(p, words=["--tokenizer_dir", "--skip_tokenizer"])
     assert not (tmp_path / "new").exists()
-    export(bpe_run, dest, "--overwrite")
-    assert not (dest / "keep.txt").exists() and (dest / "model.safetensors").exists()
-    assert not list(tmp_path.glob("hf.*"))
+    # --overwrite replaces an earlier export, and nothing else (issue 11, item 1)
+    p = export(bpe_run, dest, "--overwrite", check=False)
+    assert_clean_error(p, words=["not a folder export.py wrote"])
+    assert [f.name for f in dest.iterdir()] == ["keep.txt"]
+    again = tmp_path / "again"
+    export(bpe_run, again)
+    (again / "config.json").write_text("{}")  # an earlier, different export
+    export(bpe_run, again, "--overwrite")
+    assert (again / "config.json").read_text() != "{}" and (again / "export.json").exists()
+    assert not list(tmp_path.glob("again.*"))
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def main(argv):
         vocab_line = f"character vocabulary of {vocab_size}: {shown!r}"
     else:
         from tokenizer import BPETokenizer
-        tok = BPETokenizer("gpt2")
+        tok = BPETokenizer()
         vocab_size = tok.vocab_size
         ids = []
         for doc_ids in tok.enc.encode_ordinary_batch(docs):
