@@ -79,9 +79,12 @@ KEYS = [
     Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the GPU's datasheet or the CPU's vector units)", min=0.0),
 ]
 cfg = configurator.configure(KEYS)
+import runs  # noqa: E402  (no torch: an impossible out_dir is said at once)
+
+runs.check_out_dir(cfg.out_dir)
 
 # the heavy imports come after the knobs so that --help and config errors answer at once
-import importlib.util  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -101,7 +104,6 @@ import fileio  # noqa: E402
 import loading  # noqa: E402
 import loggers  # noqa: E402
 import optim  # noqa: E402
-import runs  # noqa: E402
 import runtime  # noqa: E402
 from dataset import Batches  # noqa: E402
 from errors import USAGE, UserError  # noqa: E402
@@ -134,7 +136,6 @@ def everywhere(fn):
 
 # -----------------------------------------------------------------------------
 # the run: where it lives, what it continues or starts from, and its settings
-runs.check_out_dir(cfg.out_dir)
 ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
 ckpt, source_path, changed = None, None, {}
 if cfg.init_from == "resume":
@@ -160,10 +161,13 @@ if cfg.n_embd % cfg.n_head:
 if cfg.gradient_accumulation_steps % dist.world_size != 0:
     raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                     f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=USAGE)
-for k in ("wandb", "tensorboard"):  # an optional logger that cannot start must not fail a run later
-    if getattr(cfg, f"{k}_log") and importlib.util.find_spec(k) is None:
-        raise UserError(f"{k}_log=True but {k} is not installed; pip install {k}, or leave {k}_log off",
-                        status=USAGE)
+for k, module in (("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")):
+    if getattr(cfg, f"{k}_log"):  # an optional logger that cannot start must fail the run now, not later
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"{k}_log=True but {k} is not installed; pip install {k}, or leave {k}_log off",
+                            status=USAGE) from None
 accum_local = cfg.gradient_accumulation_steps // dist.world_size  # micro-steps this process runs
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
 if master:

@@ -152,6 +152,7 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
     stdout, stderr = finish(p, timeout=60)
     assert p.returncode == 130, (p.returncode, stderr)
     assert "Traceback" not in stderr and "quitting without saving" in stderr
+    assert "nothing was saved" in stderr  # issue 11, item 11: it used to name a ckpt.pt that did not exist
     assert not (tmp_path / "ckpt.pt").exists()  # no save after the second Ctrl-C
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
