@@ -44,6 +44,17 @@ KEYS = [
     Key("n_embd", 768, "embedding width"),
     Key("dropout", 0.0, "dropout probability (0 for pretraining, 0.1+ for fine-tuning)"),
     Key("bias", False, "biases in Linear and LayerNorm layers (GPT-2 had them)"),
+    # architecture options after GPT-2 (README: architecture); each default is GPT-2's network
+    Key("pos_emb", "learned", "positions: learned (GPT-2's table) or rope (rotary, as in Llama)", choices=("learned", "rope")),
+    Key("rope_theta", 10000.0, "RoPE's base period (Llama 2: 10000; long-context models use more)"),
+    Key("norm", "layernorm", "layernorm (GPT-2) or rmsnorm (Llama)", choices=("layernorm", "rmsnorm")),
+    Key("norm_eps", 1e-5, "epsilon of every norm"),
+    Key("qk_norm", False, "RMS-normalise each head's queries and keys (as Qwen3)"),
+    Key("mlp", "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (Llama)", choices=("gelu", "relu2", "swiglu")),
+    Key("mlp_hidden", 0, "MLP hidden width (0: 4 * n_embd, for swiglu 8/3 * n_embd rounded up to a multiple of 32)"),
+    Key("n_kv_head", 0, "key/value heads, a divisor of n_head: grouped-query attention, a smaller KV cache (0: n_head)"),
+    Key("tie_embeddings", True, "the output head is the token embedding (False: a separate matrix)"),
+    Key("logit_softcap", 0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; Gemma 2 used 30)"),
     # optimizer
     Key("learning_rate", 6e-4, "peak learning rate"),
     Key("max_iters", 600000, "total optimizer steps"),
@@ -98,7 +109,7 @@ import optim  # noqa: E402
 import runtime  # noqa: E402
 from dataset import Batches  # noqa: E402
 from errors import USAGE, UserError  # noqa: E402
-from model import GPT, MODEL_ARG_KEYS  # noqa: E402
+from model import GPT, MODEL_ARG_KEYS, GPTConfig  # noqa: E402
 from tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch  # noqa: E402
 from training import Step, evaluate  # noqa: E402
 
@@ -138,10 +149,11 @@ elif cfg.init_from == "resume":
         raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}; "
                         f"train with init_from=scratch first, or set out_dir to the run's folder")
     ckpt = checkpoint.load(ckpt_path, require=("optimizer", "iter_num", "best_val_loss"))
-    # the architecture comes from the checkpoint; config keys cannot change it mid-run
+    # the architecture comes from the checkpoint; config keys cannot change it mid-run. A key the
+    # checkpoint predates (nanoGPT's have no pos_emb, ...) has the default it was trained with.
     for k in MODEL_ARG_KEYS:
-        if k in ckpt["model_args"] and k != "dropout":
-            model_args[k] = ckpt["model_args"][k]
+        if k != "dropout" and (k in ckpt["model_args"] or k in model_args):
+            model_args[k] = ckpt["model_args"].get(k, getattr(GPTConfig, k))
     problem = vocab_mismatch(model_args.get("vocab_size", GPT2_PADDED_VOCAB), meta)
     if problem:
         raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; "
@@ -162,7 +174,7 @@ elif cfg.init_from == "resume":
 else:
     model = loading.load_pretrained(cfg.init_from, dropout=cfg.dropout)
     # the architecture is the source's; a setting that contradicts it is a mistake, not a request
-    for k in ("n_layer", "n_head", "n_embd", "bias"):
+    for k in (k for k in MODEL_ARG_KEYS if hasattr(cfg, k) and k not in ("dropout", "block_size")):
         if cfg.is_set(k) and getattr(cfg, k) != getattr(model.config, k):
             raise UserError(f"{k}={getattr(cfg, k)} conflicts with {cfg.init_from}, which has "
                             f"{k}={getattr(model.config, k)}; drop the setting (only dropout and a shorter "
