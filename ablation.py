@@ -8,8 +8,10 @@ option alone, and combinations, compared at fixed steps and at a fixed training 
 Everything but the network is the recipe's (data, seed, batch, optimizer, learning rates); its
 architecture keys are reset to GPT-2's first, so each row changes only what it names. Losses at
 fixed steps are deterministic (seeded data and initialisation), so those runs may share the CPU;
-the time mode measures speed and must run alone. Each run's figures are appended to
-out_root/ablation.jsonl and the table is printed from that file at the end.
+the time mode measures speed and must run alone. In steps mode the runs take one thread each,
+`jobs` at a time (the losses are those of any one-thread run; two threads sum some matmuls in
+another order). Each run's figures are appended to out_root/ablation.jsonl and the table is
+printed from that file at the end.
 """
 
 import configurator
@@ -27,6 +29,7 @@ KEYS = [
     Key("iters", 600, "steps mode: the schedule's length (val loss at its last three hundreds)"),
     Key("budget_s", 20.0, "time mode: seconds of training steps each variant gets"),
     Key("only", "", "run only the variants whose name contains this"),
+    Key("jobs", 2, "steps mode: runs at a time, one thread each"),
     Key("out_root", "out-ablation", "run folders and ablation.jsonl go here"),
 ]
 cfg = configurator.configure(KEYS)
@@ -35,6 +38,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 # GPT-2's network, whatever the recipe sets
 GPT2 = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--mlp=gelu", "--mlp_hidden=0",
@@ -57,7 +61,8 @@ RESULTS = os.path.join(cfg.out_root, "ablation.jsonl")
 
 
 def run(script, *args):
-    p = subprocess.run([sys.executable, script, cfg.recipe, *args], capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1") if cfg.mode == "steps" else None
+    p = subprocess.run([sys.executable, script, cfg.recipe, *args], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"{script} {' '.join(args)} failed:\n{p.stderr[-2000:]}")
     return p.stdout
@@ -71,12 +76,7 @@ def train(name, args, iters, eval_every):
         return {row["iter"]: row["val_loss"] for row in map(json.loads, f) if "val_loss" in row}
 
 
-# -----------------------------------------------------------------------------
-# the runs
-os.makedirs(cfg.out_root, exist_ok=True)
-for name, args in VARIANTS.items():
-    if cfg.only not in name:
-        continue
+def measure(name, args):
     row = dict(mode=cfg.mode, name=name, args=args)
     if cfg.mode == "steps":
         val = train(name, args, cfg.iters, eval_every=100)
@@ -90,6 +90,14 @@ for name, args in VARIANTS.items():
     print(json.dumps(row), flush=True)
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# the runs
+os.makedirs(cfg.out_root, exist_ok=True)
+chosen = [(name, args) for name, args in VARIANTS.items() if cfg.only in name]
+with ThreadPoolExecutor(cfg.jobs if cfg.mode == "steps" else 1) as pool:
+    list(pool.map(lambda v: measure(*v), chosen))
 
 # -----------------------------------------------------------------------------
 # the table: the latest row of each variant and mode

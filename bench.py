@@ -265,8 +265,9 @@ def bench_generate():
         hf = hf_io.to_transformers(model, hf_vocab).to(device=device, dtype=ptdtype)
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
-    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, "
-          f"{model.get_num_params() / 1e6:.1f}M parameters{''.join(f', {k}={v}' for k, v in config.options().items())}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
+    options = "".join(f", {k}={v}" for k, v in config.options().items())
+    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
+          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
 
     def sync():
         if device.startswith("cuda"):
@@ -325,7 +326,8 @@ def bench_generate():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-                          options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens, results=results, speedups=speedups)))
+                          options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                          results=results, speedups=speedups)))
 
 
 # -----------------------------------------------------------------------------

@@ -338,3 +338,133 @@ def test_export_refuses_what_no_transformers_class_computes(args, words):
     with pytest.raises(UserError) as e:
         hf_io.export_architecture(GPTConfig(**args))
     assert all(w in str(e.value) for w in words) and "cannot be exported" in str(e.value), str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# end to end: train -> resume (bit for bit) -> sample -> chat -> export, one trained run per configuration
+
+E2E = {
+    # every non-default value; logit_softcap makes it one no transformers class computes
+    "everything": dict(pos_emb="rope", rope_theta=500.0, norm="rmsnorm", norm_eps=1e-6, qk_norm=True, mlp="relu2",
+                       mlp_hidden=48, n_kv_head=1, tie_embeddings=False, logit_softcap=15.0),
+    # the same with swiglu and no cap: Qwen3's network
+    "qwen3": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", n_kv_head=1, tie_embeddings=False),
+}
+# dropout and gradient accumulation on, so the random state and the micro-step schedule must resume too
+SCHEDULE = ["--dataset=play_char", "--eval_interval=6", "--eval_iters=2", "--learning_rate=3e-3", "--warmup_iters=2",
+            "--lr_decay_iters=12", "--log_interval=1", "--dropout=0.1", "--gradient_accumulation_steps=2"]
+
+
+def greedy_text(model, tok, prompt, n):
+    """n greedy tokens after prompt by full recomputation (the reference for the KV cache), decoded."""
+    ids = torch.tensor([tok.encode(prompt) if isinstance(prompt, str) else prompt])
+    return tok.decode(generate(model, ids, n, temperature=0, use_cache=False)[0, ids.size(1):].tolist())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", E2E)
+def test_options_through_train_resume_sample_chat_export(name, char_data, tmp_path):
+    import json
+
+    import checkpoint
+    import conversation
+    import loading
+    from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
+    from dataset import Batches
+    from test_resume import assert_same, load, without_timing
+    from tokenizer import load_tokenizer
+
+    options = [f"--{k}={v}" for k, v in E2E[name].items()]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run("train.py", *TINY, *SCHEDULE, *options, "--max_iters=12", f"--out_dir={ref}")
+    run("train.py", *TINY, *SCHEDULE, *options, "--max_iters=6", f"--out_dir={out}")
+    # resumed without the options: the architecture comes back from the checkpoint's model_args alone
+    p = run("train.py", *TINY, *SCHEDULE, "--max_iters=12", f"--out_dir={out}", "--init_from=resume")
+    assert "resuming from" in p.stdout and "note:" not in p.stdout
+    assert without_timing(read_metrics(out)) == without_timing(read_metrics(ref))  # every loss, bit for bit
+    a, b = load(ref / "ckpt.pt"), load(out / "ckpt.pt")
+    for k in ("init_from", "out_dir", *E2E[name]):  # what the two commands differed in
+        a["config"].pop(k), b["config"].pop(k)
+    assert_same(a, b)  # weights, optimizer, random state, model_args...
+
+    # the network sample, chat and export build from the checkpoint is the one that trained: its val
+    # loss on the same batches is the one train.py logged
+    path = out / "ckpt.pt"
+    model = loading.build_model(checkpoint.load(path), path, dropout=0.0).eval()
+    assert model.config.options() == E2E[name]
+    batches = Batches(str(char_data), "play_char", 32, 8, 1337, "cpu")
+    with torch.no_grad():
+        val = sum(model(*batches.eval_batch("val", k))[1].item() for k in range(2)) / 2
+    assert val == pytest.approx([r for r in read_metrics(out) if "val_loss" in r][-1]["val_loss"], abs=1e-5)
+
+    # sample.py: greedy through the KV cache, past block_size (6 + 40 > 32), equals full recomputation
+    tok = load_tokenizer(loading.find_meta(checkpoint.load(path), out)[0])
+    p = run("sample.py", f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=40",
+            "--temperature=0", "--device=cpu")
+    assert p.stdout.split("\n---------------")[0] == "ROMEO:" + greedy_text(model, tok, "ROMEO:", 40)
+
+    # chat.py: one reply, the same greedy continuation of the play transcript, cut at the next speaker
+    p = run("chat.py", f"--out_dir={out}", "--prompt=good night", "--temperature=0", "--max_new_tokens=20",
+            "--device=cpu")
+    play = conversation.PLAY
+    reply = greedy_text(model, tok, play.fit(tok.encode, [], "good night", 32 - 16), 20)
+    cut = min([reply.index(s) for s in play.stops() if s in reply], default=len(reply))
+    assert p.stdout == play.bot + reply[:cut] + "\n\n"
+
+    # export.py: Qwen3 computes the same logits and tokens; the capped model is refused, nothing written
+    dest = tmp_path / "hf"
+    p = run("export.py", f"--out_dir={out}", f"--export_dir={dest}", check=False)
+    if name == "everything":
+        assert_clean_error(p, words=["logit_softcap=15.0", "cannot be exported"])
+        assert not dest.exists()
+        # bench.py times the network the same keys build
+        p = run("bench.py", "--dataset=play_char", *TINY, *options, "--steps=1", "--repeats=1", "--warmup=0")
+        result = json.loads(p.stdout.strip().splitlines()[-1])
+        assert result["options"] == model.config.options() and result["params"] == model.get_num_params()
+        # an impossible combination: one sentence from train.py
+        p = run("train.py", *TINY, "--dataset=play_char", "--n_kv_head=3", f"--out_dir={tmp_path / 'bad'}", check=False)
+        assert_clean_error(p, status=2, words=["n_kv_head=3", "n_head=2"])
+        return
+    assert p.returncode == 0 and "as Qwen3ForCausalLM" in p.stdout, p.stderr
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(dest).eval()
+    assert theirs.config.vocab_size == CORPUS_VOCAB
+    idx = torch.randint(0, CORPUS_VOCAB, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(idx, all_logits=True)[0] - theirs(idx).logits).abs().max().item() <= 1e-5
+    prompt = idx[:, :6]
+    ref_tokens = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
+                                 pad_token_id=0)
+    assert torch.equal(generate(model, prompt, 20, temperature=0), ref_tokens)
+
+
+@pytest.mark.slow
+def test_llama_export_runs_in_a_text_generation_pipeline(gpt2_encoding, tmp_path, monkeypatch):
+    """A model in GPT-2's vocabulary with Llama's architecture (biases and grouped-query attention
+    too) exported with its tokenizer: transformers.pipeline writes what our model writes."""
+    transformers = pytest.importorskip("transformers")
+    import checkpoint
+    import loading
+    from conftest import CORPUS, TINY, run
+
+    data = tmp_path / "bpe"
+    data.mkdir()
+    (data / "corpus.txt").write_text(CORPUS.read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    run("data/corpus/prepare.py", f"--input={data / 'corpus.txt'}", "--tokenizer=gpt2", f"--out={data}")
+    out = tmp_path / "run"
+    run("train.py", f"--data_dir={data}", *TINY, "--max_iters=6", "--eval_interval=6", "--eval_iters=1",
+        "--learning_rate=1e-2", "--warmup_iters=0", "--pos_emb=rope", "--norm=rmsnorm", "--mlp=swiglu", "--bias=True",
+        "--n_kv_head=1", f"--out_dir={out}")
+    p = run("export.py", f"--out_dir={out}", f"--export_dir={tmp_path / 'hf'}")
+    assert "as LlamaForCausalLM" in p.stdout
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gen = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    assert type(gen.model).__name__ == "LlamaForCausalLM"
+    text = gen("ROMEO:", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    path = out / "ckpt.pt"
+    ours = loading.build_model(checkpoint.load(path), path).eval()
+    ids = torch.tensor([gpt2_encoding.encode("ROMEO:")])
+    new = generate(ours, ids, 8, temperature=0)[0, ids.size(1):].tolist()
+    if 50256 in new:  # transformers stops at <|endoftext|>
+        new = new[:new.index(50256)]
+    assert text == "ROMEO:" + gpt2_encoding.decode(new)
