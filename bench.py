@@ -31,6 +31,17 @@ KEYS = [
     Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)"),
     Key("bias", False, "biases in Linear and LayerNorm layers"),
     Key("dropout", 0.0, "dropout probability"),
+    # architecture options, as train.py's keys of the same names
+    Key("pos_emb", "learned", "positions: learned or rope", choices=("learned", "rope")),
+    Key("rope_theta", 10000.0, "RoPE's base period"),
+    Key("norm", "layernorm", "layernorm or rmsnorm", choices=("layernorm", "rmsnorm")),
+    Key("norm_eps", 1e-5, "epsilon of every norm"),
+    Key("qk_norm", False, "RMS-normalise each head's queries and keys"),
+    Key("mlp", "gelu", "gelu, relu2 or swiglu", choices=("gelu", "relu2", "swiglu")),
+    Key("mlp_hidden", 0, "MLP hidden width (0: the default for the mlp)"),
+    Key("n_kv_head", 0, "key/value heads (0: n_head)"),
+    Key("tie_embeddings", True, "the output head is the token embedding"),
+    Key("logit_softcap", 0.0, "cap logits at +-this (0: off)"),
     # system
     Key("device", "auto", "auto, cpu, cuda, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
@@ -74,6 +85,12 @@ KEYS = [
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
 
 
+def model_config(**overrides):
+    """The GPTConfig of the model keys above (train.py's names, so a training config builds its network)."""
+    from model import MODEL_ARG_KEYS, GPTConfig
+    return GPTConfig(**{**{k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}, **overrides})
+
+
 # -----------------------------------------------------------------------------
 # training step
 
@@ -91,7 +108,7 @@ def bench_train():
 
     import optim
     import runtime
-    from model import GPT, GPTConfig
+    from model import GPT
     from training import Step
 
     rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, distributed=False)
@@ -117,8 +134,7 @@ def bench_train():
                 return row[:, :-1], row[:, 1:]
         batches = RandomTokens()
 
-    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T,
-                          vocab_size=vocab_size, bias=cfg.bias, dropout=cfg.dropout)).to(device)
+    model = GPT(model_config(vocab_size=vocab_size)).to(device)
     optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            fused=plan.fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                            muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
@@ -179,7 +195,7 @@ def bench_train():
         mode="train", device=device, device_name=torch.cuda.get_device_name(device) if cuda else platform_name(),
         dtype=plan.dtype, compile=rt.compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=vocab_size,
-        batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
+        options=model.config.options(), batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
         data=cfg.dataset or "random", tokens_per_iter=tokens_per_iter,
         ms_per_iter=dt * 1000, ms_min=min(times) * 1000, ms_max=max(times) * 1000,
         tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_flops=peak, peak_flops_source=peak_source,
@@ -191,7 +207,8 @@ def bench_train():
     )
     rows = [
         ("model", f"{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {T}, "
-                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"),
+                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"
+                  + "".join(f", {k}={v}" for k, v in model.config.options().items())),
         ("step", f"batch {B} x accum {accum} = {tokens_per_iter:,} tokens, {cfg.optimizer}, data: {result['data']}"),
         ("ms/iter", f"{dt * 1000:.2f} (median of {cfg.repeats} runs of {cfg.steps} steps; "
                     f"min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f})"),
@@ -230,7 +247,7 @@ def bench_generate():
     import runtime
     from errors import UserError
     from generate import generate
-    from model import GPT, GPTConfig
+    from model import GPT
     from tokenizer import GPT2_VOCAB
 
     rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
@@ -241,21 +258,21 @@ def bench_generate():
         raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
                         f"{cfg.block_size}; the benchmark times decoding without the sliding window, so lower one of them")
     torch.manual_seed(cfg.seed)
-    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                       vocab_size=cfg.vocab_size, bias=cfg.bias, gelu_approximate="tanh")
+    config = model_config(gelu_approximate="tanh")  # GPT-2's GELU, so transformers' GPT-2 computes the same
     model = GPT(config).eval().to(device=device, dtype=ptdtype)
     hf_vocab = min(cfg.vocab_size, GPT2_VOCAB)  # transformers gets GPT-2's real vocabulary, without our padding
     hf = None
     if cfg.hf:
-        from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(hf_io.gpt2_config_for(model, hf_vocab)).eval()
-        missing, unexpected = hf.load_state_dict(hf_io.gpt2_state_dict(model, hf_vocab), strict=False)
-        assert not unexpected and all(k.endswith("attn.bias") for k in missing), (missing, unexpected)
-        hf = hf.to(device=device, dtype=ptdtype)
+        try:
+            hf_io.export_architecture(config)
+        except UserError as e:
+            raise UserError(f"{e}; time this model without transformers with --hf=False") from None
+        hf = hf_io.to_transformers(model, hf_vocab).to(device=device, dtype=ptdtype)
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
-    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, "
-          f"{model.get_num_params() / 1e6:.1f}M parameters, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
+    options = "".join(f", {k}={v}" for k, v in config.options().items())
+    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
+          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
 
     def sync():
         if device.startswith("cuda"):
@@ -314,7 +331,8 @@ def bench_generate():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-                          prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens, results=results, speedups=speedups)))
+                          options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                          results=results, speedups=speedups)))
 
 
 # -----------------------------------------------------------------------------

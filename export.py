@@ -1,10 +1,14 @@
 """
-Export a checkpoint as a Hugging Face GPT-2 folder: config.json, model.safetensors and, for models
-on GPT-2's BPE vocabulary, the tokenizer files, so that
+Export a checkpoint as a Hugging Face folder: config.json, model.safetensors and, for models on
+GPT-2's BPE vocabulary, the tokenizer files, so that
 
-    GPT2LMHeadModel.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
+    AutoModelForCausalLM.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
 
-load it as they load GPT-2 (and `huggingface-cli upload` can publish it).
+load it as they load GPT-2 (and `huggingface-cli upload` can publish it). The architecture is the
+one that computes exactly what the checkpoint computes: GPT2LMHeadModel for GPT-2's network (also
+with relu2, an untied head, another MLP width or epsilon), LlamaForCausalLM for pos_emb=rope +
+norm=rmsnorm + mlp=swiglu (grouped-query attention, untied head and biases included), and
+Qwen3ForCausalLM for that with qk_norm. Other combinations are refused with the option named.
 
     python export.py --out_dir=out-shakespeare                     # writes out-shakespeare/hf
     python export.py --out_dir=out-shakespeare --export_dir=my-gpt --ckpt_name=best.pt
@@ -85,6 +89,7 @@ except ImportError:
 path = os.path.join(cfg.out_dir, cfg.ckpt_name)
 ckpt = checkpoint.load(path)
 model = loading.build_model(ckpt, path, dropout=0.0)
+hf.export_architecture(model.config)  # before any work: refuses, naming the option, what transformers cannot compute
 vocab_size = model.config.vocab_size
 meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
 dataset = (ckpt.get("config") or {}).get("dataset")
@@ -102,14 +107,7 @@ if not char_level and not cfg.skip_tokenizer:
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-from transformers import GPT2LMHeadModel  # noqa: E402
-
-hf_model = GPT2LMHeadModel(hf.gpt2_config_for(model, vocab_size))
-missing, unexpected = hf_model.load_state_dict(hf.gpt2_state_dict(model, vocab_size), strict=False)
-# older transformers keep the causal mask as an 'attn.bias' buffer; it is not a weight
-missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
-assert not missing and not unexpected, (missing, unexpected)
-hf_model.tie_weights()
+hf_model = hf.to_transformers(model, vocab_size)
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it the position table has no row and generation crashes
 hf_model.generation_config.max_length = model.config.block_size
@@ -148,15 +146,15 @@ except BaseException:
 # say what was written and how to use it
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "
-      f"{vocab_size}) to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")
+      f"{vocab_size}) as {type(hf_model).__name__} to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")
 new_tokens = max(1, min(100, model.config.block_size - 16))  # a prompt of a few tokens, and the rest in context
 if char_level:
     print("note: this is a character-level model; no transformers tokenizer exists for its vocabulary: "
           "transformers loads the weights, and meta.pkl (copied into the folder) encodes and decodes", file=sys.stderr)
     start = next((p for p in ("ROMEO:", "The ", "a") if all(c in meta["stoi"] for c in p)), meta["itos"][0])
-    print(f"try: python -c \"import pickle, torch; from transformers import GPT2LMHeadModel; "
-          f"d = '{export_dir}'; m = GPT2LMHeadModel.from_pretrained(d); meta = pickle.load(open(d + '/meta.pkl', 'rb')); "
-          f"ids = torch.tensor([[meta['stoi'][c] for c in {start!r}]]); "
+    print(f"try: python -c \"import pickle, torch; from transformers import AutoModelForCausalLM; "
+          f"d = '{export_dir}'; m = AutoModelForCausalLM.from_pretrained(d); "
+          f"meta = pickle.load(open(d + '/meta.pkl', 'rb')); ids = torch.tensor([[meta['stoi'][c] for c in {start!r}]]); "
           f"out = m.generate(ids, max_new_tokens={new_tokens}, do_sample=False); "
           f"print(''.join(meta['itos'][i] for i in out[0].tolist()))\"")
 elif tokenizer is None:
