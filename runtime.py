@@ -231,9 +231,14 @@ def barrier(dist_info):
 
 
 def shutdown(dist_info):
+    """Leave the process group together: every process waits for the last one (rank 0 drawing the
+    final loss.png) before any tears its connections down. A process that left about a second before
+    the others was seen to abort in the communication library's threads ("terminate called without
+    an active exception", exit -6), which the launcher reports as a failed run."""
     if dist_info.enabled:
         import torch.distributed as tdist
         if tdist.is_initialized():
+            tdist.barrier()
             tdist.destroy_process_group()
 
 

@@ -452,8 +452,7 @@ def _on_signal(signum, frame):
             last = f"{ckpt_path} holds the last save" if os.path.exists(ckpt_path) else "nothing was saved"
             print(f"\nsecond SIGINT: quitting without saving; {last}", file=sys.stderr, flush=True)
             sys.stdout.flush()
-            fileio.remove_own_temps(cfg.out_dir)  # e.g. a loss.png being drawn
-        os._exit(130)
+        errors.exit_now(130)
     stop_signal, stop_time = signum, time.monotonic()
     if master:
         print(f"\n{signal.Signals(signum).name} received: finishing this step (or stopping the evaluation) and "
@@ -492,6 +491,8 @@ metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resume
                   last_eval_iter=last_eval_iter)
 bar = loggers.progress_bar(total=cfg.max_iters, initial=iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes, warn=bar.warn)  # out_dir/loss.png, drawn off the loop
+if writes:  # a failed save or a second Ctrl-C exits at once: leave no half-drawn loss.png temporary
+    errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
 
 
 def expectations():
