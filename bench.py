@@ -21,7 +21,8 @@ errors.install()
 # knobs: the model, optimizer and step keys have train.py's names, so a training config file gives
 # bench.py the step it runs (keys of train.py that do not shape a step, such as out_dir, are skipped)
 KEYS = [
-    Key("mode", "train", "train: the training step; generate: decoding speed", choices=("train", "generate")),
+    Key("mode", "train", "train: the training step; generate: decoding speed; process: sample.py against "
+        "transformers, whole processes (needs init_from)", choices=("train", "generate", "process")),
     # model shape (GPT-2 124M by default)
     Key("n_layer", 12, "transformer blocks"),
     Key("n_head", 12, "attention heads"),
@@ -76,6 +77,10 @@ KEYS = [
     Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
     Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
+
+    # --- process-mode keys ---
+    Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
+    Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
 
@@ -332,5 +337,87 @@ def bench_generate():
 
 # -----------------------------------------------------------------------------
 
+# -----------------------------------------------------------------------------
+# whole processes: what a user waits for, from the command to the last token
+
+# transformers' own way to do what sample.py does: load the folder, tokenize, greedy-decode, print
+TRANSFORMERS_SCRIPT = """
+import sys
+import torch
+from transformers import AutoTokenizer, GPT2LMHeadModel
+folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(folder)
+model = GPT2LMHeadModel.from_pretrained(folder).eval()
+ids = tok(prompt, return_tensors="pt").input_ids
+with torch.no_grad():
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=0, attention_mask=torch.ones_like(ids))
+print(tok.decode(out[0]))
+"""
+
+
+def bench_process():
+    # The two commands take turns in each repeat, so a change in the machine's load hits both alike.
+    # sample.py's time to first token is read off its output as it streams: the first byte after the
+    # prompt, which it echoes first.
+    import json
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    from errors import UserError
+    if not cfg.init_from:
+        raise UserError("mode=process needs --init_from=FOLDER: a Hugging Face GPT-2 folder with its tokenizer "
+                        "files (vocab.json, merges.txt), or a hub name when online", status=2)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ours_cmd = [sys.executable, os.path.join(here, "sample.py"), f"--init_from={cfg.init_from}", f"--start={cfg.prompt}",
+                "--num_samples=1", f"--max_new_tokens={cfg.new_tokens}", "--temperature=0", "--stop_at_eot=False"]
+    theirs_cmd = [sys.executable, "-c", TRANSFORMERS_SCRIPT, cfg.init_from, cfg.prompt, str(cfg.new_tokens)]
+
+    def ours():
+        t0 = time.perf_counter()
+        p = subprocess.Popen(ours_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        out, first = b"", None
+        while chunk := p.stdout.read1(4096):
+            out += chunk
+            if first is None and len(out) > len(cfg.prompt.encode()):
+                first = time.perf_counter() - t0
+        err = p.stderr.read()
+        if p.wait() != 0:
+            raise UserError(f"sample.py failed: {err.decode(errors='replace').strip().splitlines()[-1]}")
+        return time.perf_counter() - t0, first, out.decode().split("\n---------------")[0]
+
+    def theirs():
+        t0 = time.perf_counter()
+        p = subprocess.run(theirs_cmd, capture_output=True, env=env)
+        if p.returncode != 0:
+            raise UserError(f"the transformers script failed: {p.stderr.decode(errors='replace').strip().splitlines()[-1]}")
+        return time.perf_counter() - t0, p.stdout.decode().rstrip("\n")
+
+    runs = {"sample.py": [], "transformers": []}
+    firsts, texts = [], {}
+    for r in range(cfg.repeats):
+        total, first, texts["sample.py"] = ours()
+        runs["sample.py"].append(total)
+        firsts.append(first)
+        total, texts["transformers"] = theirs()
+        runs["transformers"].append(total)
+        print(f"  run {r + 1}: sample.py {runs['sample.py'][-1]:.2f} s (first token {first:.2f} s), "
+              f"transformers {total:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"{cfg.new_tokens} greedy tokens from {cfg.init_from}, whole processes, median of {cfg.repeats} "
+          f"(min-max):")
+    for k, v in runs.items():
+        print(f"  {k:<13} {med[k]:6.2f} s ({min(v):.2f}-{max(v):.2f})")
+    print(f"  sample.py's first token after {statistics.median(firsts):.2f} s ({min(firsts):.2f}-{max(firsts):.2f})")
+    print(f"  speed-up: {med['transformers'] / med['sample.py']:.2f}x; the same text: "
+          f"{'yes' if texts['sample.py'] == texts['transformers'] else 'NO'}")
+    print(json.dumps(dict(mode="process", init_from=cfg.init_from, new_tokens=cfg.new_tokens, runs=runs,
+                          first_token_s=firsts, speedup=med["transformers"] / med["sample.py"],
+                          same_text=texts["sample.py"] == texts["transformers"])))
+
+
 if __name__ == "__main__":
-    bench_train() if cfg.mode == "train" else bench_generate()
+    {"train": bench_train, "generate": bench_generate, "process": bench_process}[cfg.mode]()

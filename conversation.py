@@ -3,7 +3,17 @@ The transcript a chat model reads: speaker prefixes and separators, the turns re
 oldest turns dropped until the transcript fits the context beside a reply.
 """
 
+import re
 from dataclasses import dataclass
+
+# A play's speaker line: a name and a colon alone on a line, "JULIET:" or "First Citizen:", and the
+# garbled ones a small model writes ("Firstick, CORIOLANUS:"): the last word in capitals, or at most
+# three words each capitalised. A verse line that ends in a colon has lower-case words in it.
+SPEAKER_LINE = re.compile(r"^\s*(?:.*\b[A-Z][A-Z']+|[A-Z][\w']*(?: [A-Z][\w']*){0,2})\s*:\s*$")
+
+
+def speaker_line(line):
+    return bool(SPEAKER_LINE.match(line))
 
 
 @dataclass
@@ -12,6 +22,7 @@ class Transcript:
     bot: str        # the model's speaker prefix
     sep: str        # what ends each speech
     preamble: str   # text before the first turn
+    play: bool = False  # a reply also ends at any speaker's line, not only the two prefixes
 
     def render(self, turns, line):
         """The conversation so far plus the new line, ending in the bot's prefix: what the model continues."""
@@ -19,8 +30,13 @@ class Transcript:
         return text + f"{self.user}{line}{self.sep}{self.bot}"
 
     def stops(self):
-        """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks."""
-        return ["\n" + self.user.strip(), "\n" + self.bot.strip()]
+        """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks,
+        and in a play the blank line that ends a speech."""
+        return ["\n" + self.user.strip(), "\n" + self.bot.strip()] + (["\n\n"] if self.play else [])
+
+    def line_stop(self):
+        """In a play, the test for a line that starts another speech (StopText's line_stop)."""
+        return speaker_line if self.play else None
 
     def fit(self, encode, turns, line, budget):
         """Token ids of render(turns, line) in at most `budget` tokens: the oldest turns are dropped
@@ -33,6 +49,6 @@ class Transcript:
         return ids[-budget:]
 
 
-PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="")
+PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="", play=True)
 CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
                   preamble="A conversation between a curious user and a helpful, knowledgeable assistant.\n\n")

@@ -74,7 +74,8 @@ class DecodeThreads:
     is a chain of small ops; when other processes keep the cores busy, every op's parallel region
     waits for a descheduled worker, and one thread measured 2-3x faster than two on a loaded
     2-core machine, while on an idle machine more threads stream the weights faster. So the first
-    steps alternate between all threads and one, and the faster median wins."""
+    steps alternate between all threads and one, and the faster median wins. The very first step is
+    left out: it pays for touching the cache's memory, whichever thread count runs it."""
 
     TRIALS = 3  # steps timed per candidate
 
@@ -84,9 +85,14 @@ class DecodeThreads:
         self.candidates = [self.original, 1] if cpu and self.original > 1 else []
         self.times = {n: [] for n in self.candidates}
         self.chosen = None if self.candidates else self.original
+        self.untimed = 1
 
     @contextmanager
     def step(self):
+        if self.untimed:
+            self.untimed -= 1
+            yield
+            return
         if self.chosen is not None:
             if torch.get_num_threads() != self.chosen:
                 torch.set_num_threads(self.chosen)

@@ -241,7 +241,7 @@ MODEL_ARG_KEYS = tuple(f.name for f in fields(GPTConfig))
 
 class GPT(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, init_weights=True):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
@@ -261,6 +261,8 @@ class GPT(nn.Module):
             # (most models since Llama), the head is a matrix of its own and AdamW's, not Muon's.
             self.transformer.wte.weight = self.lm_head.weight
 
+        if not init_weights:
+            return
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer):
         # each block adds two of them, and the sum's variance should not grow with depth.
@@ -270,11 +272,18 @@ class GPT(nn.Module):
 
     @classmethod
     def with_weights(cls, config, state_dict):
-        """A GPT holding state_dict's tensors (this project's names), built on the meta device so no
-        throw-away random initialisation runs: loading costs the read, not an init of every weight
+        """A GPT holding state_dict's tensors (this project's names), built without the random
+        initialisation that would be thrown away: loading costs the read, not an init of every weight
         (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit."""
-        with torch.device("meta"):
-            model = cls(config)
+        # nn.Linear and nn.Embedding initialise their weights as they are made; here those weights are
+        # replaced at once, so they are made uninitialised (torch.empty), as transformers does. (The meta
+        # device would avoid the allocation too, but its init path imports torch._dynamo: 1-3 s.)
+        saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+        nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda module: None
+        try:
+            model = cls(config, init_weights=False)
+        finally:
+            nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
         own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -284,8 +293,10 @@ class GPT(nn.Module):
             if v.shape != own[k].shape:
                 raise ValueError(f"{k} has shape {tuple(v.shape)} in the weights but {tuple(own[k].shape)} in the "
                                  f"model (a different vocabulary or size?)")
-        # fp32 master weights whatever the file holds (fp16/bf16 files): autocast picks compute dtypes
-        state_dict = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+        # Owned fp32 copies, whatever the file holds (fp16/bf16 files; autocast picks compute dtypes), in
+        # the tensors' own memory order: memory-mapped weights would be read from the file page by page
+        # during the first steps (skewing every timing there), and training must never write into a file.
+        state_dict = {k: torch.empty_like(v, dtype=torch.float32 if v.is_floating_point() else v.dtype).copy_(v)
                       for k, v in state_dict.items()}
         model.load_state_dict(state_dict, assign=True)
         if config.tie_embeddings:
