@@ -2,9 +2,10 @@
 The architecture ablation in the README: the CPU recipe with GPT-2's network, each architecture
 option alone, and combinations, compared at fixed steps and at a fixed training time.
 
-    python ablation.py                        # val loss at the last 3 evaluations of a 600-iteration schedule
-    python ablation.py --mode=time            # ms/iter (bench.py), then val loss of a budget_s run
-    python ablation.py --only=rope --iters=300 --out_root=out-abl-short
+    python ablation.py                               # val loss at the last 3 evaluations of 600 iterations
+    python ablation.py --mode=time                   # ms/iter (bench.py), then val loss of a budget_s run
+    python ablation.py --iters=330 --eval_every=110  # the README's table (with --mode=time --rounds=3)
+    python ablation.py --only=rope --out_root=out-abl-rope  # only the variants with "rope" in their name
 
 Everything but the network is the recipe's (data, seed, batch, optimizer), with the learning-rate
 schedule it had when it used GPT-2's block (tuned for that block); the architecture keys are reset
@@ -12,8 +13,8 @@ to GPT-2's first, so each row changes only what it names. The last row is the re
 (its block and learning rates) on the same schedule.
 
 Losses at fixed steps are deterministic (seeded data and initialisation), so those runs may share
-the CPU: they take one thread each, `jobs` at a time (GPT-2's row at 600 iterations gives the old
-recipe's two-thread 1.8611 exactly). The time mode measures speed and must run alone: every
+the CPU: they take one thread each, `jobs` at a time (the recipe's row at 330 iterations gives a
+two-thread train.py run's 1.8419 exactly). The time mode measures speed and must run alone: every
 variant's step is timed by bench.py in turns, `rounds` times, and the fastest sets how many
 iterations fit in budget_s; that run's val loss is the figure. Each variant trains in its own run
 folder under out_root (an existing run there is refused unless overwrite=True); each row is added
