@@ -101,7 +101,8 @@ def test_time_mode_trains_the_steps_that_fit_in_the_budget(char_data, tmp_path):
     assert saved["max_iters"] == row["iters"] and saved["pos_emb"] == "learned" and saved["mlp"] == "gelu"
     last = [r for r in read_metrics(folder) if "val_loss" in r][-1]
     assert last["iter"] == row["iters"] and round(last["val_loss"], 4) == row["val"]
-    assert f"{row['iters']} in 0.2 s" in p.stdout
+    assert row["train_s"] == round(last["elapsed_s"], 1)
+    assert f"{row['iters']} in 0.2 s | {row['train_s']:.1f} s | {row['val']:.3f} |" in p.stdout
 
 
 @pytest.mark.parametrize("args, words", [
