@@ -109,7 +109,7 @@ if not char_level and not cfg.skip_tokenizer:
 # no half-written folder, and an existing one is replaced only after the new one is complete
 hf_model = hf.to_transformers(model, vocab_size)
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
-# past it the position table has no row and generation crashes
+# past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
 hf_model.generation_config.max_length = model.config.block_size
 
 parent = os.path.dirname(export_dir)

@@ -97,7 +97,7 @@ class CausalSelfAttention(nn.Module):
         if past > 0 and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
         if self.sdpa:
-            # grouped-query attention: query head i reads key/value head i // (nh / nkv)
+            # grouped-query attention (Ainslie et al. 2023): query head i reads key/value head i // (nh / nkv)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and T > 1),
                 **({"enable_gqa": True} if nkv < nh else {}),  # (torch >= 2.5)
