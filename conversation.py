@@ -1,9 +1,15 @@
 """
 The transcript a chat model reads: speaker prefixes and separators, the turns rendered as text, and the
-oldest turns dropped until the transcript fits the context beside a reply.
+oldest turns dropped until the transcript fits the context beside a reply. A fine-tuning template
+(SFT) is such a transcript too: data/chat/prepare.py writes its training conversations with it, and
+chat.py renders the conversation with the very same one (recorded with the data and the run).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+from errors import UserError
+
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -12,15 +18,30 @@ class Transcript:
     bot: str        # the model's speaker prefix
     sep: str        # what ends each speech
     preamble: str   # text before the first turn
+    system: str = ""    # prefix of a system message (templates whose data has them)
+    turn_end: str = ""  # a fine-tuned model writes this when its reply is done ("" for base models)
+
+    def segments(self, messages):
+        """A conversation ([{'role', 'content'}, ...]) as (text, is_reply) pieces: each message is its
+        speaker's prefix, then its content and sep. The assistant's content and sep are the reply
+        pieces, which fine-tuning trains on: sep is how the model learns to end its turn."""
+        prefix = {"system": self.system, "user": self.user, "assistant": self.bot}
+        out = [(self.preamble, False)] if self.preamble else []
+        for m in messages:
+            out.append((prefix[m["role"]], False))
+            out.append((m["content"] + self.sep, m["role"] == "assistant"))
+        return out
 
     def render(self, turns, line):
         """The conversation so far plus the new line, ending in the bot's prefix: what the model continues."""
-        text = self.preamble + "".join(f"{self.user}{u}{self.sep}{self.bot}{r}{self.sep}" for u, r in turns)
-        return text + f"{self.user}{line}{self.sep}{self.bot}"
+        messages = [m for u, r in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": r})]
+        messages.append({"role": "user", "content": line})
+        return "".join(text for text, _ in self.segments(messages)) + self.bot
 
     def stops(self):
-        """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks."""
-        return ["\n" + self.user.strip(), "\n" + self.bot.strip()]
+        """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks,
+        and the end-of-turn marker of a fine-tuned template."""
+        return ["\n" + self.user.strip(), "\n" + self.bot.strip()] + ([self.turn_end] if self.turn_end else [])
 
     def fit(self, encode, turns, line, budget):
         """Token ids of render(turns, line) in at most `budget` tokens: the oldest turns are dropped
@@ -32,7 +53,24 @@ class Transcript:
             ids = encode(self.render(history, line))
         return ids[-budget:]
 
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, source):
+        """The template recorded in a dataset.json or a checkpoint (`source` names it in the error)."""
+        names = cls.__dataclass_fields__
+        if not isinstance(d, dict) or not all(isinstance(d.get(k, ""), str) for k in names) or not d.get("bot"):
+            raise UserError(f"{source} holds a damaged chat template ({str(d)[:80]}); prepare the data again, or "
+                            f"chat with --style=chat")
+        return cls(**{k: d[k] for k in names if k in d})
+
 
 PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="")
 CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
                   preamble="A conversation between a curious user and a helpful, knowledgeable assistant.\n\n")
+# The fine-tuning template: ChatML's markers (OpenAI's chat format, used by many open chat models)
+# written as plain text, since GPT-2's BPE has no special tokens but <|endoftext|>. The explicit end
+# marker lets replies hold newlines and blank lines; the model learns to write it, and chat.py stops there.
+SFT = Transcript(user="<|im_start|>user\n", bot="<|im_start|>assistant\n", sep="<|im_end|>\n", preamble="",
+                 system="<|im_start|>system\n", turn_end="<|im_end|>")

@@ -122,6 +122,30 @@ class DatasetWriter:
         return {s: files[f"{s}.bin"]["bytes"] // self.dtype.itemsize for s in SPLITS}
 
 
+class MaskedEncoder:
+    """Text pieces, some of which count in the loss, as token ids and a mask (1 for a counted token).
+    The pieces are encoded as one text, so the tokens are those of the whole text (what chat.py
+    encodes); a token counts when its first byte lies in a counted piece (a token may straddle two
+    pieces: GPT-2's BPE joins '.<' across a reply's end and its end marker)."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.token_bytes = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+
+    def encode_batch(self, documents, num_threads=8):
+        """[(ids, mask)] of documents, each a list of (text, counted) pieces."""
+        texts = ["".join(t for t, _ in pieces) for pieces in documents]
+        out = []
+        for pieces, ids in zip(documents, self.enc.encode_ordinary_batch(texts, num_threads=num_threads)):
+            ids = np.asarray(ids, dtype=np.int64)
+            starts = np.cumsum(self.token_bytes[ids]) - self.token_bytes[ids]  # first byte of each token
+            ends = np.cumsum([len(t.encode("utf-8")) for t, _ in pieces])  # end byte of each piece
+            piece = np.searchsorted(ends, starts, side="right")  # the piece each token starts in
+            counted = np.array([c for _, c in pieces], dtype=np.uint8)
+            out.append((ids, counted[piece]))
+        return out
+
+
 def report_split(folder, counts, vocab_size):
     print(f"{folder}: train.bin {counts['train']:,} tokens, val.bin {counts['val']:,} tokens, vocab {vocab_size:,} "
           f"({np.dtype(token_dtype(vocab_size)).name})")
