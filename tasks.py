@@ -87,7 +87,8 @@ class Arithmetic:
         if block_size < self.seq_len:
             raise UserError(f"block_size={block_size} is too short for {digits}-digit {task} problems, which take "
                             f"{self.seq_len} positions; set block_size >= {self.seq_len}", status=USAGE)
-        self._held_out_list = None
+        self._held = None  # (a, b): the held-out problems found so far, in the evaluation's order
+        self._held_rng = np.random.default_rng([seed, 2])
         self._eval_cache = {}
 
     # -------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class Arithmetic:
         candidates from the other set are rejected."""
         a_kept, b_kept, have = [], [], 0
         while have < n:
-            size = 2 * n if held_out is False else 40 * n  # expected acceptance 95% / 5%
+            size = 40 * n if held_out else 2 * n  # candidates kept: about 5% / 95%
             a = rng.integers(0, self.space, size=size)
             b = rng.integers(0, self.space, size=size)
             keep = self.held_out(a, b) == held_out
@@ -115,33 +116,34 @@ class Arithmetic:
             have += int(keep.sum())
         return np.concatenate(a_kept)[:n], np.concatenate(b_kept)[:n]
 
-    def _held_out_problems(self, count):
+    def held_out_problems(self, count):
         """The first `count` problems of the evaluation's fixed, seeded order of distinct held-out
         problems (repeating from the start when there are fewer)."""
-        if self.space ** 2 <= ENUMERATE_LIMIT:
-            if self._held_out_list is None:
+        if self.space ** 2 <= ENUMERATE_LIMIT:  # list them all, in a seeded order
+            if self._held is None:
                 a = np.repeat(np.arange(self.space), self.space)
                 b = np.tile(np.arange(self.space), self.space)
                 keep = self.held_out(a, b)
                 if not keep.any():
                     raise UserError(f"{self.digits}-digit {self.task} leaves no held-out problems to evaluate on; "
                                     f"use more digits")
-                order = np.random.default_rng([self.seed, 2]).permutation(int(keep.sum()))
-                self._held_out_list = (a[keep][order], b[keep][order])
-            a, b = self._held_out_list
+                order = self._held_rng.permutation(int(keep.sum()))
+                self._held = (a[keep][order], b[keep][order])
+            a, b = self._held
             reps = -(-count // len(a))
             return np.tile(a, reps)[:count], np.tile(b, reps)[:count]
-        # too many problems to list: draw held-out ones, keeping the first occurrence of each
-        if self._held_out_list is None:
-            self._held_out_list = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.random.default_rng([self.seed, 2]))
-        a, b, rng = self._held_out_list
+        # too many to list: draw candidates, in blocks of a fixed size so that the order does not depend on
+        # how many are asked for (processes ask for different batches first), keeping the first
+        # occurrence of each held-out problem
+        a, b = self._held or (np.zeros(0, np.int64), np.zeros(0, np.int64))
         while len(a) < count:
-            na, nb = self._draw(rng, count - len(a), held_out=True)
-            a, b = np.concatenate([a, na]), np.concatenate([b, nb])
+            more_a = self._held_rng.integers(0, self.space, size=1 << 16)
+            more_b = self._held_rng.integers(0, self.space, size=1 << 16)
+            keep = self.held_out(more_a, more_b)
+            a, b = np.concatenate([a, more_a[keep]]), np.concatenate([b, more_b[keep]])
             _, first = np.unique(a * self.space + b, return_index=True)
-            first.sort()
-            a, b = a[first], b[first]
-        self._held_out_list = (a, b, rng)
+            a, b = a[np.sort(first)], b[np.sort(first)]
+        self._held = (a, b)
         return a[:count], b[:count]
 
     # -------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class Arithmetic:
             if split == "train":
                 a, b = self._draw(np.random.default_rng([self.seed, 1, k]), self.batch_size, False)
             else:
-                a, b = self._held_out_problems((k + 1) * self.batch_size)
+                a, b = self.held_out_problems((k + 1) * self.batch_size)
                 a, b = a[k * self.batch_size:], b[k * self.batch_size:]
             self._eval_cache[key] = self._tensors(a, b)
         return self._eval_cache[key]

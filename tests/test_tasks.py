@@ -95,6 +95,17 @@ def test_the_readme_example_and_batches_are_a_function_of_seed_iteration_and_mic
     assert t.target_counts(9, 4) == [int((t.train_batch(9, m)[1] >= 0).sum()) for m in range(4)]
 
 
+@pytest.mark.parametrize("digits", [2, 5])  # held-out problems listed in full, and drawn
+def test_held_out_batches_do_not_depend_on_the_order_they_are_asked_for(digits):
+    # under torchrun each process builds only its own evaluation batches, the second one first on rank 1
+    first = tasks.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
+    later = tasks.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
+    later.eval_batch("val", 0)
+    assert torch.equal(first.eval_batch("val", 3)[0], later.eval_batch("val", 3)[0])
+    problems = [problems_of(first.eval_batch("val", k)[0], "+") for k in range(4)]
+    assert len(set().union(*problems)) == 4 * 64  # distinct across batches
+
+
 def test_bad_settings_are_one_sentence():
     with pytest.raises(UserError, match="digits=0"):
         tasks.Arithmetic("addition", 0, True, 16, 8, 1, "cpu")
