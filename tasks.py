@@ -32,9 +32,9 @@ MAX_DIGITS = 9
 # the share of problems held out: 5% of the 10**6 3-digit additions is ~50,000, ample for an evaluation
 # of 10,000 distinct problems; with 1 digit it still leaves a few
 HELD_OUT_PERCENT = 5
-# below this many possible problems the held-out set is listed in full (a few MB of keys); above it,
-# distinct held-out problems are found by drawing
-ENUMERATE_LIMIT = 1 << 22
+# up to this many possible problems (3 digits: 10**6, ~30 MB of arrays for a moment) the held-out set
+# is listed in full; above it, distinct held-out problems are found by drawing
+ENUMERATE_LIMIT = 10 ** 6
 
 _LUT = np.zeros(256, dtype=np.int64)  # ASCII code -> token id
 for _c, _i in STOI.items():

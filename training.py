@@ -47,8 +47,8 @@ class Step:
         return self.batches.train_batch(it, self.dist.rank * self.accum_local + micro)
 
     def _weights(self, it):
-        """Each of this process's micro-batches' count of targets over the step's mean count per
-        micro-batch (1.0 when all count alike), or None when the data masks nothing."""
+        """The weight of each of this process's micro-batches: its count of targets over the step's
+        mean count per micro-batch (1.0 when all count alike); None when the data masks nothing."""
         if self.batches.counted is None:
             return None
         counts = self.batches.target_counts(it, self.accum_local * self.dist.world_size)

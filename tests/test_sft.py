@@ -94,6 +94,17 @@ def test_fine_tuned_run_chats_in_its_template_and_stops_where_the_reply_ends(cha
 
 
 @pytest.mark.slow
+def test_a_hugging_face_dataset_gives_the_same_data(chat_data, tmp_path):
+    """The datasets path (here its json builder on the same file, offline) writes what the JSONL path does."""
+    pytest.importorskip("datasets")
+    out = tmp_path / "hf"
+    run("data/chat/prepare.py", "--dataset=json", f"--data_files={chat_data.parent / 'convs.jsonl'}", f"--out={out}",
+        env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    for name in ("train.bin", "val.bin", "train_mask.bin", "val_mask.bin", "dataset.json"):
+        assert (out / name).read_bytes() == (chat_data / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_bad_conversations_are_one_sentence(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
@@ -104,3 +115,14 @@ def test_bad_conversations_are_one_sentence(tmp_path):
     assert_clean_error(p, status=2, words=["--input=", "--dataset="])
     p = run("data/chat/prepare.py", tmp_path / "missing.jsonl", check=False)
     assert_clean_error(p, words=["missing.jsonl"])
+
+
+@pytest.mark.slow
+def test_a_run_on_data_without_a_template_chats_as_before(char_data, tmp_path):
+    run("train.py", "--dataset=play_char", *TINY, "--max_iters=3", "--eval_interval=3", "--eval_iters=1",
+        f"--out_dir={tmp_path}")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["chat_template"] is None
+    c = run("chat.py", f"--out_dir={tmp_path}", "--prompt=Good night", "--max_new_tokens=5", "--device=cpu")
+    assert c.stdout.startswith("JULIET:\n") and "play style" in c.stderr  # the transcript of a play, as before
+    c = run("chat.py", f"--out_dir={tmp_path}", "--style=template", check=False)
+    assert_clean_error(c, status=2, words=["no chat template", "--style=auto"])
