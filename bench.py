@@ -21,7 +21,8 @@ errors.install()
 # knobs: the model, optimizer and step keys have train.py's names, so a training config file gives
 # bench.py the step it runs (keys of train.py that do not shape a step, such as out_dir, are skipped)
 KEYS = [
-    Key("mode", "train", "train: the training step; generate: decoding speed", choices=("train", "generate")),
+    Key("mode", "train", "train: the training step; generate: decoding speed; process: sample.py against "
+        "transformers, whole processes (needs init_from)", choices=("train", "generate", "process")),
     # model shape (GPT-2 124M by default)
     Key("n_layer", 12, "transformer blocks"),
     Key("n_head", 12, "attention heads"),
@@ -30,6 +31,17 @@ KEYS = [
     Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)"),
     Key("bias", False, "biases in Linear and LayerNorm layers"),
     Key("dropout", 0.0, "dropout probability"),
+    # architecture options, as train.py's keys of the same names
+    Key("pos_emb", "learned", "positions: learned or rope", choices=("learned", "rope")),
+    Key("rope_theta", 10000.0, "RoPE's base period"),
+    Key("norm", "layernorm", "layernorm or rmsnorm", choices=("layernorm", "rmsnorm")),
+    Key("norm_eps", 1e-5, "epsilon of every norm"),
+    Key("qk_norm", False, "RMS-normalise each head's queries and keys"),
+    Key("mlp", "gelu", "gelu, relu2 or swiglu", choices=("gelu", "relu2", "swiglu")),
+    Key("mlp_hidden", 0, "MLP hidden width (0: the default for the mlp)"),
+    Key("n_kv_head", 0, "key/value heads (0: n_head)"),
+    Key("tie_embeddings", True, "the output head is the token embedding"),
+    Key("logit_softcap", 0.0, "cap logits at +-this (0: off)"),
     # system
     Key("device", "auto", "auto, cpu, cuda, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
@@ -65,8 +77,18 @@ KEYS = [
     Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
     Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
+
+    # --- process-mode keys ---
+    Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
+    Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
+
+
+def model_config(**overrides):
+    """The GPTConfig of the model keys above (train.py's names, so a training config builds its network)."""
+    from model import MODEL_ARG_KEYS, GPTConfig
+    return GPTConfig(**{**{k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}, **overrides})
 
 
 # -----------------------------------------------------------------------------
@@ -86,7 +108,7 @@ def bench_train():
 
     import optim
     import runtime
-    from model import GPT, GPTConfig
+    from model import GPT
     from training import Step
 
     rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, distributed=False)
@@ -113,8 +135,7 @@ def bench_train():
                 return row[:, :-1], row[:, 1:]
         batches = RandomTokens()
 
-    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T,
-                          vocab_size=vocab_size, bias=cfg.bias, dropout=cfg.dropout)).to(device)
+    model = GPT(model_config(vocab_size=vocab_size)).to(device)
     optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            fused=plan.fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                            muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
@@ -175,7 +196,7 @@ def bench_train():
         mode="train", device=device, device_name=torch.cuda.get_device_name(device) if cuda else platform_name(),
         dtype=plan.dtype, compile=rt.compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=vocab_size,
-        batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
+        options=model.config.options(), batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
         data=cfg.dataset or "random", tokens_per_iter=tokens_per_iter,
         ms_per_iter=dt * 1000, ms_min=min(times) * 1000, ms_max=max(times) * 1000,
         tokens_per_s=tokens_per_iter / dt, mfu=mfu, peak_flops=peak, peak_flops_source=peak_source,
@@ -187,7 +208,8 @@ def bench_train():
     )
     rows = [
         ("model", f"{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {T}, "
-                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"),
+                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"
+                  + "".join(f", {k}={v}" for k, v in model.config.options().items())),
         ("step", f"batch {B} x accum {accum} = {tokens_per_iter:,} tokens, {cfg.optimizer}, data: {result['data']}"),
         ("ms/iter", f"{dt * 1000:.2f} (median of {cfg.repeats} runs of {cfg.steps} steps; "
                     f"min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f})"),
@@ -226,7 +248,7 @@ def bench_generate():
     import runtime
     from errors import UserError
     from generate import generate
-    from model import GPT, GPTConfig
+    from model import GPT
     from tokenizer import GPT2_VOCAB
 
     rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
@@ -237,21 +259,21 @@ def bench_generate():
         raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
                         f"{cfg.block_size}; the benchmark times decoding without the sliding window, so lower one of them")
     torch.manual_seed(cfg.seed)
-    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                       vocab_size=cfg.vocab_size, bias=cfg.bias, gelu_approximate="tanh")
+    config = model_config(gelu_approximate="tanh")  # GPT-2's GELU, so transformers' GPT-2 computes the same
     model = GPT(config).eval().to(device=device, dtype=ptdtype)
     hf_vocab = min(cfg.vocab_size, GPT2_VOCAB)  # transformers gets GPT-2's real vocabulary, without our padding
     hf = None
     if cfg.hf:
-        from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(hf_io.gpt2_config_for(model, hf_vocab)).eval()
-        missing, unexpected = hf.load_state_dict(hf_io.gpt2_state_dict(model, hf_vocab), strict=False)
-        assert not unexpected and all(k.endswith("attn.bias") for k in missing), (missing, unexpected)
-        hf = hf.to(device=device, dtype=ptdtype)
+        try:
+            hf_io.export_architecture(config)
+        except UserError as e:
+            raise UserError(f"{e}; time this model without transformers with --hf=False") from None
+        hf = hf_io.to_transformers(model, hf_vocab).to(device=device, dtype=ptdtype)
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
-    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, "
-          f"{model.get_num_params() / 1e6:.1f}M parameters, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
+    options = "".join(f", {k}={v}" for k, v in config.options().items())
+    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
+          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
 
     def sync():
         if device.startswith("cuda"):
@@ -310,10 +332,93 @@ def bench_generate():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-                          prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens, results=results, speedups=speedups)))
+                          options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                          results=results, speedups=speedups)))
 
 
 # -----------------------------------------------------------------------------
 
+# -----------------------------------------------------------------------------
+# whole processes: what a user waits for, from the command to the last token
+
+# transformers' own way to do what sample.py does: load the folder, tokenize, greedy-decode, print
+TRANSFORMERS_SCRIPT = """
+import sys
+import torch
+from transformers import AutoTokenizer, GPT2LMHeadModel
+folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(folder)
+model = GPT2LMHeadModel.from_pretrained(folder).eval()
+ids = tok(prompt, return_tensors="pt").input_ids
+with torch.no_grad():
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=0, attention_mask=torch.ones_like(ids))
+print(tok.decode(out[0]))
+"""
+
+
+def bench_process():
+    # The two commands take turns in each repeat, so a change in the machine's load hits both alike.
+    # sample.py's time to first token is read off its output as it streams: the first byte after the
+    # prompt, which it echoes first.
+    import json
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    from errors import UserError
+    if not cfg.init_from:
+        raise UserError("mode=process needs --init_from=FOLDER: a Hugging Face GPT-2 folder with its tokenizer "
+                        "files (vocab.json, merges.txt), or a hub name when online", status=2)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ours_cmd = [sys.executable, os.path.join(here, "sample.py"), f"--init_from={cfg.init_from}", f"--start={cfg.prompt}",
+                "--num_samples=1", f"--max_new_tokens={cfg.new_tokens}", "--temperature=0", "--stop_at_eot=False"]
+    theirs_cmd = [sys.executable, "-c", TRANSFORMERS_SCRIPT, cfg.init_from, cfg.prompt, str(cfg.new_tokens)]
+
+    def ours():
+        t0 = time.perf_counter()
+        p = subprocess.Popen(ours_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        out, first = b"", None
+        while chunk := p.stdout.read1(4096):
+            out += chunk
+            if first is None and len(out) > len(cfg.prompt.encode()):
+                first = time.perf_counter() - t0
+        err = p.stderr.read()
+        if p.wait() != 0:
+            raise UserError(f"sample.py failed: {err.decode(errors='replace').strip().splitlines()[-1]}")
+        return time.perf_counter() - t0, first, out.decode().split("\n---------------")[0]
+
+    def theirs():
+        t0 = time.perf_counter()
+        p = subprocess.run(theirs_cmd, capture_output=True, env=env)
+        if p.returncode != 0:
+            raise UserError(f"the transformers script failed: {p.stderr.decode(errors='replace').strip().splitlines()[-1]}")
+        return time.perf_counter() - t0, p.stdout.decode().rstrip("\n")
+
+    runs = {"sample.py": [], "transformers": []}
+    firsts, texts = [], {}
+    for r in range(cfg.repeats):
+        total, first, texts["sample.py"] = ours()
+        runs["sample.py"].append(total)
+        firsts.append(first)
+        total, texts["transformers"] = theirs()
+        runs["transformers"].append(total)
+        print(f"  run {r + 1}: sample.py {runs['sample.py'][-1]:.2f} s (first token {first:.2f} s), "
+              f"transformers {total:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"{cfg.new_tokens} greedy tokens from {cfg.init_from}, whole processes, median of {cfg.repeats} "
+          f"(min-max):")
+    for k, v in runs.items():
+        print(f"  {k:<13} {med[k]:6.2f} s ({min(v):.2f}-{max(v):.2f})")
+    print(f"  sample.py's first token after {statistics.median(firsts):.2f} s ({min(firsts):.2f}-{max(firsts):.2f})")
+    print(f"  speed-up: {med['transformers'] / med['sample.py']:.2f}x; the same text: "
+          f"{'yes' if texts['sample.py'] == texts['transformers'] else 'NO'}")
+    print(json.dumps(dict(mode="process", init_from=cfg.init_from, new_tokens=cfg.new_tokens, runs=runs,
+                          first_token_s=firsts, speedup=med["transformers"] / med["sample.py"],
+                          same_text=texts["sample.py"] == texts["transformers"])))
+
+
 if __name__ == "__main__":
-    bench_train() if cfg.mode == "train" else bench_generate()
+    {"train": bench_train, "generate": bench_generate, "process": bench_process}[cfg.mode]()

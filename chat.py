@@ -36,10 +36,11 @@ KEYS = [
     Key("preamble", None, "text before the first turn (default: a line setting the scene for a chat)", type=str),
     Key("stop", (), "more strings that end a reply, besides the speaker prefixes", type=tuple),
     Key("prompt", None, "one-shot: answer this line, print the reply and exit", type=str),
-    Key("max_new_tokens", 200, "longest reply, in tokens"),
-    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy"),
-    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int),
-    Key("top_p", 0.95, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)"),
+    Key("max_new_tokens", 200, "longest reply, in tokens", min=1),
+    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy", min=0.0),
+    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int, min=1),
+    Key("top_p", 0.95, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)",
+        above=0.0, max=1.0),
     Key("seed", 1337, "random seed; the same seed and input give the same conversation"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
@@ -63,12 +64,6 @@ HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of 
 
 # -----------------------------------------------------------------------------
 # setup
-if not 0.0 < cfg.top_p <= 1.0:
-    raise UserError(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=USAGE)
-if cfg.temperature < 0:
-    raise UserError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=USAGE)
-if cfg.max_new_tokens < 1:
-    raise UserError(f"max_new_tokens={cfg.max_new_tokens} must be at least 1", status=USAGE)
 init_from = cfg.init_from
 if init_from == "auto":
     if not os.path.exists(os.path.join(cfg.out_dir, cfg.ckpt_name)):
@@ -120,7 +115,7 @@ turns = []  # (user line, reply) of the conversation so far
 def reply(line):
     ids = transcript.fit(tok.encode, turns, line, block_size - reserve)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
-    decoder, text = StreamDecoder(tok), StopText(stops)
+    decoder, text = StreamDecoder(tok), StopText(stops, line_stop=transcript.line_stop())
     sys.stdout.write(bot)
     with torch.no_grad(), plan.autocast_context():
         for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,

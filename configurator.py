@@ -36,6 +36,10 @@ class Key:
     help: str
     type: type = None  # needed only when the default is None; otherwise taken from the default
     choices: tuple = None
+    min: Any = None    # the smallest value allowed
+    above: Any = None  # values must be greater than this
+    max: Any = None    # the largest value allowed
+    below: Any = None  # values must be less than this
 
     def __post_init__(self):
         if self.type is None:
@@ -65,7 +69,26 @@ class Key:
             raise ConfigError(
                 f"{source}: {self.name} must be one of {', '.join(map(str, self.choices))}, not {value!r}"
             )
+        if value is not None and not self.in_range(value):
+            raise ConfigError(f"{source}: {self.name} must be {self.range_text()}, not {value!r}; "
+                              f"for example --{self.name}={self.default}")
         return value
+
+    def in_range(self, value):
+        return ((self.min is None or value >= self.min) and (self.above is None or value > self.above)
+                and (self.max is None or value <= self.max) and (self.below is None or value < self.below))
+
+    def range_text(self):
+        parts = []
+        if self.min is not None:
+            parts.append(f"at least {self.min}")
+        if self.above is not None:
+            parts.append(f"greater than {self.above}")
+        if self.max is not None:
+            parts.append(f"at most {self.max}")
+        if self.below is not None:
+            parts.append(f"less than {self.below}")
+        return " and ".join(parts)
 
 
 def _type_name(t):
@@ -198,6 +221,34 @@ class Config(types.SimpleNamespace):
 
     def is_set(self, name):
         return name in self._explicit
+
+
+def rebase(cfg, keys, saved, keep=()):
+    """cfg resolved again with a run's saved config (a dict) as the base instead of the defaults: what
+    was set now (config files, --key=value) still wins, and the keys in `keep` (settings of the
+    machine rather than of the run, such as device) are never taken from the saved run. Saved names
+    this script does not know, and saved values it does not accept, are skipped. Returns the new
+    Config and {name: (saved value, value now)} for the settings given now that differ from the run."""
+    by_name = {k.name: k for k in keys}
+    values = {k.name: getattr(cfg, k.name) for k in keys}
+    for name, value in saved.items():
+        if name in by_name and name not in keep and name not in cfg._explicit:
+            try:
+                values[name] = by_name[name].check(value, "the saved config")
+            except ConfigError:
+                pass  # written by another version of this tool: the default stands
+    changed = {}
+    for name in sorted(cfg._explicit):
+        if name in saved and name not in keep:
+            try:
+                before = by_name[name].check(saved[name], "the saved config")
+            except ConfigError:
+                continue
+            if before != values[name]:
+                changed[name] = (before, values[name])
+    new = Config(**values)
+    new._explicit = cfg._explicit  # is_set() still means "given now"
+    return new, changed
 
 
 def to_dict(cfg):

@@ -5,11 +5,21 @@ oldest turns dropped until the transcript fits the context beside a reply. A fin
 chat.py renders the conversation with the very same one (recorded with the data and the run).
 """
 
+import re
 from dataclasses import asdict, dataclass
 
 from errors import UserError
 
 ROLES = ("system", "user", "assistant")
+
+# A play's speaker line: a name and a colon alone on a line, "JULIET:" or "First Citizen:", and the
+# garbled ones a small model writes ("Firstick, CORIOLANUS:"): the last word in capitals, or at most
+# three words each capitalised. A verse line that ends in a colon has lower-case words in it.
+SPEAKER_LINE = re.compile(r"^\s*(?:.*\b[A-Z][A-Z']+|[A-Z][\w']*(?: [A-Z][\w']*){0,2})\s*:\s*$")
+
+
+def speaker_line(line):
+    return bool(SPEAKER_LINE.match(line))
 
 
 @dataclass
@@ -20,6 +30,7 @@ class Transcript:
     preamble: str   # text before the first turn
     system: str = ""    # prefix of a system message (templates whose data has them)
     turn_end: str = ""  # a fine-tuned model writes this when its reply is done ("" for base models)
+    play: bool = False  # a reply also ends at any speaker's line, not only the two prefixes
 
     def segments(self, messages):
         """A conversation ([{'role', 'content'}, ...]) as (text, is_reply) pieces: each message is its
@@ -40,8 +51,13 @@ class Transcript:
 
     def stops(self):
         """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks,
-        and the end-of-turn marker of a fine-tuned template."""
-        return ["\n" + self.user.strip(), "\n" + self.bot.strip()] + ([self.turn_end] if self.turn_end else [])
+        the end-of-turn marker of a fine-tuned template, and in a play the blank line that ends a speech."""
+        return (["\n" + self.user.strip(), "\n" + self.bot.strip()] + ([self.turn_end] if self.turn_end else [])
+                + (["\n\n"] if self.play else []))
+
+    def line_stop(self):
+        """In a play, the test for a line that starts another speech (StopText's line_stop)."""
+        return speaker_line if self.play else None
 
     def fit(self, encode, turns, line, budget):
         """Token ids of render(turns, line) in at most `budget` tokens: the oldest turns are dropped
@@ -59,14 +75,15 @@ class Transcript:
     @classmethod
     def from_dict(cls, d, source):
         """The template recorded in a dataset.json or a checkpoint (`source` names it in the error)."""
-        names = cls.__dataclass_fields__
-        if not isinstance(d, dict) or not all(isinstance(d.get(k, ""), str) for k in names) or not d.get("bot"):
+        fields = cls.__dataclass_fields__
+        if (not isinstance(d, dict) or not all(isinstance(d.get(k, f.default), f.type) for k, f in fields.items())
+                or not d.get("bot")):
             raise UserError(f"{source} holds a damaged chat template ({str(d)[:80]}); prepare the data again, or "
                             f"chat with --style=chat")
-        return cls(**{k: d[k] for k in names if k in d})
+        return cls(**{k: d[k] for k in fields if k in d})
 
 
-PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="")
+PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="", play=True)
 CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
                   preamble="A conversation between a curious user and a helpful, knowledgeable assistant.\n\n")
 # The fine-tuning template: ChatML's markers (OpenAI's chat format, used by many open chat models)

@@ -47,12 +47,16 @@ def token_dtype(vocab_size):
 # -----------------------------------------------------------------------------
 # meta.pkl: read with an unpickler that builds nothing but plain values
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _PlainUnpickler(pickle.Unpickler):
     """meta.pkl holds dicts, lists, strings and numbers, which pickle stores without naming any class.
     A file that names one (a class, a function such as os.system) is refused before anything runs."""
 
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        raise _Refused(f"it refers to {module}.{name}")
 
 
 def check_meta(meta, path):
@@ -81,10 +85,11 @@ def read_meta(folder):
     try:
         with open(path, "rb") as f:
             meta = _PlainUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise UserError(f"{path} was not loaded: {fileio.reason(e)}, and a vocabulary file holds only plain "
                         f"values, so loading it could run code; delete it and prepare the dataset again") from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OSError) as e:
         raise UserError(f"{path} is truncated or not a pickle ({fileio.reason(e)}); prepare the dataset "
                         f"again") from None
     return check_meta(meta, path)

@@ -32,20 +32,40 @@ def report(e, stream=None):
         print(f"error: {e}", file=stream or sys.stderr, flush=True)
 
 
+_before_exit = []
+
+
+def before_exit(fn):
+    """Have fn run just before an immediate exit (an uncaught UserError, Ctrl-C): that exit skips
+    finally blocks and atexit, so a script whose background thread writes files registers here what
+    must not be left behind (its unfinished temporaries)."""
+    _before_exit.append(fn)
+
+
+def exit_now(status):
+    """Leave at once with status, after the before_exit functions (a failing one is skipped)."""
+    for fn in _before_exit:
+        try:
+            fn()
+        except Exception:
+            pass
+    os._exit(status)
+
+
 def _hook(kind, value, tb):
     if issubclass(kind, UserError):
         # the real stderr: torch.distributed wraps the excepthook and buffers what it prints, to
         # prefix each line with the rank, and an os._exit below would lose that buffer
         report(value, sys.__stderr__)
         sys.stdout.flush()
-        # os._exit because an excepthook cannot choose the exit status; stdio is flushed above and
-        # nothing else a script registers needs to run after a refused start or a failed save
-        os._exit(value.status)
+        # os._exit (in exit_now) because an excepthook cannot choose the exit status; stdio is flushed
+        # above, and what must run after a refused start or a failed save is in before_exit
+        exit_now(value.status)
     if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
         os._exit(0)
     if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
         print("\ninterrupted", file=sys.__stderr__, flush=True)
-        os._exit(130)
+        exit_now(130)
     sys.__excepthook__(kind, value, tb)
 
 

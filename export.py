@@ -1,10 +1,14 @@
 """
-Export a checkpoint as a Hugging Face GPT-2 folder: config.json, model.safetensors and, for models
-on GPT-2's BPE vocabulary, the tokenizer files, so that
+Export a checkpoint as a Hugging Face folder: config.json, model.safetensors and, for models on
+GPT-2's BPE vocabulary, the tokenizer files, so that
 
-    GPT2LMHeadModel.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
+    AutoModelForCausalLM.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
 
-load it as they load GPT-2 (and `huggingface-cli upload` can publish it).
+load it as they load GPT-2 (and `huggingface-cli upload` can publish it). The architecture is the
+one that computes exactly what the checkpoint computes: GPT2LMHeadModel for GPT-2's network (also
+with relu2, an untied head, another MLP width or epsilon), LlamaForCausalLM for pos_emb=rope +
+norm=rmsnorm + mlp=swiglu (grouped-query attention, untied head and biases included), and
+Qwen3ForCausalLM for that with qk_norm. Other combinations are refused with the option named.
 
     python export.py --out_dir=out-shakespeare                     # writes out-shakespeare/hf
     python export.py --out_dir=out-shakespeare --export_dir=my-gpt --ckpt_name=best.pt
@@ -32,23 +36,51 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
+import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
 import checkpoint  # noqa: E402
+import fileio  # noqa: E402
 import hf  # noqa: E402
 import loading  # noqa: E402
 from errors import UserError  # noqa: E402
 from tokenizer import GPT2_VOCAB  # noqa: E402
 
+MARKER = "export.json"  # written into every export: what it was made from, and that --overwrite may replace it
+
 # -----------------------------------------------------------------------------
-# what to export
+# where to write: a new folder, or with --overwrite an earlier export and nothing else
 export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "hf"))
-if os.path.isdir(export_dir) and os.listdir(export_dir) and not cfg.overwrite:
-    raise UserError(f"{export_dir} already exists and is not empty; choose another --export_dir or add --overwrite")
-if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-    raise UserError(f"{export_dir} is a file, not a folder; choose another --export_dir")
+run_dir = os.path.abspath(cfg.out_dir)
+
+
+def within(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+probe = export_dir
+while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+if not os.path.isdir(probe):
+    raise UserError(f"export_dir={cfg.export_dir or export_dir} cannot be a folder: {probe} is a file; choose "
+                    f"another --export_dir")
+if within(run_dir, export_dir) or within(os.getcwd(), export_dir):
+    what = "the run folder" if export_dir == run_dir else "the working directory" if export_dir == os.getcwd() \
+        else "a folder that contains the run or the working directory"
+    raise UserError(f"export_dir={export_dir} is {what}; exporting there would replace it: choose a new folder, "
+                    f"e.g. --export_dir={os.path.join(cfg.out_dir, 'hf')}")
+if os.path.isdir(export_dir) and os.listdir(export_dir):
+    if not cfg.overwrite:
+        raise UserError(f"{export_dir} already exists and is not empty; choose another --export_dir or add "
+                        f"--overwrite (which replaces an earlier export, and only that)")
+    entries = os.listdir(export_dir)
+    earlier_export = (MARKER in entries and all(os.path.isfile(os.path.join(export_dir, e)) for e in entries)
+                      and not any(e.endswith(".pt") or e == "metrics.jsonl" for e in entries))
+    if not earlier_export:
+        raise UserError(f"{export_dir} is not a folder export.py wrote (no {MARKER}, or it holds other things such as "
+                        f"checkpoints or folders), so --overwrite will not replace it; choose another --export_dir")
 try:
     import transformers  # noqa: F401
 except ImportError:
@@ -57,17 +89,16 @@ except ImportError:
 path = os.path.join(cfg.out_dir, cfg.ckpt_name)
 ckpt = checkpoint.load(path)
 model = loading.build_model(ckpt, path, dropout=0.0)
+hf.export_architecture(model.config)  # before any work: refuses, naming the option, what transformers cannot compute
 vocab_size = model.config.vocab_size
 meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
 dataset = (ckpt.get("config") or {}).get("dataset")
+loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{dataset}")  # as sample.py checks it
 char_level = bool(meta and "stoi" in meta)
 if char_level:
     vocab_size = meta["vocab_size"]
-elif vocab_size >= GPT2_VOCAB:
-    vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
 else:
-    raise UserError(f"{path} has a vocabulary of {vocab_size} tokens but no meta.pkl was found in {cfg.out_dir} or "
-                    f"data/{dataset}; copy the dataset's meta.pkl next to the checkpoint")
+    vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
 
 tokenizer = None
 if not char_level and not cfg.skip_tokenizer:
@@ -76,17 +107,16 @@ if not char_level and not cfg.skip_tokenizer:
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-from transformers import GPT2LMHeadModel  # noqa: E402
-
-hf_model = GPT2LMHeadModel(hf.gpt2_config_for(model, vocab_size))
-missing, unexpected = hf_model.load_state_dict(hf.gpt2_state_dict(model, vocab_size), strict=False)
-# older transformers keep the causal mask as an 'attn.bias' buffer; it is not a weight
-missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
-assert not missing and not unexpected, (missing, unexpected)
-hf_model.tie_weights()
+hf_model = hf.to_transformers(model, vocab_size)
+# transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
+# past it the position table has no row and generation crashes
+hf_model.generation_config.max_length = model.config.block_size
 
 parent = os.path.dirname(export_dir)
-os.makedirs(parent, exist_ok=True)
+try:
+    os.makedirs(parent, exist_ok=True)
+except OSError as e:
+    raise UserError(f"could not create {parent} ({fileio.reason(e)}); choose another --export_dir") from None
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
     hf_model.save_pretrained(tmp, safe_serialization=True)
@@ -94,6 +124,10 @@ try:
         tokenizer.save_pretrained(tmp)
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
+    with fileio.atomic_open(os.path.join(tmp, MARKER), "w") as f:
+        json.dump(dict(exported_by="export.py", checkpoint=os.path.abspath(path),
+                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size), f, indent=1)
+    fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
     old = None
     if os.path.isdir(export_dir):
         if os.listdir(export_dir):
@@ -112,14 +146,21 @@ except BaseException:
 # say what was written and how to use it
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "
-      f"{vocab_size}) to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")
+      f"{vocab_size}) as {type(hf_model).__name__} to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")
+new_tokens = max(1, min(100, model.config.block_size - 16))  # a prompt of a few tokens, and the rest in context
 if char_level:
-    print("note: this is a character-level model; no transformers tokenizer exists for its vocabulary. "
-          "Encode and decode with the stoi/itos tables of meta.pkl (copied into the folder); "
-          "GPT2LMHeadModel.from_pretrained loads the weights.", file=sys.stderr)
+    print("note: this is a character-level model; no transformers tokenizer exists for its vocabulary: "
+          "transformers loads the weights, and meta.pkl (copied into the folder) encodes and decodes", file=sys.stderr)
+    start = next((p for p in ("ROMEO:", "The ", "a") if all(c in meta["stoi"] for c in p)), meta["itos"][0])
+    print(f"try: python -c \"import pickle, torch; from transformers import AutoModelForCausalLM; "
+          f"d = '{export_dir}'; m = AutoModelForCausalLM.from_pretrained(d); "
+          f"meta = pickle.load(open(d + '/meta.pkl', 'rb')); ids = torch.tensor([[meta['stoi'][c] for c in {start!r}]]); "
+          f"out = m.generate(ids, max_new_tokens={new_tokens}, do_sample=False); "
+          f"print(''.join(meta['itos'][i] for i in out[0].tolist()))\"")
 elif tokenizer is None:
     print("note: no tokenizer files were written; copy GPT-2's (vocab.json, merges.txt) into the folder "
           "before using transformers.pipeline on it", file=sys.stderr)
 else:
     print(f"try: python -c \"from transformers import pipeline; "
-          f"print(pipeline('text-generation', model='{export_dir}')('Hello')[0]['generated_text'])\"")
+          f"print(pipeline('text-generation', model='{export_dir}')('Hello', max_new_tokens={new_tokens})"
+          f"[0]['generated_text'])\"")

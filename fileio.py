@@ -59,6 +59,17 @@ def _close_and_remove(f, tmp):
     remove(tmp)
 
 
+def normal_permissions(folder):
+    """Give folder and everything in it the permissions a file the user makes gets (0666/0777 less the
+    umask): some writers create their files private to the owner (safetensors: -rw-------)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def fsync_folder(folder):
     """Make renames in folder durable (some filesystems cannot fsync a folder: then best effort)."""
     try:
@@ -86,6 +97,19 @@ def alive(pid):
     except OSError:
         return True  # exists, owned by someone else
     return True
+
+
+def remove_own_temps(folder):
+    """Delete this process's unfinished temporaries in folder (before it exits at once, e.g. on a second
+    Ctrl-C, with a write under way in another thread)."""
+    suffix = f".tmp{os.getpid()}"
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.endswith(suffix):
+            remove(os.path.join(folder, entry))
 
 
 def remove_stale_temps(folder):

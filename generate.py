@@ -19,7 +19,8 @@ class KVCache:
     def for_model(cls, model, batch_size, device=None, dtype=None):
         cfg = model.config
         ref = model.lm_head.weight
-        return cls(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
+        # key/value heads only: with grouped-query attention the cache is n_head / n_kv_head times smaller
+        return cls(cfg.n_layer, batch_size, cfg.kv_heads, cfg.block_size, cfg.head_size,
                    device or ref.device, dtype or ref.dtype)
 
     def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
@@ -73,7 +74,8 @@ class DecodeThreads:
     is a chain of small ops; when other processes keep the cores busy, every op's parallel region
     waits for a descheduled worker, and one thread measured 2-3x faster than two on a loaded
     2-core machine, while on an idle machine more threads stream the weights faster. So the first
-    steps alternate between all threads and one, and the faster median wins."""
+    steps alternate between all threads and one, and the faster median wins. The very first step is
+    left out: it pays for touching the cache's memory, whichever thread count runs it."""
 
     TRIALS = 3  # steps timed per candidate
 
@@ -83,9 +85,14 @@ class DecodeThreads:
         self.candidates = [self.original, 1] if cpu and self.original > 1 else []
         self.times = {n: [] for n in self.candidates}
         self.chosen = None if self.candidates else self.original
+        self.untimed = 1
 
     @contextmanager
     def step(self):
+        if self.untimed:
+            self.untimed -= 1
+            yield
+            return
         if self.chosen is not None:
             if torch.get_num_threads() != self.chosen:
                 torch.set_num_threads(self.chosen)
@@ -113,9 +120,10 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     The prompt is prefilled once into a KV cache; each new token then costs one forward of a
     single position through the same attention code as training. When the sequence outgrows
     block_size the window slides: the cache is rebuilt from the last block_size tokens, which
-    makes each token past that point cost one prefill (learned absolute positions move with
-    the window, so cached keys cannot be reused) and keeps the result identical to full
-    recomputation. Stops early once every row has produced one of stop_tokens."""
+    makes each token past that point cost one prefill and keeps the result identical to full
+    recomputation (positions, learned or rotary, restart at 0 with the window, and every
+    layer's keys depend on the tokens inside it, so cached keys cannot be reused). Stops early
+    once every row has produced one of stop_tokens."""
     block = model.config.block_size
     if idx.device.type == "cpu" and not model.training:
         decode_layout(model)

@@ -1,6 +1,7 @@
 """
 Hugging Face weights in and out: GPT-2 folders and hub names read straight from their files, and this
-project's models written in transformers' layout.
+project's models written in transformers' layout: GPT-2, or Llama / Qwen3 for the models built with
+their architecture options (rope + rmsnorm + swiglu, with qk_norm for Qwen3).
 
 Reading does not go through transformers: config.json is plain JSON and model.safetensors is memory-
 mapped, so loading costs the read and not an import of transformers plus two random initialisations.
@@ -162,7 +163,7 @@ def load_gpt2(name_or_path, dropout=0.0):
 
 
 # -----------------------------------------------------------------------------
-# GPT-2 out
+# out: the transformers architecture that computes what the model computes
 
 # The files tiktoken builds its gpt2 encoding from: encoder.json is transformers' vocab.json, and
 # vocab.bpe is merges.txt (the same merges; only the version line differs). sample.py has already
@@ -204,10 +205,72 @@ def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     return tok
 
 
+def export_architecture(config):
+    """'gpt2', 'llama' or 'qwen3': the transformers model (GPT2LMHeadModel, LlamaForCausalLM,
+    Qwen3ForCausalLM) that computes exactly what a model with this config computes. Any other
+    combination is refused with a sentence naming the option, rather than exported as something
+    that computes a different function."""
+    c = config
+
+    def refuse(option, why):
+        return UserError(f"{option} cannot be exported: {why}, so no transformers class computes this model "
+                         f"(export takes GPT-2's architecture, or pos_emb=rope with norm=rmsnorm and mlp=swiglu)")
+
+    if c.logit_softcap:
+        raise refuse(f"logit_softcap={c.logit_softcap}", "GPT-2, Llama and Qwen3 do not cap their logits")
+    if c.pos_emb == "learned":  # GPT-2's shape, whose activation, width and epsilon transformers lets us set
+        if c.norm != "layernorm":
+            raise refuse(f"norm={c.norm} with pos_emb=learned", "GPT-2 has LayerNorm, and Llama rotary positions")
+        if c.qk_norm:
+            raise refuse("qk_norm=True with pos_emb=learned", "GPT-2 has no QK-norm, and Qwen3 has rotary positions")
+        if c.mlp == "swiglu":
+            raise refuse("mlp=swiglu with pos_emb=learned", "GPT-2 has no gated MLP, and Llama rotary positions")
+        if c.kv_heads != c.n_head:
+            raise refuse(f"n_kv_head={c.n_kv_head} with pos_emb=learned",
+                         "GPT-2 has a key/value head per query head, and Llama rotary positions")
+        return "gpt2"
+    if c.norm != "rmsnorm":
+        raise refuse(f"norm={c.norm} with pos_emb=rope", "Llama and Qwen3 have RMSNorm, and GPT-2 learned positions")
+    if c.mlp != "swiglu":
+        raise refuse(f"mlp={c.mlp} with pos_emb=rope", "Llama and Qwen3 have SwiGLU MLPs, and GPT-2 learned positions")
+    if c.qk_norm and c.bias:
+        raise refuse("qk_norm=True with bias=True", "Qwen3's MLP has no biases, and Llama no QK-norm")
+    return "qwen3" if c.qk_norm else "llama"
+
+
+def to_transformers(model, vocab_size=None):
+    """A transformers model holding the model's weights and computing the same function: the
+    architecture export_architecture picks, the vocabulary cropped to vocab_size."""
+    vocab_size = vocab_size or model.config.vocab_size
+    arch = export_architecture(model.config)
+    if arch == "gpt2":
+        from transformers import GPT2LMHeadModel
+        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size))
+        sd = gpt2_state_dict(model, vocab_size)
+    else:
+        import transformers
+        cls = transformers.Qwen3ForCausalLM if arch == "qwen3" else transformers.LlamaForCausalLM
+        hf = cls(llama_config_for(model, vocab_size))
+        sd = llama_state_dict(model, vocab_size)
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    # older transformers keep GPT-2's causal mask as an 'attn.bias' buffer; it is not a weight
+    missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    assert not missing and not unexpected, (missing, unexpected)
+    if model.config.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def special_tokens(vocab_size):
+    # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
+    return dict(bos_token_id=GPT2_EOT, eos_token_id=GPT2_EOT) if vocab_size > GPT2_EOT else \
+        dict(bos_token_id=None, eos_token_id=None)
+
+
 def gpt2_state_dict(model, vocab_size=None):
     """The model's weights in transformers' GPT2LMHeadModel layout: Conv1D weights transposed, zero
-    biases where the model has none, the vocabulary cropped to vocab_size (padding rows dropped). The
-    head stays the same tensor as wte, so it remains tied."""
+    biases where the model has none, the vocabulary cropped to vocab_size (padding rows dropped). A
+    tied head stays the same tensor as wte."""
     vocab_size = vocab_size or model.config.vocab_size
     out = {}
     for k, v in model.state_dict().items():
@@ -216,11 +279,13 @@ def gpt2_state_dict(model, vocab_size=None):
         v = v.detach()
         out[k] = (v.t() if k.endswith(TRANSPOSED) else v).contiguous()
     wte = model.transformer.wte.weight.detach()[:vocab_size].contiguous()
-    out["transformer.wte.weight"] = out["lm_head.weight"] = wte
+    out["transformer.wte.weight"] = wte
+    out["lm_head.weight"] = wte if model.config.tie_embeddings else \
+        model.lm_head.weight.detach()[:vocab_size].contiguous()
     if not model.config.bias:  # transformers' GPT-2 always has biases: add zeros
         C = model.config.n_embd
         zeros = {"ln_1.bias": C, "attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "ln_2.bias": C,
-                 "mlp.c_fc.bias": 4 * C, "mlp.c_proj.bias": C}
+                 "mlp.c_fc.bias": model.config.mlp_width, "mlp.c_proj.bias": C}
         for i in range(model.config.n_layer):
             for name, n in zeros.items():
                 out[f"transformer.h.{i}.{name}"] = torch.zeros(n, dtype=wte.dtype)
@@ -233,12 +298,56 @@ def gpt2_config_for(model, vocab_size=None):
     from transformers import GPT2Config
     c = model.config
     vocab_size = vocab_size or c.vocab_size
+    act = "relu2" if c.mlp == "relu2" else "gelu_new" if c.gelu_approximate == "tanh" else "gelu"
     return GPT2Config(
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-        n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.n_embd,
-        activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
-        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True,
-        # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
-        **({} if vocab_size > GPT2_EOT else dict(bos_token_id=None, eos_token_id=None)),
+        n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_width, activation_function=act,
+        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.norm_eps,
+        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
     )
+
+
+def llama_config_for(model, vocab_size=None):
+    """The transformers LlamaConfig (Qwen3Config with qk_norm) that computes what the model computes."""
+    from transformers import LlamaConfig, Qwen3Config
+    c = model.config
+    vocab_size = vocab_size or c.vocab_size
+    args = dict(
+        vocab_size=vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_width, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act="silu",
+        max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+        rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta), attention_bias=c.bias,
+        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+    )
+    if c.qk_norm:
+        return Qwen3Config(**args)  # its MLP has no biases (export_architecture refuses bias=True)
+    return LlamaConfig(**args, mlp_bias=c.bias)
+
+
+def llama_state_dict(model, vocab_size=None):
+    """The model's weights in transformers' Llama / Qwen3 names: the fused c_attn split into q, k, v
+    projections and the fused c_fc into gate and up (rows in that order); the same layout otherwise
+    (nn.Linear both, and the rotation needs no permutation: model.rope_tables)."""
+    c = model.config
+    vocab_size = vocab_size or c.vocab_size
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    kv = c.kv_heads * c.head_size
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"][:vocab_size],
+           "model.norm.weight": sd["transformer.ln_f.weight"],
+           "lm_head.weight": sd["lm_head.weight"][:vocab_size]}
+    for i in range(c.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        out[theirs + "input_layernorm.weight"] = sd[ours + "ln_1.weight"]
+        out[theirs + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
+        if c.qk_norm:
+            out[theirs + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
+            out[theirs + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
+        for kind in ("weight", "bias") if c.bias else ("weight",):
+            q, k, v = sd[f"{ours}attn.c_attn.{kind}"].split([c.n_embd, kv, kv])
+            gate, up = sd[f"{ours}mlp.c_fc.{kind}"].chunk(2)
+            out.update({f"{theirs}self_attn.q_proj.{kind}": q, f"{theirs}self_attn.k_proj.{kind}": k,
+                        f"{theirs}self_attn.v_proj.{kind}": v,
+                        f"{theirs}self_attn.o_proj.{kind}": sd[f"{ours}attn.c_proj.{kind}"],
+                        f"{theirs}mlp.gate_proj.{kind}": gate, f"{theirs}mlp.up_proj.{kind}": up,
+                        f"{theirs}mlp.down_proj.{kind}": sd[f"{ours}mlp.c_proj.{kind}"]})
+    return {k: v.contiguous() for k, v in out.items()}

@@ -1,8 +1,13 @@
 """
-The GPT-2 network, and nothing about files or training loops.
+The GPT network (GPT-2's, with the architecture options of later models), and nothing about files or
+training loops.
 
 Parameter names follow the GPT-2 checkpoint (wte, wpe, c_attn, c_proj, ln_f) so that importing
-weights from Hugging Face, and loading nanoGPT's checkpoints, is a key-by-key copy.
+weights from Hugging Face, and loading nanoGPT's checkpoints, is a key-by-key copy. Every option
+defaults to GPT-2's behaviour; the others are rotary positions, RMSNorm, QK-norm, ReLU^2 and SwiGLU
+MLPs, an untied output head, logit soft-capping and grouped-query attention, each with its
+reference where it is built. A model with rope + rmsnorm + swiglu is the network of transformers'
+Llama (Qwen3 with qk_norm), down to the rotation convention, so hf.py exports it weight for weight.
 References: GPT-2 paper (Radford et al. 2019), openai/gpt-2 model.py, karpathy/nanoGPT model.py.
 """
 
@@ -13,34 +18,76 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from errors import USAGE, UserError
 from tokenizer import GPT2_PADDED_VOCAB
+
+
+def norm_layer(config, dim):
+    """LayerNorm (GPT-2) or RMSNorm (Zhang & Sennrich 2019: no mean subtraction and no bias, only
+    the scale; Llama's and most later models' choice, a little cheaper)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(head_size, theta, start, length, device):
+    """cos and sin, each (length, head_size), of rotary position embeddings (Su et al. 2021, RoFormer)
+    for positions start .. start + length - 1. Frequency i of head_size / 2 turns by theta^(-2i / hs)
+    per position. The layout is the one of transformers' Llama ("rotate half": frequency i rotates
+    the pair (x[i], x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
+    Computed afresh for each forward, in fp32: a few tiny ops, and no buffer that loading weights on
+    the meta device (GPT.with_weights) would leave empty."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, device=device, dtype=torch.int64).float() / head_size))
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq)  # (T, hs/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x (B, nh, T, hs) with each pair (x[i], x[i + hs/2]) rotated by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, nh, T, hs)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v fused
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        # q, k, v fused: n_head query heads, then n_kv_head key and as many value heads
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # QK-norm (Henry et al. 2020; Dehghani et al. 2023 for its stability at scale): each head's
+        # query and key RMS-normalised, with a learnt scale, before the rotation, as Qwen3 does it.
+        # The attention logits stay bounded however large the weights grow.
+        self.q_norm = nn.RMSNorm(self.head_size, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_size, eps=config.norm_eps) if config.qk_norm else None
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
         self.dropout = config.dropout
         # SDPA dispatches to flash / memory-efficient kernels; the manual path is the reference
         # it is tested against, and the fallback when a kernel misbehaves.
         self.sdpa = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_size
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs)
+        k = k.view(B, T, nkv, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
+        k = k.transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # keys are cached rotated
         past = 0
         if cache is not None:
             past = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+            k, v = cache.update(layer, k, v)  # (B, nkv, past + T, hs)
         S = k.size(2)
         dropout = self.dropout if self.training else 0.0
         # With no past, plain causal masking. A single new query may see every cached key. Several
@@ -50,10 +97,14 @@ class CausalSelfAttention(nn.Module):
         if past > 0 and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
         if self.sdpa:
+            # grouped-query attention: query head i reads key/value head i // (nh / nkv)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and T > 1)
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and T > 1),
+                **({"enable_gqa": True} if nkv < nh else {}),  # (torch >= 2.5)
             )
         else:
+            if nkv < nh:  # each key/value head repeated for its group of query heads
+                k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
             if mask is None and past == 0:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
@@ -70,29 +121,39 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.kind, hidden = config.mlp, config.mlp_width
+        # swiglu: the gate and the up projection fused in one matrix, gate rows first
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers), so
         # imported weights use it; nanoGPT trains with the exact form, which stays the default so
         # its checkpoints behave as they did. The two differ by < 1e-3.
         self.gelu = nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "relu2":
+            h = F.relu(h).square()  # ReLU^2, So et al. 2021 (Primer): cheaper than GELU, and trained better there
+        elif self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up  # SwiGLU, Shazeer 2020 (GLU variants), as in Llama
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -107,6 +168,71 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     gelu_approximate: str = "none"  # "none" (exact, nanoGPT) or "tanh" (GPT-2's own weights)
+    # Architecture options after GPT-2. Each default is GPT-2's, so a checkpoint saved before they
+    # existed (nanoGPT's) builds the network it was trained as.
+    pos_emb: str = "learned"  # "learned" (a table of block_size vectors) or "rope" (rotary)
+    rope_theta: float = 10000.0  # RoPE's base: the slowest frequency turns once per 2 pi theta positions
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5  # epsilon of every norm (GPT-2's LayerNorm: 1e-5)
+    qk_norm: bool = False  # RMSNorm of each head's query and key
+    mlp: str = "gelu"  # "gelu", "relu2" or "swiglu"
+    mlp_hidden: int = 0  # hidden width; 0: 4 * n_embd, or for swiglu the parameter-matched 8/3 * n_embd
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
+    tie_embeddings: bool = True  # the output head is the token embedding (Press & Wolf 2017)
+    logit_softcap: float = 0.0  # cap * tanh(logits / cap) when > 0
+
+    def __post_init__(self):
+        problem = self.problem()
+        if problem:
+            raise UserError(problem, status=USAGE)
+
+    def problem(self):
+        """A sentence saying what makes these settings impossible, or None."""
+        choices = dict(pos_emb=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("gelu", "relu2", "swiglu"))
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                return f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}"
+        if self.n_layer < 1 or self.n_head < 1 or self.n_embd < 1:
+            return f"n_layer={self.n_layer}, n_head={self.n_head} and n_embd={self.n_embd} must all be positive"
+        if self.n_embd % self.n_head:
+            return (f"n_embd={self.n_embd} does not divide into n_head={self.n_head} heads; make n_embd a multiple "
+                    f"of n_head")
+        if not 0 <= self.n_kv_head <= self.n_head or self.n_head % self.kv_heads:
+            return (f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (each key/value head serves an "
+                    f"equal group of query heads); use a divisor such as 1, or 0 for one per query head")
+        if self.pos_emb == "rope" and self.head_size % 2:
+            return (f"pos_emb=rope rotates pairs of dimensions, but the head size n_embd / n_head = "
+                    f"{self.head_size} is odd; choose n_embd and n_head with an even quotient")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            return f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive"
+        if self.mlp_hidden < 0 or self.logit_softcap < 0:
+            return (f"mlp_hidden={self.mlp_hidden} and logit_softcap={self.logit_softcap} must be >= 0 (0 means the "
+                    f"default width, and no cap)")
+        return None
+
+    def options(self):
+        """The architecture options (the fields after gelu_approximate) that differ from GPT-2's."""
+        names = MODEL_ARG_KEYS[MODEL_ARG_KEYS.index("pos_emb"):]
+        return {k: getattr(self, k) for k in names if getattr(self, k) != getattr(GPTConfig, k)}
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self):
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            # SwiGLU has three matrices where GELU has two: 8/3 * n_embd keeps the parameter count
+            # of 4 * n_embd (Shazeer 2020), rounded up to a multiple of 32 (whole SIMD and tensor-core
+            # tiles; at most 3% more for the 128-wide CPU recipe, exactly 2048 for n_embd=768)
+            return 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        return 4 * self.n_embd
 
 
 # what a checkpoint's model_args may hold: every setting of the network
@@ -115,22 +241,28 @@ MODEL_ARG_KEYS = tuple(f.name for f in fields(GPTConfig))
 
 class GPT(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, init_weights=True):
         super().__init__()
         assert config.vocab_size is not None
         assert config.block_size is not None
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+            ln_f=norm_layer(config, config.n_embd),
+        )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying (Press & Wolf 2017): the input embedding is the output projection
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying (Press & Wolf 2017): the input embedding is the output projection. Untied
+            # (most models since Llama), the head is a matrix of its own and AdamW's, not Muon's.
+            self.transformer.wte.weight = self.lm_head.weight
 
+        if not init_weights:
+            return
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer):
         # each block adds two of them, and the sum's variance should not grow with depth.
@@ -140,11 +272,18 @@ class GPT(nn.Module):
 
     @classmethod
     def with_weights(cls, config, state_dict):
-        """A GPT holding state_dict's tensors (this project's names), built on the meta device so no
-        throw-away random initialisation runs: loading costs the read, not an init of every weight
+        """A GPT holding state_dict's tensors (this project's names), built without the random
+        initialisation that would be thrown away: loading costs the read, not an init of every weight
         (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit."""
-        with torch.device("meta"):
-            model = cls(config)
+        # nn.Linear and nn.Embedding initialise their weights as they are made; here those weights are
+        # replaced at once, so they are made uninitialised (torch.empty), as transformers does. (The meta
+        # device would avoid the allocation too, but its init path imports torch._dynamo: 1-3 s.)
+        saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+        nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda module: None
+        try:
+            model = cls(config, init_weights=False)
+        finally:
+            nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
         own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -154,11 +293,14 @@ class GPT(nn.Module):
             if v.shape != own[k].shape:
                 raise ValueError(f"{k} has shape {tuple(v.shape)} in the weights but {tuple(own[k].shape)} in the "
                                  f"model (a different vocabulary or size?)")
-        # fp32 master weights whatever the file holds (fp16/bf16 files): autocast picks compute dtypes
-        state_dict = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+        # Owned fp32 copies, whatever the file holds (fp16/bf16 files; autocast picks compute dtypes), in
+        # the tensors' own memory order: memory-mapped weights would be read from the file page by page
+        # during the first steps (skewing every timing there), and training must never write into a file.
+        state_dict = {k: torch.empty_like(v, dtype=torch.float32 if v.is_floating_point() else v.dtype).copy_(v)
                       for k, v in state_dict.items()}
         model.load_state_dict(state_dict, assign=True)
-        model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
+        if config.tie_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
         return model
 
     def _init_weights(self, module):
@@ -170,19 +312,27 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; position embeddings are left out by default, as in the GPT-2 paper's
-        counts (token embeddings stay in: they are the tied output layer)."""
+        """Parameter count; embedding tables (looked up, never multiplied) are left out by default, as
+        in the GPT-2 paper's counts: position embeddings, and the token embedding only when it is not
+        also the output layer."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def crop_vocab(self, vocab_size):
-        """Drop the embedding rows past vocab_size: the padding (50257 -> 50304) that no tokenizer
-        produces, so generation can never sample an id the tokenizer cannot decode."""
+        """Drop the embedding (and head) rows past vocab_size: the padding (50257 -> 50304) that no
+        tokenizer produces, so generation can never sample an id the tokenizer cannot decode."""
         assert vocab_size <= self.config.vocab_size
         w = nn.Parameter(self.transformer.wte.weight.detach()[:vocab_size].clone())
-        self.transformer.wte.weight = self.lm_head.weight = w  # still tied
+        if self.config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight = w  # still tied
+        else:
+            self.transformer.wte.weight = w
+            self.lm_head.weight = nn.Parameter(self.lm_head.weight.detach()[:vocab_size].clone())
         self.config.vocab_size = vocab_size
 
     def set_attention(self, impl):
@@ -201,32 +351,50 @@ class GPT(nn.Module):
         assert start + t <= self.config.block_size, (
             f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
         )
-        pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # (t,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (b, t, n_embd)
+        rope = None
+        if self.config.pos_emb == "rope":
+            # positions go on where the cache left off; the same tables serve every layer
+            rope = rope_tables(self.config.head_size, self.config.rope_theta, start, t, device)
+            x = self.transformer.drop(self.transformer.wte(idx))  # (b, t, n_embd)
+        else:
+            pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # (t,)
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (b, t, n_embd)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, rope, cache, layer)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += t
 
         if targets is not None:
-            logits = self.lm_head(x)  # (b, t, vocab_size)
+            logits = self.logits(x)  # (b, t, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         elif all_logits:
-            logits, loss = self.lm_head(x), None
+            logits, loss = self.logits(x), None
         else:
-            logits, loss = self.lm_head(x[:, [-1], :]), None  # list index keeps the time dim
+            logits, loss = self.logits(x[:, [-1], :]), None  # list index keeps the time dim
         return logits, loss
+
+    def logits(self, x):
+        """Logits of the final hidden states; soft-capped to (-cap, cap) with logit_softcap, as in
+        Gemma 2 (Gemma Team 2024) and modded-nanogpt: a smooth bound on how sure the model can get,
+        which keeps the loss from pushing a few logits ever higher."""
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:  # rotary positions have no table
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls forward and backward (Kaplan et al. 2020,
-        appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B)."""
+        appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B; the same with fewer
+        key/value heads, which only shrink c_attn, counted in N)."""
         cfg = self.config
         N = self.get_num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size

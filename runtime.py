@@ -127,6 +127,12 @@ def setup(device="auto", dtype="auto", compile=None, fused_adamw=None, backend="
     return Setup(dist=dist, plan=plan, compile=use_compile, backend=chosen_backend, why=why)
 
 
+def synchronize(device):
+    """Wait for the device's queued work (timing a region needs it on CUDA; CPU work is synchronous)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed):
     import random
 
@@ -225,9 +231,14 @@ def barrier(dist_info):
 
 
 def shutdown(dist_info):
+    """Leave the process group together: every process waits for the last one (rank 0 drawing the
+    final loss.png) before any tears its connections down. A process that left about a second before
+    the others was seen to abort in the communication library's threads ("terminate called without
+    an active exception", exit -6), which the launcher reports as a failed run."""
     if dist_info.enabled:
         import torch.distributed as tdist
         if tdist.is_initialized():
+            tdist.barrier()
             tdist.destroy_process_group()
 
 
@@ -255,9 +266,9 @@ GPU_PEAK_FLOPS = [
 ]
 
 
-def measured_matmul_flops(device="cpu", n=512, repeats=5):
-    """FLOP/s of a square fp32 matmul on this device: the practical ceiling we report MFU
-    against where no datasheet figure is known (CPUs, unlisted GPUs)."""
+def measured_matmul_flops(device="cuda", n=4096, repeats=5):
+    """FLOP/s of a square fp32 matmul on this device: the practical ceiling we report MFU against
+    for GPUs missing from the datasheet table."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b  # warm-up
@@ -271,11 +282,39 @@ def measured_matmul_flops(device="cpu", n=512, repeats=5):
     return 2 * n**3 / best
 
 
+def cpu_peak_flops():
+    """(FLOP/s, how) the CPU's vector units can do at most in fp32 with torch's threads, from what Linux
+    says about the CPU: threads x clock x FLOPs per cycle (two FMA units of the widest vector width it
+    has). An upper bound, so MFU against it cannot exceed 100% (some CPUs, e.g. AMD's Zen 4, split a
+    512-bit FMA in two: there it is 2x high). None where the CPU does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return None, None
+    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    try:  # the highest clock, where the kernel exposes it (absent in many VMs)
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            mhz.append(int(f.read()) / 1000)
+    except (OSError, ValueError):
+        pass
+    flags = set(next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags and "fma" in flags else 4 if "avx" in flags else 0
+    if not mhz or not lanes:
+        return None, None
+    threads = torch.get_num_threads()
+    per_cycle = 2 * 2 * lanes  # two FMA units, each a multiply and an add per lane
+    how = f"CPU: {threads} threads x {max(mhz) / 1000:.2f} GHz x {per_cycle} FLOP/cycle"
+    return threads * max(mhz) * 1e6 * per_cycle, how
+
+
 def mfu(flops_per_token, tokens, dt, peak):
-    """Model FLOPs utilisation: the training FLOP/s achieved over the device's peak (None if unknown)."""
+    """Model FLOPs utilisation: the training FLOP/s achieved over the device's peak. None if the peak
+    is unknown, or if the figure would exceed 100%, which cannot be true: then the peak is wrong."""
     if not peak or dt <= 0:
         return None
-    return flops_per_token * tokens / dt / peak
+    utilisation = flops_per_token * tokens / dt / peak
+    return utilisation if utilisation <= 1.0 else None
 
 
 def peak_flops(device, dtype, override=0.0):
@@ -290,5 +329,6 @@ def peak_flops(device, dtype, override=0.0):
                 return (flops if dtype != "float32" else flops / 2), f"{name} datasheet"
         return measured_matmul_flops(device, n=4096), f"{name}: measured matmul (not in the datasheet table)"
     if device.startswith("cpu"):
-        return measured_matmul_flops("cpu"), "CPU: measured fp32 matmul"
+        flops, how = cpu_peak_flops()
+        return (flops, how) if flops else (None, "unknown for this CPU; set peak_flops to get MFU")
     return None, f"unknown for {device}; set peak_flops to get MFU"

@@ -19,11 +19,12 @@ KEYS = [
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
-    Key("num_samples", 10, "how many samples"),
-    Key("max_new_tokens", 500, "tokens generated per sample"),
-    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy"),
-    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int),
-    Key("top_p", 1.0, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)"),
+    Key("num_samples", 10, "how many samples", min=1),
+    Key("max_new_tokens", 500, "tokens generated per sample", min=1),
+    Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy", min=0.0),
+    Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int, min=1),
+    Key("top_p", 1.0, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)",
+        above=0.0, max=1.0),
     Key("stop", (), "strings that end a sample, e.g. ('\\n\\n',); the stop string itself is not printed", type=tuple),
     Key("stop_at_eot", True, "end a sample at GPT-2's <|endoftext|> token (BPE models)"),
     Key("seed", 1337, "random seed; the same seed gives the same samples"),
@@ -47,12 +48,8 @@ from tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # setup
-if not 0.0 < cfg.top_p <= 1.0:
-    raise UserError(f"top_p={cfg.top_p} must be in (0, 1]; 0.9 is a common choice", status=USAGE)
 if not all(isinstance(t, str) for t in cfg.stop):
     raise UserError(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=USAGE)
-if cfg.temperature < 0:
-    raise UserError(f"temperature={cfg.temperature} must be >= 0 (0 is greedy)", status=USAGE)
 rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
 plan, device = rt.plan, rt.device
 model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)

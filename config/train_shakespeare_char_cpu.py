@@ -1,10 +1,10 @@
 # The newcomer's recipe: a baby character-level Shakespeare model that trains on a laptop CPU in
-# under a minute. 4 layers, 4 heads, 128 wide, 64 characters of context, 0.8M parameters.
+# under half a minute. 4 layers, 4 heads, 128 wide, 64 characters of context, 0.8M parameters.
 #   python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
 # then: python sample.py --out_dir=out-shakespeare-char-cpu
 
 out_dir = 'out-shakespeare-char-cpu'
-eval_interval = 600  # evaluations count in the wall time: at the start and at the end
+eval_interval = 330  # evaluations count in the wall time: at the start and at the end
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
@@ -19,17 +19,25 @@ n_head = 4
 n_embd = 128
 dropout = 0.0  # too few steps to overfit
 
+# Qwen3's block (README: architecture): rotary positions, QK-norm, RMSNorm and a SwiGLU MLP reach
+# in 330 steps the loss GPT-2's block needed 600 for (val 1.842 against 1.861; averaged over 4 seeds
+# on 200 batches, 1.859 against 1.871). The model exports to transformers' Qwen3ForCausalLM.
+pos_emb = 'rope'
+qk_norm = True
+norm = 'rmsnorm'
+mlp = 'swiglu'
+
 # Muon for the 2-D weights inside the blocks reaches in 600 steps the loss AdamW alone needs ~1500
 # for (measured here: see the README's speed section); AdamW keeps the embeddings and norms.
 optimizer = 'muon'
 muon_lr = 0.02
 muon_ns_steps = 4  # one Newton-Schulz iteration fewer: val 1.861 against 1.860, 2.5 s less (3 is worse: 1.92)
-learning_rate = 3e-3
-max_iters = 600
-lr_decay_iters = 600
-min_lr = 3e-4
+learning_rate = 6e-3  # twice GPT-2's block's: QK-norm keeps the attention logits bounded (3e-3: 1.887 at 300 steps)
+max_iters = 330
+lr_decay_iters = 330
+min_lr = 6e-4
 beta2 = 0.99
-warmup_iters = 50
+warmup_iters = 25
 
 device = 'cpu'
 compile = False  # a first compile costs about a minute on a CPU and gains little (README: speed)

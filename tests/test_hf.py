@@ -3,6 +3,8 @@ parity and greedy generation, the text-generation pipeline, fine-tuning from a l
 
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,6 +124,9 @@ def bpe_run(tmp_path_factory, bpe_data):
     return out
 
 
+PRINTED = {}
+
+
 @pytest.fixture(scope="module")
 def bpe_export(tmp_path_factory, bpe_run):
     dest = tmp_path_factory.mktemp("bpe-export") / "hf"
@@ -130,7 +135,18 @@ def bpe_export(tmp_path_factory, bpe_run):
     files = {f.name for f in dest.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files, files
     assert not list(dest.parent.glob("hf.*"))  # no temporary folder left behind
+    PRINTED[dest] = p.stdout  # what export.py told the user to try
     return dest
+
+
+def run_printed_line(stdout, tmp_path):
+    """Run the `try: python -c "..."` line export.py printed, as a user pasting it would (issue 13, item 4)."""
+    line = next(x for x in stdout.splitlines() if x.startswith("try: python -c "))
+    code = line[len('try: python -c "'):-1]
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
 
 
 @pytest.mark.slow
@@ -168,6 +184,11 @@ def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, gpt2_encoding, m
     if 50256 in new:
         new = new[:new.index(50256)]
     assert text == "ROMEO:" + enc.decode(new)
+    # without a length the pipeline stays inside the 32-token context, where it used to run past it and
+    # crash (issue 13, item 4); and the line export.py printed runs as it is
+    default = gen("ROMEO:", do_sample=False)[0]["generated_text"]
+    assert len(enc.encode(default)) <= 32
+    assert run_printed_line(PRINTED[bpe_export], None).startswith("Hello")
 
 
 @pytest.mark.slow
@@ -183,9 +204,16 @@ def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path
             env=offline(tmp_path))
     assert_clean_error(p, words=["--tokenizer_dir", "--skip_tokenizer"])
     assert not (tmp_path / "new").exists()
-    export(bpe_run, dest, "--overwrite")
-    assert not (dest / "keep.txt").exists() and (dest / "model.safetensors").exists()
-    assert not list(tmp_path.glob("hf.*"))
+    # --overwrite replaces an earlier export, and nothing else (issue 11, item 1)
+    p = export(bpe_run, dest, "--overwrite", check=False)
+    assert_clean_error(p, words=["not a folder export.py wrote"])
+    assert [f.name for f in dest.iterdir()] == ["keep.txt"]
+    again = tmp_path / "again"
+    export(bpe_run, again)
+    (again / "config.json").write_text("{}")  # an earlier, different export
+    export(bpe_run, again, "--overwrite")
+    assert (again / "config.json").read_text() != "{}" and (again / "export.json").exists()
+    assert not list(tmp_path.glob("again.*"))
 
 
 @pytest.mark.slow
@@ -197,6 +225,8 @@ def test_char_model_exports_weights_and_vocabulary(char_data, tmp_path):
     p = export(out, dest)
     assert "no transformers tokenizer exists" in p.stderr
     assert {f.name for f in dest.iterdir()} >= {"config.json", "model.safetensors", "meta.pkl"}
+    # the printed line works for a character model: weights through transformers, text through meta.pkl
+    assert run_printed_line(p.stdout, tmp_path).startswith("ROMEO:")
     with open(dest / "meta.pkl", "rb") as f:
         assert pickle.load(f)["vocab_size"] == CORPUS_VOCAB
     hf = load_clean(dest)

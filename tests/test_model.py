@@ -176,3 +176,21 @@ def test_temperature_zero_is_greedy_and_seed_repeats():
     a = sample_next(logits, 1.0, 50, 0.9, torch.Generator().manual_seed(7))
     b = sample_next(logits, 1.0, 50, 0.9, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_mfu_is_never_over_100_percent():
+    import runtime
+    assert runtime.mfu(1e6, 1000, 1.0, peak=1e10) == pytest.approx(0.1)
+    assert runtime.mfu(1e6, 1000, 1.0, peak=1e8) is None  # 1e9 FLOP/s achieved: the peak must be wrong
+    peak, how = runtime.cpu_peak_flops()
+    if peak is None:
+        pytest.skip("this system does not describe its CPU in /proc/cpuinfo")
+    # the vector units' bound is above any rate this CPU reaches: a large matmul, the best of several
+    import time
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    assert 2 * 1024**3 / best <= peak, how

@@ -202,3 +202,19 @@ def test_openwebtext_needs_datasets_only_for_the_hub(tmp_path, gpt2_encoding):
     p = subprocess.run([sys.executable, "-c", WITHOUT_DATASETS, script, f"--out={tmp_path / 'o'}"],
                        capture_output=True, text=True, timeout=300)
     assert_clean_error(p, words=["pip install datasets", "--input"])
+
+
+@pytest.mark.slow
+def test_corpus_with_another_datasets_vocabulary_fits_it(char_data, tmp_path):
+    """--vocab_from: pretraining data a character model can then be fine-tuned from on char_data."""
+    (tmp_path / "more.txt").write_text("Some more text, with a café and a \t tab.\n" * 200, encoding="utf-8")
+    out = tmp_path / "more_char"
+    p = run("data/corpus/prepare.py", tmp_path / "more.txt", "--tokenizer=char", f"--vocab_from={char_data}",
+            f"--out={out}")
+    assert "characters outside it dropped" in p.stdout
+    with open(out / "meta.pkl", "rb") as f, open(char_data / "meta.pkl", "rb") as g:
+        meta, theirs = pickle.load(f), pickle.load(g)
+    assert meta == theirs
+    ids = np.concatenate([np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    kept = "".join(c for c in (tmp_path / "more.txt").read_text(encoding="utf-8") if c in theirs["stoi"])
+    assert "".join(meta["itos"][int(i)] for i in ids) == kept and "\u00e9" not in kept

@@ -76,12 +76,13 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def assert_resumed_equals_reference(ref_dir, out_dir):
+def assert_resumed_equals_reference(ref_dir, out_dir, machine_keys=()):
     ref, got = read_metrics(ref_dir), read_metrics(out_dir)
     assert without_timing(got) == without_timing(ref)  # every loss, val loss, lr, grad norm, bitwise
     a, b = load(ref_dir / "ckpt.pt"), load(out_dir / "ckpt.pt")
-    a["config"].pop("init_from"), b["config"].pop("init_from")
-    a["config"].pop("out_dir"), b["config"].pop("out_dir")
+    a.pop("elapsed_s"), b.pop("elapsed_s")  # wall time
+    for k in ("init_from", "out_dir", *machine_keys):  # how and where each was started, not what it trained
+        a["config"].pop(k), b["config"].pop(k)
     # weights, optimizer, RNG, tokens seen, best val loss...: the whole saved state, not just weights
     assert_same(a, b)
     assert_same(load(ref_dir / "best.pt")["model"], load(out_dir / "best.pt")["model"], "best.pt")
@@ -151,6 +152,7 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
     stdout, stderr = finish(p, timeout=60)
     assert p.returncode == 130, (p.returncode, stderr)
     assert "Traceback" not in stderr and "quitting without saving" in stderr
+    assert "nothing was saved" in stderr  # issue 11, item 11: it used to name a ckpt.pt that did not exist
     assert not (tmp_path / "ckpt.pt").exists()  # no save after the second Ctrl-C
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
@@ -225,3 +227,74 @@ def test_keep_last_keeps_the_newest_copies(char_data, tmp_path):
     assert copies == ["ckpt_0000004.pt", "ckpt_0000005.pt"]
     assert load(tmp_path / copies[0])["iter_num"] == 4
     assert digest(tmp_path / copies[1]) == digest(tmp_path / "ckpt.pt")
+
+
+# -----------------------------------------------------------------------------
+# issue 12: resume means resume; a new run from any checkpoint
+
+@pytest.mark.slow
+def test_resume_from_the_folder_alone_continues_like_an_uninterrupted_run(char_data, tmp_path):
+    """Trained from a config file; resumed with --init_from=resume --out_dir=RUN and a larger max_iters
+    only: the run's own settings come back (data, model, schedule, dropout, accumulation)."""
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text("dataset = 'play_char'\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\n"
+                      "batch_size = 8\ndevice = 'cpu'\ncompile = False\ndropout = 0.1\n"
+                      "gradient_accumulation_steps = 3\neval_interval = 3\neval_iters = 2\nlearning_rate = 3e-3\n"
+                      "warmup_iters = 2\nlr_decay_iters = 12\nmax_iters = 6\n")
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run("train.py", recipe, "--max_iters=12", f"--out_dir={ref}", env=ENV)
+    run("train.py", recipe, f"--out_dir={out}", env=ENV)
+    p = run("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=12", env=ENV)
+    assert "with the run's saved settings: changed max_iters 6 -> 12" in p.stdout
+    # device and compile are the machine's, given now (here left to their defaults), not the run's
+    assert_resumed_equals_reference(ref, out, machine_keys=("device", "compile"))
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_talks_about_the_checkpoint_first(tmp_path):
+    # the default dataset (openwebtext) is not prepared either: the checkpoint is the problem to report
+    p = run("train.py", "--init_from=resume", f"--out_dir={tmp_path}", "--device=cpu", check=False, env=ENV)
+    assert_clean_error(p, words=["no checkpoint at", "ckpt.pt"])
+
+
+@pytest.fixture(scope="module")
+def source_run(char_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("source") / "run"
+    run("train.py", "--dataset=play_char", *TINY, "--max_iters=6", "--eval_interval=6", "--eval_iters=2",
+        f"--out_dir={out}", env=ENV)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["file", "folder"])
+def test_a_new_run_starts_from_a_checkpoints_weights(source_run, tmp_path, source):
+    init = source_run / "ckpt.pt" if source == "file" else source_run
+    out = tmp_path / "new"
+    p = run("train.py", "--dataset=play_char", *TINY, "--max_iters=2", "--eval_interval=2", "--eval_iters=2",
+            f"--init_from={init}", f"--out_dir={out}", "--learning_rate=1e-4", env=ENV)
+    assert f"starting a new run from the weights of {source_run / 'ckpt.pt'} (iteration 6)" in p.stdout
+    rows = read_metrics(out)
+    assert [r["iter"] for r in rows if "loss" in r] == [0, 1]  # iteration 0: a new run
+    # its first evaluation scores the source's final weights on the same fixed batches: the same loss
+    source_last = [r for r in read_metrics(source_run) if "val_loss" in r][-1]
+    assert [r for r in rows if "val_loss" in r][0]["val_loss"] == source_last["val_loss"]
+    ckpt = load(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 2 and ckpt["optimizer"]["state"][0]["step"] == 2  # a fresh optimizer
+
+
+@pytest.mark.slow
+def test_a_new_run_from_a_nanogpt_checkpoint_and_what_is_refused(char_data, tmp_path):
+    nanogpt_checkpoint(tmp_path / "nano" / "ckpt.pt", iter_num=5000)
+    out = tmp_path / "ft"
+    # a shorter context than the source's 32 is fine: the position table is cropped
+    run("train.py", "--dataset=play_char", *TINY, "--block_size=16", "--max_iters=2", "--eval_interval=2",
+        "--eval_iters=1", f"--init_from={tmp_path / 'nano' / 'ckpt.pt'}", f"--out_dir={out}", env=ENV)
+    ckpt = load(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 2 and ckpt["model_args"]["block_size"] == 16 and not ckpt["model_args"]["bias"]
+    p = run("train.py", "--dataset=play_char", *TINY, "--n_layer=3", f"--init_from={tmp_path / 'nano'}",
+            f"--out_dir={tmp_path / 'x'}", check=False, env=ENV)
+    assert_clean_error(p, status=2, words=["n_layer=3 conflicts with", "n_layer=2"])
+    nanogpt_checkpoint(tmp_path / "wide" / "ckpt.pt", vocab_size=80)
+    p = run("train.py", "--dataset=play_char", *TINY, f"--init_from={tmp_path / 'wide'}",
+            f"--out_dir={tmp_path / 'y'}", check=False, env=ENV)
+    assert_clean_error(p, status=2, words=["does not fit", "vocabulary of 80"])

@@ -1,13 +1,16 @@
 """train.py end to end on a tiny model, and the device plan that keeps CUDA-only calls off MPS/CPU."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import runtime
 from errors import UserError
-from conftest import TINY, assert_clean_error, read_metrics, run
+from conftest import ROOT, TINY, assert_clean_error, read_metrics, run
 
 
 @pytest.mark.slow
@@ -74,8 +77,16 @@ def test_device_plan_keeps_cuda_only_features_on_cuda():
         runtime.pick_dtype("mps", "float16")  # would need a GradScaler, which MPS does not get
 
 
+RECORD_MODULES = """
+import atexit, json, os, runpy, sys
+atexit.register(lambda: open(os.environ["MODULES_FILE"], "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_wandb_is_imported_only_when_asked(char_data, tmp_path):
+def test_optional_loggers_are_imported_only_when_asked_and_log_every_row(char_data, tmp_path):
     # a stand-in wandb module that records its calls, found first on PYTHONPATH
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -87,14 +98,29 @@ def test_wandb_is_imported_only_when_asked(char_data, tmp_path):
         "def init(project=None, name=None, config=None, **kw): _rec({'init': [project, name, config['n_layer']]})\n"
         "def log(row, step=None): _rec({'log': row, 'step': step})\n"
     )
-    env = {"PYTHONPATH": str(fake), "FAKE_WANDB_CALLS": str(calls)}
+    env = {"PYTHONPATH": str(fake), "FAKE_WANDB_CALLS": str(calls), "MODULES_FILE": str(tmp_path / "modules.json")}
     common = ["--dataset=play_char", *TINY, "--max_iters=4", "--eval_interval=2", "--eval_iters=1"]
-    run("train.py", *common, f"--out_dir={tmp_path / 'a'}", env=env)
-    assert not calls.exists()
+    p = subprocess.run([sys.executable, "-c", RECORD_MODULES, str(ROOT / "train.py"), *common,
+                        f"--out_dir={tmp_path / 'a'}"], env=dict(os.environ, **env), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    modules = set(json.loads((tmp_path / "modules.json").read_text()))
+    assert not calls.exists() and "wandb" not in modules and "torch.utils.tensorboard" not in modules
+    assert not (tmp_path / "a" / "tb").exists()
+    assert (tmp_path / "a" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every run draws its picture
     run("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--wandb_log=True", "--wandb_project=p",
-        "--wandb_run_name=r", env=env)
+        "--wandb_run_name=r", "--tensorboard_log=True", env=env)
     rows = [json.loads(line) for line in calls.read_text().splitlines()]
     assert rows[0] == {"init": ["p", "r", 2]}
     logged = [r["log"] for r in rows[1:]]
     assert [r["iter"] for r in logged if "loss" in r] == [0, 1, 2, 3]
     assert [r["iter"] for r in logged if "val_loss" in r] == [0, 2, 4]
+    # TensorBoard's own reader finds every metrics row's numbers at its iteration
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(tmp_path / "b" / "tb"))
+    events.Reload()
+    metrics = read_metrics(tmp_path / "b")
+    for name in ("loss", "val_loss", "lr"):
+        expected = [(r["iter"], r[name]) for r in metrics if name in r]
+        got = [(e.step, e.value) for e in events.Scalars(name)]
+        assert [s for s, _ in got] == [s for s, _ in expected]
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6)  # stored as float32

@@ -5,12 +5,17 @@ in the layout train.py reads, so that `dataset=` in a config points at it.
     python data/corpus/prepare.py mybook.txt                               # GPT-2 BPE, into data/corpus/
     python data/corpus/prepare.py --input=notes/ --tokenizer=char --out=data/notes_char
     python train.py config/train_shakespeare_char.py --dataset=notes_char
+    python data/corpus/prepare.py books/ --tokenizer=char --vocab_from=data/shakespeare_char --out=data/books_char
 
 --tokenizer=gpt2 (default) uses GPT-2's BPE, with <|endoftext|> after each file, for training from
 scratch or fine-tuning GPT-2. --tokenizer=char makes a vocabulary of the corpus's characters (meta.pkl
 in nanoGPT's layout). A folder contributes every .txt and .md file under it, in sorted order. The
 first 90% of the tokens (--val_fraction=0.1) are train, the rest val. The corpus is read into memory;
 for one larger than memory use data/openwebtext/prepare.py --input=FOLDER, which streams.
+
+--vocab_from=FOLDER (with --tokenizer=char) uses the character vocabulary of another prepared dataset
+instead, dropping the characters it lacks (their count is printed): a model pretrained on this corpus
+then fits that dataset, for pretraining on a large corpus and fine-tuning on a small one.
 """
 
 import os
@@ -19,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import dataprep  # noqa: E402
 import errors  # noqa: E402
-from dataset import data_root  # noqa: E402
+from dataset import data_root, read_meta  # noqa: E402
 from errors import USAGE, UserError  # noqa: E402
 
 SUFFIXES = (".txt", ".md")
@@ -49,7 +54,7 @@ def read_docs(files):
 
 
 def main(argv):
-    args = dataprep.parse_args(argv, ["input", "tokenizer", "out", "val_fraction"], __doc__)
+    args = dataprep.parse_args(argv, ["input", "tokenizer", "out", "val_fraction", "vocab_from"], __doc__)
     if not args.get("input"):
         raise UserError("give the corpus as a path (or --input=FILE_OR_FOLDER)", status=USAGE)
     kind = args.get("tokenizer", "gpt2")
@@ -62,6 +67,14 @@ def main(argv):
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val_fraction={args.get('val_fraction')} must be a number between 0 and 1, e.g. 0.1",
                         status=USAGE)
+    vocab = None
+    if args.get("vocab_from"):
+        if kind != "char":
+            raise UserError("--vocab_from takes a character vocabulary; use it with --tokenizer=char", status=USAGE)
+        vocab = read_meta(args["vocab_from"])
+        if vocab is None or "stoi" not in vocab:
+            raise UserError(f"--vocab_from={args['vocab_from']} holds no character vocabulary (meta.pkl with stoi); "
+                            f"give a dataset prepared with --tokenizer=char", status=USAGE)
     out = dataprep.out_folder(args, "corpus")
     files = corpus_files(args["input"])
     docs = read_docs(files)
@@ -70,16 +83,25 @@ def main(argv):
     if kind == "char":
         # files are simply concatenated: a character vocabulary has no end-of-text token
         text = "".join(docs)
-        chars = sorted(set(text))
-        vocab_size = len(chars)
-        stoi = {ch: i for i, ch in enumerate(chars)}
-        ids = [stoi[c] for c in text]
-        meta = {"vocab_size": vocab_size, "itos": dict(enumerate(chars)), "stoi": stoi}
-        shown = "".join(chars) if vocab_size <= 100 else "".join(chars[:100]) + "..."
-        vocab_line = f"character vocabulary of {vocab_size}: {shown!r}"
+        if vocab is not None:
+            meta, stoi = vocab, vocab["stoi"]
+            kept = [c for c in text if c in stoi]
+            dropped = len(text) - len(kept)
+            ids = [stoi[c] for c in kept]
+            vocab_size = vocab["vocab_size"]
+            vocab_line = (f"the character vocabulary of {args['vocab_from']} ({vocab_size}); {dropped:,} characters "
+                          f"outside it dropped ({dropped / max(1, len(text)):.1%})")
+        else:
+            chars = sorted(set(text))
+            vocab_size = len(chars)
+            stoi = {ch: i for i, ch in enumerate(chars)}
+            ids = [stoi[c] for c in text]
+            meta = {"vocab_size": vocab_size, "itos": dict(enumerate(chars)), "stoi": stoi}
+            shown = "".join(chars) if vocab_size <= 100 else "".join(chars[:100]) + "..."
+            vocab_line = f"character vocabulary of {vocab_size}: {shown!r}"
     else:
         from tokenizer import BPETokenizer
-        tok = BPETokenizer("gpt2")
+        tok = BPETokenizer()
         vocab_size = tok.vocab_size
         ids = []
         for doc_ids in tok.enc.encode_ordinary_batch(docs):

@@ -175,7 +175,7 @@ def main(argv):
                         status=USAGE)
     out = dataprep.out_folder(args, "openwebtext")
     from tokenizer import BPETokenizer
-    enc = BPETokenizer("gpt2").enc
+    enc = BPETokenizer().enc
     writer = dataprep.DatasetWriter(out, enc.n_vocab)
     if args.get("input"):
         prepare_local(args, enc, writer, num_proc, val_fraction, batch_chars)

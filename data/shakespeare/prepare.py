@@ -24,7 +24,7 @@ def main(argv):
     args = dataprep.parse_args(argv, ["input", "out"], __doc__)
     out = dataprep.out_folder(args, "shakespeare")
     text = dataprep.read_text(args.get("input"), URL, os.path.join(out, "input.txt"))
-    tok = BPETokenizer("gpt2")
+    tok = BPETokenizer()
     split = int(len(text) * 0.9)
     writer = dataprep.DatasetWriter(out, tok.vocab_size)
     writer.write("train", tok.enc.encode_ordinary(text[:split]))
