@@ -130,7 +130,7 @@ def main(argv):
 
     out = dataprep.out_folder(args, "chat")
     from tokenizer import BPETokenizer
-    enc = BPETokenizer("gpt2").enc
+    enc = BPETokenizer().enc
     encoder = dataprep.MaskedEncoder(enc)
     writer = dataprep.DatasetWriter(out, enc.n_vocab, info={"counted": "assistant tokens",
                                                            "chat_template": template.to_dict()})
