@@ -31,6 +31,7 @@ KEYS = [
         "or run folder (its weights start a new run); a GPT-2 name (gpt2 ... gpt2-xl) or Hugging Face folder"),
     # logging
     Key("wandb_log", False, "log to Weights & Biases (imported only then; WANDB_MODE=offline works)"),
+    Key("loss_png", True, "keep out_dir/loss.png drawn (after each evaluation and at the end, off the step's path)"),
     Key("tensorboard_log", False, "also write the metrics to out_dir/tb for TensorBoard (imported only then)"),
     Key("wandb_project", "owt", "wandb project"),
     Key("wandb_run_name", "gpt2", "wandb run name"),
@@ -504,7 +505,8 @@ start_iter = iter_num
 metrics = Metrics(os.path.join(cfg.out_dir, "metrics.jsonl"), start_iter, resumed=cfg.init_from == "resume",
                   last_eval_iter=last_eval_iter)
 bar = loggers.progress_bar(total=cfg.max_iters, initial=iter_num, enabled=writes)
-picture = curves.LossPicture(cfg.out_dir, enabled=writes, warn=bar.warn)  # out_dir/loss.png, drawn off the loop
+# out_dir/loss.png, drawn off the loop
+picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)
 if writes:  # a failed save or a second Ctrl-C exits at once: leave no half-drawn loss.png temporary
     errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
 

@@ -108,7 +108,8 @@ def test_optional_loggers_are_imported_only_when_asked_and_log_every_row(char_da
     assert not (tmp_path / "a" / "tb").exists()
     assert (tmp_path / "a" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every run draws its picture
     run("train.py", *common, f"--out_dir={tmp_path / 'b'}", "--wandb_log=True", "--wandb_project=p",
-        "--wandb_run_name=r", "--tensorboard_log=True", env=env)
+        "--wandb_run_name=r", "--tensorboard_log=True", "--loss_png=False", env=env)
+    assert not (tmp_path / "b" / "loss.png").exists()
     rows = [json.loads(line) for line in calls.read_text().splitlines()]
     assert rows[0] == {"init": ["p", "r", 2]}
     logged = [r["log"] for r in rows[1:]]
