@@ -153,6 +153,13 @@ def test_train_on_addition_then_sample_the_answer(tmp_path):
     # one digit leaves 93 training problems, which the tiny model learns by heart; whether it also gets
     # the 7 held-out ones right is beside the point here (it does not: it memorises, it does not add)
     assert last["iter"] == 120 and last["train_accuracy"] > 0.9 and 0.0 <= last["val_accuracy"] <= 1.0, last
+    # the accuracy is an evaluation's figure to the plots too: drawn as evaluation points, not smoothed as steps
+    import curves
+    metrics = curves.read_run(str(out))
+    its, acc, kind = metrics.series("val_accuracy")
+    assert kind == curves.EVAL and its[-1] == 120 and acc[-1] == last["val_accuracy"]
+    curves.save_png(curves.draw_runs([metrics], y="val_accuracy"), str(tmp_path / "accuracy.png"))
+    assert (tmp_path / "accuracy.png").stat().st_size > 0 and (out / "loss.png").exists()
     s = run("sample.py", f"--out_dir={out}", "--start=7+8=", "--temperature=0", "--max_new_tokens=4",
             "--stop=('\\n',)", "--num_samples=1")
     assert s.stdout.startswith("7+8=51\n"), s.stdout  # 15, least significant digit first
