@@ -358,7 +358,8 @@ print(tok.decode(out[0]))
 
 
 def bench_process():
-    # The two commands take turns in each repeat, so a change in the machine's load hits both alike.
+    # The two commands take turns in each repeat, so a change in the machine's load hits both alike,
+    # and which goes first alternates, so neither always pays for a cold file cache.
     # sample.py's time to first token is read off its output as it streams: the first byte after the
     # prompt, which it echoes first.
     import json
@@ -395,25 +396,29 @@ def bench_process():
         p = subprocess.run(theirs_cmd, capture_output=True, env=env)
         if p.returncode != 0:
             raise UserError(f"the transformers script failed: {p.stderr.decode(errors='replace').strip().splitlines()[-1]}")
-        return time.perf_counter() - t0, p.stdout.decode().rstrip("\n")
+        return time.perf_counter() - t0, p.stdout.decode().removesuffix("\n")  # print's newline, not generated ones
 
     runs = {"sample.py": [], "transformers": []}
     firsts, texts = [], {}
     for r in range(cfg.repeats):
-        total, first, texts["sample.py"] = ours()
-        runs["sample.py"].append(total)
-        firsts.append(first)
-        total, texts["transformers"] = theirs()
-        runs["transformers"].append(total)
-        print(f"  run {r + 1}: sample.py {runs['sample.py'][-1]:.2f} s (first token {first:.2f} s), "
-              f"transformers {total:.2f} s", flush=True)
+        for name in ("sample.py", "transformers") if r % 2 == 0 else ("transformers", "sample.py"):
+            if name == "sample.py":
+                total, first, texts[name] = ours()
+                firsts.append(first)
+            else:
+                total, texts[name] = theirs()
+            runs[name].append(total)
+        print(f"  run {r + 1}: sample.py {runs['sample.py'][-1]:.2f} s (first token {firsts[-1]:.2f} s), "
+              f"transformers {runs['transformers'][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{cfg.new_tokens} greedy tokens from {cfg.init_from}, whole processes, median of {cfg.repeats} "
           f"(min-max):")
     for k, v in runs.items():
         print(f"  {k:<13} {med[k]:6.2f} s ({min(v):.2f}-{max(v):.2f})")
     print(f"  sample.py's first token after {statistics.median(firsts):.2f} s ({min(firsts):.2f}-{max(firsts):.2f})")
-    print(f"  speed-up: {med['transformers'] / med['sample.py']:.2f}x; the same text: "
+    ratios = [b / a for a, b in zip(runs["sample.py"], runs["transformers"])]
+    print(f"  speed-up: {med['transformers'] / med['sample.py']:.2f}x (within each run: "
+          f"{statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f}); the same text: "
           f"{'yes' if texts['sample.py'] == texts['transformers'] else 'NO'}")
     print(json.dumps(dict(mode="process", init_from=cfg.init_from, new_tokens=cfg.new_tokens, runs=runs,
                           first_token_s=firsts, speedup=med["transformers"] / med["sample.py"],

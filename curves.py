@@ -376,6 +376,7 @@ class LossPicture:
         self.draw_seconds = []  # each drawing's cost, for measuring it
         self._warned = False
         self._pending = self._closing = False
+        self._requested_size = None  # metrics.jsonl's size at the last request
         self._wake = threading.Condition()
         self._thread = None
 
@@ -383,19 +384,30 @@ class LossPicture:
         self._request(closing=False)
 
     def close(self):
-        if not self.enabled or not self._request(closing=True):
+        """Draw the final picture, unless the last request already covers every metrics row (the
+        drawing it started reads the file after the request), and wait for it."""
+        if not self.enabled or not self._request(closing=True, unless_current=True):
             return
         self._thread.join(self.timeout)
         if self._thread.is_alive():  # a hung filesystem: the thread is a daemon and dies with the process
             self._fail(f"still drawing after {self.timeout:.0f} s")
 
-    def _request(self, closing):
+    def _metrics_size(self):
+        try:
+            return os.path.getsize(self.reader.path)
+        except OSError:
+            return None
+
+    def _request(self, closing, unless_current=False):
         if not self.enabled:
             return False
+        size = self._metrics_size()
         with self._wake:
             if self._closing:
                 return False
-            self._pending = True
+            if not (unless_current and self._thread is not None and size == self._requested_size):
+                self._pending = True
+            self._requested_size = size
             self._closing = closing
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="loss.png", daemon=True)

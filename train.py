@@ -581,7 +581,8 @@ while True:
                      f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else ""))
             metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **accuracy, lr=lr,
                              elapsed_s=elapsed()))
-            picture.refresh()
+            if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
+                picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)
         if cfg.eval_only:
             break
         if math.isfinite(losses["val"]):

@@ -1,6 +1,7 @@
 """GPT-2 weights in and out, checked against transformers' GPT2LMHeadModel: import parity, export
 parity and greedy generation, the text-generation pipeline, fine-tuning from a local folder."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -192,6 +193,17 @@ def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, gpt2_encoding, m
 
 
 @pytest.mark.slow
+def test_bench_process_mode_times_sample_py_and_transformers_writing_the_same_text(bpe_export):
+    # the speed claim against transformers holds only if both processes write the same greedy text
+    p = run("bench.py", "--mode=process", f"--init_from={bpe_export}", "--repeats=2", "--new_tokens=8",
+            "--prompt=ROMEO:", env={"HF_HUB_OFFLINE": "1"})
+    assert "the same text: yes" in p.stdout, p.stdout
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [len(v) for v in result["runs"].values()] == [2, 2] and len(result["first_token_s"]) == 2
+    assert all(0 < first < total for first, total in zip(result["first_token_s"], result["runs"]["sample.py"]))
+
+
+@pytest.mark.slow
 def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path):
     dest = tmp_path / "hf"
     dest.mkdir()
@@ -276,7 +288,6 @@ def test_finetune_refuses_a_conflicting_architecture(hf_dir, bpe_data, char_data
 
 @pytest.mark.slow
 def test_gpt2_configs_resolve():
-    import json
     for name, init in [("eval_gpt2", "gpt2"), ("eval_gpt2_medium", "gpt2-medium"), ("eval_gpt2_large", "gpt2-large"),
                        ("eval_gpt2_xl", "gpt2-xl")]:
         cfg = json.loads(run("train.py", f"config/{name}.py", "--print-config").stdout)

@@ -296,19 +296,28 @@ def test_refresh_returns_at_once_and_requests_during_a_drawing_become_one(tmp_pa
     time.sleep(0.05)
     assert calls == [10, 10]  # the drawing under way, then one for the three requests made meanwhile
     picture.close()
-    assert calls == [10, 10, 10] and len(warnings) == 1
+    assert calls == [10, 10] and len(warnings) == 1  # no row came since: the last drawing is the final one
     picture.refresh()  # after close: nothing more
-    assert calls == [10, 10, 10]
+    assert calls == [10, 10]
 
 
-def test_loss_png_is_written_and_closing_waits_for_it(tmp_path):
+def test_loss_png_is_written_and_closing_waits_for_it(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     a_run(tmp_path, 30, eval_interval=10)
+    drawn, draw_run = [], curves.draw_run
+    monkeypatch.setattr(curves, "draw_run", lambda run, smooth=None: drawn.append(run.iterations()) or draw_run(run))
     picture = curves.LossPicture(str(tmp_path))
     picture.refresh()
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a row after the last request: the final picture has it
+        f.write(json.dumps(step_row(30, 3.5)) + "\n")
     picture.close()
     assert_png(tmp_path / "loss.png", 800, 600)
-    assert len(picture.draw_seconds) in (1, 2)  # the refresh's drawing may still have been running
+    assert drawn[-1] == 31 and len(drawn) in (1, 2)  # one drawing if the refresh's had not read the file yet
+    drawn.clear()
+    current = curves.LossPicture(str(tmp_path))
+    current.refresh()
+    current.close()  # nothing was added after the refresh: its drawing is the final one, and close waits for it
+    assert drawn == [31] and len(current.draw_seconds) == 1
     other_rank = curves.LossPicture(str(a_run(tmp_path / "rank1", 30, eval_interval=10)), enabled=False)
     other_rank.refresh()
     other_rank.close()
