@@ -127,6 +127,7 @@ def bench_train():
             vocab_size = batches.meta["vocab_size"]
     else:
         class RandomTokens:
+            counted = None  # every target counts
             pool = torch.randint(0, vocab_size, (accum * 2, B, T + 1), device=device)
 
             def train_batch(self, it, micro):

@@ -1,14 +1,18 @@
 """
 Talk with a model: a running transcript of speaker-prefixed turns, each reply streamed as it is
-generated and ended at the next speaker prefix (or a stop token).
+generated and ended at the next speaker prefix, the end-of-turn marker of a fine-tuned model, or a
+stop token.
 
     python chat.py --out_dir=out-shakespeare-char-cpu      # a play: you are ROMEO, it is JULIET
     python chat.py --init_from=gpt2                         # "User:" / "Assistant:" lines
+    python chat.py --out_dir=out-sft                        # a fine-tuned run: its own chat template
     echo "Hello there" | python chat.py --init_from=gpt2    # piped: one turn per input line
     python chat.py --init_from=gpt2 --prompt="What is a cat?"   # one reply, then exit
 
 Commands inside a chat: /reset forgets the conversation, /quit (or end of input) leaves, /help.
-A base model does not know it is chatting; the transcript format is what makes it answer.
+A base model does not know it is chatting; the transcript format is what makes it answer. A run
+fine-tuned on conversations (data/chat/prepare.py) learnt a template, recorded in its checkpoint, and
+is talked to in exactly that template.
 """
 
 import configurator
@@ -23,8 +27,9 @@ KEYS = [
     Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
-    Key("style", "auto", "auto (play for character models, chat otherwise), play or chat: the default prefixes",
-        choices=("auto", "play", "chat")),
+    Key("style", "auto", "auto (the run's chat template if it was fine-tuned on conversations, else play for "
+        "character models, chat otherwise), template, play or chat: the default prefixes",
+        choices=("auto", "template", "play", "chat")),
     Key("user", None, "your speaker prefix (default: 'ROMEO:\\n' in a play, 'User: ' in a chat)", type=str),
     Key("bot", None, "the model's speaker prefix (default: 'JULIET:\\n' in a play, 'Assistant: ' in a chat)", type=str),
     Key("sep", None, "what ends each line of the transcript (default: a blank line in a play, a newline in a chat)", type=str),
@@ -71,11 +76,15 @@ plan, device = rt.plan, rt.device
 model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
 block_size = model.config.block_size
 
-# Speaker prefixes. A character model trained on plays continues a play: you speak one part and it
-# answers in another, separated by the blank lines of the script. A BPE base model continues a
-# transcript of named lines.
-style = cfg.style if cfg.style != "auto" else ("play" if isinstance(tok, CharTokenizer) else "chat")
-transcript = conversation.PLAY if style == "play" else conversation.CHAT
+# Speaker prefixes. A fine-tuned run is talked to in the template it learnt. A character model
+# trained on plays continues a play: you speak one part and it answers in another, separated by the
+# blank lines of the script. A BPE base model continues a transcript of named lines.
+if cfg.style == "template" and tok.chat_template is None:
+    raise UserError(f"{desc} was not fine-tuned on conversations, so it has no chat template; use --style=auto",
+                    status=USAGE)
+style = cfg.style if cfg.style != "auto" else (
+    "template" if tok.chat_template else "play" if isinstance(tok, CharTokenizer) else "chat")
+transcript = {"template": tok.chat_template, "play": conversation.PLAY, "chat": conversation.CHAT}[style]
 
 
 def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backslash and an n
@@ -87,6 +96,8 @@ transcript = dataclasses.replace(transcript, **{k: unescape(getattr(cfg, k)) for
 user, bot, sep = transcript.user, transcript.bot, transcript.sep
 if not user.strip() or not bot.strip():
     raise UserError("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=USAGE)
+if style == "template":  # what the model reads is markup; what you read is named lines
+    user, bot, sep = conversation.CHAT.user, conversation.CHAT.bot, conversation.CHAT.sep
 stops = [*transcript.stops(), *map(unescape, cfg.stop)]
 stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first

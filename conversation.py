@@ -1,10 +1,16 @@
 """
 The transcript a chat model reads: speaker prefixes and separators, the turns rendered as text, and the
-oldest turns dropped until the transcript fits the context beside a reply.
+oldest turns dropped until the transcript fits the context beside a reply. A fine-tuning template
+(SFT) is such a transcript too: data/chat/prepare.py writes its training conversations with it, and
+chat.py renders the conversation with the very same one (recorded with the data and the run).
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+from errors import UserError
+
+ROLES = ("system", "user", "assistant")
 
 # A play's speaker line: a name and a colon alone on a line, "JULIET:" or "First Citizen:", and the
 # garbled ones a small model writes ("Firstick, CORIOLANUS:"): the last word in capitals, or at most
@@ -22,17 +28,32 @@ class Transcript:
     bot: str        # the model's speaker prefix
     sep: str        # what ends each speech
     preamble: str   # text before the first turn
+    system: str = ""    # prefix of a system message (templates whose data has them)
+    turn_end: str = ""  # a fine-tuned model writes this when its reply is done ("" for base models)
     play: bool = False  # a reply also ends at any speaker's line, not only the two prefixes
+
+    def segments(self, messages):
+        """A conversation ([{'role', 'content'}, ...]) as (text, is_reply) pieces: each message is its
+        speaker's prefix, then its content and sep. The assistant's content and sep are the reply
+        pieces, which fine-tuning trains on: sep is how the model learns to end its turn."""
+        prefix = {"system": self.system, "user": self.user, "assistant": self.bot}
+        out = [(self.preamble, False)] if self.preamble else []
+        for m in messages:
+            out.append((prefix[m["role"]], False))
+            out.append((m["content"] + self.sep, m["role"] == "assistant"))
+        return out
 
     def render(self, turns, line):
         """The conversation so far plus the new line, ending in the bot's prefix: what the model continues."""
-        text = self.preamble + "".join(f"{self.user}{u}{self.sep}{self.bot}{r}{self.sep}" for u, r in turns)
-        return text + f"{self.user}{line}{self.sep}{self.bot}"
+        messages = [m for u, r in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": r})]
+        messages.append({"role": "user", "content": line})
+        return "".join(text for text, _ in self.segments(messages)) + self.bot
 
     def stops(self):
         """Strings that end a reply: the start of the next speaker's line, whichever speaker it picks,
-        and in a play the blank line that ends a speech."""
-        return ["\n" + self.user.strip(), "\n" + self.bot.strip()] + (["\n\n"] if self.play else [])
+        the end-of-turn marker of a fine-tuned template, and in a play the blank line that ends a speech."""
+        return (["\n" + self.user.strip(), "\n" + self.bot.strip()] + ([self.turn_end] if self.turn_end else [])
+                + (["\n\n"] if self.play else []))
 
     def line_stop(self):
         """In a play, the test for a line that starts another speech (StopText's line_stop)."""
@@ -48,7 +69,25 @@ class Transcript:
             ids = encode(self.render(history, line))
         return ids[-budget:]
 
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, source):
+        """The template recorded in a dataset.json or a checkpoint (`source` names it in the error)."""
+        fields = cls.__dataclass_fields__
+        if (not isinstance(d, dict) or not all(isinstance(d.get(k, f.default), f.type) for k, f in fields.items())
+                or not d.get("bot")):
+            raise UserError(f"{source} holds a damaged chat template ({str(d)[:80]}); prepare the data again, or "
+                            f"chat with --style=chat")
+        return cls(**{k: d[k] for k in fields if k in d})
+
 
 PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="", play=True)
 CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
                   preamble="A conversation between a curious user and a helpful, knowledgeable assistant.\n\n")
+# The fine-tuning template: ChatML's markers (OpenAI's chat format, used by many open chat models)
+# written as plain text, since GPT-2's BPE has no special tokens but <|endoftext|>. The explicit end
+# marker lets replies hold newlines and blank lines; the model learns to write it, and chat.py stops there.
+SFT = Transcript(user="<|im_start|>user\n", bot="<|im_start|>assistant\n", sep="<|im_end|>\n", preamble="",
+                 system="<|im_start|>system\n", turn_end="<|im_end|>")

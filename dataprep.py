@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 
 import fileio
-from dataset import MANIFEST, SPLITS, data_root, file_sha256, token_dtype, write_meta
+from dataset import MANIFEST, SPLITS, data_root, file_sha256, mask_file, token_dtype, write_meta
 from errors import USAGE, UserError
 
 
@@ -64,10 +64,12 @@ def read_text(input_path, url, cache_path):
 class DatasetWriter:
     """Writes a dataset folder so that training can tell a finished preparation from an interrupted one:
     dataset.json is first rewritten as unfinished, then the bins and meta.pkl are replaced (each
-    atomically), and dataset.json is written last with their sizes and the vocabulary's hash."""
+    atomically), and dataset.json is written last with their sizes and the vocabulary's hash.
+    `info` goes into dataset.json as it is: "counted" (what the loss masks, written with write(...,
+    mask=...), count) and "chat_template" (see dataset.py)."""
 
-    def __init__(self, folder, vocab_size, meta=None):
-        self.folder, self.vocab_size, self.meta = folder, vocab_size, meta
+    def __init__(self, folder, vocab_size, meta=None, info=None):
+        self.folder, self.vocab_size, self.meta, self.info = folder, vocab_size, meta, info or {}
         self.dtype = np.dtype(token_dtype(vocab_size))
         if self.dtype == np.uint32:
             self.meta = dict(meta or {"vocab_size": vocab_size}, dtype="uint32")  # Batches reads the dtype here
@@ -80,17 +82,25 @@ class DatasetWriter:
 
     def _manifest(self, complete, files=None):
         with fileio.atomic_open(os.path.join(self.folder, MANIFEST), "w") as f:
-            json.dump(dict(complete=complete, vocab_size=self.vocab_size, dtype=self.dtype.name, files=files or {}),
-                      f, indent=1)
+            json.dump(dict(complete=complete, vocab_size=self.vocab_size, dtype=self.dtype.name, files=files or {},
+                           **(self.info if complete else {})), f, indent=1)
 
     def bin(self, split):
         """A file object for <split>.bin, replaced atomically when the block ends (for streaming)."""
         return fileio.atomic_open(os.path.join(self.folder, f"{split}.bin"), "wb")
 
-    def write(self, split, ids):
+    def mask_bin(self, split):
+        """A file object for <split>_mask.bin (one uint8 per token: 1 where the target counts)."""
+        return fileio.atomic_open(os.path.join(self.folder, mask_file(split)), "wb")
+
+    def write(self, split, ids, mask=None):
         arr = np.asarray(ids, dtype=self.dtype)
         with self.bin(split) as f:
             arr.tofile(f)
+        if mask is not None:
+            assert len(mask) == len(arr)
+            with self.mask_bin(split) as f:
+                np.asarray(mask, dtype=np.uint8).tofile(f)
         return len(arr)
 
     def finish(self):
@@ -100,10 +110,40 @@ class DatasetWriter:
         else:
             fileio.remove(meta_path)  # a stale character vocabulary would mislead train.py
         files = {f"{s}.bin": {"bytes": os.path.getsize(os.path.join(self.folder, f"{s}.bin"))} for s in SPLITS}
+        for s in SPLITS:
+            path = os.path.join(self.folder, mask_file(s))
+            if self.info.get("counted"):
+                files[mask_file(s)] = {"bytes": os.path.getsize(path)}
+            else:
+                fileio.remove(path)  # a stale mask of an earlier preparation
         if self.meta is not None:
             files["meta.pkl"] = {"sha256": file_sha256(meta_path)}
         self._manifest(complete=True, files=files)
         return {s: files[f"{s}.bin"]["bytes"] // self.dtype.itemsize for s in SPLITS}
+
+
+class MaskedEncoder:
+    """Text pieces, some of which count in the loss, as token ids and a mask (1 for a counted token).
+    The pieces are encoded as one text, so the tokens are those of the whole text (what chat.py
+    encodes); a token counts when its first byte lies in a counted piece (a token may straddle two
+    pieces: GPT-2's BPE joins '.<' across a reply's end and its end marker)."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.token_bytes = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)])
+
+    def encode_batch(self, documents, num_threads=8):
+        """[(ids, mask)] of documents, each a list of (text, counted) pieces."""
+        texts = ["".join(t for t, _ in pieces) for pieces in documents]
+        out = []
+        for pieces, ids in zip(documents, self.enc.encode_ordinary_batch(texts, num_threads=num_threads)):
+            ids = np.asarray(ids, dtype=np.int64)
+            starts = np.cumsum(self.token_bytes[ids]) - self.token_bytes[ids]  # first byte of each token
+            ends = np.cumsum([len(t.encode("utf-8")) for t, _ in pieces])  # end byte of each piece
+            piece = np.searchsorted(ends, starts, side="right")  # the piece each token starts in
+            counted = np.array([c for _, c in pieces], dtype=np.uint8)
+            out.append((ids, counted[piece]))
+        return out
 
 
 def report_split(folder, counts, vocab_size):

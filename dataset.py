@@ -9,6 +9,12 @@ there), and dataset.json, written last by this project's prepare scripts: the si
 vocabulary of the other files, so that a folder left half-rewritten by a killed prepare is refused
 instead of trained on. Folders prepared by nanoGPT have no dataset.json and train as they always did.
 
+A dataset may also say which targets count in the loss: train_mask.bin and val_mask.bin (one uint8 per
+token, 1 where predicting that token counts), named in dataset.json with what they count ("counted",
+e.g. "assistant tokens"). Batches then carry -1, which the loss ignores, at the other targets.
+dataset.json may also hold the chat template the data was written in (data/chat/prepare.py), which
+training passes on to the run so that chat.py talks in it.
+
 Batches are a pure function of (seed, iteration, micro-step): nothing depends on what was drawn
 before, so an interrupted and resumed run, or a run split over more processes, sees exactly the
 same data as an uninterrupted single-process run.
@@ -109,9 +115,14 @@ def prepare_hint(dataset):
     return f"prepare it first (data/<name>/prepare.py writes train.bin and val.bin into data/{dataset}/)"
 
 
+def mask_file(split):
+    return f"{split}_mask.bin"
+
+
 def check_folder(data_dir, dataset):
-    """(meta, dtype) of a prepared folder after checking it: both bins present, sizes whole tokens,
-    and, where dataset.json exists, every file as it recorded. One sentence for anything wrong."""
+    """(meta, dtype, manifest) of a prepared folder after checking it: both bins present, sizes whole
+    tokens, and, where dataset.json exists (else the manifest is None), every file as it recorded,
+    loss masks included. One sentence for anything wrong."""
     meta = read_meta(data_dir)
     dtype = np.dtype((meta or {}).get("dtype", "uint16"))
     manifest_path = os.path.join(data_dir, MANIFEST)
@@ -138,40 +149,57 @@ def check_folder(data_dir, dataset):
         if manifest is not None and manifest["files"].get(f"{split}.bin", {}).get("bytes") != size:
             raise UserError(f"{path} is not the file {MANIFEST} recorded (a different size): the folder mixes "
                             f"two preparations; prepare the dataset again")
+        if manifest is not None and manifest.get("counted"):
+            mask_path = os.path.join(data_dir, mask_file(split))
+            if not os.path.exists(mask_path) or os.path.getsize(mask_path) != size // dtype.itemsize:
+                raise UserError(f"{mask_path}, the loss mask of {split}.bin, is missing or not one byte per token; "
+                                f"prepare the dataset again")
     if manifest is not None:
         recorded = manifest["files"].get("meta.pkl")
         meta_path = os.path.join(data_dir, "meta.pkl")
         if (recorded is None) != (meta is None) or (recorded and recorded.get("sha256") != file_sha256(meta_path)):
             raise UserError(f"{meta_path} is not the vocabulary {MANIFEST} recorded: the folder mixes two "
                             f"preparations; prepare the dataset again")
-    return meta, dtype
+    return meta, dtype, manifest
 
 
 # -----------------------------------------------------------------------------
 # reading and sampling
 
 class Batches:
-    """Memory-mapped train/val tokens and the deterministic batch schedule."""
+    """Memory-mapped train/val tokens (and loss masks) and the deterministic batch schedule."""
+
+    exact_match = False  # rows are windows of a token stream, not whole problems (see tasks.py)
 
     def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.device, self.pin_memory, self.vocab_size = device, pin_memory, vocab_size
-        self.meta, dtype = check_folder(data_dir, dataset)
-        self.data = {}
+        self.seq_len = block_size
+        self.meta, dtype, manifest = check_folder(data_dir, dataset)
+        manifest = manifest or {}
+        self.counted = manifest.get("counted")  # what the loss counts where targets are masked, else None
+        self.chat_template = manifest.get("chat_template")
+        self.data, self.mask = {}, {}
         for split in SPLITS:
             path = os.path.join(data_dir, f"{split}.bin")
             self.data[split] = np.memmap(path, dtype=dtype, mode="r")
             if len(self.data[split]) <= block_size:
                 raise UserError(f"{path} holds {len(self.data[split])} tokens, fewer than block_size+1="
                                 f"{block_size + 1}; use a smaller block_size or more data")
+            if self.counted:
+                self.mask[split] = np.memmap(os.path.join(data_dir, mask_file(split)), dtype=np.uint8, mode="r")
         self._eval_cache = {}
+
+    def _offsets(self, split, stream):
+        """Start offsets of a batch's rows, from a generator seeded by `stream` alone."""
+        rng = np.random.default_rng(stream)
+        return rng.integers(0, len(self.data[split]) - self.block_size, size=self.batch_size)
 
     def _draw(self, split, stream):
         """A batch whose start offsets come from a generator seeded by `stream` alone."""
         import torch  # here, not at the top: the prepare scripts import this module and need no torch
         data = self.data[split]
-        rng = np.random.default_rng(stream)
-        ix = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        ix = self._offsets(split, stream)
         rows = np.stack([data[i:i + self.block_size + 1] for i in ix]).astype(np.int64)
         # checked here on the host, where it costs microseconds: on a GPU an id past the embedding
         # is a device-side assert that kills the process without saying which file is wrong
@@ -180,7 +208,11 @@ class Batches:
                             f"{self.vocab_size} tokens; the data and its meta.pkl do not belong together: "
                             f"prepare the dataset again")
         x = torch.from_numpy(rows[:, :-1].copy())
-        y = torch.from_numpy(rows[:, 1:].copy())
+        y = rows[:, 1:].copy()
+        if self.counted:
+            counted = np.stack([self.mask[split][i + 1:i + self.block_size + 1] for i in ix])
+            y[counted == 0] = -1  # the loss ignores -1
+        y = torch.from_numpy(y)
         if self.pin_memory:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
@@ -188,6 +220,14 @@ class Batches:
     def train_batch(self, iteration, micro_step):
         """The micro-batch for (iteration, micro_step); micro_step counts over all ranks."""
         return self._draw("train", [self.seed, 0, iteration, micro_step])
+
+    def target_counts(self, iteration, micro_steps):
+        """Counted targets of each of the step's micro-batches (all processes'), read from the mask
+        alone (a byte per target): training.Step weighs each micro-batch by its share."""
+        mask = self.mask["train"]
+        return [int(sum(np.count_nonzero(mask[i + 1:i + self.block_size + 1])
+                        for i in self._offsets("train", [self.seed, 0, iteration, m])))
+                for m in range(micro_steps)]
 
     def eval_batch(self, split, k):
         """The k-th fixed evaluation batch of a split: the same every evaluation, so evals are

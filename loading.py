@@ -76,8 +76,11 @@ def check_vocab(model, meta, path, folder_hint):
 
 def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
-    or from GPT-2 weights (a hub name or a local Hugging Face folder)."""
+    or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
+    template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
+    tokenizer), None for runs on data without one."""
     from tokenizer import load_tokenizer
+    template = None
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
@@ -86,10 +89,14 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
+        if ckpt.get("chat_template") is not None:
+            from conversation import Transcript
+            template = Transcript.from_dict(ckpt["chat_template"], path)
     else:
         model = load_pretrained(init_from, dropout=0.0)
         meta, desc = None, init_from
     tok = load_tokenizer(meta)
+    tok.chat_template = template
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

@@ -33,6 +33,7 @@ class CharTokenizer:
         self.vocab_size = meta["vocab_size"]
         self.eot = None
         self.name = "char"
+        self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
 
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
@@ -68,6 +69,7 @@ class BPETokenizer:
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
         self.name = "gpt2"
+        self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
 
     def encode(self, text):
         return self.enc.encode(text, allowed_special={"<|endoftext|>"})

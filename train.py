@@ -36,8 +36,11 @@ KEYS = [
     Key("wandb_project", "owt", "wandb project"),
     Key("wandb_run_name", "gpt2", "wandb run name"),
     # data
-    Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl)"),
+    Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl), or a generated task: "
+        "addition, subtraction, multiplication"),
     Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
+    Key("digits", 3, "generated arithmetic tasks: digits of each operand (tasks.MAX_DIGITS at most)", min=1, max=9),
+    Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
     Key("batch_size", 12, "sequences per micro-step per process", min=1),
     Key("block_size", 1024, "context length in tokens", min=1),
@@ -120,6 +123,7 @@ import loading  # noqa: E402
 import loggers  # noqa: E402
 import optim  # noqa: E402
 import runtime  # noqa: E402
+import tasks  # noqa: E402
 from dataset import Batches  # noqa: E402
 from errors import USAGE, UserError  # noqa: E402
 from model import GPT, MODEL_ARG_KEYS  # noqa: E402
@@ -184,10 +188,8 @@ for k, module in (("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")
             raise UserError(f"{k}_log=True but {k} is not installed; pip install {k}, or leave {k}_log off",
                             status=USAGE) from None
 accum_local = cfg.gradient_accumulation_steps // dist.world_size  # micro-steps this process runs
-tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
 if master:
     print(rt.why)
-    print(f"tokens per iteration: {tokens_per_iter:,}")
 
 
 def refuse_to_clobber():
@@ -204,9 +206,20 @@ if cfg.init_from != "resume":
 runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
 
 data_dir = cfg.data_dir or os.path.join(dataset.data_root(), cfg.dataset)
-batches = everywhere(lambda: Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device,
-                                     plan.pin_memory))
+if cfg.dataset in tasks.TASKS and not cfg.data_dir:  # problems generated as they are drawn (tasks.py)
+    batches = everywhere(lambda: tasks.Arithmetic(cfg.dataset, cfg.digits, cfg.reverse, cfg.block_size,
+                                                  cfg.batch_size, cfg.seed, device, plan.pin_memory))
+else:
+    batches = everywhere(lambda: Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device,
+                                         plan.pin_memory))
 meta = batches.meta
+# rows can be shorter than block_size (a generated problem is as long as it is)
+tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len
+# where targets are masked, every loss figure is the mean over the counted ones only
+over = f" (over {batches.counted})" if batches.counted else ""
+if master:
+    print(f"tokens per iteration: {tokens_per_iter:,}" + (f"; the loss counts only the {batches.counted}"
+                                                          if batches.counted else ""))
 
 # -----------------------------------------------------------------------------
 # model
@@ -417,6 +430,7 @@ def save_checkpoint(name):
             iter_num=iter_num,
             best_val_loss=best_val_loss,
             config=configurator.to_dict(cfg),
+            chat_template=batches.chat_template,  # the format chat.py must talk in, where the data has one
             scaler=step.scaler.state_dict() if plan.grad_scaler else None,
             tokens_seen=tokens_seen,
             last_eval_iter=last_eval_iter,
@@ -560,9 +574,12 @@ while True:
         if improved:
             best_val_loss = losses["val"]
         if master:
-            print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                  + (" (best)" if improved else ""))
-            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
+            accuracy = {k: v for k, v in losses.items() if k.endswith("_accuracy")}  # generated problems
+            print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
+                  + (" (best)" if improved else "")
+                  + (f"; exact match (greedy): train {accuracy['train_accuracy']:.2%}, held-out "
+                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else ""))
+            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **accuracy, lr=lr,
                              elapsed_s=elapsed()))
             if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
                 picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)
@@ -605,7 +622,7 @@ while True:
         # per device: each process computes its share of the step against one device's peak
         mfu = runtime.mfu(flops_per_token, tokens_per_iter // dist.world_size, dt, peak_flops)
         eta = (cfg.max_iters - iter_num) * dt
-        print(f"iter {iter_num - 1}: loss {result.loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
+        print(f"iter {iter_num - 1}: loss {result.loss:.4f}{over}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
               f"eta {eta / 60:.1f} min")
         metrics.log(dict(iter=iter_num - 1, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,

@@ -13,7 +13,7 @@ import runtime
 
 @dataclass
 class StepResult:
-    loss: float        # the mean loss over every micro-batch of the step, all processes
+    loss: float        # the mean loss over every counted target of the step, all micro-batches and processes
     grad_norm: float   # before clipping
     flags: list        # the flags passed in, summed over all processes
     finite: bool       # loss and gradient norm finite; when False the weights were not touched
@@ -24,7 +24,13 @@ class Step:
     last), each next micro-batch fetched while the device works on the current one, fp16 loss scaling
     where the plan has it, gradient clipping, then a single host sync that carries the loss, the
     gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
-    The update happens only when the loss and the gradient norm are finite."""
+    The update happens only when the loss and the gradient norm are finite.
+
+    With masked targets (-1: a prompt, a user's turn) micro-batches count different numbers of
+    targets, and the step's loss is the mean over all counted targets of the step, not a mean of
+    per-micro-batch means: each micro-batch weighs by its share of the step's counted targets. The
+    shares need the counts of every micro-batch of every process, which each process computes itself
+    (batches are a function of seed, iteration and micro-step), so they cost no communication."""
 
     def __init__(self, model, train_model, optimizer, batches, plan, dist, accum_local, grad_clip):
         self.train_model, self.optimizer, self.batches = train_model, optimizer, batches
@@ -40,9 +46,21 @@ class Step:
             return self._ahead[1]
         return self.batches.train_batch(it, self.dist.rank * self.accum_local + micro)
 
+    def _weights(self, it):
+        """The weight of each of this process's micro-batches: its count of targets over the step's
+        mean count per micro-batch (1.0 when all count alike); None when the data masks nothing."""
+        if self.batches.counted is None:
+            return None
+        counts = self.batches.target_counts(it, self.accum_local * self.dist.world_size)
+        mean = sum(counts) / len(counts)
+        mine = counts[self.dist.rank * self.accum_local:(self.dist.rank + 1) * self.accum_local]
+        # a step without a single counted target has nothing to learn: every weight is 0, the gradient too
+        return [c / mean if mean > 0 else 0.0 for c in mine]
+
     def __call__(self, it, flags=()):
         device = self.plan.device
         loss_sum = torch.zeros((), device=device)
+        weights = self._weights(it)
         for micro in range(self.accum_local):
             X, Y = self._batch(it, micro)
             if self.dist.enabled:
@@ -52,6 +70,11 @@ class Step:
                 # DDP averages gradients over processes, so each process divides by its own micro-step
                 # count: the result is the mean over every micro-batch of the step
                 loss = loss / self.accum_local
+                if weights is not None:
+                    # sum over micro-steps and processes of mean_m * count_m / total: the mean over
+                    # every counted target. With none counted the model's mean is 0/0 = NaN, and its
+                    # gradient 0 (no target to pull on): keep the gradient, drop the NaN.
+                    loss = loss * weights[micro] if weights[micro] > 0 else loss.nan_to_num(0.0) * 0.0
             # fetch the next micro-batch while the device works (async copies on CUDA)
             nxt = (it, micro + 1) if micro + 1 < self.accum_local else (it + 1, 0)
             self._ahead = (nxt, self.batches.train_batch(nxt[0], self.dist.rank * self.accum_local + nxt[1]))
@@ -66,7 +89,7 @@ class Step:
             import torch.distributed as tdist
             tdist.all_reduce(stats)
         loss, *summed = stats.tolist()
-        loss /= self.dist.world_size  # the sum of the processes' means
+        loss /= self.dist.world_size  # DDP averages the processes' gradients; the loss likewise
         grad_norm = grad_norm.item()
         # with fp16 an infinite gradient norm is the scaler's business: it skips the step and lowers the scale
         finite = math.isfinite(loss) and (math.isfinite(grad_norm) or self.plan.grad_scaler)
@@ -79,14 +102,19 @@ class Step:
 
 @torch.no_grad()
 def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
-    """Mean loss on the fixed evaluation batches of each split, shared out over all processes.
-    Returns None, on every process alike, as soon as stop() is true on any of them: a stop request
-    need not wait for a long evaluation."""
+    """Mean loss on the fixed evaluation batches of each split, shared out over all processes: the
+    mean over every counted target (of all batches) where the data masks targets. Where each row is
+    one problem (batches.exact_match), also the share of rows whose every counted target is the
+    model's most likely token, as '<split>_accuracy'. Returns None, on every process alike, as soon
+    as stop() is true on any of them: a stop request need not wait for a long evaluation."""
     model.eval()
     out = {}
     try:
         for split in ("train", "val"):
-            total = torch.zeros(2, device=plan.device)  # loss sum, batch count
+            # weighted loss sum, weight sum, rows exactly right, rows. A batch's weight is the share of
+            # its targets that count: exactly 1.0 for data that masks nothing, so its mean is the plain
+            # mean of the batches' means; the weights' common denominator cancels.
+            total = torch.zeros(4, device=plan.device)
             for k in range(dist.rank, eval_iters + (-eval_iters) % dist.world_size, dist.world_size):
                 if runtime.any_process(stop(), dist, plan.device):
                     return None
@@ -94,11 +122,23 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
                     continue  # this process has no batch left but still votes, so the others never wait
                 X, Y = batches.eval_batch(split, k)
                 with plan.autocast_context():
-                    _, loss = model(X, Y)
-                total[0] += loss.float()
-                total[1] += 1
+                    logits, loss = model(X, Y)
+                counted = Y >= 0
+                weight = counted.sum() / Y.numel()
+                total[0] += torch.where(weight > 0, loss.float() * weight, 0.0)  # no target: mean 0/0
+                total[1] += weight
+                if batches.exact_match:
+                    # Greedy decoding gets a row's whole answer right exactly when, given the right
+                    # answer so far, the most likely next token is the right one at every counted
+                    # position: by induction the greedy prefix is then the right prefix. So this one
+                    # teacher-forced pass decides it, with no token-by-token generation.
+                    right = ((logits.argmax(dim=-1) == Y) | ~counted).all(dim=1)  # (B,)
+                    total[2] += right.sum()
+                    total[3] += right.numel()
             total = runtime.all_reduce_sum(total, dist)
             out[split] = (total[0] / total[1]).item()
+            if batches.exact_match:
+                out[f"{split}_accuracy"] = (total[2] / total[3]).item()
     finally:
         model.train()
     return out

@@ -72,14 +72,15 @@ def offline(tmp_path):
             "NO_PROXY": "", "no_proxy": ""}
 
 
-def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT):
-    """Run one of the project's scripts in a fresh interpreter; return the CompletedProcess."""
+def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None):
+    """Run one of the project's scripts in a fresh interpreter (`input`: text piped to it); return the
+    CompletedProcess."""
     # one thread: the tiny models gain nothing from a second, and two processes (DDP tests, or a
     # busy machine) with two threads each on two cores slow every step by an order of magnitude
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     full_env.update(env or {})
     p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=full_env,
-                       capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p

@@ -1,0 +1,54 @@
+"""
+Addition (and subtraction, multiplication) problems need no preparing: train.py draws them as it trains
+(dataset=addition, see tasks.py), so there is no train.bin or val.bin to write. This script writes what
+you may want to look at or use elsewhere, in data/addition/:
+
+    python data/addition/prepare.py                       # 3 digits, answers reversed, train.py's seed
+    python data/addition/prepare.py --digits=5 --reverse=False --task=subtraction --count=1000
+
+- val.txt: the held-out problems, in the order train.py's evaluation scores them (with the same
+  --seed and --digits: the first eval_iters x batch_size lines), one per line, answer included, as
+  the model sees them: 123+456=975
+- meta.pkl: the 15-character vocabulary in nanoGPT's layout (train.py also copies it into every run).
+
+Which problems are held out depends on the problem alone, never on the seed, so no training run can
+draw one; the seed only orders them.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import dataprep  # noqa: E402
+import dataset  # noqa: E402
+import errors  # noqa: E402
+import fileio  # noqa: E402
+import tasks  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
+
+
+def main(argv):
+    args = dataprep.parse_args(argv, ["task", "digits", "reverse", "seed", "count", "out"], __doc__, positional=None)
+    try:
+        digits, seed, count = int(args.get("digits", "3")), int(args.get("seed", "1337")), int(args.get("count", "10240"))
+    except ValueError as e:
+        raise UserError(f"a numeric argument is not a number ({e}); e.g. --digits=3 --count=10240", status=USAGE) from None
+    reverse = args.get("reverse", "True").lower()
+    if reverse not in ("true", "false") or count < 1:
+        raise UserError("--reverse must be True or False and --count at least 1", status=USAGE)
+    task = args.get("task", "addition")
+    problems = tasks.Arithmetic(task, digits, reverse == "true", block_size=64, batch_size=1, seed=seed, device="cpu")
+    a, b = problems.held_out_problems(count)
+    out = dataprep.out_folder(args, "addition")
+    os.makedirs(out, exist_ok=True)
+    with fileio.atomic_open(os.path.join(out, "val.txt"), "w") as f:
+        for x, y in zip(a.tolist(), b.tolist()):
+            f.write("".join(problems.problem(x, y)) + "\n")
+    dataset.write_meta(tasks.META, out)
+    print(f"{out}: val.txt with {count:,} held-out {digits}-digit {task} problems (seed {seed}), e.g. "
+          f"{''.join(problems.problem(int(a[0]), int(b[0])))}; meta.pkl ({tasks.META['vocab_size']} characters)")
+    print(f"nothing else to prepare: python train.py config/train_addition.py --dataset={task} --digits={digits}")
+
+
+if __name__ == "__main__":
+    errors.run(main)

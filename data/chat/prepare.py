@@ -1,0 +1,166 @@
+"""
+Conversations for supervised fine-tuning (SFT): train.bin and val.bin in GPT-2 BPE, with loss masks
+(train_mask.bin, val_mask.bin) that count only the assistant's replies, in data/chat/.
+
+    python data/chat/prepare.py conversations.jsonl            # or --input=FILE_OR_FOLDER of .jsonl files
+    pip install datasets && python data/chat/prepare.py --dataset=HuggingFaceTB/smol-smoltalk --limit=50000
+    python train.py config/sft_gpt2.py && python chat.py --out_dir=out-sft
+
+Each line of a .jsonl file is one conversation in the format most chat datasets use:
+{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}. With --dataset, a
+Hugging Face dataset (a hub name, or a builder such as json with --data_files=) with such a column
+(--column=messages, --split=train), for users online. A folder contributes every .jsonl under it.
+
+Every conversation is written in conversation.SFT's template (ChatML's markers as plain text) and
+followed by <|endoftext|>. Only the assistant's messages and their end-of-turn marker count in the
+loss, so the model learns to reply and to stop, never to write the user's lines. The template goes
+into dataset.json; train.py records it in the run, and chat.py talks to the run in it. Conversations
+without an assistant message are left out (they would teach nothing). Every 20th conversation
+(--val_fraction=0.05), evenly spaced, at least one, is val.
+"""
+
+import contextlib
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import conversation  # noqa: E402
+import dataprep  # noqa: E402
+import errors  # noqa: E402
+from dataset import data_root  # noqa: E402
+from errors import USAGE, UserError  # noqa: E402
+
+ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "out"]
+BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
+
+
+def checked(messages, where):
+    """The conversation's messages with their content stripped, or a sentence naming what is wrong. The
+    content is stripped because chat.py strips what you type and what the model replies."""
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: expected a non-empty list of messages [{{'role': ..., 'content': ...}}, ...]")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in conversation.ROLES or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: a message must be {{'role': 'system'|'user'|'assistant', 'content': "
+                            f"'...'}}, not {str(m)[:80]}")
+        out.append({"role": m["role"], "content": m["content"].strip()})
+    return out
+
+
+def local_conversations(path, column):
+    """(messages, where) of every line of a .jsonl file or of every .jsonl file under a folder."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".jsonl"))
+        if not files:
+            raise UserError(f"--input={path} holds no .jsonl files")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise UserError(f"--input={path} does not exist; give a .jsonl file or a folder of them")
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{file}, line {lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
+                if not isinstance(row, dict) or column not in row:
+                    raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
+                                    f"(another field name: --column=)")
+                yield row[column], where
+
+
+def hub_conversations(args, column):
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("--dataset needs the Hugging Face datasets package: pip install datasets (or give local "
+                        ".jsonl files with --input=, which does not)") from None
+    name, split = args["dataset"], args.get("split", "train")
+    kwargs = {"data_files": args["data_files"]} if args.get("data_files") else {}
+    try:
+        ds = datasets.load_dataset(name, split=split, **kwargs)
+    except Exception as e:  # network, hub and file errors come in many types
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load the dataset {name!r} split {split!r} ({reason}); check the connection, the "
+                        f"name and --split=, or give local .jsonl files with --input=") from None
+    if column not in ds.column_names:
+        raise UserError(f"the dataset has no {column!r} column (it has {', '.join(ds.column_names)}); name the "
+                        f"conversations' column with --column=")
+    for i, row in enumerate(ds):
+        yield row[column], f"{name} row {i}"
+
+
+def main(argv):
+    args = dataprep.parse_args(argv, ARGS, __doc__)
+    if bool(args.get("input")) == bool(args.get("dataset")):
+        raise UserError("give the conversations as a .jsonl file or folder (--input=, or just the path) or as a "
+                        "Hugging Face dataset (--dataset=NAME)", status=USAGE)
+    try:
+        val_fraction = float(args.get("val_fraction", "0.05"))
+        limit = int(args.get("limit", "0"))
+    except ValueError as e:
+        raise UserError(f"a numeric argument is not a number ({e}); e.g. --val_fraction=0.05 --limit=50000",
+                        status=USAGE) from None
+    if not 0.0 < val_fraction < 1.0 or limit < 0:
+        raise UserError("--val_fraction must be between 0 and 1 and --limit >= 0 (0: every conversation)",
+                        status=USAGE)
+    column = args.get("column", "messages")
+    source = (local_conversations(args["input"], column) if args.get("input") else hub_conversations(args, column))
+
+    template = conversation.SFT
+    convs, skipped = [], 0
+    for messages, where in source:
+        messages = checked(messages, where)
+        if not any(m["role"] == "assistant" for m in messages):
+            skipped += 1
+            continue
+        convs.append(template.segments(messages))
+        if limit and len(convs) == limit:
+            break
+    n = len(convs)
+    if n < 2:
+        raise UserError(f"found {n} conversation(s) with an assistant message; it takes at least 2 (one for val)")
+    n_val = max(1, round(n * val_fraction))
+
+    out = dataprep.out_folder(args, "chat")
+    from tokenizer import BPETokenizer
+    enc = BPETokenizer().enc
+    encoder = dataprep.MaskedEncoder(enc)
+    writer = dataprep.DatasetWriter(out, enc.n_vocab, info={"counted": "assistant tokens",
+                                                           "chat_template": template.to_dict()})
+    import numpy as np
+    eot_ids, eot_mask = np.array([enc.eot_token], np.uint16), np.zeros(1, np.uint8)  # the EOT is not a reply
+    tokens = {"train": 0, "val": 0}
+    counted = {"train": 0, "val": 0}
+    with contextlib.ExitStack() as files:
+        bins = {s: (files.enter_context(writer.bin(s)), files.enter_context(writer.mask_bin(s))) for s in tokens}
+        for start in range(0, n, BATCH):
+            for i, (ids, mask) in enumerate(encoder.encode_batch(convs[start:start + BATCH]), start):
+                # conversation i is val when the evenly spaced val positions step past it
+                split = "val" if (i + 1) * n_val // n > i * n_val // n else "train"
+                ids_f, mask_f = bins[split]
+                ids.astype(np.uint16).tofile(ids_f)
+                eot_ids.tofile(ids_f)
+                mask.tofile(mask_f)
+                eot_mask.tofile(mask_f)
+                tokens[split] += len(ids) + 1
+                counted[split] += int(mask.sum())
+    counts = writer.finish()
+    print(f"{n:,} conversations ({n - n_val:,} train, {n_val:,} val)"
+          + (f"; left out {skipped:,} without an assistant message" if skipped else ""))
+    print(f"the loss counts the assistant's tokens: {counted['train']:,} of {tokens['train']:,} train tokens "
+          f"({counted['train'] / tokens['train']:.0%}), {counted['val']:,} of {tokens['val']:,} val tokens")
+    dataprep.report_split(out, counts, enc.n_vocab)
+    name = os.path.relpath(out, data_root())
+    use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
+    print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}")
+
+
+if __name__ == "__main__":
+    errors.run(main)

@@ -1,0 +1,201 @@
+"""
+Generated datasets: arithmetic problems (addition, subtraction, multiplication) drawn as training asks
+for them, instead of read from train.bin and val.bin, with a held-out set training can never draw.
+
+A problem is one row: the operands with `digits` digits each (zero-padded), the operator, '=', the
+answer's digits (least significant first with reverse=True, so that the model writes them in the order
+the carries are worked out; a '-' in front of a negative difference) and a newline:
+
+    123+456=975\n       (digits=3, reverse=True; 579 without reversing)
+
+Only the answer and its newline count in the loss (the targets of the problem's own characters are -1:
+they are given, not predicted), and the newline teaches the model where an answer ends.
+
+Batches have the interface of dataset.Batches (train_batch(iteration, micro_step), eval_batch(split,
+k)) and are, like those, a pure function of (seed, iteration, micro-step). Which problems are held out
+is decided by a fixed hash of the problem alone, not by the seed: training rejects held-out problems
+whatever the seed, so no run, resumed or not, can train on the problems its accuracy is measured on.
+The exact-match accuracy (greedy decoding of the whole answer) comes from the evaluation's forward
+pass: see training.evaluate.
+"""
+
+import numpy as np
+
+from errors import USAGE, UserError
+
+TASKS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
+CHARS = sorted("0123456789+-*=\n")  # one vocabulary for every task, so their meta.pkl files agree
+STOI = {c: i for i, c in enumerate(CHARS)}
+META = {"vocab_size": len(CHARS), "stoi": STOI, "itos": dict(enumerate(CHARS))}  # nanoGPT's meta.pkl layout
+# operands up to 9 digits: a problem's hash key a * 10**digits + b must fit in 64 bits
+MAX_DIGITS = 9
+# the share of problems held out: 5% of the 10**6 3-digit additions is ~50,000, ample for an evaluation
+# of 10,000 distinct problems; with 1 digit it still leaves a few
+HELD_OUT_PERCENT = 5
+# up to this many possible problems (3 digits: 10**6, ~30 MB of arrays for a moment) the held-out set
+# is listed in full; above it, distinct held-out problems are found by drawing
+ENUMERATE_LIMIT = 10 ** 6
+
+_LUT = np.zeros(256, dtype=np.int64)  # ASCII code -> token id
+for _c, _i in STOI.items():
+    _LUT[ord(_c)] = _i
+
+
+def _mix(x):
+    """splitmix64's finalizer (Steele, Lea and Flood 2014): every bit of the key moves every bit of
+    the result, so a fixed share of any region of problems is held out. uint64 arithmetic wraps."""
+    x = x.astype(np.uint64)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def answer(op, a, b):
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def answer_text(c, reverse):
+    digits = str(abs(c))
+    return ("-" if c < 0 else "") + (digits[::-1] if reverse else digits)
+
+
+class Arithmetic:
+    """Problems of one task as batches: inputs (B, seq_len) and targets that are -1 everywhere but at
+    the answer and its newline. Every row is one problem starting at position 0, as at evaluation and
+    in sample.py; rows shorter than the longest answer are padded with newlines (masked)."""
+
+    exact_match = True  # a row is one problem: its accuracy is whether every counted target is right
+    counted = "answer tokens"  # what the loss is averaged over, for the log line
+    chat_template = None
+
+    def __init__(self, task, digits, reverse, block_size, batch_size, seed, device, pin_memory=False):
+        if task not in TASKS:
+            raise UserError(f"dataset={task} is not a generated task; use one of {', '.join(TASKS)}", status=USAGE)
+        if not 1 <= digits <= MAX_DIGITS:
+            raise UserError(f"digits={digits} is out of range; use 1 to {MAX_DIGITS} digits per operand",
+                            status=USAGE)
+        self.task, self.op, self.digits, self.reverse = task, TASKS[task], digits, reverse
+        self.batch_size, self.seed, self.device, self.pin_memory = batch_size, seed, device, pin_memory
+        self.meta, self.vocab_size = META, None
+        self.space = 10 ** digits  # values of one operand
+        self.prompt_len = 2 * digits + 2  # "123+456="
+        longest = digits + 1 if self.op in "+-" else 2 * digits  # 999+999=1998, 000-999=-999, 99*99=9801
+        self.seq_len = self.prompt_len + longest  # inputs per row: the problem, less its final newline
+        if block_size < self.seq_len:
+            raise UserError(f"block_size={block_size} is too short for {digits}-digit {task} problems, which take "
+                            f"{self.seq_len} positions; set block_size >= {self.seq_len}", status=USAGE)
+        self._held = None  # (a, b): the held-out problems found so far, in the evaluation's order
+        self._held_rng = np.random.default_rng([seed, 2])
+        self._eval_cache = {}
+
+    # -------------------------------------------------------------------------
+    # which problems are held out
+
+    def held_out(self, a, b):
+        """Whether each problem (a[i], b[i]) is in the held-out set. a+b and b+a (a*b and b*a) are one
+        problem here, so a model cannot have learnt a held-out sum from its mirror image."""
+        if self.op in "+*":
+            a, b = np.minimum(a, b), np.maximum(a, b)
+        key = np.asarray(a, dtype=np.uint64) * np.uint64(self.space) + np.asarray(b, dtype=np.uint64)
+        return _mix(key) % np.uint64(100) < np.uint64(HELD_OUT_PERCENT)
+
+    def _draw(self, rng, n, held_out):
+        """n problems drawn uniformly from the training set (held_out=False) or the held-out set:
+        candidates from the other set are rejected."""
+        a_kept, b_kept, have = [], [], 0
+        while have < n:
+            size = 40 * n if held_out else 2 * n  # candidates kept: about 5% / 95%
+            a = rng.integers(0, self.space, size=size)
+            b = rng.integers(0, self.space, size=size)
+            keep = self.held_out(a, b) == held_out
+            a_kept.append(a[keep])
+            b_kept.append(b[keep])
+            have += int(keep.sum())
+        return np.concatenate(a_kept)[:n], np.concatenate(b_kept)[:n]
+
+    def held_out_problems(self, count):
+        """The first `count` problems of the evaluation's fixed, seeded order of distinct held-out
+        problems (repeating from the start when there are fewer)."""
+        if self.space ** 2 <= ENUMERATE_LIMIT:  # list them all, in a seeded order
+            if self._held is None:
+                a = np.repeat(np.arange(self.space), self.space)
+                b = np.tile(np.arange(self.space), self.space)
+                keep = self.held_out(a, b)
+                if not keep.any():
+                    raise UserError(f"{self.digits}-digit {self.task} leaves no held-out problems to evaluate on; "
+                                    f"use more digits")
+                order = self._held_rng.permutation(int(keep.sum()))
+                self._held = (a[keep][order], b[keep][order])
+            a, b = self._held
+            reps = -(-count // len(a))
+            return np.tile(a, reps)[:count], np.tile(b, reps)[:count]
+        # too many to list: draw candidates, in blocks of a fixed size so that the order does not depend on
+        # how many are asked for (processes ask for different batches first), keeping the first
+        # occurrence of each held-out problem
+        a, b = self._held or (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        while len(a) < count:
+            more_a = self._held_rng.integers(0, self.space, size=1 << 16)
+            more_b = self._held_rng.integers(0, self.space, size=1 << 16)
+            keep = self.held_out(more_a, more_b)
+            a, b = np.concatenate([a, more_a[keep]]), np.concatenate([b, more_b[keep]])
+            _, first = np.unique(a * self.space + b, return_index=True)
+            a, b = a[np.sort(first)], b[np.sort(first)]
+        self._held = (a, b)
+        return a[:count], b[:count]
+
+    # -------------------------------------------------------------------------
+    # rows
+
+    def problem(self, a, b):
+        """(prompt, answer) text of one problem: ('123+456=', '975')."""
+        d = self.digits
+        return f"{a:0{d}d}{self.op}{b:0{d}d}=", answer_text(answer(self.op, a, b), self.reverse)
+
+    def _answer_lengths(self, a, b):
+        """Counted targets per row: the answer's characters and its newline."""
+        return np.array([len(self.problem(x, y)[1]) + 1 for x, y in zip(a.tolist(), b.tolist())])
+
+    def _tensors(self, a, b):
+        import torch  # here, not at the top: data/addition/prepare.py imports this module and needs no torch
+        width = self.seq_len + 1
+        text = "".join((p + s + "\n").ljust(width, "\n") for p, s in map(self.problem, a.tolist(), b.tolist()))
+        rows = _LUT[np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(len(a), width)]  # (B, seq_len + 1)
+        pos = np.arange(self.seq_len)
+        # the target at position j is the character at j + 1; those of the answer and its newline count
+        counted = (pos >= self.prompt_len - 1) & (pos < self.prompt_len - 1 + self._answer_lengths(a, b)[:, None])
+        x = torch.from_numpy(rows[:, :-1].copy())
+        y = torch.from_numpy(np.where(counted, rows[:, 1:], -1))
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
+
+    # -------------------------------------------------------------------------
+    # the batch interface of dataset.Batches
+
+    def _train_problems(self, iteration, micro_step):
+        return self._draw(np.random.default_rng([self.seed, 0, iteration, micro_step]), self.batch_size, False)
+
+    def train_batch(self, iteration, micro_step):
+        """The micro-batch for (iteration, micro_step); micro_step counts over all ranks."""
+        return self._tensors(*self._train_problems(iteration, micro_step))
+
+    def target_counts(self, iteration, micro_steps):
+        """Counted targets of each of the step's micro-batches (all processes'), computed without
+        building them: training.Step weighs each micro-batch by its share."""
+        return [int(self._answer_lengths(*self._train_problems(iteration, m)).sum()) for m in range(micro_steps)]
+
+    def eval_batch(self, split, k):
+        """The k-th fixed evaluation batch: fresh training-set problems for 'train', the held-out
+        problems in order for 'val' (distinct across batches while there are enough of them)."""
+        key = (split, k)
+        if key not in self._eval_cache:
+            if split == "train":
+                a, b = self._draw(np.random.default_rng([self.seed, 1, k]), self.batch_size, False)
+            else:
+                a, b = self.held_out_problems((k + 1) * self.batch_size)
+                a, b = a[k * self.batch_size:], b[k * self.batch_size:]
+            self._eval_cache[key] = self._tensors(a, b)
+        return self._eval_cache[key]
