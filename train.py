@@ -650,3 +650,11 @@ elif master:
     print(f"next: python sample.py --out_dir={out}  |  python chat.py --out_dir={out}  |  python plot.py {out}  |  "
           f"python export.py --out_dir={out}  |  more steps: --init_from=resume --out_dir={out} --max_iters=N")
 runtime.shutdown(dist)
+if dist.enabled and not master:
+    # Under torchrun a worker was seen, now and then, to abort on its way out after leaving the process
+    # group ("terminate called without an active exception" from torch's C++ threads, exit -6), which the
+    # launcher reports as a failed run. Ranks other than 0 hold no file or logger to close: they leave
+    # without the interpreter's teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,11 @@ sys.path.insert(0, str(ROOT))
 
 # Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
 # scripts the tests start too), never into the checkout.
+# A suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT ignored,
+# and so would every script it starts: the tests that press Ctrl-C need a terminal's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 DATA_ROOT = Path(tempfile.mkdtemp(prefix="gpt-tests-data-"))
 os.environ["GPT_DATA_ROOT"] = str(DATA_ROOT)
 CORPUS = DATA_ROOT / "play.txt"
