@@ -12,8 +12,8 @@ line with every figure.
 import os
 
 import configurator
-import errors
 from configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -106,10 +106,9 @@ def bench_train():
 
     import torch
 
-    import optim
-    import runtime
+    from gptkit import optim, runtime
+    from gptkit.training import Step
     from model import GPT
-    from training import Step
 
     rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, distributed=False)
     plan, device = rt.plan, rt.device
@@ -120,7 +119,7 @@ def bench_train():
     # data: the real sampler (its cost is part of a step), or random tokens made once up front
     vocab_size = cfg.vocab_size
     if cfg.dataset:
-        from dataset import Batches, data_root
+        from gptkit.dataset import Batches, data_root
         batches = Batches(os.path.join(data_root(), cfg.dataset), cfg.dataset, T, B, cfg.seed, device,
                           plan.pin_memory)
         if batches.meta and not cfg.is_set("vocab_size"):
@@ -244,12 +243,12 @@ def bench_generate():
 
     import torch
 
-    import hf as hf_io
-    import runtime
-    from errors import UserError
-    from generate import generate
+    from gptkit import hf as hf_io
+    from gptkit import runtime
+    from gptkit.errors import UserError
+    from gptkit.generate import generate
+    from gptkit.tokenizer import GPT2_VOCAB
     from model import GPT
-    from tokenizer import GPT2_VOCAB
 
     rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
     device, ptdtype = rt.device, rt.plan.ptdtype
@@ -368,7 +367,7 @@ def bench_process():
     import sys
     import time
 
-    from errors import UserError
+    from gptkit.errors import UserError
     if not cfg.init_from:
         raise UserError("mode=process needs --init_from=FOLDER: a Hugging Face GPT-2 folder with its tokenizer "
                         "files (vocab.json, merges.txt), or a hub name when online", status=2)

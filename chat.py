@@ -16,8 +16,8 @@ is talked to in exactly that template.
 """
 
 import configurator
-import errors
 from configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -53,12 +53,10 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-import conversation  # noqa: E402
-import loading  # noqa: E402
-import runtime  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
-from generate import generate_stream  # noqa: E402
-from tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
+from gptkit import conversation, loading, runtime  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit.generate import generate_stream  # noqa: E402
+from gptkit.tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
 

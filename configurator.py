@@ -19,7 +19,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from errors import USAGE, UserError
+from gptkit.errors import USAGE, UserError
 
 
 class ConfigError(UserError):
@@ -257,6 +257,6 @@ def to_dict(cfg):
 
 def save(cfg, path):
     """Write the resolved config as JSON beside a run (atomically), so the run can be reproduced."""
-    import fileio
+    from gptkit import fileio
     with fileio.atomic_open(path, "w") as f:
         json.dump(to_dict(cfg), f, indent=1, default=str)

@@ -19,8 +19,8 @@ tokenizer for such a vocabulary, so encode and decode with meta.pkl's stoi/itos 
 """
 
 import configurator
-import errors
 from configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -41,12 +41,9 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-import checkpoint  # noqa: E402
-import fileio  # noqa: E402
-import hf  # noqa: E402
-import loading  # noqa: E402
-from errors import UserError  # noqa: E402
-from tokenizer import GPT2_VOCAB  # noqa: E402
+from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
+from gptkit.errors import UserError  # noqa: E402
+from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
 
 MARKER = "export.json"  # written into every export: what it was made from, and that --overwrite may replace it
 

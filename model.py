@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from errors import USAGE, UserError
-from tokenizer import GPT2_PADDED_VOCAB
+from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import GPT2_PADDED_VOCAB
 
 
 def norm_layer(config, dim):
@@ -406,12 +406,12 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
         """A GPT with a Hugging Face GPT-2's weights (hf.py)."""
-        import hf
+        from gptkit import hf
         return hf.load_gpt2(name_or_path, dropout=(override_args or {}).get("dropout", 0.0))
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                  use_cache=True):
         """idx extended by max_new_tokens sampled tokens (generate.py)."""
-        import generate
+        from gptkit import generate
         return generate.generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)

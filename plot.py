@@ -13,9 +13,9 @@ length, hold NaN rows, still be training, or come from DDP. No display is needed
 import sys
 
 import configurator
-import errors
 from configurator import Key
-from errors import USAGE, UserError
+from gptkit import errors
+from gptkit.errors import USAGE, UserError
 
 errors.install()
 
@@ -50,7 +50,7 @@ if not run_args:
 if cfg.smooth is not None and not 0 <= cfg.smooth < 1:
     raise UserError(f"smooth must be from 0 (raw) up to but not including 1, not {cfg.smooth}", USAGE)
 
-import curves  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
+from gptkit import curves  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
 
 # -----------------------------------------------------------------------------
 # read, draw, write

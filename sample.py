@@ -7,8 +7,8 @@ Sample text from a trained run or from GPT-2, streaming it as it is generated.
 """
 
 import configurator
-import errors
 from configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -40,11 +40,10 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-import loading  # noqa: E402
-import runtime  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
-from generate import generate_stream  # noqa: E402
-from tokenizer import StopText, StreamDecoder  # noqa: E402
+from gptkit import loading, runtime  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit.generate import generate_stream  # noqa: E402
+from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # setup

@@ -10,8 +10,8 @@ python train.py --help lists every key.
 """
 
 import configurator
-import errors
 from configurator import Key
+from gptkit import errors
 
 errors.install()  # a mistake a user can fix ends in one sentence, on every process
 
@@ -39,7 +39,7 @@ KEYS = [
     Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl), or a generated task: "
         "addition, subtraction, multiplication"),
     Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
-    Key("digits", 3, "generated arithmetic tasks: digits of each operand (tasks.MAX_DIGITS at most)", min=1, max=9),
+    Key("digits", 3, "generated arithmetic tasks: digits of each operand (arithmetic.MAX_DIGITS at most)", min=1, max=9),
     Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
     Key("batch_size", 12, "sequences per micro-step per process", min=1),
@@ -97,7 +97,7 @@ KEYS = [
     Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the GPU's datasheet or the CPU's vector units)", min=0.0),
 ]
 cfg = configurator.configure(KEYS)
-import runs  # noqa: E402  (no torch: an impossible out_dir is said at once)
+from gptkit import runs  # noqa: E402  (no torch: an impossible out_dir is said at once)
 
 runs.check_out_dir(cfg.out_dir)
 
@@ -115,20 +115,12 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
-import curves  # noqa: E402
-import dataset  # noqa: E402
-import fileio  # noqa: E402
-import loading  # noqa: E402
-import loggers  # noqa: E402
-import optim  # noqa: E402
-import runtime  # noqa: E402
-import tasks  # noqa: E402
-from dataset import Batches  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
+from gptkit import arithmetic, checkpoint, curves, dataset, fileio, loading, loggers, optim, runtime  # noqa: E402
+from gptkit.dataset import Batches  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch  # noqa: E402
+from gptkit.training import Step, evaluate  # noqa: E402
 from model import GPT, MODEL_ARG_KEYS  # noqa: E402
-from tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch  # noqa: E402
-from training import Step, evaluate  # noqa: E402
 
 # settings of the machine rather than of the run: a resumed run takes them from today's command line
 MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
@@ -206,8 +198,8 @@ if cfg.init_from != "resume":
 runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
 
 data_dir = cfg.data_dir or os.path.join(dataset.data_root(), cfg.dataset)
-if cfg.dataset in tasks.TASKS and not cfg.data_dir:  # problems generated as they are drawn (tasks.py)
-    batches = everywhere(lambda: tasks.Arithmetic(cfg.dataset, cfg.digits, cfg.reverse, cfg.block_size,
+if cfg.dataset in arithmetic.TASKS and not cfg.data_dir:  # problems generated as they are drawn (tasks.py)
+    batches = everywhere(lambda: arithmetic.Arithmetic(cfg.dataset, cfg.digits, cfg.reverse, cfg.block_size,
                                                   cfg.batch_size, cfg.seed, device, plan.pin_memory))
 else:
     batches = everywhere(lambda: Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device,

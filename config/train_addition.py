@@ -1,12 +1,12 @@
 # Teach a GPT to add: the "Let's build GPT" lesson's exercise. 3-digit + 3-digit problems written
 # "123+456=975" (the sum's digits least significant first, the order the carries are worked out in),
-# drawn fresh for every batch by tasks.py: nothing to prepare. The loss counts only the answer.
+# drawn fresh for every batch by gptkit/arithmetic.py: nothing to prepare. The loss counts only the answer.
 #   python train.py config/train_addition.py          # >= 99% exact match on 10,240 held-out problems
 #   python train.py config/train_addition.py --digits=5 --max_iters=...   (README: the measured recipes)
 #   python sample.py --out_dir=out-addition --start="123+456=" --temperature=0 --max_new_tokens=8 --stop="('\n',)"
 
 out_dir = 'out-addition'
-dataset = 'addition'  # or subtraction, multiplication (tasks.py)
+dataset = 'addition'  # or subtraction, multiplication (gptkit/arithmetic.py)
 digits = 3
 reverse = True
 eval_interval = 250  # at the start and the end: each evaluation decodes 20,480 problems

@@ -32,15 +32,13 @@ def hand_loss(model, X, Y):
 def main(out_path):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    import runtime
-    import tasks
-    import training
+    from gptkit import arithmetic, runtime, training
     rt = runtime.setup("cpu", "float32", compile=False, backend="gloo")
     dist, plan = rt.dist, rt.plan
     assert dist.world_size == 2
     accum = 4  # micro-steps over both processes: 2 each
-    batches = tasks.Arithmetic("addition", 2, True, 16, 3, seed=5, device="cpu")
-    model = tiny_model(len(tasks.CHARS))
+    batches = arithmetic.Arithmetic("addition", 2, True, 16, 3, seed=5, device="cpu")
+    model = tiny_model(len(arithmetic.CHARS))
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # no momentum: the update is the gradient
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     step = training.Step(model, DDP(model), optimizer, batches, plan, dist, accum // dist.world_size, grad_clip=0.0)
@@ -48,7 +46,7 @@ def main(out_path):
     losses = training.evaluate(model, batches, 3, plan, dist)
     if dist.master:
         single = training.evaluate(model, batches, 3, plan, runtime.Dist())
-        ref = tiny_model(len(tasks.CHARS))
+        ref = tiny_model(len(arithmetic.CHARS))
         micro = [batches.train_batch(0, m) for m in range(accum)]
         loss = hand_loss(ref, torch.cat([x for x, _ in micro]), torch.cat([y for _, y in micro]))
         loss.backward()

@@ -58,7 +58,7 @@ def test_steps_rows_are_gpt2_with_the_option_and_no_run_is_clobbered(char_data, 
     root = tmp_path / "abl"
     args = [f"--recipe={recipe}", "--only=pos_emb=rope", "--iters=6", "--eval_every=2", f"--out_root={root}",
             "--jobs=1"]
-    p = run("ablation.py", *args)
+    p = run("experiments/ablation.py", *args)
     (row,) = [json.loads(line) for line in (root / "ablation.jsonl").read_text().splitlines()]
     assert row["name"] == "pos_emb=rope" and list(row["val"]) == ["2", "4", "6"]
 
@@ -76,13 +76,13 @@ def test_steps_rows_are_gpt2_with_the_option_and_no_run_is_clobbered(char_data, 
     # again: refused before anything is written, the run and the table as they were
     before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
     table = (root / "ablation.jsonl").read_bytes()
-    assert_clean_error(run("ablation.py", *args, check=False), 2, ["steps-pos_emb=rope", "already holds a run",
+    assert_clean_error(run("experiments/ablation.py", *args, check=False), 2, ["steps-pos_emb=rope", "already holds a run",
                                                                    "--overwrite=True"])
     assert {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and f.name in before} == before
     assert (root / "ablation.jsonl").read_bytes() == table
 
     # asked to: the variant runs again (deterministic: the same row), added to the table
-    run("ablation.py", *args, "--overwrite=True")
+    run("experiments/ablation.py", *args, "--overwrite=True")
     rows = [json.loads(line) for line in (root / "ablation.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[1]["val"] == row["val"]
 
@@ -91,7 +91,7 @@ def test_steps_rows_are_gpt2_with_the_option_and_no_run_is_clobbered(char_data, 
 def test_time_mode_trains_the_steps_that_fit_in_the_budget(char_data, tmp_path):
     recipe = recipe_file(tmp_path, RECIPE, "recipe.py")
     root = tmp_path / "abl"
-    p = run("ablation.py", "--mode=time", f"--recipe={recipe}", "--only=GPT-2", "--budget_s=0.2", "--rounds=1",
+    p = run("experiments/ablation.py", "--mode=time", f"--recipe={recipe}", "--only=GPT-2", "--budget_s=0.2", "--rounds=1",
             f"--out_root={root}")
     (row,) = [json.loads(line) for line in (root / "ablation.jsonl").read_text().splitlines()]
     ms = row["ms_per_iter"]  # rounded to 0.1 ms in the row: the iterations are 200 ms over the unrounded figure
@@ -112,6 +112,6 @@ def test_time_mode_trains_the_steps_that_fit_in_the_budget(char_data, tmp_path):
     (["--budget_s=0"], ["budget_s"]),
 ])
 def test_bad_input_is_one_sentence(args, words, tmp_path):
-    p = run("ablation.py", *args, f"--out_root={tmp_path / 'abl'}", check=False)
+    p = run("experiments/ablation.py", *args, f"--out_root={tmp_path / 'abl'}", check=False)
     assert_clean_error(p, 2, words)
     assert not (tmp_path / "abl").exists()

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from errors import UserError
-from generate import KVCache, generate
-from model import GPT, CausalSelfAttention, GPTConfig, MLP, norm_layer
+from gptkit.errors import UserError
+from gptkit.generate import KVCache, generate
+from model import GPT, MLP, CausalSelfAttention, GPTConfig, norm_layer
 
 # each non-default value at least once; "modern" is what the CPU recipe's kind of model looks like
 OPTIONS = {
@@ -302,7 +302,7 @@ transformers_options = {
 @pytest.mark.parametrize("name", transformers_options)
 def test_export_parity_with_transformers(name, tmp_path):
     transformers = pytest.importorskip("transformers")
-    import hf as hf_io
+    from gptkit import hf as hf_io
     model = tiny(perturb=True, **transformers_options[name])
     hf_io.to_transformers(model, 90).save_pretrained(tmp_path)
     model.crop_vocab(90)
@@ -334,7 +334,7 @@ def test_export_parity_with_transformers(name, tmp_path):
     (dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=True), ["qk_norm=True", "bias=True"]),
 ])
 def test_export_refuses_what_no_transformers_class_computes(args, words):
-    import hf as hf_io
+    from gptkit import hf as hf_io
     with pytest.raises(UserError) as e:
         hf_io.export_architecture(GPTConfig(**args))
     assert all(w in str(e.value) for w in words) and "cannot be exported" in str(e.value), str(e.value)
@@ -366,13 +366,12 @@ def greedy_text(model, tok, prompt, n):
 def test_options_through_train_resume_sample_chat_export(name, char_data, tmp_path):
     import json
 
-    import checkpoint
-    import conversation
-    import loading
-    from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
-    from dataset import Batches
     from test_resume import assert_same, load, without_timing
-    from tokenizer import StopText, load_tokenizer
+
+    from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
+    from gptkit import checkpoint, conversation, loading
+    from gptkit.dataset import Batches
+    from gptkit.tokenizer import StopText, load_tokenizer
 
     options = [f"--{k}={v}" for k, v in E2E[name].items()]
     ref, out = tmp_path / "ref", tmp_path / "run"
@@ -446,9 +445,8 @@ def test_llama_export_runs_in_a_text_generation_pipeline(gpt2_encoding, tmp_path
     """A model in GPT-2's vocabulary with Llama's architecture (biases and grouped-query attention
     too) exported with its tokenizer: transformers.pipeline writes what our model writes."""
     transformers = pytest.importorskip("transformers")
-    import checkpoint
-    import loading
     from conftest import CORPUS, TINY, run
+    from gptkit import checkpoint, loading
 
     data = tmp_path / "bpe"
     data.mkdir()

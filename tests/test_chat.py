@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 from conftest import ROOT, assert_clean_error
+from gptkit import checkpoint
 from model import GPT, GPTConfig
 
 SCRIPT = "A:\nhi\nB:\nyo\nA:\nok\nB:\nno\n"  # replies: "hi" -> "yo", "ok" -> "no"

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import loading
 from conftest import CORPUS_VOCAB, TINY, assert_clean_error, nanogpt_checkpoint, run
-from errors import UserError
+from gptkit import checkpoint, loading
+from gptkit.errors import UserError
 
 ENV = {"OMP_NUM_THREADS": "1"}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import runtime
-from errors import UserError
 from conftest import ROOT, TINY, read_metrics, run
+from gptkit import runtime
+from gptkit.errors import UserError
 
 ITERS = 40
 # eval_iters=3 splits unevenly over two processes (2 and 1 batches), so the averaging is weighted;

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import fileio
 from conftest import ROOT
-from errors import UserError
+from gptkit import fileio
+from gptkit.errors import UserError
 
 
 def test_atomic_open_replaces_whole_files_with_normal_permissions(tmp_path):
@@ -47,7 +47,7 @@ def test_a_failed_write_keeps_the_old_file_and_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_the_user_error_and_config_errors_need_no_torch():
-    code = ("import sys; sys.path.insert(0, %r); import errors, configurator, dataprep; "
+    code = ("import sys; sys.path.insert(0, %r); from gptkit import errors, dataprep; import configurator; "
             "assert 'torch' not in sys.modules, 'torch was imported'" % str(ROOT))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

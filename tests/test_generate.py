@@ -6,11 +6,11 @@ import time
 import pytest
 import torch
 
-import conversation
 from conftest import run
-from generate import DecodeThreads, decode_layout, generate_stream
+from gptkit import conversation
+from gptkit.generate import DecodeThreads, decode_layout, generate_stream
+from gptkit.tokenizer import StopText, StreamDecoder
 from model import GPT, GPTConfig
-from tokenizer import StopText, StreamDecoder
 
 
 def tiny(**kw):

@@ -7,14 +7,13 @@ import os
 import subprocess
 import sys
 
+import masked_ddp_worker
 import pytest
 import torch
-
-import masked_ddp_worker
-import runtime
-import training
-from conftest import ROOT
 from masked_ddp_worker import hand_loss
+
+from conftest import ROOT
+from gptkit import runtime, training
 
 VOCAB = 13
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from generate import KVCache, generate, sample_next
+from gptkit.generate import KVCache, generate, sample_next
+from gptkit.optim import configure_optimizers, lr_at
 from model import GPT, GPTConfig
-from optim import configure_optimizers, lr_at
 
 
 def tiny(**kw):
@@ -179,7 +179,7 @@ def test_temperature_zero_is_greedy_and_seed_repeats():
 
 
 def test_mfu_is_never_over_100_percent():
-    import runtime
+    from gptkit import runtime
     assert runtime.mfu(1e6, 1000, 1.0, peak=1e10) == pytest.approx(0.1)
     assert runtime.mfu(1e6, 1000, 1.0, peak=1e8) is None  # 1e9 FLOP/s achieved: the peak must be wrong
     peak, how = runtime.cpu_peak_flops()

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY, assert_clean_error, offline, run
-from conversation import PLAY, speaker_line
-from tokenizer import StopText
+from gptkit.conversation import PLAY, speaker_line
+from gptkit.tokenizer import StopText
 
 
 @pytest.mark.slow

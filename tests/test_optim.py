@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
+from gptkit.optim import Muon, MuonAdamW, configure_optimizers
 from model import GPT, GPTConfig
-from optim import Muon, MuonAdamW, configure_optimizers
 
 
 def tiny_model():

@@ -18,10 +18,9 @@ import time
 import numpy as np
 import pytest
 
-import curves
-from errors import UserError
-import loggers
 from conftest import ROOT, assert_clean_error, run
+from gptkit import curves, loggers
+from gptkit.errors import UserError
 
 TOKENS_PER_ITER = 768  # the CPU recipe's 12 x 64
 
@@ -420,7 +419,7 @@ def test_tensorboard_missing_is_one_sentence(monkeypatch):
 
 def test_the_optional_libraries_are_imported_only_when_used(tmp_path):
     # a fresh interpreter: this one has imported them all by now
-    code = (f"import sys, curves, loggers\n"
+    code = (f"import sys\nfrom gptkit import curves, loggers\n"
             f"tb = loggers.tensorboard_logger(False, {str(tmp_path)!r})\n"
             f"tb.log({{'iter': 0, 'loss': 1.0}}); tb.close()\n"
             f"bar = loggers.progress_bar(total=10); bar.update(1, 1.0); bar.close()\n"

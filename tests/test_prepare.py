@@ -42,7 +42,7 @@ def test_missing_input_file_is_one_sentence(tmp_path):
 
 @pytest.mark.slow
 def test_failed_download_says_what_to_do(tmp_path):
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import dataprep, errors; "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from gptkit import dataprep, errors; "
             f"errors.run(lambda argv: dataprep.read_text(None, 'http://127.0.0.1:9/input.txt', "
             f"{str(tmp_path / 'input.txt')!r}), [])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

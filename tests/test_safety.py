@@ -15,11 +15,9 @@ import time
 import numpy as np
 import pytest
 
-import checkpoint
-import dataprep
-import dataset
 from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run
-from errors import UserError
+from gptkit import checkpoint, dataprep, dataset
+from gptkit.errors import UserError
 
 BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
 

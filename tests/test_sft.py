@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import conversation
 from conftest import TINY, assert_clean_error, run
-from dataset import Batches
+from gptkit import conversation
+from gptkit.dataset import Batches
 
 WORDS = "cat dog sun moon tree bird fish star rain snow".split()
 REPLY = "pong."  # the fixed pattern every assistant reply follows

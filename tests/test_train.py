@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-import runtime
-from errors import UserError
 from conftest import ROOT, TINY, assert_clean_error, read_metrics, run
+from gptkit import runtime
+from gptkit.errors import UserError
 
 
 @pytest.mark.slow

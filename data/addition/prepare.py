@@ -19,12 +19,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataprep  # noqa: E402
-import dataset  # noqa: E402
-import errors  # noqa: E402
-import fileio  # noqa: E402
-import tasks  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
+from gptkit import arithmetic, dataprep, dataset, errors, fileio  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 
 
 def main(argv):
@@ -37,16 +33,16 @@ def main(argv):
     if reverse not in ("true", "false") or count < 1:
         raise UserError("--reverse must be True or False and --count at least 1", status=USAGE)
     task = args.get("task", "addition")
-    problems = tasks.Arithmetic(task, digits, reverse == "true", block_size=64, batch_size=1, seed=seed, device="cpu")
+    problems = arithmetic.Arithmetic(task, digits, reverse == "true", block_size=64, batch_size=1, seed=seed, device="cpu")
     a, b = problems.held_out_problems(count)
     out = dataprep.out_folder(args, "addition")
     os.makedirs(out, exist_ok=True)
     with fileio.atomic_open(os.path.join(out, "val.txt"), "w") as f:
         for x, y in zip(a.tolist(), b.tolist()):
             f.write("".join(problems.problem(x, y)) + "\n")
-    dataset.write_meta(tasks.META, out)
+    dataset.write_meta(arithmetic.META, out)
     print(f"{out}: val.txt with {count:,} held-out {digits}-digit {task} problems (seed {seed}), e.g. "
-          f"{''.join(problems.problem(int(a[0]), int(b[0])))}; meta.pkl ({tasks.META['vocab_size']} characters)")
+          f"{''.join(problems.problem(int(a[0]), int(b[0])))}; meta.pkl ({arithmetic.META['vocab_size']} characters)")
     print(f"nothing else to prepare: python train.py config/train_addition.py --dataset={task} --digits={digits}")
 
 

@@ -25,11 +25,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import conversation  # noqa: E402
-import dataprep  # noqa: E402
-import errors  # noqa: E402
-from dataset import data_root  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
+from gptkit import conversation, dataprep, errors  # noqa: E402
+from gptkit.dataset import data_root  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 
 ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
@@ -129,7 +127,7 @@ def main(argv):
     n_val = max(1, round(n * val_fraction))
 
     out = dataprep.out_folder(args, "chat")
-    from tokenizer import BPETokenizer
+    from gptkit.tokenizer import BPETokenizer
     enc = BPETokenizer().enc
     encoder = dataprep.MaskedEncoder(enc)
     writer = dataprep.DatasetWriter(out, enc.n_vocab, info={"counted": "assistant tokens",

@@ -22,10 +22,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataprep  # noqa: E402
-import errors  # noqa: E402
-from dataset import data_root, read_meta  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
+from gptkit import dataprep, errors  # noqa: E402
+from gptkit.dataset import data_root, read_meta  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 
 SUFFIXES = (".txt", ".md")
 
@@ -100,7 +99,7 @@ def main(argv):
             shown = "".join(chars) if vocab_size <= 100 else "".join(chars[:100]) + "..."
             vocab_line = f"character vocabulary of {vocab_size}: {shown!r}"
     else:
-        from tokenizer import BPETokenizer
+        from gptkit.tokenizer import BPETokenizer
         tok = BPETokenizer()
         vocab_size = tok.vocab_size
         ids = []

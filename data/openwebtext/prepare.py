@@ -19,9 +19,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataprep  # noqa: E402
-import errors  # noqa: E402
-from errors import USAGE, UserError  # noqa: E402
+from gptkit import dataprep, errors  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 
 
 class BadDocument(ValueError):
@@ -174,7 +173,7 @@ def main(argv):
         raise UserError("give either --input=FOLDER (local files) or --dataset/--data_files (Hugging Face), not both",
                         status=USAGE)
     out = dataprep.out_folder(args, "openwebtext")
-    from tokenizer import BPETokenizer
+    from gptkit.tokenizer import BPETokenizer
     enc = BPETokenizer().enc
     writer = dataprep.DatasetWriter(out, enc.n_vocab)
     if args.get("input"):

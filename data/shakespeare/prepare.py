@@ -13,9 +13,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import dataprep  # noqa: E402
-import errors  # noqa: E402
-from tokenizer import BPETokenizer  # noqa: E402
+from gptkit import dataprep, errors  # noqa: E402
+from gptkit.tokenizer import BPETokenizer  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 

@@ -6,11 +6,10 @@ train.py's init_from use.
 
 import os
 
-import checkpoint
-import hf
-from errors import UserError
+from gptkit import checkpoint, hf
+from gptkit.errors import UserError
+from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
-from tokenizer import GPT2_VOCAB, vocab_mismatch
 
 
 def model_config(model_args, dropout=None):
@@ -49,7 +48,7 @@ def find_meta(ckpt, out_dir):
     """(meta, folder) for a run's vocabulary: the meta.pkl train.py copies beside the checkpoint,
     else the one of the dataset named in its config (how nanoGPT's sample.py finds it); (None,
     None) for GPT-2 BPE runs, which have none."""
-    from dataset import data_root, read_meta
+    from gptkit.dataset import data_root, read_meta
     meta = read_meta(out_dir)
     if meta is not None:
         return meta, out_dir
@@ -79,7 +78,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
     template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
     tokenizer), None for runs on data without one."""
-    from tokenizer import load_tokenizer
+    from gptkit.tokenizer import load_tokenizer
     template = None
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
@@ -90,7 +89,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
         if ckpt.get("chat_template") is not None:
-            from conversation import Transcript
+            from gptkit.conversation import Transcript
             template = Transcript.from_dict(ckpt["chat_template"], path)
     else:
         model = load_pretrained(init_from, dropout=0.0)

@@ -17,8 +17,8 @@ import zipfile
 import numpy as np
 import torch
 
-import fileio
-from errors import UserError
+from gptkit import fileio
+from gptkit.errors import UserError
 
 
 def save(obj, path):

@@ -8,7 +8,7 @@ chat.py renders the conversation with the very same one (recorded with the data 
 import re
 from dataclasses import asdict, dataclass
 
-from errors import UserError
+from gptkit.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 

@@ -3,7 +3,7 @@ Text <-> token ids: the character vocabulary of a dataset's meta.pkl, or GPT-2's
 vocabulary sizes and the rule for whether a model's vocabulary fits a dataset's; streamed decoding.
 """
 
-from errors import UserError
+from gptkit.errors import UserError
 
 GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
 GPT2_EOT = 50256  # <|endoftext|>, GPT-2's last token

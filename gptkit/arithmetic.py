@@ -21,7 +21,7 @@ pass: see training.evaluate.
 
 import numpy as np
 
-from errors import USAGE, UserError
+from gptkit.errors import USAGE, UserError
 
 TASKS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
 CHARS = sorted("0123456789+-*=\n")  # one vocabulary for every task, so their meta.pkl files agree

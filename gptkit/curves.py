@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import fileio
-from errors import USAGE, UserError
+from gptkit import fileio
+from gptkit.errors import USAGE, UserError
 
 STEP, EVAL = "step", "eval"
 AXES = ("iter", "tokens", "time")

@@ -13,8 +13,7 @@ tqdm and TensorBoard are imported only when they are used.
 import os
 import sys
 
-from errors import UserError
-
+from gptkit.errors import UserError
 
 # -----------------------------------------------------------------------------
 # progress bar

@@ -1,4 +1,4 @@
-"""Generated arithmetic problems (tasks.py): the rows and their masks, a held-out set training never
+"""Generated arithmetic problems (gptkit/arithmetic.py): the rows and their masks, a held-out set training never
 draws (checked over every problem for small digit counts), exact-match accuracy equal to greedy
 decoding, and train.py + sample.py on dataset=addition end to end."""
 
@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import generate
-import optim
-import runtime
-import tasks
-import training
 from conftest import TINY, assert_clean_error, read_metrics, run
-from errors import UserError
+from gptkit import arithmetic, generate, optim, runtime, training
+from gptkit.errors import UserError
 from model import GPT, GPTConfig
 
-ITOS = tasks.META["itos"]
+ITOS = arithmetic.META["itos"]
 
 
 def text(row):
@@ -38,7 +34,7 @@ def every_problem(digits):
 
 @pytest.mark.parametrize("task,digits", [("addition", 2), ("subtraction", 1), ("multiplication", 1)])
 def test_training_draws_every_problem_but_the_held_out_ones_and_evaluation_exactly_those(task, digits):
-    t = tasks.Arithmetic(task, digits, True, 16, 256, 7, "cpu")
+    t = arithmetic.Arithmetic(task, digits, True, 16, 256, 7, "cpu")
     a, b = every_problem(digits)
     held = t.held_out(a, b)
     held_out = {(x, y) for x, y, h in zip(a.tolist(), b.tolist(), held) if h}
@@ -62,10 +58,10 @@ def test_training_draws_every_problem_but_the_held_out_ones_and_evaluation_exact
     assert not problems_of(t.eval_batch("train", 0)[0], t.op) & held_out
 
 
-@pytest.mark.parametrize("task", list(tasks.TASKS))
+@pytest.mark.parametrize("task", list(arithmetic.TASKS))
 @pytest.mark.parametrize("reverse", [True, False])
 def test_rows_hold_the_problem_and_only_the_answer_counts(task, reverse):
-    t = tasks.Arithmetic(task, 3 if task != "multiplication" else 2, reverse, 16, 64, 1, "cpu")
+    t = arithmetic.Arithmetic(task, 3 if task != "multiplication" else 2, reverse, 16, 64, 1, "cpu")
     X, Y = t.train_batch(5, 2)
     assert X.shape == Y.shape == (64, t.seq_len)
     for x, y in zip(X, Y):
@@ -85,10 +81,10 @@ def test_rows_hold_the_problem_and_only_the_answer_counts(task, reverse):
 
 
 def test_the_readme_example_and_batches_are_a_function_of_seed_iteration_and_micro_step():
-    t = tasks.Arithmetic("addition", 3, True, 16, 8, 1337, "cpu")
+    t = arithmetic.Arithmetic("addition", 3, True, 16, 8, 1337, "cpu")
     assert t.problem(123, 456) == ("123+456=", "975")
-    assert tasks.Arithmetic("addition", 3, False, 16, 8, 1337, "cpu").problem(123, 456) == ("123+456=", "579")
-    again = tasks.Arithmetic("addition", 3, True, 16, 8, 1337, "cpu")
+    assert arithmetic.Arithmetic("addition", 3, False, 16, 8, 1337, "cpu").problem(123, 456) == ("123+456=", "579")
+    again = arithmetic.Arithmetic("addition", 3, True, 16, 8, 1337, "cpu")
     for it, m in [(0, 0), (9, 3)]:
         assert all(torch.equal(u, v) for u, v in zip(t.train_batch(it, m), again.train_batch(it, m)))
     assert not torch.equal(t.train_batch(9, 3)[0], t.train_batch(9, 2)[0])
@@ -98,8 +94,8 @@ def test_the_readme_example_and_batches_are_a_function_of_seed_iteration_and_mic
 @pytest.mark.parametrize("digits", [2, 5])  # held-out problems listed in full, and drawn
 def test_held_out_batches_do_not_depend_on_the_order_they_are_asked_for(digits):
     # under torchrun each process builds only its own evaluation batches, the second one first on rank 1
-    first = tasks.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
-    later = tasks.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
+    first = arithmetic.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
+    later = arithmetic.Arithmetic("addition", digits, True, 32, 64, 1, "cpu")
     later.eval_batch("val", 0)
     assert torch.equal(first.eval_batch("val", 3)[0], later.eval_batch("val", 3)[0])
     problems = [problems_of(first.eval_batch("val", k)[0], "+") for k in range(4)]
@@ -108,17 +104,17 @@ def test_held_out_batches_do_not_depend_on_the_order_they_are_asked_for(digits):
 
 def test_bad_settings_are_one_sentence():
     with pytest.raises(UserError, match="digits=0"):
-        tasks.Arithmetic("addition", 0, True, 16, 8, 1, "cpu")
+        arithmetic.Arithmetic("addition", 0, True, 16, 8, 1, "cpu")
     with pytest.raises(UserError, match="block_size >= 18"):
-        tasks.Arithmetic("addition", 5, True, 12, 8, 1, "cpu")
+        arithmetic.Arithmetic("addition", 5, True, 12, 8, 1, "cpu")
 
 
 def test_exact_match_from_the_evaluation_pass_equals_greedy_decoding():
     """A partly trained model gets some held-out problems right and some wrong; the accuracy the
     evaluation reads off its teacher-forced pass is what decoding each answer greedily gives."""
     torch.manual_seed(0)
-    t = tasks.Arithmetic("addition", 2, True, 16, 128, 3, "cpu")
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(tasks.CHARS), bias=False))
+    t = arithmetic.Arithmetic("addition", 2, True, 16, 128, 3, "cpu")
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=len(arithmetic.CHARS), bias=False))
     optimizer = optim.configure_optimizers(model, 0.0, 3e-3, (0.9, 0.99), optimizer="muon")
     plan = runtime.plan_for("cpu", "float32")
     step = training.Step(model, model, optimizer, t, plan, runtime.Dist(), 1, grad_clip=1.0)
@@ -154,7 +150,7 @@ def test_train_on_addition_then_sample_the_answer(tmp_path):
     # the 7 held-out ones right is beside the point here (it does not: it memorises, it does not add)
     assert last["iter"] == 120 and last["train_accuracy"] > 0.9 and 0.0 <= last["val_accuracy"] <= 1.0, last
     # the accuracy is an evaluation's figure to the plots too: drawn as evaluation points, not smoothed as steps
-    import curves
+    from gptkit import curves
     metrics = curves.read_run(str(out))
     its, acc, kind = metrics.series("val_accuracy")
     assert kind == curves.EVAL and its[-1] == 120 and acc[-1] == last["val_accuracy"]

@@ -2,10 +2,10 @@
 The architecture ablation in the README: the CPU recipe with GPT-2's network, each architecture
 option alone, and combinations, compared at fixed steps and at a fixed training time.
 
-    python ablation.py                               # val loss at the last 3 evaluations of 600 iterations
-    python ablation.py --mode=time                   # ms/iter (bench.py), then val loss of a budget_s run
-    python ablation.py --iters=330 --eval_every=110  # the README's table (with --mode=time --rounds=3)
-    python ablation.py --only=rope --out_root=out-abl-rope  # only the variants with "rope" in their name
+    python experiments/ablation.py                               # val loss at the last 3 evaluations of 600 iterations
+    python experiments/ablation.py --mode=time                   # ms/iter (bench.py), then val loss of a budget_s run
+    python experiments/ablation.py --iters=330 --eval_every=110  # the README's table (with --mode=time --rounds=3)
+    python experiments/ablation.py --only=rope --out_root=out-abl-rope  # only the variants with "rope" in their name
 
 Everything but the network is the recipe's (data, seed, batch, optimizer), with the learning-rate
 schedule it had when it used GPT-2's block (tuned for that block); the architecture keys are reset
@@ -22,9 +22,14 @@ to out_root/ablation.jsonl and the table is printed from that file at the end, s
 add rows to one table.
 """
 
-import configurator
-import errors
-from configurator import Key
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # train.py and bench.py live there
+sys.path.insert(0, ROOT)
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
+from gptkit import errors  # noqa: E402
 
 errors.install()
 
@@ -46,15 +51,12 @@ KEYS = [
 cfg = configurator.configure(KEYS)
 
 import json  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-import fileio  # noqa: E402
-import runs  # noqa: E402
-from errors import UserError  # noqa: E402
+from gptkit import fileio, runs  # noqa: E402
+from gptkit.errors import UserError  # noqa: E402
 
 # GPT-2's network and the learning rates the recipe had for it, whatever the recipe sets now
 GPT2 = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--mlp=gelu", "--mlp_hidden=0",
@@ -78,7 +80,6 @@ VARIANTS = {
          "--warmup_iters=25"],
 }
 RESULTS = os.path.join(cfg.out_root, "ablation.jsonl")
-HERE = os.path.dirname(os.path.abspath(__file__))  # train.py and bench.py beside this file
 
 
 def out_dir(args):
@@ -88,7 +89,7 @@ def out_dir(args):
 def run(name, script, *args):
     """stdout of one script run on the recipe; a failure becomes one sentence naming the variant."""
     env = dict(os.environ, OMP_NUM_THREADS="1") if cfg.mode == "steps" else None
-    p = subprocess.run([sys.executable, os.path.join(HERE, script), cfg.recipe, *args], capture_output=True,
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), cfg.recipe, *args], capture_output=True,
                        text=True, env=env)
     if p.returncode != 0:
         # the script's own sentence when it has one (a user error), else its last line (a crash)

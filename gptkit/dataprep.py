@@ -11,9 +11,9 @@ import urllib.request
 
 import numpy as np
 
-import fileio
-from dataset import MANIFEST, SPLITS, data_root, file_sha256, mask_file, token_dtype, write_meta
-from errors import USAGE, UserError
+from gptkit import fileio
+from gptkit.dataset import MANIFEST, SPLITS, data_root, file_sha256, mask_file, token_dtype, write_meta
+from gptkit.errors import USAGE, UserError
 
 
 def parse_args(argv, allowed, doc, positional="input"):

@@ -13,8 +13,8 @@ import os
 import re
 import shutil
 
-import fileio
-from errors import UserError
+from gptkit import fileio
+from gptkit.errors import UserError
 
 LOCK = "train.lock"
 NUMBERED = re.compile(r"ckpt_\d+\.pt$")

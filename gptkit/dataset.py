@@ -27,9 +27,10 @@ import pickle
 
 import numpy as np
 
-import fileio
-from errors import UserError
+from gptkit import fileio
+from gptkit.errors import UserError
 
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of train.py and data/
 MANIFEST = "dataset.json"
 SPLITS = ("train", "val")
 
@@ -37,7 +38,7 @@ SPLITS = ("train", "val")
 def data_root():
     """Where dataset=<name> is looked up: data/ beside the code, or $GPT_DATA_ROOT (datasets on
     another disk; the tests keep theirs out of the checkout this way)."""
-    return os.environ.get("GPT_DATA_ROOT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    return os.environ.get("GPT_DATA_ROOT") or os.path.join(PROJECT, "data")
 
 
 def token_dtype(vocab_size):
@@ -110,7 +111,7 @@ def file_sha256(path):
 
 def prepare_hint(dataset):
     script = os.path.join("data", dataset, "prepare.py")
-    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), script)):
+    if os.path.exists(os.path.join(PROJECT, script)):
         return f"run `python {script}` first"
     return f"prepare it first (data/<name>/prepare.py writes train.bin and val.bin into data/{dataset}/)"
 
@@ -169,7 +170,7 @@ def check_folder(data_dir, dataset):
 class Batches:
     """Memory-mapped train/val tokens (and loss masks) and the deterministic batch schedule."""
 
-    exact_match = False  # rows are windows of a token stream, not whole problems (see tasks.py)
+    exact_match = False  # rows are windows of a token stream, not whole problems (see arithmetic.py)
 
     def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from errors import UserError
+from gptkit.errors import UserError
+from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
 from model import GPT, GPTConfig
-from tokenizer import GPT2_EOT, GPT2_VOCAB
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's

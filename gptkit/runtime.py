@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from errors import UserError
+from gptkit.errors import UserError
 
 # -----------------------------------------------------------------------------
 # device and dtype

@@ -10,7 +10,7 @@ process that died mid-write are never read; remove_stale_temps deletes them.
 import os
 from contextlib import contextmanager
 
-from errors import UserError
+from gptkit.errors import UserError
 
 
 def reason(e):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-import runtime
+from gptkit import runtime
 
 
 @dataclass
