@@ -19,7 +19,7 @@ from gptkit.errors import UserError
 LOCK = "train.lock"
 NUMBERED = re.compile(r"ckpt_\d+\.pt$")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "loss.png")
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png")
 RUN_FOLDERS = ("tb",)
 
 
