@@ -41,6 +41,10 @@ KEYS = [
     Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
     Key("digits", 3, "generated arithmetic tasks: digits of each operand (arithmetic.MAX_DIGITS at most)", min=1, max=9),
     Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
+    Key("sampling", "random", "training rows: random (nanoGPT's windows at random offsets) or epoch (every row start "
+        "once per epoch, shuffled: without replacement)", choices=("random", "epoch")),
+    Key("align", "none", "where training rows start: none (any token) or doc (a document's first token, after "
+        "<|endoftext|>)", choices=("none", "doc")),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
     Key("batch_size", 12, "sequences per micro-step per process", min=1),
     Key("block_size", 1024, "context length in tokens", min=1),
@@ -203,7 +207,8 @@ if cfg.dataset in arithmetic.TASKS and not cfg.data_dir:  # problems generated a
                                                   cfg.batch_size, cfg.seed, device, plan.pin_memory))
 else:
     batches = everywhere(lambda: Batches(data_dir, cfg.dataset, cfg.block_size, cfg.batch_size, cfg.seed, device,
-                                         plan.pin_memory))
+                                         plan.pin_memory, sampling=cfg.sampling, align=cfg.align,
+                                         micro_steps=cfg.gradient_accumulation_steps))
 meta = batches.meta
 # rows can be shorter than block_size (a generated problem is as long as it is)
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len
@@ -211,7 +216,8 @@ tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq
 over = f" (over {batches.counted})" if batches.counted else ""
 if master:
     print(f"tokens per iteration: {tokens_per_iter:,}" + (f"; the loss counts only the {batches.counted}"
-                                                          if batches.counted else ""))
+                                                          if batches.counted else "")
+          + (f"; {batches.schedule}" if getattr(batches, "schedule", "") else ""))
 
 # -----------------------------------------------------------------------------
 # model
@@ -248,9 +254,9 @@ elif cfg.init_from == "resume":
         raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the dataset "
                         f"the run was trained on")
     run_meta = dataset.read_meta(cfg.out_dir)
-    if ("dataset" in changed or "data_dir" in changed) and run_meta is not None and meta != run_meta:
+    if run_meta is not None and meta != run_meta:  # another dataset, or the same one prepared again
         raise UserError(f"{data_dir} has another vocabulary than the run's ({cfg.out_dir}/meta.pkl), so the token "
-                        f"ids would mean other characters; resume with the run's dataset", status=USAGE)
+                        f"ids would mean other text; resume with the data the run was trained on", status=USAGE)
     model = loading.build_model(ckpt, ckpt_path, dropout=cfg.dropout)
     iter_num = int(ckpt["iter_num"])
     best_val_loss = float(ckpt["best_val_loss"])  # nanoGPT stored a tensor here
@@ -486,10 +492,7 @@ def commit():
             runs.clear_run(cfg.out_dir)
     configurator.save(cfg, os.path.join(cfg.out_dir, "config.json"))
     # the run's vocabulary travels with it (sample.py, chat.py, export.py read it), and always matches it
-    if meta is not None:
-        dataset.write_meta(meta, cfg.out_dir)
-    else:
-        fileio.remove(os.path.join(cfg.out_dir, "meta.pkl"))
+    dataset.copy_vocabulary(meta, data_dir, cfg.out_dir)
 
 
 everywhere(commit if writes else lambda: None)
