@@ -6,8 +6,8 @@ Typed configuration for the flat scripts.
 Each script declares its knobs in one visible block of Key(...) lines and calls configure(). Config
 files are plain Python assignments (nanoGPT's configs run unchanged), each executed in its own
 namespace; --key=value overrides are parsed as Python literals, never executed. Everything is
-applied left to right and checked against the declared types. Whatever a user typed wrong gets one
-sentence and exit status 2, not a traceback.
+applied left to right and checked against the declared types. Whatever a user typed wrong raises
+ConfigError, one sentence that the script turns into `error: ...` and exit status 2, not a traceback.
 """
 
 import ast
@@ -187,24 +187,22 @@ def help_text(keys, script):
 
 
 def configure(keys, argv=None, script=None, announce=True, foreign_file_keys=False):
-    """Parse sys.argv for this script's keys; print help or errors and exit as a CLI should.
+    """Parse sys.argv for this script's keys. --help and --print-config print and end the program
+    (SystemExit(0), as argparse does); a mistake raises ConfigError, which the script's errors.install()
+    turns into one sentence and exit status 2.
     foreign_file_keys: config files may set keys of another script, which are skipped (and named)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or os.path.basename(sys.argv[0])
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(keys, script))
-        sys.exit(0)
+        raise SystemExit(0)
     show_only = "--print-config" in argv  # resolve, print as JSON and exit: check a config without running
     explicit = set()
     ignored = set() if foreign_file_keys else None
-    try:
-        values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(USAGE)
+    values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
     if show_only:
         print(json.dumps(values, indent=1))
-        sys.exit(0)
+        raise SystemExit(0)
     cfg = Config(**values)
     cfg._explicit = frozenset(explicit)
     differs = [k.name for k in keys if values[k.name] != k.default]
@@ -253,10 +251,3 @@ def rebase(cfg, keys, saved, keep=()):
 
 def to_dict(cfg):
     return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
-
-
-def save(cfg, path):
-    """Write the resolved config as JSON beside a run (atomically), so the run can be reproduced."""
-    from gptkit import fileio
-    with fileio.atomic_open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=1, default=str)

@@ -6,7 +6,6 @@ or downloaded once, and writing a dataset folder that is always either consisten
 import json
 import os
 import shutil
-import sys
 import urllib.request
 
 import numpy as np
@@ -22,7 +21,7 @@ def parse_args(argv, allowed, doc, positional="input"):
     if any(a in ("-h", "--help") for a in argv):
         print(doc.strip())
         print("\narguments: " + " ".join(f"--{a}=..." for a in allowed))
-        sys.exit(0)
+        raise SystemExit(0)  # as argparse does
     out = {}
     for arg in argv:
         if not arg.startswith("-") and positional and positional not in out:

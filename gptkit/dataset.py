@@ -167,6 +167,17 @@ def check_folder(data_dir, dataset):
 # -----------------------------------------------------------------------------
 # reading and sampling
 
+def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memory=False, digits=3, reverse=True):
+    """(batches, where they come from, for messages) of dataset=<name>: a prepared folder (data_dir, else
+    data/<name> under the data root), or problems generated as they are drawn (gptkit/arithmetic.py)."""
+    from gptkit import arithmetic
+    if name in arithmetic.TASKS and not data_dir:
+        problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory)
+        return problems, f"the generated {name} problems"
+    data_dir = data_dir or os.path.join(data_root(), name)
+    return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory), data_dir
+
+
 class Batches:
     """Memory-mapped train/val tokens (and loss masks) and the deterministic batch schedule."""
 

@@ -18,11 +18,9 @@ import torch
 
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
-from model import GPT, GPTConfig
+from model import CONV1D, GPT, from_gpt2_state_dict, gpt2_config
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 # -----------------------------------------------------------------------------
@@ -100,48 +98,6 @@ def read_weights(name_or_path):
 
 # -----------------------------------------------------------------------------
 # GPT-2 in
-
-def gpt2_config(c, dropout=0.0):
-    """This project's GPTConfig for a transformers GPT-2 config.json (a dict). Settings this network
-    does not implement are refused rather than computed differently."""
-    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
-    if c.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"model_type={c.get('model_type')!r} is not GPT-2")
-    act = get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-        raise ValueError(f"activation_function={act!r} is not GELU")
-    n_embd = get("n_embd", 768)
-    if get("n_inner", 4 * n_embd) != 4 * n_embd or get("layer_norm_epsilon", 1e-5) != 1e-5:
-        raise ValueError(f"n_inner={c.get('n_inner')} or layer_norm_epsilon={c.get('layer_norm_epsilon')} "
-                         f"differs from GPT-2's")
-    if get("scale_attn_by_inverse_layer_idx", False) or get("reorder_and_upcast_attn", False) \
-            or not get("scale_attn_weights", True):
-        raise ValueError("the attention scaling differs from GPT-2's")
-    if not get("tie_word_embeddings", True):
-        raise ValueError("the output head is not tied to the token embedding")
-    return GPTConfig(n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                     block_size=get("n_positions", 1024), vocab_size=get("vocab_size", 50257), bias=True,
-                     dropout=dropout, gelu_approximate="tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "none")
-
-
-def from_gpt2_state_dict(hf_sd):
-    """A transformers GPT-2 state dict (with or without the 'transformer.' prefix, head stored or
-    left out as tied) in this project's names and layout."""
-    out = {}
-    for k, v in hf_sd.items():
-        if k.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of older transformers versions, not weights
-        if k != "lm_head.weight" and not k.startswith("transformer."):
-            k = "transformer." + k
-        out[k] = v.t() if k.endswith(TRANSPOSED) else v
-    wte = out.get("transformer.wte.weight")
-    head = out.pop("lm_head.weight", None)
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise ValueError("the output head is not tied to the token embedding")
-    if wte is not None:
-        out["lm_head.weight"] = wte
-    return out
-
 
 def load_gpt2(name_or_path, dropout=0.0):
     """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large,
@@ -277,7 +233,7 @@ def gpt2_state_dict(model, vocab_size=None):
         if k in ("transformer.wte.weight", "lm_head.weight"):
             continue
         v = v.detach()
-        out[k] = (v.t() if k.endswith(TRANSPOSED) else v).contiguous()
+        out[k] = (v.t() if k.endswith(CONV1D) else v).contiguous()
     wte = model.transformer.wte.weight.detach()[:vocab_size].contiguous()
     out["transformer.wte.weight"] = wte
     out["lm_head.weight"] = wte if model.config.tie_embeddings else \

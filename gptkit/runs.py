@@ -9,12 +9,13 @@ holder ends (exit, crash, SIGKILL, power loss), so a stale lock is never mistake
 """
 
 import fcntl
+import json
 import os
 import re
 import shutil
 
 from gptkit import fileio
-from gptkit.errors import UserError
+from gptkit.errors import USAGE, UserError
 
 LOCK = "train.lock"
 NUMBERED = re.compile(r"ckpt_\d+\.pt$")
@@ -74,6 +75,35 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
+
+
+def refuse_to_clobber(out_dir, overwrite=False):
+    """Starting a new run where one already is: refused unless overwrite=True asks for exactly that."""
+    found = run_files(out_dir)
+    if found and not overwrite:
+        raise UserError(f"{out_dir} already holds a run ({', '.join(found[:3])}); continue it with "
+                        f"--init_from=resume, or start over with --overwrite=True (which deletes it), or choose "
+                        f"another out_dir", status=USAGE)
+
+
+def commit(out_dir, config, meta, new_run, overwrite=False):
+    """Make out_dir the run's, under the one-writer lock (returned, held until the process ends): refused
+    again if a run started there meanwhile, the earlier run deleted if overwrite asks, config.json
+    written, and the run's vocabulary (meta.pkl) beside it, so sampling, chat and export find it."""
+    from gptkit import dataset
+    lock = RunLock(out_dir).acquire()
+    fileio.remove_stale_temps(out_dir)  # left by a process killed mid-write
+    if new_run:
+        refuse_to_clobber(out_dir, overwrite)
+        if overwrite:
+            clear_run(out_dir)
+    with fileio.atomic_open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=1, default=str)
+    if meta is not None:
+        dataset.write_meta(meta, out_dir)
+    else:
+        fileio.remove(os.path.join(out_dir, "meta.pkl"))  # a stale vocabulary must not outlive its run
+    return lock
 
 
 def clear_run(out_dir):

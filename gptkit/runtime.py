@@ -224,6 +224,18 @@ def raise_everywhere(error, dist_info, device="cpu"):
         raise error or UserError("another process of this run failed (its error is in that process's output)")
 
 
+def everywhere(fn, dist_info, device="cpu"):
+    """fn() on every process; a UserError on any one of them (a file only one node lacks) ends all of
+    them, each with a status, instead of leaving the others waiting at the next collective."""
+    error, result = None, None
+    try:
+        result = fn()
+    except UserError as e:
+        error = e
+    raise_everywhere(error, dist_info, device)
+    return result
+
+
 def barrier(dist_info):
     if dist_info.enabled:
         import torch.distributed as tdist

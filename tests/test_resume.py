@@ -1,6 +1,6 @@
 """train.py stopped and resumed: a SIGTERM'd or SIGKILL'd run continues bit for bit like an
 uninterrupted one (the reference), and the non-finite guard, keep_last, nanoGPT checkpoints and a
-second Ctrl-C behave as the README says."""
+second Ctrl-C behave as docs/checkpoints.md says."""
 
 import hashlib
 import math
@@ -152,7 +152,7 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
     stdout, stderr = finish(p, timeout=60)
     assert p.returncode == 130, (p.returncode, stderr)
     assert "Traceback" not in stderr and "quitting without saving" in stderr
-    assert "nothing was saved" in stderr  # issue 11, item 11: it used to name a ckpt.pt that did not exist
+    assert "nothing was saved" in stderr  # not a ckpt.pt that does not exist
     assert not (tmp_path / "ckpt.pt").exists()  # no save after the second Ctrl-C
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
@@ -230,7 +230,7 @@ def test_keep_last_keeps_the_newest_copies(char_data, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# issue 12: resume means resume; a new run from any checkpoint
+# resume means resume; a new run from any checkpoint
 
 @pytest.mark.slow
 def test_resume_from_the_folder_alone_continues_like_an_uninterrupted_run(char_data, tmp_path):

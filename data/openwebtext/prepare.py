@@ -184,4 +184,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+    main(sys.argv[1:])
