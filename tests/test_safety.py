@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
 from gptkit import checkpoint, dataprep, dataset
 from gptkit.errors import UserError
 
@@ -104,12 +104,11 @@ def blocked_module(tmp_path, name):
     return folder
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_one_writer_per_run_folder(char_data, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *BASE, "--max_iters=100000",
-                              "--eval_interval=2", f"--out_dir={out}"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    first = start("train.py", *BASE, "--max_iters=100000", "--eval_interval=2", f"--out_dir={out}")
     try:
         for line in first.stdout:
             if line.startswith("iter 3:"):  # past its first save, so there is a run to resume
@@ -295,6 +294,7 @@ def test_a_full_disk_while_logging_is_one_sentence(char_data, tmp_path):
     assert_clean_error(p, words=["could not append to", "metrics.jsonl", "free some disk space"])
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sampling_into_a_closed_pipe_or_interrupted_ends_quietly(a_run):
     args = [sys.executable, str(ROOT / "sample.py"), f"--out_dir={a_run}", "--num_samples=1000",
@@ -313,16 +313,15 @@ def test_sampling_into_a_closed_pipe_or_interrupted_ends_quietly(a_run):
 # -----------------------------------------------------------------------------
 # prompt stops
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_stop_request_interrupts_a_long_evaluation(char_data, tmp_path):
     out = tmp_path / "run"
     run("train.py", *BASE, "--max_iters=2", "--eval_interval=2", f"--out_dir={out}")
     # resumed with evaluations of 2 x 4000 batches of 8 x 32 tokens (most of a minute on 2 cores), the
     # next at iteration 4: a stop request must not wait for it
-    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--init_from=resume", f"--out_dir={out}",
-                          "--max_iters=100", "--eval_interval=4", "--eval_iters=4000"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    p = start("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=100", "--eval_interval=4",
+              "--eval_iters=4000")
     seen = []
     for line in p.stdout:
         seen.append(line)
