@@ -48,6 +48,9 @@ KEYS = [
     Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
+if cfg.profile:  # the trace replaces an earlier trace, nothing else
+    from gptkit import runs
+    runs.check_output(cfg.profile, ".json", magic=b"{", what="Chrome trace")
 
 
 def model_config(**overrides):

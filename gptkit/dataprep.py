@@ -40,13 +40,34 @@ def out_folder(args, name):
     return os.path.abspath(args.get("out") or os.path.join(data_root(), name))
 
 
+def read_utf8(path):
+    """A text file's contents, or one sentence when it is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); convert it (e.g. iconv -t "
+                        f"utf-8) or leave it out") from None
+
+
+def utf8_lines(path):
+    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8."""
+    lineno = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}, line {lineno}, is not UTF-8 text; convert the file (e.g. iconv -t utf-8) or "
+                                f"leave it out") from None
+
+
 def read_text(input_path, url, cache_path):
     """The corpus as a string: from input_path if given, else from cache_path, else downloaded there."""
     if input_path:
         if not os.path.isfile(input_path):
             raise UserError(f"--input={input_path} does not exist; give the path of a text file")
-        with open(input_path, encoding="utf-8") as f:
-            return f.read()
+        return read_utf8(input_path)
     if not os.path.exists(cache_path):
         print(f"downloading {url}")
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
@@ -56,8 +77,18 @@ def read_text(input_path, url, cache_path):
         except (OSError, UserError) as e:
             raise UserError(f"could not download {url} ({fileio.reason(e)}); download it by hand and run again "
                             f"with --input=path/to/input.txt") from None
-    with open(cache_path, encoding="utf-8") as f:
-        return f.read()
+    return read_utf8(cache_path)
+
+
+def split_point(n, val_fraction, source, unit="tokens"):
+    """Where the train split of n tokens ends (the rest is val), or one sentence when either would be empty."""
+    split = int(n * (1 - val_fraction))
+    if n == 0:
+        raise UserError(f"{source} is empty: there is nothing to train on; give a text file with some text in it")
+    if split == 0 or split == n:
+        raise UserError(f"{source} is too small to split into train and val ({n} {unit}); give more text"
+                        + (" or another --val_fraction" if unit == "tokens" else ""))
+    return split
 
 
 class DatasetWriter:

@@ -96,6 +96,14 @@ def read_meta(folder):
     return check_meta(meta, path)
 
 
+def same_vocabulary(a, b):
+    """Whether two vocabularies (meta.pkl dicts, None for GPT-2's BPE) give every token id the same text:
+    the same size is not enough, a re-prepared corpus can map the same number of characters otherwise."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.get("vocab_size") == b.get("vocab_size") and a.get("stoi") == b.get("stoi")
+
+
 def write_meta(meta, folder):
     with fileio.atomic_open(os.path.join(folder, "meta.pkl"), "wb") as f:
         pickle.dump(meta, f)

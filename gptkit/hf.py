@@ -11,6 +11,7 @@ and a machine that cannot reach the hub is told so in seconds, not after minutes
 
 import json
 import os
+import pickle
 import socket
 from urllib.parse import urlparse
 
@@ -77,23 +78,47 @@ def local_or_hub(name_or_path, filename, required=True):
 
 def read_weights(name_or_path):
     """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
-    sharded with an index) or pytorch_model.bin (weights_only, memory-mapped)."""
-    from safetensors.torch import load_file
+    sharded with an index) or pytorch_model.bin (weights_only; memory-mapped when it is in torch's zip
+    format, read whole when it is in the format torch wrote before 1.6). A damaged file is one sentence."""
     index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
     if index:
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                            f"again") from None
         sd = {}
         for shard in shards:
-            sd.update(load_file(local_or_hub(name_or_path, shard)))
+            sd.update(_read_file(local_or_hub(name_or_path, shard)))
         return sd
-    path = local_or_hub(name_or_path, "model.safetensors", required=False)
-    if path:
-        return load_file(path)
-    path = local_or_hub(name_or_path, "pytorch_model.bin", required=False)
-    if path:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = local_or_hub(name_or_path, name, required=False)
+        if path:
+            return _read_file(path)
     raise UserError(f"{name_or_path} has no model.safetensors or pytorch_model.bin")
+
+
+def _read_file(path):
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the format before torch 1.6
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds more than tensors (loading it could run code), or is damaged, so it was not "
+                        f"loaded; use a model.safetensors, or a pytorch_model.bin of tensors only") from None
+    except Exception as e:  # safetensors, zip and torch errors of a truncated or damaged file: many types
+        if isinstance(e, UserError):
+            raise
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} cannot be read: it is truncated or damaged ({reason}); download or copy it "
+                        f"again") from None
 
 
 # -----------------------------------------------------------------------------

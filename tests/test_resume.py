@@ -159,14 +159,17 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_one_sigint_saves_and_says_how_to_resume(char_data, tmp_path):
-    p = start(*EXACT, "--max_iters=100000", f"--out_dir={tmp_path}", "--eval_interval=100000")
+def test_one_sigint_finishes_the_step_under_way_saves_and_says_how_to_resume(char_data, tmp_path):
+    # steps of a second or so: the signal lands while step 2 is being computed
+    p = start(*EXACT, "--batch_size=64", "--gradient_accumulation_steps=32", "--max_iters=100000",
+              f"--out_dir={tmp_path}", "--eval_interval=100000")
     wait_for_line(p, "iter 1:")
     p.send_signal(signal.SIGINT)
     stdout, stderr = finish(p, timeout=120)
     assert p.returncode == 0, stderr
-    saved = load(tmp_path / "ckpt.pt")["iter_num"]
-    assert f"stopped at iteration {saved} and saved" in stdout and "--init_from=resume" in stdout
+    # step 2 finishes and is saved; no step 3 is started after the request
+    assert load(tmp_path / "ckpt.pt")["iter_num"] == 3 and "iter 3:" not in stdout
+    assert "stopped at iteration 3 and saved" in stdout and "--init_from=resume" in stdout
 
 
 def digest(path):

@@ -58,19 +58,18 @@ def local_conversations(path, column):
     else:
         raise UserError(f"--input={path} does not exist; give a .jsonl file or a folder of them")
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}, line {lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
-                if not isinstance(row, dict) or column not in row:
-                    raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
-                                    f"(another field name: --column=)")
-                yield row[column], where
+        for lineno, line in dataprep.utf8_lines(file):
+            if not line.strip():
+                continue
+            where = f"{file}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
+            if not isinstance(row, dict) or column not in row:
+                raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
+                                f"(another field name: --column=)")
+            yield row[column], where
 
 
 def hub_conversations(args, column):

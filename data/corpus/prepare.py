@@ -43,12 +43,7 @@ def corpus_files(path):
 def read_docs(files):
     docs = []
     for path in files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                docs.append(f.read())
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it (e.g. iconv -t utf-8) or "
-                            f"leave it out") from None
+        docs.append(dataprep.read_utf8(path))
     return docs
 
 
@@ -108,10 +103,7 @@ def main(argv):
             ids.append(tok.eot)  # documents end with <|endoftext|>, as GPT-2 was trained
         vocab_line = f"GPT-2 BPE vocabulary of {vocab_size} (<|endoftext|> = {tok.eot} after each file)"
 
-    split = int(len(ids) * (1 - val_fraction))
-    if split == 0 or split == len(ids):
-        raise UserError(f"{args['input']} is too small to split ({len(ids)} tokens); give more text or another "
-                        f"--val_fraction")
+    split = dataprep.split_point(len(ids), val_fraction, args["input"])
     writer = dataprep.DatasetWriter(out, vocab_size, meta)
     writer.write("train", ids[:split])
     writer.write("val", ids[split:])

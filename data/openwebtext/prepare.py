@@ -48,19 +48,18 @@ def local_documents(files, text_field):
             with open(path, encoding="utf-8", errors="replace") as f:
                 yield f.read()
             continue
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    text = row[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    text = None
-                if not isinstance(text, str):
-                    raise BadDocument(f"{path}, line {lineno}: expected a JSON object with a {text_field!r} string; "
-                                      f"fix the line or name the field with --text_field=")
-                yield text
+        for lineno, line in dataprep.utf8_lines(path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text = row[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                text = None
+            if not isinstance(text, str):
+                raise BadDocument(f"{path}, line {lineno}: expected a JSON object with a {text_field!r} string; "
+                                  f"fix the line or name the field with --text_field=")
+            yield text
 
 
 def count_documents(files):
@@ -69,8 +68,7 @@ def count_documents(files):
         if path.endswith(".txt"):
             n += 1
         else:
-            with open(path, encoding="utf-8") as f:
-                n += sum(1 for line in f if line.strip())
+            n += sum(1 for _, line in dataprep.utf8_lines(path) if line.strip())
     return n
 
 
