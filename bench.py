@@ -13,82 +13,49 @@ import os
 
 import configurator
 from configurator import Key
-from gptkit import errors
+from gptkit import errors, keys
 
 errors.install()
 
 # -----------------------------------------------------------------------------
-# knobs: the model, optimizer and step keys have train.py's names, so a training config file gives
-# bench.py the step it runs (keys of train.py that do not shape a step, such as out_dir, are skipped)
+# knobs: the model, optimizer and step keys are train.py's own (gptkit/keys.py, with their checks), so a
+# training config file gives bench.py the step it runs (keys of train.py that do not shape a step, such
+# as out_dir, are skipped)
 KEYS = [
     Key("mode", "train", "train: the training step; generate: decoding speed; process: sample.py against "
         "transformers, whole processes (needs init_from)", choices=("train", "generate", "process")),
-    # model shape (GPT-2 124M by default)
-    Key("n_layer", 12, "transformer blocks"),
-    Key("n_head", 12, "attention heads"),
-    Key("n_embd", 768, "embedding width"),
-    Key("block_size", 1024, "context length"),
-    Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)"),
-    Key("bias", False, "biases in Linear and LayerNorm layers"),
-    Key("dropout", 0.0, "dropout probability"),
-    # architecture options, as train.py's keys of the same names
-    Key("pos_emb", "learned", "positions: learned or rope", choices=("learned", "rope")),
-    Key("rope_theta", 10000.0, "RoPE's base period"),
-    Key("norm", "layernorm", "layernorm or rmsnorm", choices=("layernorm", "rmsnorm")),
-    Key("norm_eps", 1e-5, "epsilon of every norm"),
-    Key("qk_norm", False, "RMS-normalise each head's queries and keys"),
-    Key("mlp", "gelu", "gelu, relu2 or swiglu", choices=("gelu", "relu2", "swiglu")),
-    Key("mlp_hidden", 0, "MLP hidden width (0: the default for the mlp)"),
-    Key("n_kv_head", 0, "key/value heads (0: n_head)"),
-    Key("tie_embeddings", True, "the output head is the token embedding"),
-    Key("logit_softcap", 0.0, "cap logits at +-this (0: off)"),
-    # system
-    Key("device", "auto", "auto, cpu, cuda, mps"),
-    Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
-    Key("compile", None, "torch.compile (default: on for CUDA, off elsewhere)", type=bool),
-    Key("seed", 1337, "random seed"),
-    Key("warmup", 2, "untimed runs first"),
-    Key("repeats", 5, "timed runs; the median is reported"),
-
-    # --- training-mode keys (train.py's) ---
-    Key("dataset", "", "train on this prepared dataset (folder under data/); empty: random tokens"),
-    Key("batch_size", 12, "sequences per micro-step"),
-    Key("gradient_accumulation_steps", 1, "micro-steps per optimizer step"),
-    Key("optimizer", "adamw", "adamw or muon (Muon for the hidden 2-D weights, AdamW for the rest)",
-        choices=("adamw", "muon")),
-    Key("learning_rate", 6e-4, "AdamW's learning rate (the timing does not depend on it)"),
-    Key("weight_decay", 1e-1, "AdamW weight decay"),
-    Key("beta1", 0.9, "AdamW beta1"),
-    Key("beta2", 0.95, "AdamW beta2"),
-    Key("grad_clip", 1.0, "clip the gradient norm to this (0: no clipping)"),
-    Key("muon_lr", 0.02, "Muon's learning rate"),
-    Key("muon_momentum", 0.95, "Muon's Nesterov momentum"),
-    Key("muon_ns_steps", 5, "Newton-Schulz iterations per Muon update"),
-    Key("fused_adamw", None, "fused AdamW kernel (default: on for CUDA and CPU)", type=bool),
-    Key("omp_passive", False, "OMP_WAIT_POLICY=PASSIVE, as train.py's key of the same name"),
-    Key("steps", 10, "optimizer steps in each timed run"),
-    Key("profile", "", "also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) here"),
+    *keys.pick(keys.STEP_KEYS, defaults=dict(gradient_accumulation_steps=1, dataset=""),
+               notes=dict(dataset="; empty: random tokens")),
+    Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)", min=1),
+    Key("warmup", 2, "untimed runs first", min=0),
+    Key("repeats", 5, "timed runs; the median is reported", min=1),
+    Key("steps", 10, "train: optimizer steps in each timed run", min=1),
+    Key("profile", "", "train: also profile a few steps and write a Chrome trace (chrome://tracing, perfetto.dev) "
+        "here"),
 
     # --- generation-mode keys ---
-    Key("prompt_len", 16, "generate: prompt tokens"),
-    Key("new_tokens", 256, "generate: tokens generated per run"),
+    Key("prompt_len", 16, "generate: prompt tokens", min=1),
+    Key("new_tokens", 256, "generate: tokens generated per run", min=1),
     Key("gen_batch_sizes", (1, 4), "generate: batch sizes to measure"),
-    Key("recompute_max_batch", 1, "generate: time full recomputation only up to this batch size (it is slow)"),
-    Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)"),
+    Key("recompute_max_batch", 1, "generate: time full recomputation only up to this batch size (it is slow)", min=0),
+    Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)", min=0),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
-    Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out"),
+    Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out",
+        min=0),
 
     # --- process-mode keys ---
     Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
     Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
+if cfg.profile:  # the trace replaces an earlier trace, nothing else
+    from gptkit import runs
+    runs.check_output(cfg.profile, ".json", magic=b"{", what="Chrome trace")
 
 
 def model_config(**overrides):
     """The GPTConfig of the model keys above (train.py's names, so a training config builds its network)."""
-    from model import MODEL_ARG_KEYS, GPTConfig
-    return GPTConfig(**{**{k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}, **overrides})
+    return keys.model_config(cfg, **overrides)
 
 
 # -----------------------------------------------------------------------------
@@ -119,9 +86,9 @@ def bench_train():
     # data: the real sampler (its cost is part of a step), or random tokens made once up front
     vocab_size = cfg.vocab_size
     if cfg.dataset:
-        from gptkit.dataset import Batches, data_root
-        batches = Batches(os.path.join(data_root(), cfg.dataset), cfg.dataset, T, B, cfg.seed, device,
-                          plan.pin_memory)
+        from gptkit.dataset import open_batches
+        batches, _ = open_batches(cfg.dataset, "", T, B, cfg.seed, device, plan.pin_memory)
+        T = batches.seq_len  # a generated problem is as long as it is
         if batches.meta and not cfg.is_set("vocab_size"):
             vocab_size = batches.meta["vocab_size"]
     else:
@@ -279,7 +246,7 @@ def bench_generate():
             torch.cuda.synchronize()
 
     def run_ours(x, n, use_cache):
-        return generate(model, x, n, temperature=0, use_cache=use_cache)
+        return generate(model, x, n, temperature=0) if use_cache else model.generate(x, n, temperature=0)
 
     def run_hf(x, n):
         with torch.no_grad():

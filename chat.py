@@ -18,6 +18,7 @@ is talked to in exactly that template.
 import configurator
 from configurator import Key
 from gptkit import errors
+from gptkit.stopping import require_stdout
 
 errors.install()
 
@@ -46,6 +47,7 @@ KEYS = [
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
 ]
 cfg = configurator.configure(KEYS)
+require_stdout("the replies")
 
 import dataclasses  # noqa: E402
 import os  # noqa: E402
@@ -101,7 +103,10 @@ stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
 
-interactive = sys.stdin.isatty()
+if sys.stdin is None and cfg.prompt is None:  # started with <&-: no line will ever come
+    raise UserError("standard input is closed (<&-), so there is nothing to reply to; give one line with "
+                    "--prompt=... or pipe the lines in", status=USAGE)
+interactive = sys.stdin is not None and sys.stdin.isatty()
 if interactive:
     import readline  # noqa: F401  (line editing and up-arrow history for input())
 print(f"chatting with {desc}; {rt.why}; {style} style. {HELP}", file=sys.stderr)

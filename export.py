@@ -45,7 +45,10 @@ from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
 from gptkit.errors import UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
-MARKER = "export.json"  # written into every export: what it was made from, and that --overwrite may replace it
+MARKER = "export.json"  # written into every export: what it was made from, and the files --overwrite may replace
+# what exports written without a list of their files hold
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "vocab.json", "merges.txt", "special_tokens_map.json", "meta.pkl", MARKER)
 
 # -----------------------------------------------------------------------------
 # where to write: a new folder, or with --overwrite an earlier export and nothing else
@@ -68,16 +71,17 @@ if within(run_dir, export_dir) or within(os.getcwd(), export_dir):
         else "a folder that contains the run or the working directory"
     raise UserError(f"export_dir={export_dir} is {what}; exporting there would replace it: choose a new folder, "
                     f"e.g. --export_dir={os.path.join(cfg.out_dir, 'hf')}")
+earlier = []  # the files an earlier export wrote there, which --overwrite replaces (and nothing else)
 if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not cfg.overwrite:
         raise UserError(f"{export_dir} already exists and is not empty; choose another --export_dir or add "
-                        f"--overwrite (which replaces an earlier export, and only that)")
-    entries = os.listdir(export_dir)
-    earlier_export = (MARKER in entries and all(os.path.isfile(os.path.join(export_dir, e)) for e in entries)
-                      and not any(e.endswith(".pt") or e == "metrics.jsonl" for e in entries))
-    if not earlier_export:
-        raise UserError(f"{export_dir} is not a folder export.py wrote (no {MARKER}, or it holds other things such as "
-                        f"checkpoints or folders), so --overwrite will not replace it; choose another --export_dir")
+                        f"--overwrite (which replaces an earlier export's files, and only those)")
+    try:
+        with open(os.path.join(export_dir, MARKER)) as f:
+            earlier = json.load(f).get("files") or EXPORT_FILES
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{export_dir} is not a folder export.py wrote (it has no {MARKER}), so --overwrite will not "
+                        f"replace anything in it; choose another --export_dir") from None
 try:
     import transformers  # noqa: F401
 except ImportError:
@@ -124,20 +128,12 @@ try:
         tokenizer.save_pretrained(tmp)
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
+    files = sorted(os.listdir(tmp) + [MARKER])
     with fileio.atomic_open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(dict(exported_by="export.py", checkpoint=os.path.abspath(path),
-                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size), f, indent=1)
+                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size, files=files), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
-    old = None
-    if os.path.isdir(export_dir):
-        if os.listdir(export_dir):
-            old = f"{export_dir}.old{os.getpid()}"
-            os.replace(export_dir, old)
-        else:
-            os.rmdir(export_dir)
-    os.replace(tmp, export_dir)
-    if old is not None:
-        shutil.rmtree(old)
+    fileio.publish_folder(tmp, export_dir, owned=earlier)  # a model card a user added stays
 except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

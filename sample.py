@@ -9,6 +9,7 @@ Sample text from a trained run or from GPT-2, streaming it as it is generated.
 import configurator
 from configurator import Key
 from gptkit import errors
+from gptkit.stopping import require_stdout
 
 errors.install()
 
@@ -34,6 +35,7 @@ KEYS = [
     Key("compile", False, "torch.compile the model (pays off only for long generations)"),
 ]
 cfg = configurator.configure(KEYS)
+require_stdout("the samples")
 
 # the heavy imports come after the knobs so that --help and config errors answer at once
 import sys  # noqa: E402
@@ -63,6 +65,9 @@ if start.startswith("FILE:"):
             start = f.read()
     except OSError as e:
         raise UserError(f"cannot read the prompt file {start[5:]} ({e.strerror}); check the path after FILE:") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the prompt file {start[5:]} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
+                        f"text file after FILE:") from None
 ids = tok.encode(start)
 if not ids:
     if tok.eot is None:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import urllib.request
 
 import numpy as np
@@ -38,7 +37,7 @@ def parse_args(argv, allowed, doc, positional="input"):
     if any(a in ("-h", "--help") for a in argv):
         print(doc.strip())
         print("\narguments: " + " ".join(f"--{a}=..." for a in allowed))
-        sys.exit(0)
+        raise SystemExit(0)  # as argparse does
     out = {}
     for arg in argv:
         if not arg.startswith("-") and positional and positional not in out:
@@ -57,13 +56,34 @@ def out_folder(args, name):
     return os.path.abspath(args.get("out") or os.path.join(data_root(), name))
 
 
+def read_utf8(path):
+    """A text file's contents, or one sentence when it is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); convert it (e.g. iconv -t "
+                        f"utf-8) or leave it out") from None
+
+
+def utf8_lines(path):
+    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8."""
+    lineno = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}, line {lineno}, is not UTF-8 text; convert the file (e.g. iconv -t utf-8) or "
+                                f"leave it out") from None
+
+
 def read_text(input_path, url, cache_path):
     """The corpus as a string: from input_path if given, else from cache_path, else downloaded there."""
     if input_path:
         if not os.path.isfile(input_path):
             raise UserError(f"--input={input_path} does not exist; give the path of a text file")
-        with open(input_path, encoding="utf-8") as f:
-            return f.read()
+        return read_utf8(input_path)
     if not os.path.exists(cache_path):
         print(f"downloading {url}")
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
@@ -73,8 +93,18 @@ def read_text(input_path, url, cache_path):
         except (OSError, UserError) as e:
             raise UserError(f"could not download {url} ({fileio.reason(e)}); download it by hand and run again "
                             f"with --input=path/to/input.txt") from None
-    with open(cache_path, encoding="utf-8") as f:
-        return f.read()
+    return read_utf8(cache_path)
+
+
+def split_point(n, val_fraction, source, unit="tokens"):
+    """Where the train split of n tokens ends (the rest is val), or one sentence when either would be empty."""
+    split = int(n * (1 - val_fraction))
+    if n == 0:
+        raise UserError(f"{source} is empty: there is nothing to train on; give a text file with some text in it")
+    if split == 0 or split == n:
+        raise UserError(f"{source} is too small to split into train and val ({n} {unit}); give more text"
+                        + (" or another --val_fraction" if unit == "tokens" else ""))
+    return split
 
 
 class DatasetWriter:
@@ -251,8 +281,7 @@ class LocalDocuments:
             if path.endswith(".txt"):
                 n += 1
             else:
-                with open(path, encoding="utf-8") as f:
-                    n += sum(1 for line in f if line.strip())
+                n += sum(1 for _, line in utf8_lines(path) if line.strip())
         return n
 
     def read(self, start=0, state=None):
@@ -265,20 +294,19 @@ class LocalDocuments:
                         yield f.read()
                 i += 1
                 continue
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if i >= start:
-                        try:
-                            text = json.loads(line)[self.text_field]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            text = None
-                        if not isinstance(text, str):
-                            raise UserError(f"{path}, line {lineno}: expected a JSON object with a {self.text_field!r} "
-                                            f"string; fix the line or name the field with --text_field=")
-                        yield text
-                    i += 1
+            for lineno, line in utf8_lines(path):
+                if not line.strip():
+                    continue
+                if i >= start:
+                    try:
+                        text = json.loads(line)[self.text_field]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        text = None
+                    if not isinstance(text, str):
+                        raise UserError(f"{path}, line {lineno}: expected a JSON object with a {self.text_field!r} "
+                                        f"string; fix the line or name the field with --text_field=")
+                    yield text
+                i += 1
 
     def state(self):
         return None  # the document number alone says where to go on

@@ -113,6 +113,16 @@ def read_meta(folder):
     return check_meta(meta, path)
 
 
+def same_vocabulary(a, b):
+    """Whether two vocabularies (meta.pkl dicts, None for GPT-2's BPE) give every token id the same text:
+    the same size is not enough, a re-prepared corpus can map the same number of characters otherwise
+    (or train another tokenizer of the same size)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.get("vocab_size"), a.get("stoi"), a.get("tokenizer_sha256")) == \
+        (b.get("vocab_size"), b.get("stoi"), b.get("tokenizer_sha256"))
+
+
 def write_meta(meta, folder):
     with fileio.atomic_open(os.path.join(folder, "meta.pkl"), "wb") as f:
         pickle.dump(meta, f)
@@ -319,6 +329,22 @@ def check_folder(data_dir, dataset):
 
 # -----------------------------------------------------------------------------
 # reading and sampling
+
+def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memory=False, digits=3, reverse=True,
+                 sampling="random", align="none", micro_steps=1):
+    """(batches, where they come from, for messages) of dataset=<name>: a prepared folder (data_dir, else
+    data/<name> under the data root), or problems generated as they are drawn (gptkit/arithmetic.py)."""
+    from gptkit import arithmetic
+    if name in arithmetic.TASKS and not data_dir:
+        if (sampling, align) != ("random", "none"):
+            raise UserError(f"sampling={sampling} and align={align} choose rows of a prepared dataset; the {name} "
+                            f"problems are drawn fresh, one per row: leave them at random and none", status=USAGE)
+        problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory)
+        return problems, f"the generated {name} problems"
+    data_dir = data_dir or os.path.join(data_root(), name)
+    return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory, sampling=sampling, align=align,
+                   micro_steps=micro_steps), data_dir
+
 
 class Tokens:
     """A split's tokens as one array-like stream (len, and slices [i:j]) over its parts: one file, or

@@ -152,16 +152,8 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
 
 
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-             use_cache=True):
-    """Return idx extended by max_new_tokens sampled tokens. use_cache=False recomputes the
-    whole (cropped) context for every token, as nanoGPT does: the reference for the cache."""
-    if use_cache:
-        new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator))
-        return torch.cat([idx] + [t[:, None] for t in new], dim=1)
-    block = model.config.block_size
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -block:])
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-        idx = torch.cat((idx, nxt[:, None]), dim=1)
-    return idx
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Return idx extended by max_new_tokens sampled tokens, through the KV cache (model.generate
+    recomputes the whole context for every token instead: the reference this is tested against)."""
+    new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator))
+    return torch.cat([idx] + [t[:, None] for t in new], dim=1)

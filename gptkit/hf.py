@@ -11,6 +11,7 @@ and a machine that cannot reach the hub is told so in seconds, not after minutes
 
 import json
 import os
+import pickle
 import socket
 from urllib.parse import urlparse
 
@@ -18,11 +19,9 @@ import torch
 
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
-from model import GPT, GPTConfig
+from model import CONV1D, GPT, from_gpt2_state_dict, gpt2_config
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 # -----------------------------------------------------------------------------
@@ -79,69 +78,51 @@ def local_or_hub(name_or_path, filename, required=True):
 
 def read_weights(name_or_path):
     """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
-    sharded with an index) or pytorch_model.bin (weights_only, memory-mapped)."""
-    from safetensors.torch import load_file
+    sharded with an index) or pytorch_model.bin (weights_only; memory-mapped when it is in torch's zip
+    format, read whole when it is in the format torch wrote before 1.6). A damaged file is one sentence."""
     index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
     if index:
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                            f"again") from None
         sd = {}
         for shard in shards:
-            sd.update(load_file(local_or_hub(name_or_path, shard)))
+            sd.update(_read_file(local_or_hub(name_or_path, shard)))
         return sd
-    path = local_or_hub(name_or_path, "model.safetensors", required=False)
-    if path:
-        return load_file(path)
-    path = local_or_hub(name_or_path, "pytorch_model.bin", required=False)
-    if path:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = local_or_hub(name_or_path, name, required=False)
+        if path:
+            return _read_file(path)
     raise UserError(f"{name_or_path} has no model.safetensors or pytorch_model.bin")
+
+
+def _read_file(path):
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the format before torch 1.6
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds more than tensors (loading it could run code), or is damaged, so it was not "
+                        f"loaded; use a model.safetensors, or a pytorch_model.bin of tensors only") from None
+    except Exception as e:  # safetensors, zip and torch errors of a truncated or damaged file: many types
+        if isinstance(e, UserError):
+            raise
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} cannot be read: it is truncated or damaged ({reason}); download or copy it "
+                        f"again") from None
 
 
 # -----------------------------------------------------------------------------
 # GPT-2 in
-
-def gpt2_config(c, dropout=0.0):
-    """This project's GPTConfig for a transformers GPT-2 config.json (a dict). Settings this network
-    does not implement are refused rather than computed differently."""
-    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
-    if c.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"model_type={c.get('model_type')!r} is not GPT-2")
-    act = get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-        raise ValueError(f"activation_function={act!r} is not GELU")
-    n_embd = get("n_embd", 768)
-    if get("n_inner", 4 * n_embd) != 4 * n_embd or get("layer_norm_epsilon", 1e-5) != 1e-5:
-        raise ValueError(f"n_inner={c.get('n_inner')} or layer_norm_epsilon={c.get('layer_norm_epsilon')} "
-                         f"differs from GPT-2's")
-    if get("scale_attn_by_inverse_layer_idx", False) or get("reorder_and_upcast_attn", False) \
-            or not get("scale_attn_weights", True):
-        raise ValueError("the attention scaling differs from GPT-2's")
-    if not get("tie_word_embeddings", True):
-        raise ValueError("the output head is not tied to the token embedding")
-    return GPTConfig(n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                     block_size=get("n_positions", 1024), vocab_size=get("vocab_size", 50257), bias=True,
-                     dropout=dropout, gelu_approximate="tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "none")
-
-
-def from_gpt2_state_dict(hf_sd):
-    """A transformers GPT-2 state dict (with or without the 'transformer.' prefix, head stored or
-    left out as tied) in this project's names and layout."""
-    out = {}
-    for k, v in hf_sd.items():
-        if k.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of older transformers versions, not weights
-        if k != "lm_head.weight" and not k.startswith("transformer."):
-            k = "transformer." + k
-        out[k] = v.t() if k.endswith(TRANSPOSED) else v
-    wte = out.get("transformer.wte.weight")
-    head = out.pop("lm_head.weight", None)
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise ValueError("the output head is not tied to the token embedding")
-    if wte is not None:
-        out["lm_head.weight"] = wte
-    return out
-
 
 def load_gpt2(name_or_path, dropout=0.0):
     """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large,
@@ -291,7 +272,7 @@ def gpt2_state_dict(model, vocab_size=None):
         if k in ("transformer.wte.weight", "lm_head.weight"):
             continue
         v = v.detach()
-        out[k] = (v.t() if k.endswith(TRANSPOSED) else v).contiguous()
+        out[k] = (v.t() if k.endswith(CONV1D) else v).contiguous()
     wte = model.transformer.wte.weight.detach()[:vocab_size].contiguous()
     out["transformer.wte.weight"] = wte
     out["lm_head.weight"] = wte if model.config.tie_embeddings else \

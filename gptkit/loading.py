@@ -12,10 +12,10 @@ from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
 
-def model_config(model_args, dropout=None):
-    """The GPTConfig of a checkpoint's model_args (nanoGPT's have fewer keys: the rest keep their
-    defaults, which are nanoGPT's behaviour)."""
-    args = {k: model_args[k] for k in MODEL_ARG_KEYS if k in model_args}
+def model_config(args, dropout=None):
+    """The GPTConfig of a checkpoint's settings (checkpoint.model_args); settings this version does not
+    know are left out, those it lacks keep their defaults."""
+    args = {k: args[k] for k in MODEL_ARG_KEYS if k in args}
     if dropout is not None:
         args["dropout"] = dropout
     return GPTConfig(**args)
@@ -24,7 +24,7 @@ def model_config(model_args, dropout=None):
 def build_model(ckpt, path, dropout=None):
     """A GPT with the checkpoint's architecture and weights."""
     try:
-        return GPT.with_weights(model_config(ckpt["model_args"], dropout),
+        return GPT.with_weights(model_config(checkpoint.model_args(ckpt), dropout),
                                 checkpoint.clean_state_dict(ckpt["model"]))
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this model: {e}") from None

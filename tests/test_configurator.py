@@ -2,6 +2,8 @@
 
 import json
 
+import configurator
+
 import pytest
 
 from configurator import ConfigError, Key, parse
@@ -197,3 +199,18 @@ def test_help_lists_keys():
     assert "learning_rate" in p.stdout and "gradient_accumulation_steps" in p.stdout
     p = run("sample.py", "--help")
     assert "top_p" in p.stdout
+
+
+def test_string_keys_take_text_that_looks_like_a_number_and_numeric_keys_take_numpy_scalars(tmp_path):
+    from gptkit import keys
+    values = configurator.parse(keys.KEYS, ["--out_dir=123", "--wandb_run_name=2024", "--dataset=1e3"])
+    assert (values["out_dir"], values["wandb_run_name"], values["dataset"]) == ("123", "2024", "1e3")
+    config = tmp_path / "numpy_config.py"
+    config.write_text("import numpy as np\nlearning_rate = np.float64(3e-4) * 2\nbeta2 = np.float32(0.5)\n"
+                      "max_iters = np.int64(10) * 3\n")
+    values = configurator.parse(keys.KEYS, [str(config)])
+    assert values["learning_rate"] == pytest.approx(6e-4) and type(values["learning_rate"]) is float
+    assert values["beta2"] == 0.5 and type(values["beta2"]) is float
+    assert values["max_iters"] == 30 and type(values["max_iters"]) is int
+    with pytest.raises(configurator.ConfigError, match="n_layer must be an integer but got True"):
+        configurator.parse(keys.KEYS, ["--n_layer=True"])  # a bool is not a number of layers

@@ -4,20 +4,17 @@ prepare continued to the same bytes), aligned and epoch batches (a pure function
 and micro-step: the same across a resume and across processes), and bad input as one sentence."""
 
 import json
-import os
 import pickle
 import runpy
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS, ROOT, TINY, read_metrics, run
+from conftest import CORPUS, ROOT, TINY, read_metrics, run, start
 from gptkit import dataprep, dataset, loading
 from gptkit.errors import UserError
 from gptkit.generate import generate
@@ -164,7 +161,7 @@ def test_chat_data_in_a_trained_tokenizer_has_its_markers_as_special_tokens(bpe_
     src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
                                                      {"role": "assistant", "content": f"{i}, café"}]}) + "\n"
                            for i in range(20)))
-    prepare("data/chat/prepare.py", src, f"--tokenizer_from={bpe_data}", f"--out={tmp_path / 'chat'}")
+    prepare("data/chat/prepare.py", src, f"--vocab_from={bpe_data}", f"--out={tmp_path / 'chat'}")
     tok = load_tokenizer(dataset.read_meta(str(tmp_path / "chat")), str(tmp_path / "chat"))
     assert tok.sha256 == load_tokenizer(dataset.read_meta(str(bpe_data)), str(bpe_data)).sha256
     ids, mask = tokens(tmp_path / "chat", "train"), np.fromfile(tmp_path / "chat" / "train_mask.bin", np.uint8)
@@ -249,6 +246,7 @@ def test_a_prepare_stopped_after_a_shard_continues_to_the_same_bytes(docs_folder
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a signal
 def test_a_killed_streaming_prepare_continues_to_the_same_bytes(tmp_path):
     datasets = pytest.importorskip("datasets")
     docs = documents(300, seed=1)
@@ -261,9 +259,7 @@ def test_a_killed_streaming_prepare_continues_to_the_same_bytes(tmp_path):
     assert tok.decode(tokens(tmp_path / "whole", "val").tolist()) == "".join(d + "<|endoftext|>" for d in val)
 
     out = tmp_path / "killed"
-    command = [sys.executable, str(ROOT / "data/fineweb_edu/prepare.py"), *args, f"--out={out}"]
-    p = subprocess.Popen(command, env=dict(os.environ, HF_DATASETS_OFFLINE="1"), stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p = start("data/fineweb_edu/prepare.py", *args, f"--out={out}")
     try:
         deadline = time.monotonic() + 300
         while p.poll() is None and time.monotonic() < deadline:  # until a third of the documents are written
@@ -274,14 +270,14 @@ def test_a_killed_streaming_prepare_continues_to_the_same_bytes(tmp_path):
                 pass
             time.sleep(0.005)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        p.communicate()
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     assert p.returncode == -signal.SIGKILL, "the prepare ended before it could be killed"
     assert not json.loads((out / "dataset.json").read_text())["complete"]
-    p = run("data/fineweb_edu/prepare.py", *args, f"--out={out}", env={"HF_DATASETS_OFFLINE": "1"})
+    p = run("data/fineweb_edu/prepare.py", *args, f"--out={out}")
     assert "continuing the unfinished prepare" in p.stdout
     assert snapshot(out) == snapshot(tmp_path / "whole")
 
@@ -363,6 +359,7 @@ ITERS = 16
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # torchrun
 def test_aligned_epochs_train_the_same_in_two_processes_and_across_a_resume(sharded, tmp_path):
     """Two processes for the first half, then one process resuming for the second: every step's loss
     equals that of one uninterrupted process."""

@@ -12,7 +12,7 @@ Hugging Face dataset (a hub name, or a builder such as json with --data_files=) 
 (--column=messages, --split=train), for users online. A folder contributes every .jsonl under it.
 
 Every conversation is written in conversation.SFT's template (ChatML's markers as plain text in
-GPT-2's BPE) and followed by <|endoftext|>. --tokenizer_from=data/NAME encodes them instead with the
+GPT-2's BPE) and followed by <|endoftext|>. --vocab_from=data/NAME encodes them instead with the
 tokenizer trained for that dataset (prepare.py --tokenizer=bpe), copied along, in which the markers are
 special tokens: for fine-tuning a model pretrained on that data. Only the assistant's messages and their end-of-turn marker count in the
 loss, so the model learns to reply and to stop, never to write the user's lines. The template goes
@@ -31,7 +31,7 @@ from gptkit import conversation, dataprep, errors  # noqa: E402
 from gptkit.dataset import data_root  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
-ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "tokenizer_from", "out"]
+ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
 
 
@@ -60,19 +60,18 @@ def local_conversations(path, column):
     else:
         raise UserError(f"--input={path} does not exist; give a .jsonl file or a folder of them")
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}, line {lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
-                if not isinstance(row, dict) or column not in row:
-                    raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
-                                    f"(another field name: --column=)")
-                yield row[column], where
+        for lineno, line in dataprep.utf8_lines(file):
+            if not line.strip():
+                continue
+            where = f"{file}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
+            if not isinstance(row, dict) or column not in row:
+                raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
+                                f"(another field name: --column=)")
+            yield row[column], where
 
 
 def hub_conversations(args, column):
@@ -102,7 +101,7 @@ def trained_tokenizer(folder):
     from gptkit.tokenizer import load_tokenizer
     meta = read_meta(folder) if os.path.isdir(folder) else None
     if not meta or not meta.get("tokenizer"):
-        raise UserError(f"--tokenizer_from={folder} holds no trained tokenizer (a meta.pkl naming tokenizer.json); "
+        raise UserError(f"--vocab_from={folder} holds no trained tokenizer (a meta.pkl naming tokenizer.json); "
                         f"give the folder of a dataset prepared with --tokenizer=bpe", status=USAGE)
     return load_tokenizer(meta, folder)
 
@@ -141,8 +140,8 @@ def main(argv):
 
     out = dataprep.out_folder(args, "chat")
     info = {"counted": "assistant tokens", "chat_template": template.to_dict()}
-    if args.get("tokenizer_from"):
-        tok = trained_tokenizer(args["tokenizer_from"])
+    if args.get("vocab_from"):
+        tok = trained_tokenizer(args["vocab_from"])
         encoder, vocab_size, eot = dataprep.MaskedEncoder(tok), tok.vocab_size, tok.eot
         writer = dataprep.DatasetWriter(out, vocab_size, info=info, tokenizer=tok)
     else:
@@ -175,12 +174,13 @@ def main(argv):
     dataprep.report_split(out, counts, vocab_size)
     name = os.path.relpath(out, data_root())
     use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
-    if args.get("tokenizer_from"):  # GPT-2's weights do not know this tokenizer: a run pretrained in it does
-        print(f"fine-tune a run pretrained on {args['tokenizer_from']} with: python train.py config/sft_gpt2.py "
+    if args.get("vocab_from"):  # GPT-2's weights do not know this tokenizer: a run pretrained in it does
+        print(f"fine-tune a run pretrained on {args['vocab_from']} with: python train.py config/sft_gpt2.py "
               f"--init_from=RUN_FOLDER --{use}")
     else:
         print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}")
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+    main(sys.argv[1:])

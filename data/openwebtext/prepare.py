@@ -35,4 +35,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
+    main(sys.argv[1:])
