@@ -633,7 +633,7 @@ def prepare_documents(argv, doc, name, dataset, config=None):
     try:
         num_proc = int(args.get("num_proc", max(1, (os.cpu_count() or 2) // 2)))
         val_fraction = float(args.get("val_fraction", "0.0005"))  # nanoGPT's: about 4,000 OpenWebText documents
-        batch_chars = int(float(args.get("batch_mb", "64")) * 2**20)
+        batch_chars = int(float(args.get("batch_mb", "8")) * 2**20)  # what memory holds: text and its tokens
         # 100M tokens (200 MB of uint16) a shard, as llm.c writes FineWeb: a few dozen files for 10B tokens
         shard_tokens = int(float(args.get("shard_tokens", "1e8")))
         vocab_size = int(args.get("vocab_size", "32768"))

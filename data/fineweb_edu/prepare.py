@@ -10,7 +10,7 @@ train on, tokenized into shards in data/fineweb_edu/, each document followed by 
 The dataset is streamed: nothing is downloaded ahead or kept but the shards written, 100M tokens
 (200 MB) each (--shard_tokens; 0 writes one train.bin and val.bin), about 100 of them for sample-10BT.
 Killed or disconnected? Run the same command again: it continues from its last batch of documents
-(--batch_mb of text) and writes the very files an uninterrupted run writes.
+(--batch_mb=8 MB of text) and writes the very files an uninterrupted run writes.
 
 --tokenizer=gpt2 (default) is GPT-2's BPE, as llm.c and modded-nanogpt use. --tokenizer=bpe trains a
 byte-level BPE of --vocab_size tokens (32768) on the first --tokenizer_chars characters (1e9) of the

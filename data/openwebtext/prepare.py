@@ -11,7 +11,7 @@ followed by <|endoftext|>, for config/train_gpt2.py.
 The tokens go into numbered shards of --shard_tokens (100M tokens, 200 MB of uint16: train_000000.bin,
 ..., val_000000.bin, listed in dataset.json); --shard_tokens=0 writes nanoGPT's single train.bin and
 val.bin instead. Memory stays bounded whatever the corpus size: documents are streamed (a hub dataset
-is read as it downloads, nothing else is stored) and tokenized in batches of --batch_mb of text.
+is read as it downloads, nothing else is stored) and tokenized in batches of --batch_mb (8) MB of text.
 Killed (Ctrl-C, a lost connection, SIGKILL, a power cut)? Run the same command again: it continues
 from its last batch and writes the very files an uninterrupted run writes.
 

@@ -3,9 +3,9 @@ The tokenizer figures of docs/data.md: how long training a byte-level BPE takes 
 token holds on held-out text against GPT-2's BPE (--mode=fit), and the bits per byte the CPU recipe
 reaches with characters, GPT-2's BPE and trained BPEs of a few sizes (--mode=bpb).
 
-    python experiments/tokenizers.py --mode=fit --corpus=data/shakespeare_char/input.txt --vocab_sizes=512,1024,4096
-    python experiments/tokenizers.py --mode=fit --corpus=/usr/lib/python3.11 --max_mb=250 --vocab_sizes=32768,65536
-    python experiments/tokenizers.py --mode=bpb --corpus=input.txt --vocab_sizes=512,1024,2048,4096
+    python experiments/tokenizer_study.py --mode=fit --corpus=data/shakespeare_char/input.txt --vocab_sizes=512,1024,4096
+    python experiments/tokenizer_study.py --mode=fit --corpus=/usr/lib/python3.11 --max_mb=250 --vocab_sizes=32768,65536
+    python experiments/tokenizer_study.py --mode=bpb --corpus=input.txt --vocab_sizes=512,1024,2048,4096
 
 fit: a file is split at 90% of its characters, a folder's files are documents of which every 50th is
 held out; the tokenizer is trained on the rest with tokenizer.train_bpe (what the prepare scripts
