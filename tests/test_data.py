@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS, ROOT, TINY, read_metrics, run, start
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
 from gptkit import dataprep, dataset, loading
 from gptkit.errors import UserError
 from gptkit.generate import generate
@@ -122,6 +122,17 @@ def test_corpus_in_a_trained_bpe_splits_the_text_and_records_the_tokenizer(bpe_d
     assert tok.decode(tokens(bpe_data, "val").tolist()) == text[cut:] + "<|endoftext|>"
 
 
+def test_another_corpus_in_the_same_trained_tokenizer(bpe_data, tmp_path):
+    (tmp_path / "more.txt").write_text("More text, naïve and new.\n" * 300, encoding="utf-8")
+    prepare("data/corpus/prepare.py", tmp_path / "more.txt", "--tokenizer=bpe", f"--vocab_from={bpe_data}",
+            f"--out={tmp_path / 'more'}")
+    assert (tmp_path / "more" / "tokenizer.json").read_bytes() == (bpe_data / "tokenizer.json").read_bytes()
+    assert dataset.same_vocabulary(dataset.read_meta(str(tmp_path / "more")), dataset.read_meta(str(bpe_data)))
+    with pytest.raises(UserError, match="holds no trained tokenizer") as e:
+        prepare("data/corpus/prepare.py", tmp_path / "more.txt", "--tokenizer=bpe", f"--vocab_from={tmp_path}")
+    assert e.value.status == 2
+
+
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory, bpe_data):
     out = tmp_path_factory.mktemp("bpe-run")
@@ -154,6 +165,13 @@ def test_a_run_carries_its_trained_tokenizer_to_sample_and_the_transformers_pipe
         assert gen.tokenizer(text)["input_ids"] == tok.encode(text)
     finally:
         shutil.move(tmp_path / "moved", bpe_data / "tokenizer.json")
+    # the same corpus prepared again with another tokenizer of the same size: the run's ids would mean other text
+    other = tmp_path / "other"
+    prepare("data/corpus/prepare.py", CORPUS, "--tokenizer=bpe", "--vocab_size=384", "--val_fraction=0.2",
+            f"--out={other}")
+    p = run("train.py", "--init_from=resume", f"--out_dir={bpe_run}", f"--data_dir={other}", "--max_iters=31",
+            check=False)
+    assert_clean_error(p, status=2, words=["a trained tokenizer of 384 (the same size, other tokens)"])
 
 
 def test_chat_data_in_a_trained_tokenizer_has_its_markers_as_special_tokens(bpe_data, tmp_path):
