@@ -154,8 +154,9 @@ if char_level:
           f"out = m.generate(ids, max_new_tokens={new_tokens}, do_sample=False); "
           f"print(''.join(meta['itos'][i] for i in out[0].tolist()))\"")
 elif tokenizer is None:
-    print("note: no tokenizer files were written; copy GPT-2's (vocab.json, merges.txt) into the folder "
-          "before using transformers.pipeline on it", file=sys.stderr)
+    fix = ("export again without --skip_tokenizer" if trained
+           else "copy GPT-2's (vocab.json, merges.txt) into the folder")
+    print(f"note: no tokenizer files were written; {fix} before using transformers.pipeline on it", file=sys.stderr)
 else:
     print(f"try: python -c \"from transformers import pipeline; "
           f"print(pipeline('text-generation', model='{export_dir}')('Hello', max_new_tokens={new_tokens})"

@@ -3,7 +3,7 @@ The tokenizer figures of docs/data.md: how long training a byte-level BPE takes 
 token holds on held-out text against GPT-2's BPE (--mode=fit), and the bits per byte the CPU recipe
 reaches with characters, GPT-2's BPE and trained BPEs of a few sizes (--mode=bpb).
 
-    python experiments/tokenizer_study.py --mode=fit --corpus=data/shakespeare_char/input.txt --vocab_sizes=512,1024,4096
+    python experiments/tokenizer_study.py --mode=fit --corpus=input.txt --vocab_sizes=512,1024,4096
     python experiments/tokenizer_study.py --mode=fit --corpus=/usr/lib/python3.11 --max_mb=250 --vocab_sizes=32768,65536
     python experiments/tokenizer_study.py --mode=bpb --corpus=input.txt --vocab_sizes=512,1024,2048,4096
 
@@ -98,7 +98,8 @@ def fit():
             times.append(time.perf_counter() - t0)
         n = sum(len(ids) for ids in tok.encode_ordinary_batch(held_out))
         row = dict(vocab_size=size, train_s=statistics.median(times), train_s_min=min(times), train_s_max=max(times),
-                   bytes_per_token=held_bytes / n, gpt2_bytes_per_token=held_bytes / gpt2_tokens, train_mb=train_bytes / 2**20)
+                   bytes_per_token=held_bytes / n, gpt2_bytes_per_token=held_bytes / gpt2_tokens,
+                   train_mb=train_bytes / 2**20)
         rows.append(row)
         print(json.dumps(row))
     print("\n| vocabulary | training (median, min-max) | bytes per held-out token | against GPT-2's BPE |")

@@ -319,7 +319,8 @@ class HubDocuments:
     says (datasets' state_dict: the file and row), without reading what came before."""
 
     def __init__(self, name, config=None, split="train", data_files=None, text_field="text"):
-        self.name, self.config, self.split, self.data_files, self.text_field = name, config, split, data_files, text_field
+        self.name, self.config, self.split = name, config, split
+        self.data_files, self.text_field = data_files, text_field
         self.ds = None
 
     def describe(self):
@@ -456,7 +457,8 @@ class ShardWriter:
             state = self.progress["splits"][split]
             for shard in state["done"]:
                 path = os.path.join(self.folder, shard["file"])
-                if not os.path.isfile(path) or os.path.getsize(path) != self._header() + shard["tokens"] * self.dtype.itemsize:
+                size = self._header() + shard["tokens"] * self.dtype.itemsize
+                if not os.path.isfile(path) or os.path.getsize(path) != size:
                     return False
             name = os.path.join(self.folder, self._name(split, len(state["done"])))
             partial, size = name + ".partial", self._header() + state["tokens"] * self.dtype.itemsize
@@ -501,7 +503,8 @@ class ShardWriter:
 
     def _file(self, split):
         if split not in self.files:
-            path = os.path.join(self.folder, self._name(split, len(self.progress["splits"][split]["done"]))) + ".partial"
+            index = len(self.progress["splits"][split]["done"])
+            path = os.path.join(self.folder, self._name(split, index)) + ".partial"
             if os.path.exists(path):
                 f = open(path, "r+b")
                 f.seek(0, os.SEEK_END)
@@ -681,8 +684,8 @@ def prepare_documents(argv, doc, name, dataset, config=None):
     start, state = writer.open(tok)
     docs = write_documents(source, writer, tok, is_val, batch_chars, num_proc, start, state)
     counts = writer.finish(docs, source.state())
-    shards = (f" in {len(writer.progress['splits']['train']['done'])} and {len(writer.progress['splits']['val']['done'])}"
-              f" shards" if shard_tokens else "")
+    done = {s: len(writer.progress["splits"][s]["done"]) for s in ("train", "val")}
+    shards = f" in {done['train']} and {done['val']} shards" if shard_tokens else ""
     print(f"{out}: {docs:,} documents; train {counts['train']:,} tokens, val {counts['val']:,} tokens{shards}; "
           f"vocabulary {tok.vocab_size:,} ({'trained BPE' if kind == 'bpe' else 'GPT-2 BPE'}, "
           f"{np.dtype(token_dtype(tok.vocab_size)).name})")

@@ -88,8 +88,8 @@ def check_meta(meta, path):
                             f"{meta['vocab_size']}); prepare the dataset again")
     if meta.get("dtype", "uint16") not in ("uint16", "uint32"):
         raise UserError(f"{path} names the token dtype {meta.get('dtype')!r}; only uint16 and uint32 are read")
-    if "tokenizer" in meta and not (meta["tokenizer"] == TOKENIZER_FILE and isinstance(meta.get("tokenizer_sha256"), str)
-                                    and isinstance(meta.get("eot"), int)):
+    if "tokenizer" in meta and not (meta["tokenizer"] == TOKENIZER_FILE and isinstance(meta.get("eot"), int)
+                                    and isinstance(meta.get("tokenizer_sha256"), str)):
         raise UserError(f"{path} names a trained tokenizer but not as a prepare script writes it ({TOKENIZER_FILE}, "
                         f"its hash and its end-of-text id); prepare the dataset again")
     return meta
@@ -515,5 +515,6 @@ class Batches:
         comparable; drawn once and kept."""
         key = (split, k)
         if key not in self._eval_cache:
-            self._eval_cache[key] = self._draw(split, self._offsets(split, [self.seed, 1 if split == "train" else 2, k]))
+            stream = [self.seed, 1 if split == "train" else 2, k]
+            self._eval_cache[key] = self._draw(split, self._offsets(split, stream))
         return self._eval_cache[key]

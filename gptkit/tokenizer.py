@@ -120,7 +120,8 @@ def train_bpe(texts, vocab_size, length=None):
                         "installs it too)") from None
     if vocab_size < MIN_VOCAB:
         raise UserError(f"--vocab_size={vocab_size} is too small: a byte-level BPE has the 256 bytes and "
-                        f"{len(SPECIAL_TOKENS)} special tokens before any merge; use at least {MIN_VOCAB}", status=USAGE)
+                        f"{len(SPECIAL_TOKENS)} special tokens before any merge; use at least {MIN_VOCAB}",
+                        status=USAGE)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),

@@ -72,12 +72,12 @@ def test_bpe_merges_the_most_frequent_pairs_first_as_worked_out_by_hand():
     assert len(tok.encode("ba")) == 2  # never merged
 
 
-def test_trained_tokenizer_round_trips_any_text_and_keeps_special_tokens_whole(tmp_path):
+def test_trained_tokenizer_round_trips_any_text_and_keeps_special_tokens_whole():
     text = CORPUS.read_text(encoding="utf-8")[:200_000]
     tok = train_bpe(dataprep.text_pieces(text, 50_000), 512)
     again = train_bpe(dataprep.text_pieces(text, 50_000), 512)
     assert tok.json == again.json and tok.vocab_size == 512  # the same text gives the same file, byte for byte
-    assert tok.encode(text[:5000]).__len__() < 5000 / 2  # merges learnt: fewer than half as many tokens as bytes
+    assert len(tok.encode(text[:5000])) < 5000 / 2  # merges learnt: fewer than half as many tokens as bytes
     for s in ["ROMEO:\nO sweet love, naïve café 東京 🙂\t\r\n  x", "", "\x00\xff", text[-3000:]]:
         assert tok.decode(tok.encode(s)) == s
     ids = [tok.encode(m) for m in SPECIAL_TOKENS]
@@ -100,7 +100,8 @@ def test_a_vocabulary_too_small_or_too_large_for_the_corpus_is_one_sentence_and_
     small.write_text("to be or not to be, that is the question\n" * 50)
     for size, words in [(100, f"use at least {MIN_VOCAB}"), (5000, "is more than this text supports")]:
         with pytest.raises(UserError, match=words) as e:
-            prepare("data/corpus/prepare.py", small, "--tokenizer=bpe", f"--vocab_size={size}", f"--out={tmp_path / 'o'}")
+            prepare("data/corpus/prepare.py", small, "--tokenizer=bpe", f"--vocab_size={size}",
+                    f"--out={tmp_path / 'o'}")
         assert e.value.status == 2
     assert not (tmp_path / "o").exists()  # refused before the output folder was touched
 
@@ -184,7 +185,8 @@ def test_chat_data_in_a_trained_tokenizer_has_its_markers_as_special_tokens(bpe_
     assert tok.sha256 == load_tokenizer(dataset.read_meta(str(bpe_data)), str(bpe_data)).sha256
     ids, mask = tokens(tmp_path / "chat", "train"), np.fromfile(tmp_path / "chat" / "train_mask.bin", np.uint8)
     first = ids[:list(ids).index(tok.eot) + 1].tolist()
-    assert tok.decode(first) == "<|im_start|>user\nsay 0<|im_end|>\n<|im_start|>assistant\n0, café<|im_end|>\n<|endoftext|>"
+    assert tok.decode(first) == ("<|im_start|>user\nsay 0<|im_end|>\n<|im_start|>assistant\n0, café<|im_end|>\n"
+                                 "<|endoftext|>")
     assert first.count(1) == 2 and first.count(2) == 2  # <|im_start|> and <|im_end|>: one token each, twice
     counted = [t for t, m in zip(first, mask) if m]
     assert tok.decode(counted) == "0, café<|im_end|>\n"  # the reply and its end marker, nothing else

@@ -13,12 +13,12 @@ Hugging Face dataset (a hub name, or a builder such as json with --data_files=) 
 
 Every conversation is written in conversation.SFT's template (ChatML's markers as plain text in
 GPT-2's BPE) and followed by <|endoftext|>. --vocab_from=data/NAME encodes them instead with the
-tokenizer trained for that dataset (prepare.py --tokenizer=bpe), copied along, in which the markers are
-special tokens: for fine-tuning a model pretrained on that data. Only the assistant's messages and their end-of-turn marker count in the
-loss, so the model learns to reply and to stop, never to write the user's lines. The template goes
-into dataset.json; train.py records it in the run, and chat.py talks to the run in it. Conversations
-without an assistant message are left out (they would teach nothing). Every 20th conversation
-(--val_fraction=0.05), evenly spaced, at least one, is val.
+tokenizer trained for that dataset (prepare.py --tokenizer=bpe), copied along, in which the markers
+are special tokens: for fine-tuning a model pretrained on that data. Only the assistant's messages
+and their end-of-turn marker count in the loss, so the model learns to reply and to stop, never to
+write the user's lines. The template goes into dataset.json; train.py records it in the run, and
+chat.py talks to the run in it. Conversations without an assistant message are left out (they would
+teach nothing). Every 20th conversation (--val_fraction=0.05), evenly spaced, at least one, is val.
 """
 
 import contextlib

@@ -77,7 +77,8 @@ def prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok=None):
     t0 = time.perf_counter()
     if tok is None:
         tok = train_bpe((piece for text, _ in parts["train"] for piece in text_pieces(text)), vocab_size)
-        made = f"a byte-level BPE of {vocab_size:,} tokens trained on the train text in {time.perf_counter() - t0:.1f} s"
+        made = (f"a byte-level BPE of {vocab_size:,} tokens trained on the train text in "
+                f"{time.perf_counter() - t0:.1f} s")
     else:
         made = f"the trained tokenizer of {args['vocab_from']} ({tok.vocab_size:,} tokens)"
     writer = dataprep.DatasetWriter(out, tok.vocab_size, tokenizer=tok)
@@ -136,7 +137,8 @@ def main(argv):
                             status=USAGE)
         vocab = read_meta(args["vocab_from"]) if os.path.isdir(args["vocab_from"]) else None
         if vocab is None or ("stoi" if kind == "char" else "tokenizer") not in vocab:
-            what = "character vocabulary (meta.pkl with stoi)" if kind == "char" else "trained tokenizer (tokenizer.json)"
+            what = ("character vocabulary (meta.pkl with stoi)" if kind == "char"
+                    else "trained tokenizer (tokenizer.json)")
             raise UserError(f"--vocab_from={args['vocab_from']} holds no {what}; give a dataset prepared with "
                             f"--tokenizer={kind}", status=USAGE)
     out = dataprep.out_folder(args, "corpus")
