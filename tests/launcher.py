@@ -152,7 +152,7 @@ class Child:
     def communicate(self, timeout=None):
         """(stdout, stderr) once the script has ended; it is killed after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        out = self.stdout.read() if self.stdout is not None else None
+        out = self.stdout.read() if self.stdout is not None and not self.stdout.closed else None
         try:
             self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -160,8 +160,10 @@ class Child:
             self.wait()
             raise
         if out is None:
-            with open(self._stdout_path, encoding="utf-8", errors="replace") as f:
-                out = f.read()
+            out = ""
+            if os.path.exists(self._stdout_path):
+                with open(self._stdout_path, encoding="utf-8", errors="replace") as f:
+                    out = f.read()
         with open(self._stderr_path, encoding="utf-8", errors="replace") as f:
             err = f.read()
         if self.stdout is not None:
