@@ -24,8 +24,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# imported once by the server; each fork inherits them (transformers is not: it reads HF_* at import)
-PRELOAD = ["torch", "torch._dynamo", "numpy", "tiktoken", "matplotlib.figure", "matplotlib.backends.backend_agg", "safetensors.torch",
+# imported once by the server; each fork inherits them (a run that sets HF_*, which transformers' hub
+# client reads at import, gets a plain subprocess: see needs_plain_process)
+PRELOAD = ["torch", "torch._dynamo", "numpy", "tiktoken", "matplotlib.figure", "matplotlib.backends.backend_agg",
+           "safetensors.torch", "transformers", "transformers.models.gpt2.modeling_gpt2",
+           "transformers.models.llama.modeling_llama", "transformers.models.qwen3.modeling_qwen3",
            "model", "configurator", "gptkit.checkpoint", "gptkit.curves", "gptkit.dataset", "gptkit.dataprep",
            "gptkit.generate", "gptkit.hf", "gptkit.init_from", "gptkit.loading", "gptkit.loggers", "gptkit.optim",
            "gptkit.runtime", "gptkit.training", "gptkit.tokenizer", "gptkit.arithmetic", "gptkit.conversation"]
