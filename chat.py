@@ -15,6 +15,8 @@ fine-tuned on conversations (data/chat/prepare.py) learnt a template, recorded i
 is talked to in exactly that template.
 """
 
+import sys
+
 import configurator
 from configurator import Key
 from gptkit import errors
@@ -48,10 +50,12 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 require_stdout("the replies")
+if sys.stdin is None and cfg.prompt is None:  # started with <&-: no line will ever come
+    raise errors.UserError("standard input is closed (<&-), so there is nothing to reply to; give one line with "
+                           "--prompt=... or pipe the lines in", status=errors.USAGE)
 
 import dataclasses  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -103,9 +107,6 @@ stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
 
-if sys.stdin is None and cfg.prompt is None:  # started with <&-: no line will ever come
-    raise UserError("standard input is closed (<&-), so there is nothing to reply to; give one line with "
-                    "--prompt=... or pipe the lines in", status=USAGE)
 interactive = sys.stdin is not None and sys.stdin.isatty()
 if interactive:
     import readline  # noqa: F401  (line editing and up-arrow history for input())

@@ -24,8 +24,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# imported once by the server; each fork inherits them (transformers is not: it reads HF_* at import)
-PRELOAD = ["torch", "torch._dynamo", "numpy", "tiktoken", "matplotlib.figure", "matplotlib.backends.backend_agg", "safetensors.torch",
+# imported once by the server; each fork inherits them (a run that sets HF_*, which transformers' hub
+# client reads at import, gets a plain subprocess: see needs_plain_process)
+PRELOAD = ["torch", "torch._dynamo", "numpy", "tiktoken", "matplotlib.figure", "matplotlib.backends.backend_agg",
+           "safetensors.torch", "transformers", "transformers.models.gpt2.modeling_gpt2",
+           "transformers.models.llama.modeling_llama", "transformers.models.qwen3.modeling_qwen3",
            "model", "configurator", "gptkit.checkpoint", "gptkit.curves", "gptkit.dataset", "gptkit.dataprep",
            "gptkit.generate", "gptkit.hf", "gptkit.init_from", "gptkit.loading", "gptkit.loggers", "gptkit.optim",
            "gptkit.runtime", "gptkit.training", "gptkit.tokenizer", "gptkit.arithmetic", "gptkit.conversation"]
@@ -152,7 +155,7 @@ class Child:
     def communicate(self, timeout=None):
         """(stdout, stderr) once the script has ended; it is killed after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        out = self.stdout.read() if self.stdout is not None else None
+        out = self.stdout.read() if self.stdout is not None and not self.stdout.closed else None
         try:
             self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -160,8 +163,10 @@ class Child:
             self.wait()
             raise
         if out is None:
-            with open(self._stdout_path, encoding="utf-8", errors="replace") as f:
-                out = f.read()
+            out = ""
+            if os.path.exists(self._stdout_path):
+                with open(self._stdout_path, encoding="utf-8", errors="replace") as f:
+                    out = f.read()
         with open(self._stderr_path, encoding="utf-8", errors="replace") as f:
             err = f.read()
         if self.stdout is not None:

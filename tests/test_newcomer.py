@@ -18,7 +18,8 @@ from gptkit.tokenizer import StopText
 
 @pytest.mark.slow
 def test_a_gpu_sized_config_on_a_cpu_says_what_to_expect_before_its_first_evaluation(char_data, tmp_path):
-    p = start("train.py", "config/train_shakespeare_char.py", "--dataset=play_char", "--device=cpu",
+    # the GPU recipe as it is, with a smaller batch so that its timed forward passes take seconds, not minutes
+    p = start("train.py", "config/train_shakespeare_char.py", "--dataset=play_char", "--device=cpu", "--batch_size=8",
               f"--out_dir={tmp_path / 'run'}")
     seen = []
     try:
