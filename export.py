@@ -35,7 +35,7 @@ KEYS = [
     Key("out_dir", "out", "the run folder holding the checkpoint"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("export_dir", "", "the Hugging Face folder to write (default: out_dir/hf)"),
-    Key("overwrite", False, "replace export_dir if it exists and is not empty"),
+    Key("overwrite", False, "replace export_dir (or gguf_file) if it exists, and only if export.py wrote it"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
     Key("skip_tokenizer", False, "export the weights without tokenizer files"),
     Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp)", choices=("hf", "gguf")),
@@ -51,7 +51,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
-from gptkit.errors import UserError  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
 
 MARKER = "export.json"  # written into every export: what it was made from, and that --overwrite may replace it
@@ -87,7 +87,7 @@ if cfg.format == "gguf":
                         f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
-                        "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=2)
+                        "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
     try:
         os.makedirs(os.path.dirname(gguf_file), exist_ok=True)
     except OSError as e:

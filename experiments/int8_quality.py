@@ -1,7 +1,7 @@
 """
 What int8 weights (sample.py --quantize=int8) cost a trained run in quality: its val loss and
-perplexity with fp32 and with int8 weights on the same batches, and how often greedy decoding
-writes the same text.
+perplexity with fp32 and with int8 weights on the same batches, how often the two pick the same
+most likely next token, and how often greedy decoding writes the same text.
 
     python experiments/int8_quality.py --out_dir=out-shakespeare-char-cpu
     python experiments/int8_quality.py --out_dir=out-shakespeare-char-cpu --eval_iters=200 --prompts=50
@@ -50,12 +50,14 @@ dataset = (checkpoint.load(os.path.join(cfg.out_dir, cfg.ckpt_name)).get("config
 T = model.config.block_size
 batches = Batches(os.path.join(data_root(), dataset), dataset, T, cfg.batch_size, cfg.seed, "cpu")
 
-losses = {"fp32": [], "int8": []}
+losses, top1 = {"fp32": [], "int8": []}, []
 with torch.inference_mode():
     for k in range(cfg.eval_iters):
         X, Y = batches.eval_batch("val", k)
-        for name, m in (("fp32", model), ("int8", int8)):
-            losses[name].append(m(X, Y)[1].item())
+        (a, la), (b, lb) = model(X, Y), int8(X, Y)
+        losses["fp32"].append(la.item())
+        losses["int8"].append(lb.item())
+        top1.append((a.argmax(-1) == b.argmax(-1)).float().mean().item())  # the same next token, same context
 loss = {k: statistics.mean(v) for k, v in losses.items()}
 
 rows = torch.cat([batches.eval_batch("val", k)[0] for k in range(math.ceil(cfg.prompts / cfg.batch_size))])
@@ -70,9 +72,10 @@ for name in ("fp32", "int8"):
     print(f"  {name}: val loss {loss[name]:.4f}, perplexity {math.exp(loss[name]):.3f}")
 print(f"  int8 - fp32: {loss['int8'] - loss['fp32']:+.4f} loss ({100 * (math.exp(loss['int8'] - loss['fp32']) - 1):+.2f}% "
       f"perplexity)")
+print(f"  the same most likely next token on {100 * statistics.mean(top1):.2f}% of val positions (the same context)")
 print(f"  greedy, {cfg.prompts} prompts x {cfg.new_tokens} tokens: {100 * same:.1f}% of positions the same token; "
       f"{sum(s == cfg.new_tokens for s in shared)} of {cfg.prompts} continuations identical; the shared start "
       f"median {statistics.median(shared):.0f} tokens (min {min(shared)})")
-print(json.dumps(dict(run=desc, dataset=dataset, val_loss=loss, same_tokens=same, identical=sum(s == cfg.new_tokens
+print(json.dumps(dict(run=desc, dataset=dataset, val_loss=loss, same_top1=statistics.mean(top1), same_tokens=same, identical=sum(s == cfg.new_tokens
                                                                                                  for s in shared),
                       shared_start=shared, prompts=cfg.prompts, new_tokens=cfg.new_tokens)))

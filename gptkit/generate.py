@@ -99,8 +99,8 @@ def decode_layout(model, layout="auto"):
 
     Some CPU BLAS libraries stream one order faster than the other in the matrix-vector products
     of a decode step (MKL on a 2-core AMD EPYC: see docs/cpu-inference.md), others do not, so with
-    layout='auto' both orders are timed here on the model's own weights (a few passes over them,
-    about 0.3 s for GPT-2 124M) and column-major is kept only if it is at least 5% faster.
+    layout='auto' both orders are timed here on the model's own weights (four passes over them each,
+    plus two copies of every weight) and column-major is kept only if it is at least 5% faster.
     'row' and 'column' force one. Models on other devices are left as they are."""
     assert layout in ("auto", "row", "column")
     weights = _linear_weights(model)

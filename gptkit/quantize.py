@@ -6,11 +6,12 @@ Decoding one token multiplies a vector by every weight, so its speed is the spee
 weights can be read. The kernels are PyTorch's dynamically quantized Linear (the fbgemm / x86 engine
 on x86, QNNPACK on ARM): weights int8 with one scale per output row, and each input quantized to int8
 on the fly (one scale per call), so the product runs on int8 dot-product instructions (VNNI on
-AVX-512 CPUs). That module is marked deprecated in favour of torchao, but torchao's int8 paths
-(Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, torchao 0.18) run 3-25x slower than
-fp32 on a CPU without torch.compile, and the weight-only int8 kernel of PyTorch itself
-(aten._weight_int8pack_mm) 1.5x slower than fp32 (2-core AMD EPYC, AVX-512, batch 1, docs/cpu-inference.md).
-The quality cost (the activations are rounded too) is measured in docs/cpu-inference.md.
+AVX-512 CPUs). That module is marked deprecated in favour of torchao, but on a CPU without
+torch.compile torchao's int8 paths (Int8WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
+torchao 0.18) ran 2x slower than fp32, and PyTorch's weight-only int8 kernel (aten._weight_int8pack_mm)
+1.4x slower, where this one ran 6.8x faster (a GPT-2 124M decode step's products, 2-core AMD EPYC,
+AVX-512: experiments/int8_kernels.py). The quality cost (the inputs are rounded too) is in
+docs/cpu-inference.md.
 """
 
 import copy
