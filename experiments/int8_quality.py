@@ -73,9 +73,9 @@ for name in ("fp32", "int8"):
 print(f"  int8 - fp32: {loss['int8'] - loss['fp32']:+.4f} loss ({100 * (math.exp(loss['int8'] - loss['fp32']) - 1):+.2f}% "
       f"perplexity)")
 print(f"  the same most likely next token on {100 * statistics.mean(top1):.2f}% of val positions (the same context)")
+identical = sum(s == cfg.new_tokens for s in shared)
 print(f"  greedy, {cfg.prompts} prompts x {cfg.new_tokens} tokens: {100 * same:.1f}% of positions the same token; "
-      f"{sum(s == cfg.new_tokens for s in shared)} of {cfg.prompts} continuations identical; the shared start "
-      f"median {statistics.median(shared):.0f} tokens (min {min(shared)})")
-print(json.dumps(dict(run=desc, dataset=dataset, val_loss=loss, same_top1=statistics.mean(top1), same_tokens=same, identical=sum(s == cfg.new_tokens
-                                                                                                 for s in shared),
-                      shared_start=shared, prompts=cfg.prompts, new_tokens=cfg.new_tokens)))
+      f"{identical} of {cfg.prompts} continuations identical; the shared start median "
+      f"{statistics.median(shared):.0f} tokens (min {min(shared)})")
+print(json.dumps(dict(run=desc, dataset=dataset, val_loss=loss, same_top1=statistics.mean(top1), same_tokens=same,
+                      identical=identical, shared_start=shared, prompts=cfg.prompts, new_tokens=cfg.new_tokens)))

@@ -19,7 +19,8 @@ from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
 
 TYPES = ("f32", "f16", "q8_0")
-MARKER = "export.checkpoint"  # a key in every file export.py writes: what it was made from, and that --overwrite may replace it
+# a key in every file export.py writes: the checkpoint it was made from, and that --overwrite may replace it
+MARKER = "export.checkpoint"
 
 
 def architecture(config):

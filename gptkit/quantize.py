@@ -26,12 +26,15 @@ CHOICES = ("none", "int8")
 
 
 def check_supported(device, dtype="float32"):
-    """Raise a sentence where int8 decoding cannot run: a device other than the CPU, a CPU build of
-    PyTorch without a quantized engine, or a compute dtype other than float32."""
+    """Raise a sentence where int8 decoding cannot run: a device other than the CPU, a PyTorch without
+    the dynamic quantized Linear or a quantized engine, or a compute dtype other than float32."""
     kind = torch.device(device).type
     if kind != "cpu":
         raise UserError(f"--quantize=int8 needs a CPU (its int8 kernels are PyTorch's CPU ones) but the device is "
-                        f"{device}; use --device=cpu, or on a GPU leave quantize off (bfloat16 is already fast there)",
+                        f"{device}; use --device=cpu, or leave quantize off on a GPU", status=USAGE)
+    if not hasattr(getattr(torch.ao, "quantization", None), "quantize_dynamic"):
+        raise UserError(f"--quantize=int8 needs PyTorch's dynamic int8 Linear, which torch {torch.__version__} no "
+                        f"longer has; leave quantize off, or use a GGUF export (export.py --format=gguf) in llama.cpp",
                         status=USAGE)
     if all(engine == "none" for engine in torch.backends.quantized.supported_engines):
         raise UserError("--quantize=int8 needs PyTorch's quantized CPU kernels (fbgemm, x86 or QNNPACK), which this "

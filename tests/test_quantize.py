@@ -113,6 +113,9 @@ def test_int8_needs_a_cpu_with_quantized_kernels_and_float32(monkeypatch):
     monkeypatch.setattr(torch.backends, "quantized", SimpleNamespace(supported_engines=["none"]))  # a build without
     with pytest.raises(UserError, match="quantized CPU kernels"):
         quantize.check_supported("cpu")
+    monkeypatch.setattr(torch, "ao", SimpleNamespace())  # a PyTorch that has removed torch.ao.quantization
+    with pytest.raises(UserError, match="no longer has"):
+        quantize.check_supported("cpu")
 
 
 def test_sample_refuses_int8_with_another_dtype_before_reading_any_weights(tmp_path, monkeypatch):
