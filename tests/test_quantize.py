@@ -54,11 +54,16 @@ def trained():
         ix = torch.randint(lo, hi - 33, (n,), generator=g)
         return torch.stack([data[i:i + 32] for i in ix]), torch.stack([data[i + 1:i + 33] for i in ix])
 
-    for _ in range(120):  # the loss falls from 4.0 to about 2.6
-        _, loss = model(*batch(0, split, 16))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from a second thread, and loses 10x on a busy machine
+    try:
+        for _ in range(120):  # the loss falls from 4.0 to about 2.6
+            _, loss = model(*batch(0, split, 16))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval(), batch(split, len(data), 32)
 
 
