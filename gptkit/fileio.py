@@ -52,6 +52,29 @@ def atomic_open(path, mode="wb", advice="free some disk space or choose a writab
     fsync_folder(folder)
 
 
+@contextmanager
+def atomic_path(path, advice="free some disk space or choose a writable folder"):
+    """atomic_open for writers that open the file themselves (gguf's GGUFWriter): yields the
+    temporary's name; on leaving the block without an error the file there is fsynced and replaces path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        remove(tmp)
+        raise UserError(f"could not write {path} ({reason(e)}); {advice}") from None
+    except BaseException:
+        remove(tmp)
+        raise
+    fsync_folder(folder)
+
+
 def _close_and_remove(f, tmp):
     if f is not None:
         try:

@@ -153,32 +153,39 @@ TIKTOKEN_GPT2 = {"vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2
                  "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
 
 
+def gpt2_bpe_files(tokenizer_dir=None):
+    """GPT-2's vocab.json and merges.txt, as {name: bytes}: from tokenizer_dir, or tiktoken's files (its
+    cache, else downloaded as tiktoken downloads them)."""
+    if tokenizer_dir:
+        if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
+            raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
+                            f"on huggingface.co/openai-community/gpt2)")
+        files = {}
+        for name in TIKTOKEN_GPT2:
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                files[name] = f.read()
+        return files
+    from tiktoken.load import read_file_cached
+    try:
+        return {name: read_file_cached(url) for name, url in TIKTOKEN_GPT2.items()}
+    except Exception as e:  # network errors come in several types
+        raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
+                        f"sample.py downloads once); connect to the internet once, or point "
+                        f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
+                        f"vocab.json and merges.txt, or export the weights alone with "
+                        f"--skip_tokenizer") from None
+
+
 def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     """transformers' GPT2TokenizerFast for GPT-2's BPE: from a folder with vocab.json and merges.txt, or
-    made from tiktoken's files (its cache, else downloaded as tiktoken downloads them)."""
+    made from tiktoken's files (gpt2_bpe_files)."""
     import tempfile
 
-    from tiktoken.load import read_file_cached
     from transformers import GPT2TokenizerFast
-    with tempfile.TemporaryDirectory() as tmp:
-        if tokenizer_dir:
-            if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
-                raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
-                                f"on huggingface.co/openai-community/gpt2)")
-            folder = tokenizer_dir
-        else:
-            folder = tmp
-            for name, url in TIKTOKEN_GPT2.items():
-                try:
-                    data = read_file_cached(url)
-                except Exception as e:  # network errors come in several types
-                    raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
-                                    f"sample.py downloads once); connect to the internet once, or point "
-                                    f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
-                                    f"vocab.json and merges.txt, or export the weights alone with "
-                                    f"--skip_tokenizer") from None
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in gpt2_bpe_files(tokenizer_dir).items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
         tok = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
     if len(tok) != GPT2_VOCAB:
         raise UserError(f"the tokenizer files in {tokenizer_dir or 'tiktoken cache'} hold {len(tok)} tokens, not "
@@ -199,15 +206,16 @@ def fast_tokenizer(tok, model_max_length=1024):
                                    clean_up_tokenization_spaces=False, model_max_length=model_max_length)
 
 
-def export_architecture(config):
+def export_architecture(config, target="transformers class"):
     """'gpt2', 'llama' or 'qwen3': the transformers model (GPT2LMHeadModel, LlamaForCausalLM,
-    Qwen3ForCausalLM) that computes exactly what a model with this config computes. Any other
-    combination is refused with a sentence naming the option, rather than exported as something
-    that computes a different function."""
+    Qwen3ForCausalLM), or llama.cpp architecture of the same names, that computes exactly what a model
+    with this config computes. Any other combination is refused with a sentence naming the option
+    (and `target`, what cannot compute it), rather than exported as something that computes a
+    different function."""
     c = config
 
     def refuse(option, why):
-        return UserError(f"{option} cannot be exported: {why}, so no transformers class computes this model "
+        return UserError(f"{option} cannot be exported: {why}, so no {target} computes this model "
                          f"(export takes GPT-2's architecture, or pos_emb=rope with norm=rmsnorm and mlp=swiglu)")
 
     if c.logit_softcap:

@@ -8,15 +8,13 @@ import hashlib
 import os
 import runpy
 import shutil
-import signal
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
-from gptkit import checkpoint, dataprep
+from gptkit import checkpoint
 from gptkit.errors import UserError
 
 BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
