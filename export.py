@@ -51,13 +51,8 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
-<<<<<<< HEAD
-from gptkit.errors import UserError  # noqa: E402
-from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
-=======
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
->>>>>>> main
+from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
 MARKER = "export.json"  # written into every export: what it was made from, and the files --overwrite may replace
 # what exports written without a list of their files hold
