@@ -1,6 +1,6 @@
 """
 Export a checkpoint as a Hugging Face folder: config.json, model.safetensors and, for models on
-GPT-2's BPE vocabulary, the tokenizer files, so that
+GPT-2's BPE vocabulary or a tokenizer trained by a prepare script, the tokenizer files, so that
 
     AutoModelForCausalLM.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
 
@@ -52,7 +52,7 @@ import sys  # noqa: E402
 
 from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
+from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
 MARKER = "export.json"  # written into every export: what it was made from, and the files --overwrite may replace
 # what exports written without a list of their files hold
@@ -88,6 +88,9 @@ if cfg.format == "gguf":
     if meta and "stoi" in meta:
         raise UserError(f"{path} is a character-level model, and llama.cpp has no tokenizer for a character "
                         f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
+    if meta and meta.get("tokenizer"):  # the GGUF file would carry GPT-2's tokenizer, whose ids mean other text
+        raise UserError(f"{path} was trained on a tokenizer trained for its data, and the GGUF export writes GPT-2's "
+                        f"BPE only; export it with --format=hf (its tokenizer.json goes along) instead")
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
                         "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
@@ -155,19 +158,22 @@ meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
 dataset = (ckpt.get("config") or {}).get("dataset")
 loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{dataset}")  # as sample.py checks it
 char_level = bool(meta and "stoi" in meta)
-if char_level:
+trained = bool(meta and meta.get("tokenizer"))  # a BPE trained on the data: its tokenizer.json becomes the export's
+if char_level or trained:
     vocab_size = meta["vocab_size"]
 else:
     vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
 
 tokenizer = None
-if not char_level and not cfg.skip_tokenizer:
+if trained and not cfg.skip_tokenizer:
+    tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
+elif not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
 
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-hf_model = hf.to_transformers(model, vocab_size)
+hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT)
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
 hf_model.generation_config.max_length = model.config.block_size
@@ -210,8 +216,9 @@ if char_level:
           f"out = m.generate(ids, max_new_tokens={new_tokens}, do_sample=False); "
           f"print(''.join(meta['itos'][i] for i in out[0].tolist()))\"")
 elif tokenizer is None:
-    print("note: no tokenizer files were written; copy GPT-2's (vocab.json, merges.txt) into the folder "
-          "before using transformers.pipeline on it", file=sys.stderr)
+    fix = ("export again without --skip_tokenizer" if trained
+           else "copy GPT-2's (vocab.json, merges.txt) into the folder")
+    print(f"note: no tokenizer files were written; {fix} before using transformers.pipeline on it", file=sys.stderr)
 else:
     print(f"try: python -c \"from transformers import pipeline; "
           f"print(pipeline('text-generation', model='{export_dir}')('Hello', max_new_tokens={new_tokens})"

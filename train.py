@@ -73,7 +73,8 @@ runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; th
 # -----------------------------------------------------------------------------
 # data
 batches, data_dir = everywhere(lambda: dataset.open_batches(cfg.dataset, cfg.data_dir, cfg.block_size, cfg.batch_size,
-                                                            cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse))
+                                                            cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse,
+                                                            cfg.sampling, cfg.align, cfg.gradient_accumulation_steps))
 meta = batches.meta
 # rows can be shorter than block_size (a generated problem is as long as it is)
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len
@@ -81,7 +82,8 @@ tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq
 over = f" (over {batches.counted})" if batches.counted else ""
 if master:
     print(f"tokens per iteration: {tokens_per_iter:,}" + (f"; the loss counts only the {batches.counted}"
-                                                          if batches.counted else ""))
+                                                          if batches.counted else "")
+          + (f"; {batches.schedule}" if batches.schedule else ""))
 
 # -----------------------------------------------------------------------------
 # model, optimizer
@@ -130,7 +132,7 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
 writes = master and not cfg.eval_only
 ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
 lock = everywhere(lambda: runs.commit(cfg.out_dir, configurator.to_dict(cfg), meta, new_run=not start.resuming,
-                                      overwrite=cfg.overwrite) if writes else None)
+                                      overwrite=cfg.overwrite, data_dir=data_dir) if writes else None)
 wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg)) \
     if master and cfg.wandb_log else None
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,

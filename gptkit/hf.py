@@ -193,6 +193,19 @@ def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     return tok
 
 
+def fast_tokenizer(tok, model_max_length=1024):
+    """transformers' PreTrainedTokenizerFast for a trained tokenizer (tokenizer.TrainedTokenizer): the same
+    tokenizer.json, its end of text as BOS/EOS, the chat markers as special tokens, and no clean-up of
+    spaces on decoding (byte-level BPE decodes to the exact text)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from gptkit.tokenizer import SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.json), bos_token=SPECIAL_TOKENS[0],
+                                   eos_token=SPECIAL_TOKENS[0], additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+                                   clean_up_tokenization_spaces=False, model_max_length=model_max_length)
+
+
 def export_architecture(config, target="transformers class"):
     """'gpt2', 'llama' or 'qwen3': the transformers model (GPT2LMHeadModel, LlamaForCausalLM,
     Qwen3ForCausalLM), or llama.cpp architecture of the same names, that computes exactly what a model
@@ -227,19 +240,20 @@ def export_architecture(config, target="transformers class"):
     return "qwen3" if c.qk_norm else "llama"
 
 
-def to_transformers(model, vocab_size=None):
+def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
     """A transformers model holding the model's weights and computing the same function: the
-    architecture export_architecture picks, the vocabulary cropped to vocab_size."""
+    architecture export_architecture picks, the vocabulary cropped to vocab_size, `eot` (the
+    tokenizer's end of text) as its BOS and EOS."""
     vocab_size = vocab_size or model.config.vocab_size
     arch = export_architecture(model.config)
     if arch == "gpt2":
         from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size))
+        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size, eot))
         sd = gpt2_state_dict(model, vocab_size)
     else:
         import transformers
         cls = transformers.Qwen3ForCausalLM if arch == "qwen3" else transformers.LlamaForCausalLM
-        hf = cls(llama_config_for(model, vocab_size))
+        hf = cls(llama_config_for(model, vocab_size, eot))
         sd = llama_state_dict(model, vocab_size)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     # older transformers keep GPT-2's causal mask as an 'attn.bias' buffer; it is not a weight
@@ -250,9 +264,9 @@ def to_transformers(model, vocab_size=None):
     return hf.eval()
 
 
-def special_tokens(vocab_size):
-    # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
-    return dict(bos_token_id=GPT2_EOT, eos_token_id=GPT2_EOT) if vocab_size > GPT2_EOT else \
+def special_tokens(vocab_size, eot=GPT2_EOT):
+    # <|endoftext|> exists in GPT-2's vocabulary and in a trained one; a character vocabulary has no such token
+    return dict(bos_token_id=eot, eos_token_id=eot) if eot is not None and vocab_size > eot else \
         dict(bos_token_id=None, eos_token_id=None)
 
 
@@ -282,7 +296,7 @@ def gpt2_state_dict(model, vocab_size=None):
     return out
 
 
-def gpt2_config_for(model, vocab_size=None):
+def gpt2_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers GPT2Config that computes what the model computes."""
     from transformers import GPT2Config
     c = model.config
@@ -292,11 +306,11 @@ def gpt2_config_for(model, vocab_size=None):
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
         n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_width, activation_function=act,
         resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.norm_eps,
-        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
 
 
-def llama_config_for(model, vocab_size=None):
+def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers LlamaConfig (Qwen3Config with qk_norm) that computes what the model computes."""
     from transformers import LlamaConfig, Qwen3Config
     c = model.config
@@ -306,7 +320,7 @@ def llama_config_for(model, vocab_size=None):
         num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act="silu",
         max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
         rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta), attention_bias=c.bias,
-        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
     if c.qk_norm:
         return Qwen3Config(**args)  # its MLP has no biases (export_architecture refuses bias=True)

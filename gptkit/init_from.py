@@ -96,8 +96,10 @@ class Start:
         if weights_meta is None or same_vocabulary(weights_meta, data_meta):
             return
         same_size = data_meta is not None and data_meta["vocab_size"] == weights_meta["vocab_size"]
-        other = ("GPT-2's BPE" if data_meta is None else f"a character vocabulary of {data_meta['vocab_size']}"
-                 + (" (the same size, other characters)" if same_size else ""))
+        trained = data_meta is not None and data_meta.get("tokenizer")
+        other = ("GPT-2's BPE" if data_meta is None else
+                 f"{'a trained tokenizer' if trained else 'a character vocabulary'} of {data_meta['vocab_size']}"
+                 + (f" (the same size, other {'tokens' if trained else 'characters'})" if same_size else ""))
         fix = ("resume with the dataset the run was trained on" if self.resuming else
                "prepare the data with the weights' vocabulary (data/corpus/prepare.py --vocab_from=THE_RUN'S_DATASET)")
         raise UserError(f"{data_dir} has {other}, not the vocabulary {self.source} was trained with, so its token ids "

@@ -25,7 +25,7 @@ LOCK = "train.lock"
 NUMBERED = re.compile(r"ckpt_(\d+)\.pt$")
 TEMPORARY = re.compile(r".*\.tmp\d+$")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "loss.png", LOCK)
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png", LOCK)
 RUN_FOLDERS = ("tb",)
 # written beside a run by the other scripts (export.py's default folder): not a run's, but not foreign
 BESIDE_A_RUN = ("hf",)
@@ -164,10 +164,11 @@ class RunLock:
             self.fd = None
 
 
-def commit(out_dir, config, meta, new_run, overwrite=False):
+def commit(out_dir, config, meta, new_run, overwrite=False, data_dir=None):
     """Make out_dir the run's, under the one-writer lock (returned, held until the process ends): refused
     again if a run started there meanwhile, the earlier run deleted if overwrite asks, config.json
-    written, and the run's vocabulary (meta.pkl) beside it, so sampling, chat and export find it."""
+    written, and the run's vocabulary (meta.pkl, and a trained tokenizer's tokenizer.json from data_dir)
+    beside it, so sampling, chat and export find it."""
     from gptkit import dataset
     lock = RunLock(out_dir).acquire()
     fileio.remove_stale_temps(out_dir)  # left by a process killed mid-write
@@ -177,10 +178,7 @@ def commit(out_dir, config, meta, new_run, overwrite=False):
             clear_run(out_dir)
     with fileio.atomic_open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1, default=str)
-    if meta is not None:
-        dataset.write_meta(meta, out_dir)
-    else:
-        fileio.remove(os.path.join(out_dir, "meta.pkl"))  # a stale vocabulary must not outlive its run
+    dataset.copy_vocabulary(meta, data_dir, out_dir)  # a stale vocabulary must not outlive its run
     return lock
 
 
