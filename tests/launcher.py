@@ -201,3 +201,37 @@ def run(script, args, env=None, cwd=ROOT, input=None, timeout=600):
         out, err = child.communicate(timeout=timeout)
     script = os.path.join(ROOT, script) if not os.path.isabs(script) else script
     return subprocess.CompletedProcess([sys.executable, script, *map(str, args)], child.returncode, out, err)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(script, args, nprocs=2, env=None, cwd=ROOT, timeout=600):
+    """A script run as the nprocs processes of one torchrun job on this machine (the environment torchrun
+    gives its workers: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), each forked from the server
+    like any other run. torchrun's own part (restarts, forwarding signals) is not involved: tests of that
+    start torchrun itself. Returns each rank's CompletedProcess, rank 0 first; if one rank ends badly,
+    the others are killed rather than left waiting for it."""
+    port = free_port()
+    children = [start(script, args, {**(env or {}), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nprocs),
+                                      "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1",
+                                      "MASTER_PORT": str(port)}, cwd, pipe_stdout=False)
+                for r in range(nprocs)]
+    deadline = time.monotonic() + timeout
+    while any(c.poll() is None for c in children):
+        failed = any(c.returncode not in (None, 0) for c in children)
+        if failed or time.monotonic() > deadline:
+            time.sleep(2.0 if failed else 0)  # a failed rank's partners get a moment to end on their own
+            for c in children:
+                c.kill()
+            break
+        time.sleep(0.05)
+    results = []
+    for c in children:
+        out, err = c.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(c.pid, c.returncode, out, err))
+    return results
