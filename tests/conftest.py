@@ -138,6 +138,17 @@ def char_data():
 
 
 @pytest.fixture(scope="session")
+def char_run(char_data, tmp_path_factory):
+    """A finished tiny run on play_char with every kind of file a run leaves (ckpt.pt, best.pt, numbered
+    copies ckpt_0000003.pt and ckpt_0000006.pt, metrics.jsonl, config.json, meta.pkl, loss.png), shared
+    by the tests that only read it: copy it first to change it."""
+    out = tmp_path_factory.mktemp("char-run") / "run"
+    run("train.py", "--dataset=play_char", *TINY, "--eval_iters=2", "--max_iters=6", "--eval_interval=3",
+        "--keep_last=2", f"--out_dir={out}")
+    return out
+
+
+@pytest.fixture(scope="session")
 def gpt2_encoding():
     """tiktoken's GPT-2 encoding: from TIKTOKEN_CACHE_DIR or tiktoken's cache, else downloaded once;
     the test is skipped, naming what is missing, where neither is possible (offline)."""

@@ -47,12 +47,9 @@ def in_process(path, *args, stdin=..., stdout=...):
     return e.value
 
 
-@pytest.fixture(scope="module")
-def a_run(char_data, tmp_path_factory):
-    """A finished tiny run, with a numbered copy of its last checkpoint; tests copy it before changing it."""
-    out = tmp_path_factory.mktemp("mishaps") / "run"
-    run("train.py", *BASE, "--max_iters=4", "--eval_interval=2", "--keep_last=1", f"--out_dir={out}")
-    return out
+@pytest.fixture
+def a_run(char_run):
+    return char_run
 
 
 # -----------------------------------------------------------------------------
@@ -112,7 +109,7 @@ def test_export_overwrite_keeps_the_files_a_user_added(a_run, tmp_path):
     (dest / "samples").mkdir()
     (dest / "samples" / "one.txt").write_text("a sample")
     weights = (dest / "model.safetensors").read_bytes()
-    run("export.py", f"--out_dir={a_run}", f"--export_dir={dest}", "--ckpt_name=ckpt_0000004.pt", "--overwrite=True")
+    run("export.py", f"--out_dir={a_run}", f"--export_dir={dest}", "--ckpt_name=ckpt_0000006.pt", "--overwrite=True")
     assert (dest / "README.md").read_text() == "my model card"
     assert (dest / "samples" / "one.txt").read_text() == "a sample"
     assert (dest / "model.safetensors").read_bytes() == weights  # the same weights, written again
@@ -193,7 +190,7 @@ def test_a_run_that_failed_before_its_first_save_can_be_run_again(char_data, tmp
 @pytest.mark.slow
 def test_a_folder_with_only_best_pt_or_numbered_copies_says_what_it_holds_and_how_to_use_it(a_run, tmp_path):
     only_best, only_numbered = tmp_path / "best", tmp_path / "numbered"
-    for folder, keep in ((only_best, "best.pt"), (only_numbered, "ckpt_0000004.pt")):
+    for folder, keep in ((only_best, "best.pt"), (only_numbered, "ckpt_0000006.pt")):
         folder.mkdir()
         shutil.copy(a_run / keep, folder / keep)
         p = run("train.py", "--init_from=resume", f"--out_dir={folder}", check=False)

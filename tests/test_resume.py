@@ -261,12 +261,9 @@ def test_resume_without_a_checkpoint_talks_about_the_checkpoint_first(tmp_path):
     assert_clean_error(p, words=["no checkpoint at", "ckpt.pt"])
 
 
-@pytest.fixture(scope="module")
-def source_run(char_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("source") / "run"
-    run("train.py", "--dataset=play_char", *TINY, "--max_iters=6", "--eval_interval=6", "--eval_iters=2",
-        f"--out_dir={out}", env=ENV)
-    return out
+@pytest.fixture
+def source_run(char_run):
+    return char_run
 
 
 @pytest.mark.slow
