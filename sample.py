@@ -32,8 +32,8 @@ KEYS = [
     Key("stream", True, "print tokens as they are generated"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
-    Key("compile", False, "torch.compile decoding (about a minute first; pays on a GPU and for small models on a "
-        "CPU, not for GPT-2 124M on a CPU: docs/gpu.md)"),
+    Key("compile", False, "torch.compile decoding, before the first token (a minute or more); on a CPU 1.7x faster "
+        "for a small model, 5x slower for GPT-2 124M (docs/gpu.md)"),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
         "times faster decoding at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
