@@ -69,6 +69,13 @@ class Transcript:
             ids = encode(self.render(history, line))
         return ids[-budget:]
 
+    def unspellable(self, tok):
+        """The characters of the prefixes and separators that a character vocabulary lacks, as one string
+        ('' when it can spell them all, and always for GPT-2's BPE, which spells any text)."""
+        stoi = getattr(tok, "stoi", None)
+        text = self.preamble + self.system + self.user + self.bot + self.sep + self.turn_end
+        return "".join(sorted({c for c in text if c not in stoi})) if stoi is not None else ""
+
     def to_dict(self):
         return asdict(self)
 

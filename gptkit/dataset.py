@@ -404,6 +404,7 @@ class Batches:
     losses stay comparable."""
 
     exact_match = False  # rows are windows of a token stream, not whole problems (see arithmetic.py)
+    prompt_format = None  # nor problems in a format a prompt must follow
 
     def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None,
                  sampling="random", align="none", micro_steps=1):
