@@ -179,7 +179,8 @@ def test_train_on_addition_then_sample_the_answer(tmp_path):
     assert "note:" not in s.stderr
     s = run("sample.py", f"--out_dir={out}", "--start=07+8=", "--temperature=0", "--max_new_tokens=3", "--num_samples=2")
     assert s.stdout.count("07+8=") == 2  # asked for two, two it gets
-    assert "note: '07+8=' is not in this model's format" in s.stderr and 'ask --start="7+8=" (the answer 15 comes as 51)' in s.stderr
+    assert "note: '07+8=' is not in this model's format" in s.stderr
+    assert 'ask --start="7+8=" (the answer 15 comes as 51)' in s.stderr
     c = run("chat.py", f"--out_dir={out}", "--prompt=7+8=", check=False)
     assert_clean_error(c, status=2, words=["is a model of 1-digit addition problems written 1+4=5", "not a chat model",
                                            command.format(out)])
