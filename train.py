@@ -194,10 +194,10 @@ while True:
         if cfg.eval_only:
             break
         if math.isfinite(losses["val"]):
-            if improved and iter_num > 0:
-                saver.save("best.pt", progress)
-            if (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter:
-                saver.save("ckpt.pt", progress)
+            best = improved and iter_num > 0
+            latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter
+            if best or latest:  # both: one file under two names
+                saver.save(["best.pt"] * best + ["ckpt.pt"] * latest, progress)
         t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
     if iter_num >= cfg.max_iters:
         break
