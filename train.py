@@ -122,7 +122,7 @@ if master:
 if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
     if master:
         print(f"nothing to do: the run is at iteration {progress.iter_num} and max_iters={cfg.max_iters}; give a "
-              f"larger --max_iters (and lr_decay_iters) to train on")
+              f"larger --max_iters to train on")
     runtime.shutdown(dist)
     sys.exit(0)
 
@@ -194,10 +194,10 @@ while True:
         if cfg.eval_only:
             break
         if math.isfinite(losses["val"]):
-            if improved and iter_num > 0:
-                saver.save("best.pt", progress)
-            if (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter:
-                saver.save("ckpt.pt", progress)
+            best = improved and iter_num > 0
+            latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter
+            if best or latest:  # both: one file under two names
+                saver.save(["best.pt"] * best + ["ckpt.pt"] * latest, progress)
         t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
     if iter_num >= cfg.max_iters:
         break
@@ -260,8 +260,7 @@ elif master:
             if os.path.exists(os.path.join(out, name))]
     print(f"done in {time.perf_counter() - progress.started:.1f} s, best val loss {progress.best_val_loss:.4f}; the "
           f"run is in {out}/: {', '.join(kept)}")
-    print(f"next: python sample.py --out_dir={out}  |  python chat.py --out_dir={out}  |  python plot.py {out}  |  "
-          f"python export.py --out_dir={out}  |  more steps: --init_from=resume --out_dir={out} --max_iters=N")
+    print("next: " + "  |  ".join(runs.next_commands(out, batches.prompt_format, batches.chat_template)))
 stop.close()
 output.close()
 if lock:

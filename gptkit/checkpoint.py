@@ -54,18 +54,24 @@ def _full_disk(folder):
     return "free some disk space or set out_dir to a writable folder, then resume"
 
 
-def keep_copy(path, numbered, keep_last):
-    """Keep `path` also as `numbered` (a hard link where the filesystem has them, else a copy)
-    and delete all but the newest `keep_last` numbered copies beside it. Numbered names sort by
-    iteration (zero-padded)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = fileio.temp_name(numbered)
+def link(path, other):
+    """Make `other` a second name of `path`'s file (a hard link where the filesystem has them, else a
+    copy), replacing it atomically. Checkpoints are only ever replaced by a rename, never written in
+    place, so each name keeps its version when the other is saved again."""
+    tmp = fileio.temp_name(other)
     fileio.remove(tmp)
     try:
-        os.link(path, tmp)  # ckpt.pt is later replaced by a rename, so the link keeps this version
+        os.link(path, tmp)
     except OSError:
         shutil.copyfile(path, tmp)
-    os.replace(tmp, numbered)
+    os.replace(tmp, other)
+
+
+def keep_copy(path, numbered, keep_last):
+    """Keep `path` also as `numbered` (link()) and delete all but the newest `keep_last` numbered
+    copies beside it. Numbered names sort by iteration (zero-padded)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    link(path, numbered)
     stem, ext = os.path.splitext(os.path.basename(numbered))
     prefix = stem.rstrip("0123456789")
     copies = sorted(f for f in os.listdir(folder)
@@ -182,8 +188,12 @@ class RunSaver:
         self.config, self.chat_template, self.keep_last = config, chat_template, keep_last
         self.dist, self.device = dist, device
 
-    def save(self, name, progress):
-        """progress: training.Progress, the counters that place the run (iteration, best val loss, ...)."""
+    def save(self, names, progress):
+        """names: a checkpoint's name, or several that hold the same state (best.pt and ckpt.pt of one
+        iteration): written once, under the first, and linked under the others, so they take the disk
+        space of one (a GPT-2 fine-tune's is 1.5 GB). progress: training.Progress, the counters that
+        place the run (iteration, best val loss, ...)."""
+        names = [names] if isinstance(names, str) else list(names)
         rng = rng_state()
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -205,10 +215,12 @@ class RunSaver:
                 # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
                 sampler=dict(kind="stateless", seed=self.config["seed"]),
             )
-            path = os.path.join(self.out_dir, name)
+            path = os.path.join(self.out_dir, names[0])
             try:
                 save(state, path)
-                if name == "ckpt.pt" and self.keep_last > 0:
+                for other in names[1:]:
+                    link(path, os.path.join(self.out_dir, other))
+                if "ckpt.pt" in names and self.keep_last > 0:
                     keep_copy(path, os.path.join(self.out_dir, f"ckpt_{progress.iter_num:07d}.pt"), self.keep_last)
             except UserError as e:
                 failure = e

@@ -25,6 +25,7 @@ class Start:
     changed: dict = field(default_factory=dict)  # resume: {key: (saved, now)} of what was given now and differs
     ckpt: dict = None  # the checkpoint resumed or started from
     source: str = ""  # where the weights come from: a checkpoint path, a GPT-2 name or folder
+    notes: list = field(default_factory=list)  # resume: what was adjusted to what was given now, and why
 
     @property
     def resuming(self):
@@ -60,6 +61,7 @@ class Start:
             if "rng" not in self.ckpt:
                 said += ("\nnote: this checkpoint (nanoGPT layout) has no random-number or data state; dropout "
                          "randomness starts fresh from here")
+            said += "".join("\n" + note for note in self.notes)
         else:
             if self.kind == "checkpoint":
                 self._refuse_other_architecture(checkpoint.model_args(self.ckpt))
@@ -166,7 +168,8 @@ def locate(cfg, keys_, machine_keys):
         ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
         # the run's own settings are the base; what was given now applies on top of them
         base, changed = configurator.rebase(cfg, keys_, ckpt.get("config") or {}, keep=machine_keys)
-        return Start("resume", base, changed, ckpt, path)
+        note = extend_schedule(base, changed, int(ckpt["iter_num"]))
+        return Start("resume", base, changed, ckpt, path, notes=[note] if note else [])
     if cfg.init_from == "scratch":
         return Start("scratch", cfg)
     if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
@@ -174,3 +177,29 @@ def locate(cfg, keys_, machine_keys):
         path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")
         return Start("checkpoint", cfg, ckpt=checkpoint.load(path), source=path)
     return Start("pretrained", cfg, source=cfg.init_from)
+
+
+def extend_schedule(cfg, changed, iter_num):
+    """A resumed run given a new max_iters: "train for longer" (or shorter), which a decay that ended at
+    the old max_iters would not do (every extra step at min_lr). So lr_decay_iters follows max_iters
+    when it equalled the old one and was not given now; cfg and changed are updated. Returns a note
+    saying what the learning rate does at the resume point and how to keep the old decay, or one
+    saying that steps past the decay run at min_lr; None when there is nothing to say."""
+    if "max_iters" not in changed or not cfg.decay_lr or cfg.is_set("lr_decay_iters"):
+        return None
+    old, new = changed["max_iters"]
+    decay = cfg.lr_decay_iters
+    if decay == old and iter_num < new:
+        from gptkit.optim import lr_at
+        cfg.lr_decay_iters = new
+        changed["lr_decay_iters"] = (old, new)
+        before, after = (lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, d) for d in (old, new))
+        move = "rises from {:.2e} back to {:.2e}" if after > before else "goes from {:.2e} to {:.2e}"
+        return (f"note: lr_decay_iters follows max_iters ({old} -> {new}), as the decay ended at the old max_iters: "
+                f"at iteration {iter_num} the learning rate {move.format(before, after)}, then decays to "
+                f"min_lr={cfg.min_lr:g} at {new}; to keep the old decay instead"
+                + (" (the extra steps at min_lr)" if new > old else "") + f", add --lr_decay_iters={old}")
+    if decay < new and iter_num < new:
+        return (f"note: the learning rate decay ends at lr_decay_iters={decay}, so iterations {max(decay, iter_num)} "
+                f"to {new} run at min_lr={cfg.min_lr:g}; to decay over them instead, add --lr_decay_iters={new}")
+    return None

@@ -190,3 +190,17 @@ def clear_run(out_dir):
             fileio.remove(path)
         elif name in RUN_FOLDERS and os.path.isdir(path):
             shutil.rmtree(path)
+
+
+def next_commands(out_dir, prompt_format=None, chat_template=None):
+    """What can be run on a finished run, for train.py's last line: a model of generated problems
+    (prompt_format, an arithmetic.ProblemFormat) is asked one in their format and never chatted with;
+    a chat fine-tune (chat_template) is chatted with first."""
+    if prompt_format is not None:
+        use = [prompt_format.sample_command(out_dir)]
+    else:
+        use = [f"python sample.py --out_dir={out_dir}", f"python chat.py --out_dir={out_dir}"]
+        if chat_template is not None:
+            use.reverse()
+    return use + [f"python plot.py {out_dir}", f"python export.py --out_dir={out_dir}",
+                  f"more steps: python train.py --init_from=resume --out_dir={out_dir} --max_iters=N"]

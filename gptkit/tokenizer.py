@@ -40,6 +40,7 @@ class CharTokenizer:
         self.eot = None
         self.name = "char"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+        self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
 
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
@@ -76,6 +77,7 @@ class BPETokenizer:
         self.eot = self.enc.eot_token
         self.name = self.id = "gpt2"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+        self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
 
     def meta(self):
         return None  # GPT-2 data has no meta.pkl (nanoGPT's layout)

@@ -75,7 +75,8 @@ def test_a_run_ends_saying_where_it_is_and_what_next_and_a_finished_one_says_how
             f"--out_dir={out}")
     assert f"the run is in {out}/: ckpt.pt (latest)" in p.stdout
     for command in (f"python sample.py --out_dir={out}", f"python chat.py --out_dir={out}", f"python plot.py {out}",
-                    f"python export.py --out_dir={out}"):
+                    f"python export.py --out_dir={out}",
+                    f"more steps: python train.py --init_from=resume --out_dir={out} --max_iters=N"):
         assert command in p.stdout
     before = {f: (out / f).read_bytes() for f in os.listdir(out) if (out / f).is_file()}
     p = run("train.py", "--init_from=resume", f"--out_dir={out}")
