@@ -25,6 +25,9 @@ KEYS = [
     Key("log_interval", 1, "print and record a training line every this many iterations", min=1),
     Key("eval_iters", 200, "batches per split in each evaluation (fixed batches, same every time)", min=1),
     Key("eval_only", False, "evaluate once, print the losses and exit; writes nothing"),
+    Key("eval_tasks", "", "multiple-choice sets also scored at each evaluation, comma-separated: hellaswag, "
+        "FILE.jsonl (docs/evaluation.md)"),
+    Key("eval_tasks_limit", 0, "score only the first this many examples of each eval_tasks set (0: all)", min=0),
     Key("always_save_checkpoint", True, "save ckpt.pt at every evaluation, not only when val loss improves"),
     Key("keep_last", 0, "also keep this many numbered copies ckpt_<iter>.pt of earlier saves (0: none)", min=0),
     Key("init_from", "scratch", "scratch; resume (continue out_dir's run, with its saved settings); a ckpt.pt "
@@ -115,7 +118,7 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 
 import torch  # noqa: E402
 
-from gptkit import arithmetic, checkpoint, curves, dataset, fileio, loading, loggers, optim, runtime  # noqa: E402
+from gptkit import arithmetic, checkpoint, curves, dataset, evaluation, fileio, loading, loggers, optim, runtime  # noqa: E402
 from gptkit.dataset import Batches  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch  # noqa: E402
@@ -305,6 +308,10 @@ if dist.enabled:
     from torch.nn.parallel import DistributedDataParallel as DDP
     train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
 step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip)
+# bits per byte and the eval_tasks sets, scored at each evaluation beside the loss (every set read and checked now)
+scoring = everywhere(lambda: evaluation.DuringTraining(meta, cfg.eval_tasks, cfg.eval_tasks_limit,
+                                                       model_args["block_size"], model_args["vocab_size"], device,
+                                                       warn=print if master else None))
 
 resume_rng = None  # restored just before the loop: setup below (e.g. the timing probe) draws random numbers
 if ckpt is not None:
@@ -553,7 +560,11 @@ while True:
 
     if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters) and iter_num != last_eval_iter):
         t_eval = time.perf_counter()
-        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: stop_signal is not None)
+        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: stop_signal is not None,
+                          token_bytes=scoring.token_bytes)
+        if losses is not None and scoring.sets:  # the uncompiled model: every batch of choices has its own shape
+            scores = scoring.score(raw_model, plan, dist, cfg.batch_size * cfg.block_size, lambda: stop_signal is not None)
+            losses = None if scores is None else {**losses, **scores}
         if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
             if iter_num > start_iter and not cfg.eval_only:
                 save_checkpoint("ckpt.pt")
@@ -569,9 +580,12 @@ while True:
             accuracy = {k: v for k, v in losses.items() if k.endswith("_accuracy")}  # generated problems
             print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
                   + (" (best)" if improved else "")
+                  + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
                   + (f"; exact match (greedy): train {accuracy['train_accuracy']:.2%}, held-out "
-                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else ""))
-            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **accuracy, lr=lr,
+                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else "")
+                  + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
+            figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
+            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures, lr=lr,
                              elapsed_s=elapsed()))
             if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
                 picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)

@@ -37,6 +37,12 @@ class KVCache:
         end = self.pos + T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def repeat(self, counts):
+        """Row i's keys and values repeated counts[i] times (a tensor): several continuations of each
+        prefilled row then read it, each in a row of its own."""
+        self.k = self.k.repeat_interleave(counts, dim=1)
+        self.v = self.v.repeat_interleave(counts, dim=1)
+
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """One token per row from (B, vocab) logits. temperature 0 is greedy; top_k keeps the k most

@@ -1,0 +1,219 @@
+"""
+A model's scores on evaluation sets (benchmarks.py): multiple-choice accuracy and bits per byte, batched,
+on any device, shared out over DDP processes; and what train.py scores at each evaluation beside the loss.
+
+Multiple choice, build-nanogpt's method: a choice's loss is the cross-entropy of its tokens given the
+context and the tokens of the choice before them. acc picks the choice of least total loss (the most
+likely text: lm-evaluation-harness's acc too), acc_norm the least mean loss per token, and
+acc_norm_chars, lm-evaluation-harness's acc_norm, the least total loss per character of the choice.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gptkit import benchmarks, runtime
+from gptkit.errors import UserError
+from gptkit.generate import KVCache
+
+
+def _share(items, dist):
+    """This process's share of items (every world_size-th), and how many turns every process takes: the
+    same number on all, so that the per-turn stop vote and the final sum line up."""
+    return items[dist.rank::dist.world_size], -(-len(items) // dist.world_size)
+
+
+class _EvalMode:
+    """model.eval() for the block, then the mode it had (train.py scores a training model)."""
+
+    def __init__(self, model):
+        self.model, self.training = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.training)
+
+
+# -----------------------------------------------------------------------------
+# multiple choice
+
+
+def choice_groups(examples, batch_tokens):
+    """Indices of examples in forward-pass groups of equal context length: a group's contexts run once as
+    one batch, and every choice then reads its context's keys and values from the cache, so a context
+    costs one pass instead of one per choice. A group feeds at most about batch_tokens tokens (one
+    example alone may feed more); sorted by length, a group's choices pad little."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].context),
+                                                        max(len(c) for c in examples[i].choices)))
+    groups, group, fed = [], [], 0
+    for i in order:
+        ex = examples[i]
+        cost = len(ex.context) + len(ex.choices) * max(len(c) for c in ex.choices)  # padded: an upper bound
+        if group and (len(ex.context) != len(examples[group[0]].context) or fed + cost > batch_tokens):
+            groups.append(group)
+            group, fed = [], 0
+        group.append(i)
+        fed += cost
+    if group:
+        groups.append(group)
+    return groups
+
+
+def choice_losses(model, examples):
+    """(total loss, tokens) of every choice of every example, in order, each a (rows,) tensor: the
+    examples share one context length. The contexts run once with a KV cache; the choices, one row each,
+    continue from their context's cache, right-padded (a padded tail is read by no scored position)."""
+    device = model.lm_head.weight.device
+    cfg = model.config
+    counts = torch.tensor([len(ex.choices) for ex in examples], device=device)
+    endings = [c for ex in examples for c in ex.choices]
+    T, M = len(examples[0].context), max(len(c) for c in endings)
+    targets = torch.full((len(endings), M), -1, dtype=torch.long)
+    for r, c in enumerate(endings):
+        targets[r, :len(c)] = torch.tensor(c)
+    targets = targets.to(device)  # (R, M): each choice's tokens, -1 past its end
+    cache = KVCache(cfg.n_layer, len(examples), cfg.kv_heads, T + M - 1, cfg.head_size, device,
+                    model.lm_head.weight.dtype)
+    context = torch.tensor([ex.context for ex in examples], device=device)  # (G, T)
+    logits, _ = model(context, cache=cache)  # (G, 1, V): what follows each context
+    first = logits[:, -1].repeat_interleave(counts, dim=0)  # (R, V)
+    losses = torch.zeros(targets.shape, device=device)  # (R, M)
+    losses[:, 0] = F.cross_entropy(first.float(), targets[:, 0], reduction="none")
+    if M > 1:
+        cache.repeat(counts)
+        # each choice but its last token (which is only predicted); padding reads token 0 and is never scored
+        logits, _ = model(targets[:, :-1].clamp(min=0), cache=cache, all_logits=True)  # (R, M-1, V)
+        losses[:, 1:] = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-1,
+                                        reduction="none").view(len(endings), M - 1)
+    return losses.sum(dim=1), (targets >= 0).sum(dim=1)
+
+
+def pick(examples, total, tokens):
+    """(right by acc, by acc_norm, by acc_norm_chars) of each example, three (G,) bool tensors, from its
+    choices' total losses and token counts. Ties go to the first choice, as numpy's argmax in the harness."""
+    device = total.device
+    width = max(len(ex.choices) for ex in examples)
+    rows = torch.tensor([g for g, ex in enumerate(examples) for _ in ex.choices], device=device)
+    cols = torch.tensor([j for ex in examples for j in range(len(ex.choices))], device=device)
+    chars = torch.tensor([n for ex in examples for n in ex.chars], device=device, dtype=torch.float32)
+    label = torch.tensor([ex.label for ex in examples], device=device)
+    right = []
+    for score in (total, total / tokens, total / chars):
+        table = torch.full((len(examples), width), math.inf, device=device)  # (G, choices); inf: no such choice
+        table[rows, cols] = score.float()
+        right.append(table.argmin(dim=1) == label)
+    return right
+
+
+@torch.inference_mode()
+def multiple_choice(model, task, plan, dist, batch_tokens=4096, stop=lambda: False):
+    """{"acc", "acc_norm", "acc_norm_chars", "n"} of a benchmarks.ChoiceSet, its examples shared out over
+    the processes and the counts summed; None, on every process, as soon as stop() is true on any."""
+    groups, turns = _share(choice_groups(task.examples, batch_tokens), dist)
+    total = torch.zeros(4, device=plan.device, dtype=torch.float64)  # examples, right by each of the three
+    with _EvalMode(model):
+        for k in range(turns):
+            if runtime.any_process(stop(), dist, plan.device):
+                return None
+            if k >= len(groups):
+                continue  # no group left here, but this process still votes, so the others never wait
+            examples = [task.examples[i] for i in groups[k]]
+            with plan.autocast_context():
+                losses, tokens = choice_losses(model, examples)
+            total[0] += len(examples)
+            for m, right in enumerate(pick(examples, losses, tokens), 1):
+                total[m] += right.sum()
+    n, acc, acc_norm, acc_chars = runtime.all_reduce_sum(total, dist).tolist()
+    return dict(acc=acc / n, acc_norm=acc_norm / n, acc_norm_chars=acc_chars / n, n=int(n))
+
+
+# -----------------------------------------------------------------------------
+# bits per byte
+
+
+@torch.inference_mode()
+def bits_per_byte(model, text, plan, dist, batch_tokens=4096, limit=0, stop=lambda: False):
+    """{"bpb", "ppl", "tokens", "bytes"} of a benchmarks.TextSet under lm-evaluation-harness's rolling
+    windows of the model's context (its first `limit` windows, 0: all): the summed loss of the scored
+    targets in bits over the bytes of text they stand for, and the perplexity per token. Windows are
+    shared out over the processes; None as soon as stop() is true on any."""
+    block = model.config.block_size
+    wins = benchmarks.windows(len(text.seq) - 1, block, limit)
+    rows = max(1, batch_tokens // block)
+    batches, turns = _share([wins[i:i + rows] for i in range(0, len(wins), rows)], dist)
+    total = torch.zeros(3, device=plan.device, dtype=torch.float64)  # nats, tokens, bytes
+    with _EvalMode(model):
+        for k in range(turns):
+            if runtime.any_process(stop(), dist, plan.device):
+                return None
+            if k >= len(batches):
+                continue
+            length = max(n for _, n, _ in batches[k])
+            x = torch.zeros((len(batches[k]), length), dtype=torch.long)
+            y = torch.full((len(batches[k]), length), -1, dtype=torch.long)
+            nbytes = 0
+            for r, (start, n, scored) in enumerate(batches[k]):
+                x[r, :n] = torch.from_numpy(text.seq[start:start + n])
+                first = start + n - scored  # index into the targets (seq[1:]) of the first one scored
+                keep = torch.from_numpy(text.counted[first:start + n])
+                y[r, n - scored:n] = torch.from_numpy(text.seq[first + 1:start + n + 1]).masked_fill(~keep, -1)
+                nbytes += int(text.nbytes[first:start + n][text.counted[first:start + n]].sum())
+            x, y = x.to(plan.device), y.to(plan.device)
+            with plan.autocast_context():
+                logits, _ = model(x, all_logits=True)  # (rows, length, V)
+            total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
+            total[1] += (y >= 0).sum()
+            total[2] += nbytes
+    nats, tokens, nbytes = runtime.all_reduce_sum(total, dist).tolist()
+    if tokens == 0:
+        raise UserError(f"{text.name} has no scored token (its loss mask counts none)")
+    return dict(bpb=nats / nbytes / math.log(2), ppl=math.exp(nats / tokens), tokens=int(tokens), bytes=int(nbytes))
+
+
+# -----------------------------------------------------------------------------
+# during training
+
+
+class DuringTraining:
+    """What train.py scores at each evaluation beside the loss: the byte length of every token id, for
+    bits per byte (training.evaluate), and the multiple-choice sets named in eval_tasks (a
+    comma-separated list, as eval.py's --tasks takes them), their figures named <set>_acc,
+    <set>_acc_norm and <set>_acc_norm_chars in metrics.jsonl. Every set is read, tokenised and checked
+    here, before training starts. Without GPT-2's tokenizer files (a BPE run on a machine that never
+    had them) bits per byte is left out, with a warning, unless sets need the tokenizer too."""
+
+    def __init__(self, meta, tasks, limit, block_size, vocab_size, device, warn=None):
+        from gptkit.tokenizer import load_tokenizer
+        specs = [s.strip() for s in tasks.split(",") if s.strip()]
+        try:
+            tok = load_tokenizer(meta)
+        except UserError as e:
+            if specs:
+                raise
+            if warn is not None:
+                warn(f"warning: val_bpb is left out: {e}")
+            tok = None
+        self.token_bytes = None
+        if tok is not None:
+            # a BPE model's padded rows (50257 -> 50304) stand for no text
+            lengths = tok.token_bytes() + [0] * (vocab_size - tok.vocab_size)
+            self.token_bytes = torch.tensor(lengths, device=device)
+        self.sets = [(benchmarks.metric_prefix(s), benchmarks.load_choices(s, tok, block_size, "val", limit))
+                     for s in specs]
+        names = [name for name, _ in self.sets]
+        if len(set(names)) < len(names):
+            raise UserError(f"eval_tasks={tasks} names two sets that would log under one name ({', '.join(names)}); "
+                            f"give each file a name of its own")
+
+    def score(self, model, plan, dist, batch_tokens, stop=lambda: False):
+        """{"<set>_acc": ..., ...} of every set, or None when stopped."""
+        out = {}
+        for name, task in self.sets:
+            figures = multiple_choice(model, task, plan, dist, batch_tokens, stop)
+            if figures is None:
+                return None
+            out.update({f"{name}_{k}": v for k, v in figures.items() if k != "n"})
+        return out
