@@ -62,33 +62,65 @@ def choice_groups(examples, batch_tokens):
     return groups
 
 
+def final_hidden(model, idx, cache):
+    """The last layer's normalised hidden states of idx (B, T, n_embd), continuing `cache`. The model's
+    forward without targets runs the head (n_embd x vocabulary: a third of GPT-2 small's work per
+    token) only at the last position; the caller runs it where a choice's token is predicted, never on
+    padding. A forward hook on the final norm hands its output over; it is removed at once."""
+    out = []
+    handle = model.transformer.ln_f.register_forward_hook(lambda module, args, y: out.append(y))
+    try:
+        model(idx, cache=cache)
+    finally:
+        handle.remove()
+    return out[0]
+
+
+def _passes(order, lengths):
+    """Rows, longest first, in runs no shorter than 3/4 of the run's first: at most a quarter of a pass
+    is padding."""
+    runs = []
+    for r in order:
+        if runs and lengths[r] * 4 >= lengths[runs[-1][0]] * 3:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
 def choice_losses(model, examples):
     """(total loss, tokens) of every choice of every example, in order, each a (rows,) tensor: the
-    examples share one context length. The contexts run once with a KV cache; the choices, one row each,
-    continue from their context's cache, right-padded (a padded tail is read by no scored position)."""
+    examples share one context length. The contexts run once, as one batch, into a KV cache; the
+    choices then continue from their context's keys and values, a row each, longest first in passes
+    of similar length (right-padded; the padding is read by no scored position)."""
     device = model.lm_head.weight.device
     cfg = model.config
-    counts = torch.tensor([len(ex.choices) for ex in examples], device=device)
     endings = [c for ex in examples for c in ex.choices]
-    T, M = len(examples[0].context), max(len(c) for c in endings)
-    targets = torch.full((len(endings), M), -1, dtype=torch.long)
-    for r, c in enumerate(endings):
-        targets[r, :len(c)] = torch.tensor(c)
-    targets = targets.to(device)  # (R, M): each choice's tokens, -1 past its end
-    cache = KVCache(cfg.n_layer, len(examples), cfg.kv_heads, T + M - 1, cfg.head_size, device,
-                    model.lm_head.weight.dtype)
+    owner = torch.tensor([g for g, ex in enumerate(examples) for _ in ex.choices], device=device)  # (R,)
+    lengths = [len(c) for c in endings]
+    T = len(examples[0].context)
+    cache = KVCache(cfg.n_layer, len(examples), cfg.kv_heads, T, cfg.head_size, device, model.lm_head.weight.dtype)
     context = torch.tensor([ex.context for ex in examples], device=device)  # (G, T)
     logits, _ = model(context, cache=cache)  # (G, 1, V): what follows each context
-    first = logits[:, -1].repeat_interleave(counts, dim=0)  # (R, V)
-    losses = torch.zeros(targets.shape, device=device)  # (R, M)
-    losses[:, 0] = F.cross_entropy(first.float(), targets[:, 0], reduction="none")
-    if M > 1:
-        cache.repeat(counts)
-        # each choice but its last token (which is only predicted); padding reads token 0 and is never scored
-        logits, _ = model(targets[:, :-1].clamp(min=0), cache=cache, all_logits=True)  # (R, M-1, V)
-        losses[:, 1:] = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-1,
-                                        reduction="none").view(len(endings), M - 1)
-    return losses.sum(dim=1), (targets >= 0).sum(dim=1)
+    first = torch.tensor([c[0] for c in endings], device=device)
+    losses = F.cross_entropy(logits[:, -1].float().index_select(0, owner), first, reduction="none")  # (R,)
+    for rows in _passes(sorted(range(len(endings)), key=lambda r: -lengths[r]), lengths):
+        L = lengths[rows[0]]
+        if L == 1:
+            break  # the rest are one token long: predicted from the context alone
+        tokens = torch.zeros((len(rows), L), dtype=torch.long)
+        targets = torch.full((len(rows), L - 1), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, :lengths[r]] = torch.tensor(endings[r])
+            targets[i, :lengths[r] - 1] = tokens[i, 1:lengths[r]]
+        tokens, targets = tokens.to(device), targets.to(device)
+        rows = torch.tensor(rows, device=device)
+        # each choice but its last token (which is only predicted), reading its context's keys and values
+        hidden = final_hidden(model, tokens[:, :-1], cache.rows(owner[rows], L - 1))  # (n, L-1, n_embd)
+        keep = targets >= 0
+        nll = F.cross_entropy(model.logits(hidden[keep]).float(), targets[keep], reduction="none")  # (tokens,)
+        losses.index_add_(0, rows[keep.nonzero()[:, 0]], nll)
+    return losses, torch.tensor(lengths, device=device)
 
 
 def pick(examples, total, tokens):

@@ -3,6 +3,7 @@ Generation: the KV cache, sampling (temperature, top-k, top-p), streaming tokens
 sliding window past block_size, and the CPU decode-speed choices (weight layout, thread count).
 """
 
+import copy
 import time
 from contextlib import contextmanager
 
@@ -37,11 +38,17 @@ class KVCache:
         end = self.pos + T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def repeat(self, counts):
-        """Row i's keys and values repeated counts[i] times (a tensor): several continuations of each
-        prefilled row then read it, each in a row of its own."""
-        self.k = self.k.repeat_interleave(counts, dim=1)
-        self.v = self.v.repeat_interleave(counts, dim=1)
+    def rows(self, index, room):
+        """A new cache holding the rows `index` picks (a tensor; a row may be picked again) up to the
+        current position, with room for `room` more: several continuations of one prefilled row then
+        each run in a row of their own."""
+        picked = copy.copy(self)
+        shape = list(self.k.shape)
+        shape[1], shape[3] = len(index), self.pos + room
+        picked.k, picked.v = self.k.new_empty(shape), self.v.new_empty(shape)
+        picked.k[:, :, :, :self.pos] = self.k[:, :, :, :self.pos].index_select(1, index)
+        picked.v[:, :, :, :self.pos] = self.v[:, :, :, :self.pos].index_select(1, index)
+        return picked
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
