@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit import benchmarks, runtime
-from gptkit.errors import UserError
+from gptkit.errors import USAGE, UserError
 from gptkit.generate import KVCache
 
 
@@ -41,86 +41,100 @@ class _EvalMode:
 # multiple choice
 
 
-def choice_groups(examples, batch_tokens):
-    """Indices of examples in forward-pass groups of equal context length: a group's contexts run once as
-    one batch, and every choice then reads its context's keys and values from the cache, so a context
-    costs one pass instead of one per choice. A group feeds at most about batch_tokens tokens (one
-    example alone may feed more); sorted by length, a group's choices pad little."""
+def choice_batches(examples, batch_tokens):
+    """Indices of examples in forward-pass batches of about batch_tokens fed tokens (one example alone may
+    feed more), in order of context length, so that a batch's contexts pad little and many share a
+    length."""
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i].context),
                                                         max(len(c) for c in examples[i].choices)))
-    groups, group, fed = [], [], 0
+    batches, batch, fed = [], [], 0
     for i in order:
         ex = examples[i]
         cost = len(ex.context) + len(ex.choices) * max(len(c) for c in ex.choices)  # padded: an upper bound
-        if group and (len(ex.context) != len(examples[group[0]].context) or fed + cost > batch_tokens):
-            groups.append(group)
-            group, fed = [], 0
-        group.append(i)
+        if batch and fed + cost > batch_tokens:
+            batches.append(batch)
+            batch, fed = [], 0
+        batch.append(i)
         fed += cost
-    if group:
-        groups.append(group)
-    return groups
+    if batch:
+        batches.append(batch)
+    return batches
 
 
-def final_hidden(model, idx, cache):
-    """The last layer's normalised hidden states of idx (B, T, n_embd), continuing `cache`. The model's
-    forward without targets runs the head (n_embd x vocabulary: a third of GPT-2 small's work per
-    token) only at the last position; the caller runs it where a choice's token is predicted, never on
-    padding. A forward hook on the final norm hands its output over; it is removed at once."""
-    out = []
-    handle = model.transformer.ln_f.register_forward_hook(lambda module, args, y: out.append(y))
-    try:
-        model(idx, cache=cache)
-    finally:
-        handle.remove()
-    return out[0]
+# A pass of choices is split in two where that spares more padded tokens than this: a forward pass
+# streams all the weights once, which on a 2-core CPU costs GPT-2 small about as much as 50 tokens
+SPLIT_TOKENS = 64
 
 
-def _passes(order, lengths):
-    """Rows, longest first, in runs no shorter than 3/4 of the run's first: at most a quarter of a pass
-    is padding."""
-    runs = []
-    for r in order:
-        if runs and lengths[r] * 4 >= lengths[runs[-1][0]] * 3:
-            runs[-1].append(r)
+def passes(lengths):
+    """Rows (indices into lengths), longest first, in passes: each pass is padded to its longest row,
+    and split in two wherever that spares more than SPLIT_TOKENS padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
+    out, todo = [], [order]
+    while todo:
+        rows = todo.pop()
+        # padding spared by starting a second pass at row k: rows k.. are padded to lengths[rows[k]] instead
+        spared = [(lengths[rows[0]] - lengths[rows[k]]) * (len(rows) - k) for k in range(1, len(rows))]
+        best = max(range(len(spared)), key=spared.__getitem__, default=None)
+        if best is None or spared[best] <= SPLIT_TOKENS:
+            out.append(rows)
         else:
-            runs.append([r])
-    return runs
+            todo += [rows[:best + 1], rows[best + 1:]]
+    return out
+
+
+HEAD_ROWS = 1024  # hidden states per head matmul: enough to stream its vocabulary x n_embd weights once for
+#                   many rows (GPT-2's 154 MB), few enough that the logits stay ~200 MB
 
 
 def choice_losses(model, examples):
-    """(total loss, tokens) of every choice of every example, in order, each a (rows,) tensor: the
-    examples share one context length. The contexts run once, as one batch, into a KV cache; the
-    choices then continue from their context's keys and values, a row each, longest first in passes
-    of similar length (right-padded; the padding is read by no scored position)."""
+    """(total loss, tokens) of every choice of every example, in order, each a (rows,) tensor.
+
+    Each context is computed once, not once per choice: the contexts run as one right-padded batch into
+    a KV cache (right padding changes nothing before it); then the choices whose contexts have one
+    length run as one batch, a row each, continuing from their context's keys and values (the model
+    reads positions from the cache, so one length a batch). The head (n_embd x vocabulary: a third of
+    GPT-2 small's work per token) runs only on the hidden states that predict a choice's token, many
+    at once."""
     device = model.lm_head.weight.device
     cfg = model.config
     endings = [c for ex in examples for c in ex.choices]
-    owner = torch.tensor([g for g, ex in enumerate(examples) for _ in ex.choices], device=device)  # (R,)
-    lengths = [len(c) for c in endings]
-    T = len(examples[0].context)
+    of = [g for g, ex in enumerate(examples) for _ in ex.choices]  # each choice's example
+    owner = torch.tensor(of, device=device)  # (R,)
+    lengths = torch.tensor([len(c) for c in endings], device=device)
+    ctx_len = torch.tensor([len(ex.context) for ex in examples], device=device)  # (G,)
+    T = int(ctx_len.max())
+    context = torch.zeros((len(examples), T), dtype=torch.long)
+    for g, ex in enumerate(examples):
+        context[g, :len(ex.context)] = torch.tensor(ex.context)
     cache = KVCache(cfg.n_layer, len(examples), cfg.kv_heads, T, cfg.head_size, device, model.lm_head.weight.dtype)
-    context = torch.tensor([ex.context for ex in examples], device=device)  # (G, T)
-    logits, _ = model(context, cache=cache)  # (G, 1, V): what follows each context
-    first = torch.tensor([c[0] for c in endings], device=device)
-    losses = F.cross_entropy(logits[:, -1].float().index_select(0, owner), first, reduction="none")  # (R,)
-    for rows in _passes(sorted(range(len(endings)), key=lambda r: -lengths[r]), lengths):
-        L = lengths[rows[0]]
-        if L == 1:
-            break  # the rest are one token long: predicted from the context alone
-        tokens = torch.zeros((len(rows), L), dtype=torch.long)
-        targets = torch.full((len(rows), L - 1), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            tokens[i, :lengths[r]] = torch.tensor(endings[r])
-            targets[i, :lengths[r] - 1] = tokens[i, 1:lengths[r]]
-        tokens, targets = tokens.to(device), targets.to(device)
-        rows = torch.tensor(rows, device=device)
-        # each choice but its last token (which is only predicted), reading its context's keys and values
-        hidden = final_hidden(model, tokens[:, :-1], cache.rows(owner[rows], L - 1))  # (n, L-1, n_embd)
-        keep = targets >= 0
-        nll = F.cross_entropy(model.logits(hidden[keep]).float(), targets[keep], reduction="none")  # (tokens,)
-        losses.index_add_(0, rows[keep.nonzero()[:, 0]], nll)
-    return losses, torch.tensor(lengths, device=device)
+    hidden, _ = model(context.to(device), cache=cache, hidden=True)  # (G, T, n_embd)
+    # each choice's first token is predicted at its context's last position
+    states = [hidden[torch.arange(len(examples), device=device), ctx_len - 1].index_select(0, owner)]  # (R, n_embd)
+    targets = [torch.tensor([c[0] for c in endings], device=device)]
+    rows = [torch.arange(len(endings), device=device)]
+    for L in sorted({len(ex.context) for ex in examples}):
+        same = [r for r, c in enumerate(endings) if len(examples[of[r]].context) == L and len(c) > 1]
+        for mine in passes([len(endings[r]) for r in same]) if same else []:
+            mine = [same[i] for i in mine]
+            M = max(len(endings[r]) for r in mine)
+            tokens = torch.zeros((len(mine), M - 1), dtype=torch.long)  # each choice but its last token
+            target = torch.full((len(mine), M - 1), -1, dtype=torch.long)  # the choice's next tokens; -1: padding
+            for i, r in enumerate(mine):
+                tokens[i, :len(endings[r]) - 1] = torch.tensor(endings[r][:-1])
+                target[i, :len(endings[r]) - 1] = torch.tensor(endings[r][1:])
+            mine = torch.tensor(mine, device=device)
+            hidden, _ = model(tokens.to(device), cache=cache.rows(owner[mine], room=M - 1, length=L), hidden=True)
+            keep = target.to(device) >= 0
+            states.append(hidden[keep])
+            targets.append(target.to(device)[keep])
+            rows.append(mine[keep.nonzero()[:, 0]])
+    states, targets, rows = torch.cat(states), torch.cat(targets), torch.cat(rows)
+    losses = torch.zeros(len(endings), device=device)
+    for i in range(0, len(states), HEAD_ROWS):
+        nll = F.cross_entropy(model.logits(states[i:i + HEAD_ROWS]).float(), targets[i:i + HEAD_ROWS], reduction="none")
+        losses.index_add_(0, rows[i:i + HEAD_ROWS], nll)
+    return losses, lengths
 
 
 def pick(examples, total, tokens):
@@ -144,7 +158,7 @@ def pick(examples, total, tokens):
 def multiple_choice(model, task, plan, dist, batch_tokens=4096, stop=lambda: False):
     """{"acc", "acc_norm", "acc_norm_chars", "n"} of a benchmarks.ChoiceSet, its examples shared out over
     the processes and the counts summed; None, on every process, as soon as stop() is true on any."""
-    groups, turns = _share(choice_groups(task.examples, batch_tokens), dist)
+    groups, turns = _share(choice_batches(task.examples, batch_tokens), dist)
     total = torch.zeros(4, device=plan.device, dtype=torch.float64)  # examples, right by each of the three
     with _EvalMode(model):
         for k in range(turns):
@@ -220,6 +234,11 @@ class DuringTraining:
     def __init__(self, meta, tasks, limit, block_size, vocab_size, device, warn=None):
         from gptkit.tokenizer import load_tokenizer
         specs = [s.strip() for s in tasks.split(",") if s.strip()]
+        for spec in specs:
+            if spec in ("val", "train") or spec.startswith("text:"):
+                raise UserError(f"eval_tasks={tasks}: {spec} is a bits-per-byte task of eval.py; eval_tasks takes "
+                                f"multiple-choice sets (hellaswag, FILE.jsonl), and every evaluation logs train_bpb and "
+                                f"val_bpb already", status=USAGE)
         try:
             tok = load_tokenizer(meta)
         except UserError as e:

@@ -38,16 +38,18 @@ class KVCache:
         end = self.pos + T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def rows(self, index, room):
-        """A new cache holding the rows `index` picks (a tensor; a row may be picked again) up to the
-        current position, with room for `room` more: several continuations of one prefilled row then
-        each run in a row of their own."""
+    def rows(self, index, room, length=None):
+        """A new cache holding the rows `index` picks (a tensor; a row may be picked again), their first
+        `length` positions (default: all so far), with room for `room` more: several continuations of
+        one prefilled row then each run in a row of their own, from where its prefix ends."""
+        length = self.pos if length is None else length
         picked = copy.copy(self)
         shape = list(self.k.shape)
-        shape[1], shape[3] = len(index), self.pos + room
+        shape[1], shape[3] = len(index), length + room
         picked.k, picked.v = self.k.new_empty(shape), self.v.new_empty(shape)
-        picked.k[:, :, :, :self.pos] = self.k[:, :, :, :self.pos].index_select(1, index)
-        picked.v[:, :, :, :self.pos] = self.v[:, :, :, :self.pos].index_select(1, index)
+        picked.k[:, :, :, :length] = self.k[:, :, :, :length].index_select(1, index)
+        picked.v[:, :, :, :length] = self.v[:, :, :, :length].index_select(1, index)
+        picked.pos = length
         return picked
 
 
