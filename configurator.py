@@ -6,13 +6,14 @@ Typed configuration for the flat scripts.
 Each script declares its knobs in one visible block of Key(...) lines and calls configure(). Config
 files are plain Python assignments (nanoGPT's configs run unchanged), each executed in its own
 namespace; --key=value overrides are parsed as Python literals, never executed. Everything is
-applied left to right and checked against the declared types. Whatever a user typed wrong gets one
-sentence and exit status 2, not a traceback.
+applied left to right and checked against the declared types. Whatever a user typed wrong raises
+ConfigError, one sentence that the script turns into `error: ...` and exit status 2, not a traceback.
 """
 
 import ast
 import difflib
 import json
+import numbers
 import os
 import sys
 import types
@@ -56,8 +57,10 @@ class Key:
                 value = value.lower() == "true"
             elif type(value) is int and value in (0, 1):
                 value = bool(value)
-        elif t is float and type(value) is int:
-            value = float(value)
+        elif t is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)  # an int, or a NumPy scalar computed in a config file
+        elif t is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
         elif t is tuple and isinstance(value, list):
             value = tuple(value)
         if type(value) is not t:
@@ -157,6 +160,8 @@ def parse(keys, argv, explicit=None, ignored=None):
                 raw, source = _parse_literal(text), arg
             if name not in by_name:
                 raise _unknown(name, by_name, arg)
+            if by_name[name].type is str and not isinstance(raw, str):
+                raw = text  # --out_dir=123, --wandb_run_name=2024: a string key takes the text as typed
             values[name] = by_name[name].check(raw, source)
             explicit.add(name)
         elif arg.endswith(".py") or os.path.sep in arg:
@@ -187,24 +192,22 @@ def help_text(keys, script):
 
 
 def configure(keys, argv=None, script=None, announce=True, foreign_file_keys=False):
-    """Parse sys.argv for this script's keys; print help or errors and exit as a CLI should.
+    """Parse sys.argv for this script's keys. --help and --print-config print and end the program
+    (SystemExit(0), as argparse does); a mistake raises ConfigError, which the script's errors.install()
+    turns into one sentence and exit status 2.
     foreign_file_keys: config files may set keys of another script, which are skipped (and named)."""
     argv = sys.argv[1:] if argv is None else argv
     script = script or os.path.basename(sys.argv[0])
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(keys, script))
-        sys.exit(0)
+        raise SystemExit(0)
     show_only = "--print-config" in argv  # resolve, print as JSON and exit: check a config without running
     explicit = set()
     ignored = set() if foreign_file_keys else None
-    try:
-        values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(USAGE)
+    values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
     if show_only:
         print(json.dumps(values, indent=1))
-        sys.exit(0)
+        raise SystemExit(0)
     cfg = Config(**values)
     cfg._explicit = frozenset(explicit)
     differs = [k.name for k in keys if values[k.name] != k.default]
@@ -253,10 +256,3 @@ def rebase(cfg, keys, saved, keep=()):
 
 def to_dict(cfg):
     return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
-
-
-def save(cfg, path):
-    """Write the resolved config as JSON beside a run (atomically), so the run can be reproduced."""
-    from gptkit import fileio
-    with fileio.atomic_open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=1, default=str)

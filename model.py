@@ -9,6 +9,10 @@ MLPs, an untied output head, logit soft-capping and grouped-query attention, eac
 reference where it is built. A model with rope + rmsnorm + swiglu is the network of transformers'
 Llama (Qwen3 with qk_norm), down to the rotation convention, so hf.py exports it weight for weight.
 References: GPT-2 paper (Radford et al. 2019), openai/gpt-2 model.py, karpathy/nanoGPT model.py.
+
+This file imports only torch and the standard library: copied alone into another project,
+`from model import GPT, GPTConfig` works, and so do GPT.from_pretrained (with transformers installed)
+and GPT.generate.
 """
 
 import math
@@ -17,9 +21,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from gptkit.errors import USAGE, UserError
-from gptkit.tokenizer import GPT2_PADDED_VOCAB
 
 
 def norm_layer(config, dim):
@@ -161,7 +162,7 @@ class Block(nn.Module):
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = GPT2_PADDED_VOCAB
+    vocab_size: int = 50304  # GPT-2's 50257 tokens padded up to a multiple of 64, for faster matmuls
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -184,7 +185,7 @@ class GPTConfig:
     def __post_init__(self):
         problem = self.problem()
         if problem:
-            raise UserError(problem, status=USAGE)
+            raise ValueError(problem)
 
     def problem(self):
         """A sentence saying what makes these settings impossible, or None."""
@@ -246,9 +247,16 @@ class GPT(nn.Module):
         assert config.vocab_size is not None
         assert config.block_size is not None
         self.config = config
-        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+
+        def embedding(rows):
+            # without init_weights (GPT.with_weights) the table is made empty: its N(0, 1) init would be
+            # thrown away, and on the meta device it imports torch._dynamo (a second of start-up)
+            empty = {} if init_weights else {"_weight": torch.empty(rows, config.n_embd)}
+            return nn.Embedding(rows, config.n_embd, **empty)
+
+        modules = dict(wte=embedding(config.vocab_size))
         if config.pos_emb == "learned":
-            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+            modules["wpe"] = embedding(config.block_size)
         modules.update(
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
@@ -275,15 +283,9 @@ class GPT(nn.Module):
         """A GPT holding state_dict's tensors (this project's names), built without the random
         initialisation that would be thrown away: loading costs the read, not an init of every weight
         (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit."""
-        # nn.Linear and nn.Embedding initialise their weights as they are made; here those weights are
-        # replaced at once, so they are made uninitialised (torch.empty), as transformers does. (The meta
-        # device would avoid the allocation too, but its init path imports torch._dynamo: 1-3 s.)
-        saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
-        nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda module: None
-        try:
+        # made on the meta device (shapes without memory), then given the tensors, as transformers does
+        with torch.device("meta"):
             model = cls(config, init_weights=False)
-        finally:
-            nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
         own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -405,17 +407,88 @@ class GPT(nn.Module):
         return 6 * N + 12 * L * H * Q * T
 
     # -------------------------------------------------------------------------
-    # nanoGPT's entry points, kept for code written against it; the work is done elsewhere
+    # nanoGPT's entry points: GPT-2's weights, and sampling by recomputing the context
 
     @classmethod
-    def from_pretrained(cls, name_or_path, override_args=None):
-        """A GPT with a Hugging Face GPT-2's weights (hf.py)."""
-        from gptkit import hf
-        return hf.load_gpt2(name_or_path, dropout=(override_args or {}).get("dropout", 0.0))
+    def from_pretrained(cls, model_type, override_args=None):
+        """GPT-2's weights from Hugging Face: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a
+        local folder. Only dropout may be overridden. Inside this project gptkit.hf reads the files
+        directly (no transformers model is built); this file alone goes through transformers."""
+        dropout = (override_args or {}).get("dropout", 0.0)
+        try:
+            from gptkit import hf
+        except ImportError:
+            hf = None
+        if hf is not None:
+            return hf.load_gpt2(model_type, dropout=dropout)
+        from transformers import GPT2LMHeadModel
+        source = GPT2LMHeadModel.from_pretrained(model_type)
+        return cls.with_weights(gpt2_config(source.config.to_dict(), dropout), from_gpt2_state_dict(source.state_dict()))
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True):
-        """idx extended by max_new_tokens sampled tokens (generate.py)."""
-        from gptkit import generate
-        return generate.generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """idx (B, T) extended by max_new_tokens tokens, each sampled from the logits of the whole
+        context (cropped to block_size): simple and slow, the reference that gptkit.generate's KV cache
+        is tested against. temperature 0 takes the most likely token."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])
+            logits = logits[:, -1, :]  # (B, vocab_size)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 as Hugging Face stores it, in this model's terms
+
+# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def gpt2_config(c, dropout=0.0):
+    """The GPTConfig of a transformers GPT-2 config (config.json as a dict). Settings this network
+    does not implement are refused (ValueError) rather than computed differently."""
+    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
+    if c.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"model_type={c.get('model_type')!r} is not GPT-2")
+    act = get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+        raise ValueError(f"activation_function={act!r} is not GELU")
+    n_embd = get("n_embd", 768)
+    if get("n_inner", 4 * n_embd) != 4 * n_embd or get("layer_norm_epsilon", 1e-5) != 1e-5:
+        raise ValueError(f"n_inner={c.get('n_inner')} or layer_norm_epsilon={c.get('layer_norm_epsilon')} "
+                         f"differs from GPT-2's")
+    if get("scale_attn_by_inverse_layer_idx", False) or get("reorder_and_upcast_attn", False) \
+            or not get("scale_attn_weights", True):
+        raise ValueError("the attention scaling differs from GPT-2's")
+    if not get("tie_word_embeddings", True):
+        raise ValueError("the output head is not tied to the token embedding")
+    return GPTConfig(n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
+                     block_size=get("n_positions", 1024), vocab_size=get("vocab_size", 50257), bias=True,
+                     dropout=dropout, gelu_approximate="tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "none")
+
+
+def from_gpt2_state_dict(hf_sd):
+    """A transformers GPT-2 state dict (with or without the 'transformer.' prefix, the head stored or
+    left out as tied) in this model's names and layout."""
+    out = {}
+    for k, v in hf_sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of older transformers versions, not weights
+        if k != "lm_head.weight" and not k.startswith("transformer."):
+            k = "transformer." + k
+        out[k] = v.t() if k.endswith(CONV1D) else v
+    wte = out.get("transformer.wte.weight")
+    head = out.pop("lm_head.weight", None)
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise ValueError("the output head is not tied to the token embedding")
+    if wte is not None:
+        out["lm_head.weight"] = wte
+    return out

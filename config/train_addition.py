@@ -2,7 +2,7 @@
 # "123+456=975" (the sum's digits least significant first, the order the carries are worked out in),
 # drawn fresh for every batch by gptkit/arithmetic.py: nothing to prepare. The loss counts only the answer.
 #   python train.py config/train_addition.py          # >= 99% exact match on 10,240 held-out problems
-#   python train.py config/train_addition.py --digits=5 --max_iters=...   (README: the measured recipes)
+#   python train.py config/train_addition.py --digits=5 --max_iters=...   (docs/addition.md: the measured recipes)
 #   python sample.py --out_dir=out-addition --start="123+456=" --temperature=0 --max_new_tokens=8 --stop="('\n',)"
 
 out_dir = 'out-addition'
@@ -24,7 +24,7 @@ n_embd = 128
 dropout = 0.0  # every batch is new problems: nothing to overfit
 
 # Muon for the block matrices: 99.9% on held-out problems after 150 steps, where AdamW alone
-# (lr 1e-3) needs about 500 (measured here; README: teach a GPT to add)
+# (lr 1e-3) needs about 500 (measured here; docs/addition.md)
 optimizer = 'muon'
 muon_lr = 0.02
 learning_rate = 3e-3

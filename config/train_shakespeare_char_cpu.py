@@ -19,7 +19,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0  # too few steps to overfit
 
-# Qwen3's block (README: Architecture options): rotary positions, QK-norm, RMSNorm and a SwiGLU MLP
+# Qwen3's block (docs/architecture.md): rotary positions, QK-norm, RMSNorm and a SwiGLU MLP
 # reach in 330 steps the loss GPT-2's block needed 600 for (val 1.842 against 1.861; averaged over 4
 # seeds on 200 batches, 1.859 against 1.871). The recipe stops at 300 (val 1.856): the whole process
 # takes 23.4 s median here (22.3 to 30.9 s; 330 steps took 27.3, 26.9 to 31.1). It exports as Qwen3ForCausalLM.
@@ -29,7 +29,7 @@ norm = 'rmsnorm'
 mlp = 'swiglu'
 
 # Muon for the 2-D weights inside the blocks reaches in 600 steps the loss AdamW alone needs ~1500
-# for (measured here: see the README's speed section); AdamW keeps the embeddings and norms.
+# for (measured: see docs/speed.md); AdamW keeps the embeddings and norms.
 optimizer = 'muon'
 muon_lr = 0.02
 muon_ns_steps = 4  # one Newton-Schulz iteration fewer: val 1.861 against 1.860, 2.5 s less (3 is worse: 1.92)
@@ -41,4 +41,4 @@ beta2 = 0.99
 warmup_iters = 25
 
 device = 'cpu'
-compile = False  # a first compile costs about a minute on a CPU and gains little (README: speed)
+compile = False  # a first compile costs about a minute on a CPU and gains little (docs/speed.md)

@@ -1,10 +1,10 @@
 """
-The architecture ablation in the README: the CPU recipe with GPT-2's network, each architecture
+The architecture ablation of docs/architecture.md: the CPU recipe with GPT-2's network, each architecture
 option alone, and combinations, compared at fixed steps and at a fixed training time.
 
     python experiments/ablation.py                               # val loss at the last 3 evaluations of 600 iterations
     python experiments/ablation.py --mode=time                   # ms/iter (bench.py), then val loss of a budget_s run
-    python experiments/ablation.py --iters=330 --eval_every=110  # the README's table (with --mode=time --rounds=3)
+    python experiments/ablation.py --iters=330 --eval_every=110  # docs/architecture.md's table (and --mode=time --rounds=3)
     python experiments/ablation.py --only=rope --out_root=out-abl-rope  # only the variants with "rope" in their name
 
 Everything but the network is the recipe's (data, seed, batch, optimizer), with the learning-rate
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # train.py a
 sys.path.insert(0, ROOT)
 import configurator  # noqa: E402
 from configurator import Key  # noqa: E402
-from gptkit import errors  # noqa: E402
+from gptkit import errors, keys  # noqa: E402
 
 errors.install()
 
@@ -48,7 +48,7 @@ KEYS = [
     Key("out_root", "out-ablation", "run folders and ablation.jsonl go here"),
     Key("overwrite", False, "run again the variants whose run folder under out_root holds a run, deleting it"),
 ]
-cfg = configurator.configure(KEYS)
+cfg = configurator.configure(KEYS, script="experiments/ablation.py")
 
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -58,10 +58,10 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from gptkit import fileio, runs  # noqa: E402
 from gptkit.errors import UserError  # noqa: E402
 
-# GPT-2's network and the learning rates the recipe had for it, whatever the recipe sets now
-GPT2 = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--mlp=gelu", "--mlp_hidden=0",
-        "--n_kv_head=0", "--tie_embeddings=True", "--logit_softcap=0.0",
-        "--learning_rate=3e-3", "--min_lr=3e-4", "--warmup_iters=50", "--muon_lr=0.02"]
+# GPT-2's network (every architecture key at its default) and the learning rates the recipe had for
+# it, whatever the recipe sets now
+GPT2 = [f"--{k.name}={k.default}" for k in keys.pick(keys.ARCH_KEYS)] + [
+    "--learning_rate=3e-3", "--min_lr=3e-4", "--warmup_iters=50", "--muon_lr=0.02"]
 VARIANTS = {
     "GPT-2: learned positions, LayerNorm, GELU": [],
     "pos_emb=rope": ["--pos_emb=rope"],

@@ -1,10 +1,13 @@
 """
-Checkpoint files: atomic writes, safe (weights_only) reads with one-sentence errors, nanoGPT's layout.
+Checkpoint files: nanoGPT's layout, atomic writes, safe (weights_only) reads with one-sentence errors,
+and what a training run saves in them.
 
 A checkpoint is a dict with at least nanoGPT's six keys: model, optimizer, model_args, iter_num,
-best_val_loss, config. Ours add the state needed to continue a run exactly (see train.py).
-Everything in it is tensors and plain Python values, so torch.load(weights_only=True) reads it.
-Building a model from one is loading.py's job.
+best_val_loss, config. model_args holds only the settings nanoGPT's GPTConfig knows, so nanoGPT's own
+sample.py and train.py open a GPT-2-shaped run of this project unchanged; the architecture options
+beyond them sit beside it in model_options. Ours add the state needed to continue a run exactly
+(RunSaver). Everything in it is tensors and plain Python values, so torch.load(weights_only=True)
+reads it. Building a model from one is loading.py's job.
 """
 
 import os
@@ -17,22 +20,38 @@ import zipfile
 import numpy as np
 import torch
 
-from gptkit import fileio
+from gptkit import fileio, runtime
 from gptkit.errors import UserError
+
+# the fields of nanoGPT's GPTConfig: a checkpoint's model_args holds these and nothing else
+NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
 
 def save(obj, path):
     """Write a checkpoint atomically (fileio's rule): a crash at any moment leaves either the old or
     the new file, never a torn one. Temporaries of processes that died mid-save are removed."""
-    advice = ("the previous checkpoint there is intact: free some disk space or set out_dir to a writable "
-              "folder, then resume")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    previous = ("the previous checkpoint there is intact" if os.path.exists(path)
+                else "nothing was saved there before")
+    os.makedirs(folder, exist_ok=True)
     try:
-        with fileio.atomic_open(path, "wb", advice=advice) as f:
+        with fileio.atomic_open(path, "wb", advice=lambda: f"{previous}: {_full_disk(folder)}") as f:
             torch.save(obj, f)
     except RuntimeError as e:  # torch's writer reports some OS errors (a full disk) as RuntimeError
-        raise UserError(f"could not write {path} ({fileio.reason(e)}); {advice}") from None
-    fileio.remove_stale_temps(os.path.dirname(os.path.abspath(path)))
+        raise UserError(f"could not write {path} ({fileio.reason(e)}); {previous}: {_full_disk(folder)}") from None
+    fileio.remove_stale_temps(folder)
+
+
+def _full_disk(folder):
+    """What to do after a failed write, naming a full disk when it is one (torch's writer does not say)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        return (f"the disk is full ({free / 2**20:.0f} MB free): free some space or set out_dir to another disk, "
+                f"then resume")
+    return "free some disk space or set out_dir to a writable folder, then resume"
 
 
 def keep_copy(path, numbered, keep_last):
@@ -132,3 +151,65 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch_cpu"])
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+# -----------------------------------------------------------------------------
+# the network's settings: nanoGPT's in model_args, the others beside them
+
+def model_entries(config):
+    """{'model_args': nanoGPT's settings, 'model_options': the rest} of a GPTConfig."""
+    args = dict(vars(config))
+    return {"model_args": {k: args.pop(k) for k in NANOGPT_MODEL_ARGS}, "model_options": args}
+
+
+def model_args(ckpt):
+    """Every network setting a checkpoint records (nanoGPT's have only model_args: the others keep their
+    defaults, which are nanoGPT's network)."""
+    return {**ckpt["model_args"], **(ckpt.get("model_options") or {})}
+
+
+# -----------------------------------------------------------------------------
+# a training run's checkpoints
+
+class RunSaver:
+    """Writes a run's checkpoints, out_dir/<name>, atomically from the plain (unwrapped, uncompiled)
+    model. Every process contributes its random state; only the first writes, and if it cannot, every
+    process stops with its sentence (none is left waiting at the next collective)."""
+
+    def __init__(self, out_dir, model, optimizer, scaler, config, chat_template, keep_last, dist, device):
+        """config: the run's resolved settings (a dict); scaler: the fp16 gradient scaler, or None."""
+        self.out_dir, self.model, self.optimizer, self.scaler = out_dir, model, optimizer, scaler
+        self.config, self.chat_template, self.keep_last = config, chat_template, keep_last
+        self.dist, self.device = dist, device
+
+    def save(self, name, progress):
+        """progress: training.Progress, the counters that place the run (iteration, best val loss, ...)."""
+        rng = rng_state()
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            states = [None] * self.dist.world_size
+            tdist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        failure = None
+        if self.dist.master:
+            state = dict(
+                model=model_state(self.model),
+                optimizer=self.optimizer.state_dict(),
+                **model_entries(self.model.config),
+                **progress.state(),
+                config=self.config,
+                chat_template=self.chat_template,  # the format chat.py must talk in, where the data has one
+                scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                rng=states,
+                # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
+                sampler=dict(kind="stateless", seed=self.config["seed"]),
+            )
+            path = os.path.join(self.out_dir, name)
+            try:
+                save(state, path)
+                if name == "ckpt.pt" and self.keep_last > 0:
+                    keep_copy(path, os.path.join(self.out_dir, f"ckpt_{progress.iter_num:07d}.pt"), self.keep_last)
+            except UserError as e:
+                failure = e
+        runtime.raise_everywhere(failure, self.dist, self.device)

@@ -2,9 +2,9 @@
 The one exception for mistakes a user can fix, and the one place where it becomes a sentence and an exit.
 
 Library code raises UserError and never exits: a caller that can go on (chat.py after a prompt the
-vocabulary cannot spell, a test) catches it. A script calls install() first; an uncaught UserError
-then prints `error: <sentence>` on stderr and exits with its status instead of a traceback.
-Nothing here imports torch, so prepare scripts and config errors answer at once.
+vocabulary cannot spell, a test running a script in-process) catches it. Every script calls install()
+first; an uncaught UserError then prints `error: <sentence>` on stderr and exits with its status
+instead of a traceback. Nothing here imports torch, so prepare scripts and config errors answer at once.
 """
 
 import os
@@ -52,6 +52,9 @@ def exit_now(status):
     os._exit(status)
 
 
+_interrupted = "interrupted"
+
+
 def _hook(kind, value, tb):
     if issubclass(kind, UserError):
         # the real stderr: torch.distributed wraps the excepthook and buffers what it prints, to
@@ -64,23 +67,14 @@ def _hook(kind, value, tb):
     if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
         os._exit(0)
     if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
-        print("\ninterrupted", file=sys.__stderr__, flush=True)
+        print(f"\n{_interrupted}", file=sys.__stderr__, flush=True)
         exit_now(130)
     sys.__excepthook__(kind, value, tb)
 
 
-def install():
-    """Turn an uncaught UserError into `error: <sentence>` and its exit status (scripts call this first)."""
+def install(interrupted="interrupted"):
+    """Turn an uncaught UserError into `error: <sentence>` and its exit status, and Ctrl-C into one line
+    (`interrupted`) and status 130. Every script calls this first."""
+    global _interrupted
+    _interrupted = interrupted
     sys.excepthook = _hook
-
-
-def run(main, argv=None):
-    """Run a prepare script's main(argv): a UserError or Ctrl-C becomes one line and an exit status."""
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        report(e)
-        sys.exit(e.status)
-    except KeyboardInterrupt:
-        report("interrupted; nothing was half-written, run it again to finish")
-        sys.exit(130)

@@ -11,6 +11,7 @@ and a machine that cannot reach the hub is told so in seconds, not after minutes
 
 import json
 import os
+import pickle
 import socket
 from urllib.parse import urlparse
 
@@ -18,11 +19,9 @@ import torch
 
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
-from model import GPT, GPTConfig
+from model import CONV1D, GPT, from_gpt2_state_dict, gpt2_config
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 # -----------------------------------------------------------------------------
@@ -79,69 +78,51 @@ def local_or_hub(name_or_path, filename, required=True):
 
 def read_weights(name_or_path):
     """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
-    sharded with an index) or pytorch_model.bin (weights_only, memory-mapped)."""
-    from safetensors.torch import load_file
+    sharded with an index) or pytorch_model.bin (weights_only; memory-mapped when it is in torch's zip
+    format, read whole when it is in the format torch wrote before 1.6). A damaged file is one sentence."""
     index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
     if index:
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                            f"again") from None
         sd = {}
         for shard in shards:
-            sd.update(load_file(local_or_hub(name_or_path, shard)))
+            sd.update(_read_file(local_or_hub(name_or_path, shard)))
         return sd
-    path = local_or_hub(name_or_path, "model.safetensors", required=False)
-    if path:
-        return load_file(path)
-    path = local_or_hub(name_or_path, "pytorch_model.bin", required=False)
-    if path:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = local_or_hub(name_or_path, name, required=False)
+        if path:
+            return _read_file(path)
     raise UserError(f"{name_or_path} has no model.safetensors or pytorch_model.bin")
+
+
+def _read_file(path):
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the format before torch 1.6
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds more than tensors (loading it could run code), or is damaged, so it was not "
+                        f"loaded; use a model.safetensors, or a pytorch_model.bin of tensors only") from None
+    except Exception as e:  # safetensors, zip and torch errors of a truncated or damaged file: many types
+        if isinstance(e, UserError):
+            raise
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} cannot be read: it is truncated or damaged ({reason}); download or copy it "
+                        f"again") from None
 
 
 # -----------------------------------------------------------------------------
 # GPT-2 in
-
-def gpt2_config(c, dropout=0.0):
-    """This project's GPTConfig for a transformers GPT-2 config.json (a dict). Settings this network
-    does not implement are refused rather than computed differently."""
-    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
-    if c.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"model_type={c.get('model_type')!r} is not GPT-2")
-    act = get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-        raise ValueError(f"activation_function={act!r} is not GELU")
-    n_embd = get("n_embd", 768)
-    if get("n_inner", 4 * n_embd) != 4 * n_embd or get("layer_norm_epsilon", 1e-5) != 1e-5:
-        raise ValueError(f"n_inner={c.get('n_inner')} or layer_norm_epsilon={c.get('layer_norm_epsilon')} "
-                         f"differs from GPT-2's")
-    if get("scale_attn_by_inverse_layer_idx", False) or get("reorder_and_upcast_attn", False) \
-            or not get("scale_attn_weights", True):
-        raise ValueError("the attention scaling differs from GPT-2's")
-    if not get("tie_word_embeddings", True):
-        raise ValueError("the output head is not tied to the token embedding")
-    return GPTConfig(n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                     block_size=get("n_positions", 1024), vocab_size=get("vocab_size", 50257), bias=True,
-                     dropout=dropout, gelu_approximate="tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "none")
-
-
-def from_gpt2_state_dict(hf_sd):
-    """A transformers GPT-2 state dict (with or without the 'transformer.' prefix, head stored or
-    left out as tied) in this project's names and layout."""
-    out = {}
-    for k, v in hf_sd.items():
-        if k.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of older transformers versions, not weights
-        if k != "lm_head.weight" and not k.startswith("transformer."):
-            k = "transformer." + k
-        out[k] = v.t() if k.endswith(TRANSPOSED) else v
-    wte = out.get("transformer.wte.weight")
-    head = out.pop("lm_head.weight", None)
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise ValueError("the output head is not tied to the token embedding")
-    if wte is not None:
-        out["lm_head.weight"] = wte
-    return out
-
 
 def load_gpt2(name_or_path, dropout=0.0):
     """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large,
@@ -172,32 +153,39 @@ TIKTOKEN_GPT2 = {"vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2
                  "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
 
 
+def gpt2_bpe_files(tokenizer_dir=None):
+    """GPT-2's vocab.json and merges.txt, as {name: bytes}: from tokenizer_dir, or tiktoken's files (its
+    cache, else downloaded as tiktoken downloads them)."""
+    if tokenizer_dir:
+        if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
+            raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
+                            f"on huggingface.co/openai-community/gpt2)")
+        files = {}
+        for name in TIKTOKEN_GPT2:
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                files[name] = f.read()
+        return files
+    from tiktoken.load import read_file_cached
+    try:
+        return {name: read_file_cached(url) for name, url in TIKTOKEN_GPT2.items()}
+    except Exception as e:  # network errors come in several types
+        raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
+                        f"sample.py downloads once); connect to the internet once, or point "
+                        f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
+                        f"vocab.json and merges.txt, or export the weights alone with "
+                        f"--skip_tokenizer") from None
+
+
 def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     """transformers' GPT2TokenizerFast for GPT-2's BPE: from a folder with vocab.json and merges.txt, or
-    made from tiktoken's files (its cache, else downloaded as tiktoken downloads them)."""
+    made from tiktoken's files (gpt2_bpe_files)."""
     import tempfile
 
-    from tiktoken.load import read_file_cached
     from transformers import GPT2TokenizerFast
-    with tempfile.TemporaryDirectory() as tmp:
-        if tokenizer_dir:
-            if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
-                raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
-                                f"on huggingface.co/openai-community/gpt2)")
-            folder = tokenizer_dir
-        else:
-            folder = tmp
-            for name, url in TIKTOKEN_GPT2.items():
-                try:
-                    data = read_file_cached(url)
-                except Exception as e:  # network errors come in several types
-                    raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
-                                    f"sample.py downloads once); connect to the internet once, or point "
-                                    f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
-                                    f"vocab.json and merges.txt, or export the weights alone with "
-                                    f"--skip_tokenizer") from None
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in gpt2_bpe_files(tokenizer_dir).items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
         tok = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
     if len(tok) != GPT2_VOCAB:
         raise UserError(f"the tokenizer files in {tokenizer_dir or 'tiktoken cache'} hold {len(tok)} tokens, not "
@@ -205,15 +193,29 @@ def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     return tok
 
 
-def export_architecture(config):
+def fast_tokenizer(tok, model_max_length=1024):
+    """transformers' PreTrainedTokenizerFast for a trained tokenizer (tokenizer.TrainedTokenizer): the same
+    tokenizer.json, its end of text as BOS/EOS, the chat markers as special tokens, and no clean-up of
+    spaces on decoding (byte-level BPE decodes to the exact text)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from gptkit.tokenizer import SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.json), bos_token=SPECIAL_TOKENS[0],
+                                   eos_token=SPECIAL_TOKENS[0], additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+                                   clean_up_tokenization_spaces=False, model_max_length=model_max_length)
+
+
+def export_architecture(config, target="transformers class"):
     """'gpt2', 'llama' or 'qwen3': the transformers model (GPT2LMHeadModel, LlamaForCausalLM,
-    Qwen3ForCausalLM) that computes exactly what a model with this config computes. Any other
-    combination is refused with a sentence naming the option, rather than exported as something
-    that computes a different function."""
+    Qwen3ForCausalLM), or llama.cpp architecture of the same names, that computes exactly what a model
+    with this config computes. Any other combination is refused with a sentence naming the option
+    (and `target`, what cannot compute it), rather than exported as something that computes a
+    different function."""
     c = config
 
     def refuse(option, why):
-        return UserError(f"{option} cannot be exported: {why}, so no transformers class computes this model "
+        return UserError(f"{option} cannot be exported: {why}, so no {target} computes this model "
                          f"(export takes GPT-2's architecture, or pos_emb=rope with norm=rmsnorm and mlp=swiglu)")
 
     if c.logit_softcap:
@@ -238,19 +240,20 @@ def export_architecture(config):
     return "qwen3" if c.qk_norm else "llama"
 
 
-def to_transformers(model, vocab_size=None):
+def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
     """A transformers model holding the model's weights and computing the same function: the
-    architecture export_architecture picks, the vocabulary cropped to vocab_size."""
+    architecture export_architecture picks, the vocabulary cropped to vocab_size, `eot` (the
+    tokenizer's end of text) as its BOS and EOS."""
     vocab_size = vocab_size or model.config.vocab_size
     arch = export_architecture(model.config)
     if arch == "gpt2":
         from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size))
+        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size, eot))
         sd = gpt2_state_dict(model, vocab_size)
     else:
         import transformers
         cls = transformers.Qwen3ForCausalLM if arch == "qwen3" else transformers.LlamaForCausalLM
-        hf = cls(llama_config_for(model, vocab_size))
+        hf = cls(llama_config_for(model, vocab_size, eot))
         sd = llama_state_dict(model, vocab_size)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     # older transformers keep GPT-2's causal mask as an 'attn.bias' buffer; it is not a weight
@@ -261,9 +264,9 @@ def to_transformers(model, vocab_size=None):
     return hf.eval()
 
 
-def special_tokens(vocab_size):
-    # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
-    return dict(bos_token_id=GPT2_EOT, eos_token_id=GPT2_EOT) if vocab_size > GPT2_EOT else \
+def special_tokens(vocab_size, eot=GPT2_EOT):
+    # <|endoftext|> exists in GPT-2's vocabulary and in a trained one; a character vocabulary has no such token
+    return dict(bos_token_id=eot, eos_token_id=eot) if eot is not None and vocab_size > eot else \
         dict(bos_token_id=None, eos_token_id=None)
 
 
@@ -277,7 +280,7 @@ def gpt2_state_dict(model, vocab_size=None):
         if k in ("transformer.wte.weight", "lm_head.weight"):
             continue
         v = v.detach()
-        out[k] = (v.t() if k.endswith(TRANSPOSED) else v).contiguous()
+        out[k] = (v.t() if k.endswith(CONV1D) else v).contiguous()
     wte = model.transformer.wte.weight.detach()[:vocab_size].contiguous()
     out["transformer.wte.weight"] = wte
     out["lm_head.weight"] = wte if model.config.tie_embeddings else \
@@ -293,7 +296,7 @@ def gpt2_state_dict(model, vocab_size=None):
     return out
 
 
-def gpt2_config_for(model, vocab_size=None):
+def gpt2_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers GPT2Config that computes what the model computes."""
     from transformers import GPT2Config
     c = model.config
@@ -303,11 +306,11 @@ def gpt2_config_for(model, vocab_size=None):
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
         n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_width, activation_function=act,
         resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.norm_eps,
-        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
 
 
-def llama_config_for(model, vocab_size=None):
+def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers LlamaConfig (Qwen3Config with qk_norm) that computes what the model computes."""
     from transformers import LlamaConfig, Qwen3Config
     c = model.config
@@ -317,7 +320,7 @@ def llama_config_for(model, vocab_size=None):
         num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act="silu",
         max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
         rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta), attention_bias=c.bias,
-        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
     if c.qk_norm:
         return Qwen3Config(**args)  # its MLP has no biases (export_architecture refuses bias=True)

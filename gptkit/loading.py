@@ -12,10 +12,10 @@ from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
 
-def model_config(model_args, dropout=None):
-    """The GPTConfig of a checkpoint's model_args (nanoGPT's have fewer keys: the rest keep their
-    defaults, which are nanoGPT's behaviour)."""
-    args = {k: model_args[k] for k in MODEL_ARG_KEYS if k in model_args}
+def model_config(args, dropout=None):
+    """The GPTConfig of a checkpoint's settings (checkpoint.model_args); settings this version does not
+    know are left out, those it lacks keep their defaults."""
+    args = {k: args[k] for k in MODEL_ARG_KEYS if k in args}
     if dropout is not None:
         args["dropout"] = dropout
     return GPTConfig(**args)
@@ -24,7 +24,7 @@ def model_config(model_args, dropout=None):
 def build_model(ckpt, path, dropout=None):
     """A GPT with the checkpoint's architecture and weights."""
     try:
-        return GPT.with_weights(model_config(ckpt["model_args"], dropout),
+        return GPT.with_weights(model_config(checkpoint.model_args(ckpt), dropout),
                                 checkpoint.clean_state_dict(ckpt["model"]))
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this model: {e}") from None
@@ -47,7 +47,7 @@ def load_pretrained(name_or_path, dropout=0.0):
 def find_meta(ckpt, out_dir):
     """(meta, folder) for a run's vocabulary: the meta.pkl train.py copies beside the checkpoint,
     else the one of the dataset named in its config (how nanoGPT's sample.py finds it); (None,
-    None) for GPT-2 BPE runs, which have none."""
+    None) for GPT-2 BPE runs, which have none. A trained tokenizer's tokenizer.json lies in folder."""
     from gptkit.dataset import data_root, read_meta
     meta = read_meta(out_dir)
     if meta is not None:
@@ -101,7 +101,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
         model = build_model(ckpt, path, dropout=0.0)
-        meta, _ = find_meta(ckpt, out_dir)
+        meta, folder = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
@@ -110,8 +110,8 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
             template = Transcript.from_dict(ckpt["chat_template"], path)
     else:
         model = load_pretrained(init_from, dropout=0.0)
-        meta, desc = None, init_from
-    tok = load_tokenizer(meta)
+        meta, folder, desc = None, None, init_from
+    tok = load_tokenizer(meta, folder)
     tok.chat_template = template
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id

@@ -1,19 +1,85 @@
 """
-Optional training loggers, each with a stand-in that does nothing, so the loop never branches on them:
-tqdm's progress bar for an interactive terminal and TensorBoard's event files.
+Where a run's figures go: out_dir/metrics.jsonl, with TensorBoard and Weights & Biases behind the same
+call, and tqdm's progress bar on an interactive terminal. The optional ones have stand-ins that do
+nothing, so the loop never branches on them.
 
+    metrics = loggers.MetricsLog(out_dir, start_iter, ...); metrics.log(row); metrics.close()
     bar = loggers.progress_bar(total=max_iters, initial=iter_num, enabled=master)
-    tb = loggers.tensorboard_logger(cfg.tensorboard_log and master, out_dir, start_iter=iter_num)
-    ... each step: bar.update(iter_num, loss); each metrics row: tb.log(row) ...
-    bar.close(); tb.close()
+    ... each step: bar.update(iter_num, loss) ...; bar.close()
 
-tqdm and TensorBoard are imported only when they are used.
+tqdm, TensorBoard and wandb are imported only when they are used.
 """
 
+import json
 import os
 import sys
 
+from gptkit import fileio
 from gptkit.errors import UserError
+
+# -----------------------------------------------------------------------------
+# metrics.jsonl (+ TensorBoard, wandb)
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl (one JSON object per line), and TensorBoard and wandb when asked, on the one
+    process that writes (`files`; an evaluation alone writes no file). A resumed run first cuts the file
+    back to what its checkpoint holds. A failure to write (a full disk) is kept in `failure`, for the
+    training loop to raise on every process at the next step's sync, so none is left waiting."""
+
+    def __init__(self, out_dir, start_iter, resumed, last_eval_iter=-1, files=True, tensorboard=False, wandb=None):
+        """wandb: None, or dict(project=, name=, config=) to log there too (from any process that asks)."""
+        self.out_dir, self.path = out_dir, os.path.join(out_dir, "metrics.jsonl")
+        self.files, self.wandb, self.failure = files, None, None
+        self.tb = NoTensorBoard()
+        if files:
+            kept = self._rewind(start_iter, last_eval_iter) if resumed else []
+            with fileio.atomic_open(self.path, "w") as f:
+                f.writelines(kept)
+            # TensorBoard hides what the interrupted run logged from start_iter on, as the rewind does;
+            # the evaluation kept at start_iter is written again
+            self.tb = tensorboard_logger(tensorboard, out_dir, start_iter=start_iter)
+            for line in kept:
+                row = json.loads(line)
+                if row["iter"] >= start_iter:
+                    self.tb.log(row)
+        if wandb is not None:
+            import wandb as wandb_module
+            self.wandb = wandb_module
+            wandb_module.init(**wandb)
+
+    def _rewind(self, start_iter, last_eval_iter):
+        """The lines of metrics.jsonl the checkpoint accounts for: those iterations after it are about to be
+        redone. The evaluation at the resume point stays only if the checkpoint says it was done."""
+        kept = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut short by a crash
+                    if not isinstance(row, dict) or not isinstance(row.get("iter"), int):
+                        continue
+                    if row["iter"] < start_iter or ("val_loss" in row and row["iter"] == start_iter == last_eval_iter):
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        return kept
+
+    def log(self, row):
+        if self.files and self.failure is None:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                self.failure = UserError(f"could not append to {self.path} ({fileio.reason(e)}); the last checkpoint "
+                                         f"in {self.out_dir} is intact: free some disk space, then resume")
+            self.tb.log(row)
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["iter"])
+
+    def close(self):
+        self.tb.close()
+
 
 # -----------------------------------------------------------------------------
 # progress bar

@@ -1,15 +1,49 @@
 """
-One optimizer step and one evaluation, exactly as train.py runs them: bench.py times the same Step, so
-what it measures is what trains.
+One optimizer step and one evaluation, exactly as train.py runs them (bench.py times the same Step, so
+what it measures is what trains), where a run stands (Progress), and what a run will cost.
 """
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from gptkit import runtime
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint holds besides weights, optimizer and random state, so that
+    a resumed run continues exactly (and its clock too: plot.py --x=time)."""
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    tokens_seen: int = 0
+    last_eval_iter: int = -1  # the iteration of the last evaluation done (not redone on resume)
+    skipped_steps: int = 0  # non-finite steps skipped so far (max_skips counts across resumes)
+    elapsed_before: float = 0.0  # wall time of the run's earlier sessions
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt, tokens_per_iter):
+        """The counters a checkpoint holds (nanoGPT's hold only iter_num and best_val_loss)."""
+        it = int(ckpt["iter_num"])
+        return cls(iter_num=it, best_val_loss=float(ckpt["best_val_loss"]),  # nanoGPT stored a tensor
+                   tokens_seen=int(ckpt.get("tokens_seen", it * tokens_per_iter)),
+                   last_eval_iter=ckpt.get("last_eval_iter", -1), skipped_steps=int(ckpt.get("skipped_steps", 0)),
+                   elapsed_before=float(ckpt.get("elapsed_s", 0.0)))
+
+    def start_clock(self):
+        self.started = time.perf_counter()
+
+    def elapsed(self):
+        """Wall time of the run so far, resumed sessions included."""
+        return round(self.elapsed_before + time.perf_counter() - self.started, 3)
+
+    def state(self):
+        return dict(iter_num=self.iter_num, best_val_loss=self.best_val_loss, tokens_seen=self.tokens_seen,
+                    last_eval_iter=self.last_eval_iter, skipped_steps=self.skipped_steps, elapsed_s=self.elapsed())
 
 
 @dataclass
@@ -59,6 +93,7 @@ class Step:
         return [c / mean if mean > 0 else 0.0 for c in mine]
 
     def __call__(self, it, flags=()):
+        """flags: numbers every process must agree on (a stop request), or a function returning them."""
         device = self.plan.device
         loss_sum = torch.zeros((), device=device)
         weights = self._weights(it)
@@ -84,7 +119,9 @@ class Step:
         if self.plan.grad_scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
-        # the one host sync of the step
+        # the one host sync of the step; the flags are read now, so a stop requested during the step's
+        # compute stops after this step, not the next one
+        flags = flags() if callable(flags) else flags
         stats = torch.stack([loss_sum, *(torch.tensor(float(f), device=device) for f in flags)])
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -153,3 +190,38 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
     finally:
         model.train()
     return out
+
+
+def duration(seconds):
+    return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
+
+
+@torch.no_grad()
+def expectations(model, batches, plan, eval_iters, accum_local, world_size, steps, evals):
+    """What a run will cost, as lines to print before its first evaluation (which on a GPU-sized config
+    and a CPU alone can take half an hour): one forward pass of an evaluation batch, timed, scaled up.
+    None when the run is short enough to need no warning."""
+    X, Y = batches.eval_batch("val", 0)
+    model.eval()
+    times = []
+    with plan.autocast_context():
+        for _ in range(4):  # the first pays for allocation (and compilation); the fastest of the rest
+            runtime.synchronize(plan.device)
+            t0 = time.perf_counter()
+            model(X, Y)
+            runtime.synchronize(plan.device)
+            times.append(time.perf_counter() - t0)
+    model.train()
+    forward = min(times[1:])  # a busy machine slows some passes down: the fastest is the machine's pace
+    first_eval = 2 * eval_iters * forward / world_size
+    step_time = 3 * forward * accum_local  # a backward costs about two forwards
+    total = steps * step_time + evals * first_eval
+    lines = []
+    if first_eval > 10 or total > 600:
+        lines.append(f"expect (from one forward pass of {forward * 1000:.0f} ms): each evaluation "
+                     f"~{duration(first_eval)}, each step ~{duration(step_time)}, the whole run ~{duration(total)}")
+    if plan.device_type == "cpu" and total > 900:
+        lines.append("note: this config is sized for a GPU; on a CPU, config/train_shakespeare_char_cpu.py trains a "
+                     "character model in about a minute (or lower eval_iters, batch_size and the model's size)")
+    return lines

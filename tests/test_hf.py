@@ -140,7 +140,7 @@ def bpe_export(tmp_path_factory, bpe_run):
 
 
 def run_printed_line(stdout, tmp_path):
-    """Run the `try: python -c "..."` line export.py printed, as a user pasting it would (issue 13, item 4)."""
+    """Run the `try: python -c "..."` line export.py printed, as a user pasting it would."""
     line = next(x for x in stdout.splitlines() if x.startswith("try: python -c "))
     code = line[len('try: python -c "'):-1]
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -184,8 +184,8 @@ def test_exported_model_runs_in_a_pipeline(bpe_run, bpe_export, gpt2_encoding, m
     if 50256 in new:
         new = new[:new.index(50256)]
     assert text == "ROMEO:" + enc.decode(new)
-    # without a length the pipeline stays inside the 32-token context, where it used to run past it and
-    # crash (issue 13, item 4); and the line export.py printed runs as it is
+    # without a length the pipeline stays inside the 32-token context (past it GPT-2's position table has
+    # no row); and the line export.py printed runs as it is
     default = gen("ROMEO:", do_sample=False)[0]["generated_text"]
     assert len(enc.encode(default)) <= 32
     assert run_printed_line(PRINTED[bpe_export], None).startswith("Hello")
@@ -215,7 +215,7 @@ def test_export_refuses_to_clobber_and_writes_nothing_on_error(bpe_run, tmp_path
             env=offline(tmp_path))
     assert_clean_error(p, words=["--tokenizer_dir", "--skip_tokenizer"])
     assert not (tmp_path / "new").exists()
-    # --overwrite replaces an earlier export, and nothing else (issue 11, item 1)
+    # --overwrite replaces an earlier export, and nothing else
     p = export(bpe_run, dest, "--overwrite", check=False)
     assert_clean_error(p, words=["not a folder export.py wrote"])
     assert [f.name for f in dest.iterdir()] == ["keep.txt"]
@@ -258,7 +258,7 @@ def test_finetune_from_a_local_folder_then_resume(hf_dir, bpe_data, tmp_path):
     rows = read_metrics(out)
     assert [r["iter"] for r in rows if "loss" in r] == [0, 1, 2]
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    args = ckpt["model_args"]
+    args = {**ckpt["model_args"], **ckpt["model_options"]}
     assert args["bias"] is True and args["gelu_approximate"] == "tanh" and args["vocab_size"] == 50257
     assert args["block_size"] == 32 and args["dropout"] == 0.1  # cropped from 64; dropout overridden
     # the first evaluation scored the imported weights themselves: compare with transformers' loss

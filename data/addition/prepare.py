@@ -1,6 +1,6 @@
 """
 Addition (and subtraction, multiplication) problems need no preparing: train.py draws them as it trains
-(dataset=addition, see tasks.py), so there is no train.bin or val.bin to write. This script writes what
+(dataset=addition, see gptkit/arithmetic.py), so there is no train.bin or val.bin to write. This script writes what
 you may want to look at or use elsewhere, in data/addition/:
 
     python data/addition/prepare.py                       # 3 digits, answers reversed, train.py's seed
@@ -47,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+    main(sys.argv[1:])

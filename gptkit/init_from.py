@@ -1,0 +1,176 @@
+"""
+Where a training run starts from (init_from): random weights, the run in out_dir to resume, a
+checkpoint's or GPT-2's weights; the network each gives, and what each refuses.
+
+    start = init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)  # reads the checkpoint, if any
+    model, said = start.build_model(meta, data_dir)              # once the data's vocabulary is known
+    ... the optimizer ...; resume_rng, note = start.restore(optimizer, scaler, dist)
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import configurator
+from gptkit import checkpoint, keys, loading, runtime
+from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
+from gptkit.training import Progress
+from model import GPT, MODEL_ARG_KEYS
+
+
+@dataclass
+class Start:
+    kind: str  # "scratch", "resume", "checkpoint" (a ckpt.pt or run folder) or "pretrained" (GPT-2 weights)
+    cfg: configurator.Config  # the run's settings: for resume the saved ones, with what was given now on top
+    changed: dict = field(default_factory=dict)  # resume: {key: (saved, now)} of what was given now and differs
+    ckpt: dict = None  # the checkpoint resumed or started from
+    source: str = ""  # where the weights come from: a checkpoint path, a GPT-2 name or folder
+
+    @property
+    def resuming(self):
+        return self.kind == "resume"
+
+    def progress(self, tokens_per_iter):
+        """Where the run stands: a resumed run's counters, or a fresh start."""
+        return Progress.of_checkpoint(self.ckpt, tokens_per_iter) if self.resuming else Progress()
+
+    def build_model(self, meta, data_dir, device="cpu"):
+        """(the GPT to train on the device's CPU side, a line saying where it came from or None). meta is
+        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it."""
+        cfg, ckpt_path = self.cfg, self.source
+        said = None
+        if self.kind == "scratch":
+            config = keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB)
+            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}")
+            model = GPT(config)
+        elif self.resuming:
+            # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now
+            args = dict(vars(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout)))
+            self._refuse_other_architecture(args)
+            problem = vocab_mismatch(args["vocab_size"], meta)
+            if problem:
+                raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the "
+                                f"dataset the run was trained on")
+            self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
+            model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout)
+            it = int(self.ckpt["iter_num"])
+            changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
+            said = (f"resuming from {ckpt_path} at iteration {it}, with the run's saved settings"
+                    + (f": changed {changed}" if changed else ""))
+            if "rng" not in self.ckpt:
+                said += ("\nnote: this checkpoint (nanoGPT layout) has no random-number or data state; dropout "
+                         "randomness starts fresh from here")
+        else:
+            if self.kind == "checkpoint":
+                self._refuse_other_architecture(checkpoint.model_args(self.ckpt))
+                source_meta, where = loading.find_meta(self.ckpt, os.path.dirname(self.source))
+                if where is not None:  # a character run's weights: its characters, not only their number
+                    self._refuse_other_vocabulary(source_meta, meta, data_dir)
+                model = loading.build_model(self.ckpt, self.source, dropout=cfg.dropout)
+                it = int(self.ckpt.get("iter_num", 0))
+                said = f"starting a new run from the weights of {self.source} (iteration {it})"
+                self.ckpt = None  # a new run: the source's optimizer, iteration and random state stay behind
+            else:
+                model = loading.load_pretrained(self.source, dropout=cfg.dropout)
+                self._refuse_other_architecture(vars(model.config))
+                said = f"starting a new run from the weights of {self.source}"
+            problem = vocab_mismatch(model.config.vocab_size, meta)
+            if problem:
+                raise UserError(f"{self.source} does not fit {data_dir}: the model has {problem}; prepare the data "
+                                f"with the model's vocabulary (GPT-2's: data/corpus/prepare.py --tokenizer=gpt2)",
+                                status=USAGE)
+            for k in MODEL_ARG_KEYS:  # the run's saved settings must describe the network it trains
+                if hasattr(cfg, k) and k != "block_size":
+                    setattr(cfg, k, getattr(model.config, k))
+        if cfg.block_size < model.config.block_size:
+            model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
+        elif cfg.block_size > model.config.block_size:
+            raise UserError(f"block_size={cfg.block_size} is longer than the model's context of "
+                            f"{model.config.block_size}; use block_size <= {model.config.block_size}", status=USAGE)
+        return model, said
+
+    def _refuse_other_vocabulary(self, weights_meta, data_meta, data_dir):
+        """The weights' token ids must mean the same text in the data: the vocabulary itself is compared,
+        not its size (a corpus prepared again can number the same count of characters otherwise)."""
+        from gptkit.dataset import same_vocabulary
+        if weights_meta is None or same_vocabulary(weights_meta, data_meta):
+            return
+        same_size = data_meta is not None and data_meta["vocab_size"] == weights_meta["vocab_size"]
+        trained = data_meta is not None and data_meta.get("tokenizer")
+        other = ("GPT-2's BPE" if data_meta is None else
+                 f"{'a trained tokenizer' if trained else 'a character vocabulary'} of {data_meta['vocab_size']}"
+                 + (f" (the same size, other {'tokens' if trained else 'characters'})" if same_size else ""))
+        fix = ("resume with the dataset the run was trained on" if self.resuming else
+               "prepare the data with the weights' vocabulary (data/corpus/prepare.py --vocab_from=THE_RUN'S_DATASET)")
+        raise UserError(f"{data_dir} has {other}, not the vocabulary {self.source} was trained with, so its token ids "
+                        f"would mean other text; {fix}", status=USAGE)
+
+    def _refuse_other_architecture(self, weights_args):
+        """The architecture is the weights'; a setting given now that contradicts it is a mistake, not a
+        request. A new run may shorten the context (block_size); a resumed one keeps it too."""
+        cfg = self.cfg
+        for k in MODEL_ARG_KEYS:
+            if k in ("dropout", "vocab_size") or (k == "block_size" and not self.resuming) or not cfg.is_set(k):
+                continue
+            if k in weights_args and getattr(cfg, k) != weights_args[k]:
+                if self.resuming:
+                    raise UserError(f"{k}={getattr(cfg, k)} contradicts the run being resumed ({k}={weights_args[k]}): "
+                                    f"a run keeps its architecture and context; drop --{k}, or start a new run from "
+                                    f"these weights with --init_from={self.source} --out_dir=NEW_FOLDER", status=USAGE)
+                raise UserError(f"{k}={getattr(cfg, k)} conflicts with {self.source}, which has {k}={weights_args[k]}; "
+                                f"drop the setting (only dropout and a shorter block_size can differ from the weights)",
+                                status=USAGE)
+
+    def restore(self, optimizer, scaler, dist):
+        """Give a resumed run back its optimizer and gradient-scaler state. Returns (this process's saved
+        random state to restore just before the first step, or None; a note to print, or None)."""
+        if not self.resuming:
+            return None, None
+        ckpt = self.ckpt
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            from gptkit.fileio import reason
+            saved = (ckpt.get("config") or {}).get("optimizer", "adamw")
+            if saved != self.cfg.optimizer:
+                raise UserError(f"{self.source} holds an optimizer state for optimizer={saved}, which does not fit "
+                                f"optimizer={self.cfg.optimizer}; resume with --optimizer={saved}") from None
+            raise UserError(f"{self.source} has an optimizer state that does not fit this model ({reason(e)[:150]}); "
+                            f"it was written by a different model or optimizer setup") from None
+        if ckpt.get("scaler") and scaler is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt.get("rng")
+        if rng is None:
+            return None, None
+        if len(rng) == dist.world_size:
+            return rng[dist.rank], None
+        return None, (f"note: the checkpoint was written by {len(rng)} processes and this run has {dist.world_size}; "
+                      f"dropout randomness starts fresh (the data order does not change)")
+
+
+def locate(cfg, keys_, machine_keys):
+    """The Start that cfg.init_from names, with its checkpoint read (a missing or unreadable one is the
+    problem to report, before anything about the data)."""
+    if cfg.init_from == "resume":
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        if not os.path.exists(path):
+            from gptkit import runs
+            if runs.checkpoints(cfg.out_dir):
+                raise UserError(f"init_from=resume needs {path}, but {runs.what_is_there(cfg.out_dir)}")
+            if os.path.exists(os.path.join(cfg.out_dir, "config.json")):
+                raise UserError(f"init_from=resume but the run in {cfg.out_dir} saved no checkpoint (it stopped before "
+                                f"its first save): start it again with the same command and init_from=scratch, which "
+                                f"replaces its remains")
+            raise UserError(f"init_from=resume but there is no checkpoint at {path}; train with init_from=scratch "
+                            f"first, or set out_dir to the run's folder")
+        ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
+        # the run's own settings are the base; what was given now applies on top of them
+        base, changed = configurator.rebase(cfg, keys_, ckpt.get("config") or {}, keep=machine_keys)
+        return Start("resume", base, changed, ckpt, path)
+    if cfg.init_from == "scratch":
+        return Start("scratch", cfg)
+    if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
+        # a checkpoint file, or a run folder: its weights and architecture start a new run
+        path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")
+        return Start("checkpoint", cfg, ckpt=checkpoint.load(path), source=path)
+    return Start("pretrained", cfg, source=cfg.init_from)

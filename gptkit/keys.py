@@ -1,0 +1,148 @@
+"""
+The keys of a training run, declared once with their checks: train.py takes them all, bench.py and
+the ablation the ones that shape a step.
+
+Defaults are nanoGPT's (GPT-2 124M on OpenWebText), so its config files mean what they meant there;
+the architecture options default to GPTConfig's, which are GPT-2's network. `python train.py --help`
+lists them all. Nothing here imports torch, so --help and a mistyped key answer at once.
+"""
+
+import dataclasses
+
+from configurator import Key
+from gptkit.errors import USAGE, UserError
+
+KEYS = [
+    # I/O
+    Key("out_dir", "out", "the run folder: ckpt.pt, best.pt, metrics.jsonl, config.json, loss.png"),
+    Key("overwrite", False, "start from scratch in an out_dir that holds a run, deleting that run (else refused)"),
+    Key("eval_interval", 2000, "evaluate train/val loss (and save) every this many iterations", min=1),
+    Key("log_interval", 1, "print and record a training line every this many iterations", min=1),
+    Key("eval_iters", 200, "batches per split in each evaluation (fixed batches, same every time)", min=1),
+    Key("eval_only", False, "evaluate once, print the losses and exit; writes nothing"),
+    Key("eval_tasks", "", "multiple-choice sets also scored at each evaluation, comma-separated: hellaswag, "
+        "FILE.jsonl (docs/evaluation.md)"),
+    Key("eval_tasks_limit", 0, "score only the first this many examples of each eval_tasks set (0: all)", min=0),
+    Key("always_save_checkpoint", True, "save ckpt.pt at every evaluation, not only when val loss improves"),
+    Key("keep_last", 0, "also keep this many numbered copies ckpt_<iter>.pt of earlier saves (0: none)", min=0),
+    Key("init_from", "scratch", "scratch; resume (continue out_dir's run, with its saved settings); a ckpt.pt "
+        "or run folder (its weights start a new run); a GPT-2 name (gpt2 ... gpt2-xl) or Hugging Face folder"),
+    # logging
+    Key("wandb_log", False, "log to Weights & Biases (imported only then; WANDB_MODE=offline works)"),
+    Key("loss_png", True, "keep out_dir/loss.png drawn (after each evaluation and at the end, off the step's path)"),
+    Key("tensorboard_log", False, "also write the metrics to out_dir/tb for TensorBoard (imported only then)"),
+    Key("wandb_project", "owt", "wandb project"),
+    Key("wandb_run_name", "gpt2", "wandb run name"),
+    # data
+    Key("dataset", "openwebtext", "folder under data/ with train.bin, val.bin (and meta.pkl), or a generated task: "
+        "addition, subtraction, multiplication"),
+    Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
+    Key("digits", 3, "generated arithmetic tasks: digits of each operand", min=1, max=9),
+    Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
+    Key("sampling", "random", "training rows: random (nanoGPT's windows at random offsets) or epoch (every row start "
+        "once per epoch, shuffled: without replacement)", choices=("random", "epoch")),
+    Key("align", "none", "where training rows start: none (any token) or doc (a document's first token, after "
+        "<|endoftext|>)", choices=("none", "doc")),
+    Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
+    Key("batch_size", 12, "sequences per micro-step per process", min=1),
+    Key("block_size", 1024, "context length in tokens", min=1),
+    Key("seed", 1337, "seed for initialisation, dropout and the batch schedule", min=0),
+    # model
+    Key("n_layer", 12, "transformer blocks", min=1),
+    Key("n_head", 12, "attention heads (must divide n_embd)", min=1),
+    Key("n_embd", 768, "embedding width", min=1),
+    Key("dropout", 0.0, "dropout probability (0 for pretraining, 0.1+ for fine-tuning)", min=0.0, below=1.0),
+    Key("bias", False, "biases in Linear and LayerNorm layers (GPT-2 had them)"),
+    # architecture options after GPT-2 (docs/architecture.md); each default is GPT-2's network
+    Key("pos_emb", "learned", "positions: learned (GPT-2's table) or rope (rotary, as in Llama)",
+        choices=("learned", "rope")),
+    Key("rope_theta", 10000.0, "RoPE's base period (Llama 2: 10000; long-context models use more)",
+        above=0.0),
+    Key("norm", "layernorm", "layernorm (GPT-2) or rmsnorm (Llama)", choices=("layernorm", "rmsnorm")),
+    Key("norm_eps", 1e-5, "epsilon of every norm", above=0.0),
+    Key("qk_norm", False, "RMS-normalise each head's queries and keys (as Qwen3)"),
+    Key("mlp", "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (Llama)", choices=("gelu", "relu2", "swiglu")),
+    Key("mlp_hidden", 0, "MLP hidden width (0: 4 * n_embd, for swiglu 8/3 * n_embd rounded up to a "
+        "multiple of 32)", min=0),
+    Key("n_kv_head", 0, "key/value heads, a divisor of n_head: grouped-query attention, a smaller "
+        "KV cache (0: n_head)", min=0),
+    Key("tie_embeddings", True, "the output head is the token embedding (False: a separate matrix)"),
+    Key("logit_softcap", 0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; "
+        "Gemma 2 used 30)", min=0.0),
+    # optimizer
+    Key("learning_rate", 6e-4, "peak learning rate", above=0.0),
+    Key("max_iters", 600000, "total optimizer steps", min=0),
+    Key("weight_decay", 1e-1, "AdamW weight decay, applied to 2-D weights only", min=0.0),
+    Key("beta1", 0.9, "AdamW beta1", min=0.0, below=1.0),
+    Key("beta2", 0.95, "AdamW beta2", min=0.0, below=1.0),
+    Key("grad_clip", 1.0, "clip the gradient norm to this (0: no clipping)", min=0.0),
+    Key("optimizer", "adamw", "adamw, or muon: Muon for the 2-D weights in the blocks, AdamW (the keys above) for "
+        "the rest", choices=("adamw", "muon")),
+    Key("muon_lr", 0.02, "Muon's peak learning rate (the schedule scales it like learning_rate)", above=0.0),
+    Key("muon_momentum", 0.95, "Muon's Nesterov momentum", min=0.0, below=1.0),
+    Key("muon_ns_steps", 5, "Newton-Schulz iterations per Muon update (4 trains as well for a fifth less work)", min=1),
+    Key("fused_adamw", None, "the fused AdamW kernel (default: on for CUDA and CPU; far faster than the per-tensor "
+        "loop on CPU)", type=bool),
+    # learning rate schedule
+    Key("decay_lr", True, "linear warmup then cosine decay; False keeps learning_rate constant"),
+    Key("warmup_iters", 2000, "warmup steps", min=0),
+    Key("lr_decay_iters", 600000, "cosine decay ends here (usually max_iters)", min=0),
+    Key("min_lr", 6e-5, "learning rate at the end of the decay (about learning_rate / 10)", min=0.0),
+    # failure handling
+    Key("on_nonfinite", "stop", "a NaN/inf loss or gradient norm: stop, or skip the step", choices=("stop", "skip")),
+    Key("max_skips", 10, "with on_nonfinite=skip, stop after this many skipped steps", min=0),
+    # system
+    Key("backend", "auto", "distributed backend: auto (nccl on cuda, gloo on cpu), nccl or gloo"),
+    Key("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"),
+    Key("dtype", "auto", "auto, float32, bfloat16 or float16 (float16 uses a gradient scaler)"),
+    Key("compile", None, "torch.compile the model (default: on for CUDA, off elsewhere)", type=bool),
+    Key("omp_passive", False, "OpenMP threads sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; "
+        "unless already set): only for a CPU shared with other busy work; 2-3x slower steps on an idle one"),
+    Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the GPU's datasheet or the CPU's vector units)",
+        min=0.0),
+]
+
+# settings of the machine rather than of the run: a resumed run takes them from today's command line
+MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
+                "omp_passive", "peak_flops", "fused_adamw")
+# the architecture options (model.GPTConfig's fields after GPT-2's own)
+ARCH_KEYS = ("pos_emb", "rope_theta", "norm", "norm_eps", "qk_norm", "mlp", "mlp_hidden", "n_kv_head", "tie_embeddings",
+             "logit_softcap")
+# the keys that shape a training step (bench.py times a step from them)
+STEP_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", *ARCH_KEYS, "dataset", "batch_size",
+             "gradient_accumulation_steps", "seed", "optimizer", "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr", "muon_momentum",
+             "muon_ns_steps", "fused_adamw", "omp_passive", "device", "dtype", "compile")
+
+
+def pick(names, defaults=None, notes=None):
+    """The keys called `names`, in that order, for another script: `defaults` replaces some defaults,
+    `notes` adds to some keys' help what they mean there."""
+    by_name = {k.name: k for k in KEYS}
+    defaults, notes = defaults or {}, notes or {}
+    return [dataclasses.replace(by_name[n], default=defaults.get(n, by_name[n].default),
+                                help=by_name[n].help + notes.get(n, "")) for n in names]
+
+
+def model_args(cfg):
+    """The network settings a config holds (the rest, such as vocab_size, come from the data or weights)."""
+    from model import MODEL_ARG_KEYS
+    return {k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}
+
+
+def model_config(cfg, **overrides):
+    """The GPTConfig of a config's model keys, or one sentence saying what makes them impossible."""
+    from model import GPTConfig
+    try:
+        return GPTConfig(**{**model_args(cfg), **overrides})
+    except ValueError as e:
+        raise UserError(f"{e}", status=USAGE) from None
+
+
+def check(cfg, world_size=1):
+    """The checks that involve several keys (each key's own range is checked as it is parsed)."""
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_head={cfg.n_head} does not divide n_embd={cfg.n_embd}; each head takes n_embd / n_head "
+                        f"dimensions, so pick values such as n_head=6 with n_embd=384", status=USAGE)
+    if cfg.gradient_accumulation_steps % world_size != 0:
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
+                        f"{world_size} processes; make it a multiple of {world_size}", status=USAGE)
