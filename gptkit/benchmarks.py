@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptkit import fileio
-from gptkit.dataset import check_folder, data_root, mask_file
+from gptkit.dataset import Tokens, check_folder, data_root, mask_file
 from gptkit.errors import USAGE, UserError
 
 # -----------------------------------------------------------------------------
@@ -256,11 +256,11 @@ MAX_SPLIT_TOKENS = 200_000_000  # 1.6 GB of int64 ids in memory; OpenWebText's v
 def load_split(folder, split, tok, name, max_tokens=0):
     """A prepared dataset's split as one stream (its first max_tokens, 0: all), its loss mask respected,
     after checking that its vocabulary is the model's."""
-    meta, dtype, manifest = check_folder(folder, os.path.basename(folder))
+    meta, dtype, manifest, parts = check_folder(folder, os.path.basename(folder))
     if (meta or {}).get("stoi") != getattr(tok, "stoi", None):
         raise UserError(f"{folder} is in another vocabulary than the model's, so its token ids would mean other "
                         f"text; give --dataset=NAME of a dataset prepared in the model's vocabulary", status=USAGE)
-    ids = np.memmap(os.path.join(folder, f"{split}.bin"), dtype=dtype, mode="r")
+    ids = Tokens(parts[split], dtype)  # one file, or shards
     if not max_tokens and len(ids) > MAX_SPLIT_TOKENS:
         raise UserError(f"the {split} split of {folder} holds {len(ids):,} tokens, more than this scores at once; "
                         f"score its start with --limit=N (windows of block_size tokens)", status=USAGE)
