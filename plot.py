@@ -4,6 +4,7 @@ Draw training runs on shared axes and print a table of each run's figures.
     python plot.py out-shakespeare-char-cpu                       # val loss against iteration
     python plot.py out-a out-b --x=tokens --y=loss --logy          # per-step train loss (smoothed past 50 rows)
     python plot.py out-a out-b --x=time --y=tok_s --out=speed.png
+    python plot.py out-gpt2 --y=hellaswag_acc_norm                 # beside GPT-2's and GPT-3's levels
 
 Each RUN is a run folder (or its metrics.jsonl); the legend names the runs as given. The picture goes
 to --out, by default a name of its own for each picture the options draw (plot-val_loss.png,
@@ -25,8 +26,8 @@ errors.install()
 KEYS = [
     Key("x", "iter", "x axis: iter, tokens (seen so far), or time (wall time since the run started)",
         choices=("iter", "tokens", "time")),
-    Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, train_loss, loss, lr, grad_norm, ms, tok_s, mfu, "
-        "val_accuracy (generated tasks), ..."),
+    Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, val_bpb, train_loss, loss, lr, grad_norm, ms, tok_s, "
+        "mfu, val_accuracy (generated tasks), hellaswag_acc_norm (with GPT-2's and GPT-3's levels), ..."),
     Key("logx", False, "logarithmic x axis"),
     Key("logy", False, "logarithmic y axis"),
     Key("smooth", None, "EMA weight for per-step metrics, 0 (raw) to 0.999 (default: an average over ~2% of "

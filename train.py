@@ -32,7 +32,7 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 
 import torch  # noqa: E402
 
-from gptkit import checkpoint, curves, dataset, fileio, init_from, loggers, optim, runtime  # noqa: E402
+from gptkit import checkpoint, curves, dataset, evaluation, fileio, init_from, loggers, optim, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.training import Step, evaluate, expectations  # noqa: E402
@@ -107,6 +107,10 @@ if dist.enabled:
     from torch.nn.parallel import DistributedDataParallel as DDP
     train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
 step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip)
+# bits per byte and the eval_tasks sets, scored at each evaluation beside the loss (every set read and checked now)
+scoring = everywhere(lambda: evaluation.DuringTraining(meta, cfg.eval_tasks, cfg.eval_tasks_limit,
+                                                       model.config.block_size, model.config.vocab_size, device,
+                                                       warn=print if master else None))
 scaler = step.scaler if plan.grad_scaler else None
 # a resumed run's random state is restored just before the loop: setup below (the timing probe) draws some
 resume_rng, note = start.restore(optimizer, scaler, dist)
@@ -167,7 +171,11 @@ while True:
     if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters)
                          and iter_num != progress.last_eval_iter):
         t_eval = time.perf_counter()
-        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: bool(stop))
+        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: bool(stop),
+                          token_bytes=scoring.token_bytes)
+        if losses is not None and scoring.sets:  # the uncompiled model: every batch of choices has its own shape
+            scores = scoring.score(raw_model, plan, dist, cfg.batch_size * cfg.block_size, lambda: bool(stop))
+            losses = None if scores is None else {**losses, **scores}
         if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
             if iter_num > start_iter and not cfg.eval_only:
                 saver.save("ckpt.pt", progress)
@@ -185,9 +193,12 @@ while True:
             accuracy = {k: v for k, v in losses.items() if k.endswith("_accuracy")}  # generated problems
             print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
                   + (" (best)" if improved else "")
+                  + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
                   + (f"; exact match (greedy): train {accuracy['train_accuracy']:.2%}, held-out "
-                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else ""))
-            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **accuracy, lr=lr,
+                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else "")
+                  + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
+            figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
+            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures, lr=lr,
                              elapsed_s=progress.elapsed()))
             if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
                 picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)

@@ -8,8 +8,10 @@ Loss curves of training runs: metrics.jsonl read into arrays, and drawn to PNG f
     picture.refresh(); ...; picture.close()                     # in a background thread
 
 metrics.jsonl holds one JSON object per line: step rows (iter, loss, lr, grad_norm, ms, tok_s, mfu,
-tokens) and evaluation rows (iter, train_loss, val_loss, lr, elapsed_s). A file may be read while
-train.py appends to it, after a crash, or after a resume; whatever cannot be read is skipped.
+tokens) and evaluation rows (iter, train_loss, val_loss, train_bpb, val_bpb, lr, elapsed_s, and the
+figures of multiple-choice sets such as hellaswag_acc_norm). A file may be read while train.py appends
+to it, after a crash, or after a resume; whatever cannot be read is skipped. HellaSwag's figures are
+drawn beside the published GPT-2 and GPT-3 levels.
 
 matplotlib is imported inside the drawing functions, never at import time: train.py pays for it only
 in the drawing thread, and plot.py only after its arguments are checked. Figures are built with the
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptkit import fileio
+from gptkit.benchmarks import REFERENCE_LEVELS
 from gptkit.errors import USAGE, UserError
 
 STEP, EVAL = "step", "eval"
@@ -284,11 +287,41 @@ def _figure(figsize):
     return fig
 
 
+def draw_levels(ax, metric, values):
+    """The published levels of `metric` (benchmarks.REFERENCE_LEVELS) as labelled dashed lines: those
+    the values reach and the next one above, so the picture shows what was passed and what is next."""
+    levels = sorted(REFERENCE_LEVELS.get(metric, []), key=lambda level: level[1])
+    values = np.asarray(values, dtype=np.float64)
+    best = np.nanmax(values) if np.isfinite(values).any() else -math.inf
+    above = [i for i, (_, v) in enumerate(levels) if v > best]
+    for label, value in levels[:above[0] + 1 if above else len(levels)]:
+        ax.axhline(value, color="gray", ls="--", lw=0.8)
+        ax.text(0.99, value, f"{label}: {value:.3f}", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                fontsize="x-small", color="dimgray")
+
+
+def task_metrics(evals):
+    """The evaluation columns holding a multiple-choice set's headline figure, <set>_acc_norm."""
+    return [k for k in evals if k.endswith("_acc_norm") and np.isfinite(evals[k]).any()]
+
+
 def draw_run(run, smooth=None):
     """The standard picture of one run against iteration: train loss per step (raw and smoothed)
-    with the evaluations' train and val loss above, the learning rate below."""
+    with the evaluations' train and val loss above, the learning rate below, and between them the
+    acc_norm of the multiple-choice sets scored during training (eval_tasks), if any, beside the
+    published levels."""
     fig = _figure(FIGSIZE)
-    ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    tasks = task_metrics(run.evals)
+    if tasks:
+        ax, ax_task, ax_lr = fig.subplots(3, 1, sharex=True, height_ratios=(3, 2, 1))
+        for i, name in enumerate(tasks):
+            ax_task.plot(run.evals["iter"], run.evals[name], "o-", color=f"C{4 + i}", ms=3.5, lw=1.2, label=name)
+            draw_levels(ax_task, name, run.evals[name])
+        ax_task.set_ylabel("accuracy")
+        ax_task.grid(alpha=0.3)
+        ax_task.legend(loc="upper left", fontsize="small")
+    else:
+        ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     steps, evals = run.steps, run.evals
     if "loss" in steps:
         its, loss = steps["iter"], steps["loss"]
@@ -363,6 +396,8 @@ def draw_runs(runs, x="iter", y="val_loss", logx=False, logy=False, smooth=None)
             ax.plot(xs, ys, eval_style(len(xs)), color=color, ms=4.5, lw=1.2, label=run.name)
         else:  # this run lacks the metric: keep it in the legend, marked
             ax.plot([], [], color=color, label=f"{run.name} (no {y})")
+    if y in REFERENCE_LEVELS:
+        draw_levels(ax, y, np.concatenate([ys for _, _, ys, _ in series]))
     x_text = None
     if x == "tokens":
         from matplotlib.ticker import EngFormatter

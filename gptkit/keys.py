@@ -20,6 +20,9 @@ KEYS = [
     Key("log_interval", 1, "print and record a training line every this many iterations", min=1),
     Key("eval_iters", 200, "batches per split in each evaluation (fixed batches, same every time)", min=1),
     Key("eval_only", False, "evaluate once, print the losses and exit; writes nothing"),
+    Key("eval_tasks", "", "multiple-choice sets also scored at each evaluation, comma-separated: hellaswag, "
+        "FILE.jsonl (docs/evaluation.md)"),
+    Key("eval_tasks_limit", 0, "score only the first this many examples of each eval_tasks set (0: all)", min=0),
     Key("always_save_checkpoint", True, "save ckpt.pt at every evaluation, not only when val loss improves"),
     Key("keep_last", 0, "also keep this many numbered copies ckpt_<iter>.pt of earlier saves (0: none)", min=0),
     Key("init_from", "scratch", "scratch; resume (continue out_dir's run, with its saved settings); a ckpt.pt "

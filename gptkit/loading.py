@@ -61,6 +61,23 @@ def find_meta(ckpt, out_dir):
     return None, None
 
 
+def run_dataset(out_dir, ckpt_name="ckpt.pt"):
+    """The prepared dataset folder a run trained on (its data_dir, else data/<dataset>): from the run's
+    config.json, else from its checkpoint's config (nanoGPT's runs have no config.json); None if neither
+    names one."""
+    import json
+
+    from gptkit.dataset import data_root
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = checkpoint.load(os.path.join(out_dir, ckpt_name)).get("config") or {}
+    if config.get("data_dir"):
+        return config["data_dir"]
+    return os.path.join(data_root(), config["dataset"]) if config.get("dataset") else None
+
+
 def check_vocab(model, meta, path, folder_hint):
     """Refuse a model whose vocabulary does not fit the meta.pkl found for it."""
     vocab_size = model.config.vocab_size

@@ -52,6 +52,10 @@ class CharTokenizer:
     def decode(self, ids):
         return "".join(self.itos[i] for i in ids)
 
+    def token_bytes(self):
+        """Bytes of UTF-8 text each id stands for (bits per byte divides by them): 1 for ASCII, 2-4 beyond."""
+        return [len(self.itos[i].encode("utf-8")) for i in range(self.vocab_size)]
+
 
 class BPETokenizer:
     """GPT-2's byte-pair encoding through tiktoken."""
@@ -90,6 +94,11 @@ class BPETokenizer:
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+    def token_bytes(self):
+        """Bytes of text each id stands for (bits per byte divides by them); 0 for <|endoftext|>, which
+        stands for none."""
+        return [0 if i == self.eot else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
 
 
 # -----------------------------------------------------------------------------

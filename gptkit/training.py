@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from gptkit import runtime
 
@@ -138,12 +139,15 @@ class Step:
 
 
 @torch.no_grad()
-def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
+def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_bytes=None):
     """Mean loss on the fixed evaluation batches of each split, shared out over all processes: the
     mean over every counted target (of all batches) where the data masks targets. Where each row is
     one problem (batches.exact_match), also the share of rows whose every counted target is the
-    model's most likely token, as '<split>_accuracy'. Returns None, on every process alike, as soon
-    as stop() is true on any of them: a stop request need not wait for a long evaluation."""
+    model's most likely token, as '<split>_accuracy'. With token_bytes (the bytes of text each token
+    id stands for, a tensor on the device), also bits per byte as '<split>_bpb': the counted targets'
+    summed loss in bits over the bytes they stand for, comparable across tokenizers (a target that
+    stands for no text, <|endoftext|>, counts in neither). Returns None, on every process alike, as
+    soon as stop() is true on any of them: a stop request need not wait for a long evaluation."""
     model.eval()
     out = {}
     try:
@@ -151,7 +155,7 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
             # weighted loss sum, weight sum, rows exactly right, rows. A batch's weight is the share of
             # its targets that count: exactly 1.0 for data that masks nothing, so its mean is the plain
             # mean of the batches' means; the weights' common denominator cancels.
-            total = torch.zeros(4, device=plan.device)
+            total = torch.zeros(6, device=plan.device)  # and for bits per byte: nats, bytes
             for k in range(dist.rank, eval_iters + (-eval_iters) % dist.world_size, dist.world_size):
                 if runtime.any_process(stop(), dist, plan.device):
                     return None
@@ -164,6 +168,11 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
                 weight = counted.sum() / Y.numel()
                 total[0] += torch.where(weight > 0, loss.float() * weight, 0.0)  # no target: mean 0/0
                 total[1] += weight
+                if token_bytes is not None:
+                    nbytes = torch.where(counted, token_bytes[Y.clamp(min=0)], 0)  # (B, T)
+                    total[4] += F.cross_entropy(logits.flatten(0, 1).float(), Y.masked_fill(nbytes == 0, -1).flatten(),
+                                                ignore_index=-1, reduction="sum")
+                    total[5] += nbytes.sum()
                 if batches.exact_match:
                     # Greedy decoding gets a row's whole answer right exactly when, given the right
                     # answer so far, the most likely next token is the right one at every counted
@@ -176,6 +185,8 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
             out[split] = (total[0] / total[1]).item()
             if batches.exact_match:
                 out[f"{split}_accuracy"] = (total[2] / total[3]).item()
+            if token_bytes is not None:
+                out[f"{split}_bpb"] = (total[4] / total[5]).item() / math.log(2)
     finally:
         model.train()
     return out
