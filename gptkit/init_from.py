@@ -187,9 +187,10 @@ def locate(cfg, keys_, machine_keys):
         return Start("resume", base, changed, ckpt, path, sharded=bool(sharded))
     if cfg.init_from == "scratch":
         return Start("scratch", cfg)
-    if os.path.isdir(os.path.join(cfg.init_from, "ckpt.dcp")) and not os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
-        raise UserError(f"{cfg.init_from} holds a parallel=fsdp run's sharded checkpoint but not its one-file ckpt.pt, "
-                        f"which a new run starts from; write it with: python -m gptkit.sharding --out_dir={cfg.init_from}")
+    if os.path.isdir(os.path.join(cfg.init_from, "ckpt.dcp")) and not os.path.exists(os.path.join(cfg.init_from, "ckpt.pt")):
+        raise UserError(f"{cfg.init_from} holds a parallel=fsdp run's sharded checkpoint but not its one-file "
+                        f"ckpt.pt, which a new run starts from; write it with: python -m gptkit.sharding "
+                        f"--out_dir={cfg.init_from}")
     if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
         # a checkpoint file, or a run folder: its weights and architecture start a new run
         path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")

@@ -86,7 +86,8 @@ def place(model, parallel, shard_size, activation_checkpointing, dist, plan):
     # reduced in float32, while the shards (master weights) and the optimizer state stay float32. On CPU,
     # where autocast is slower than fp32 (runtime.pick_dtype), the weights stay as they are.
     mixed = plan.device_type == "cuda" and plan.dtype != "float32"
-    policy = MixedPrecisionPolicy(param_dtype=plan.ptdtype, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    policy = (MixedPrecisionPolicy(param_dtype=plan.ptdtype, reduce_dtype=torch.float32) if mixed
+              else MixedPrecisionPolicy())
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)  # moves the shards to the mesh's device
@@ -183,7 +184,8 @@ def replace(tmp, folder):
         os.rename(tmp, folder)
         fileio.fsync_folder(os.path.dirname(os.path.abspath(folder)))
     except OSError as e:
-        raise UserError(f"could not move {tmp} to {folder} ({fileio.reason(e)}); the previous checkpoint is intact") from None
+        raise UserError(f"could not move {tmp} to {folder} ({fileio.reason(e)}); the previous checkpoint is "
+                        f"intact") from None
     shutil.rmtree(previous, ignore_errors=True)
 
 

@@ -80,7 +80,8 @@ def resharded(run_dir, plan, dist):
     weights = max((p.full_tensor() - whole["model"][name]).abs().max().item() for name, p in model.named_parameters())
     # the one-file layout numbers the parameters in the order of the optimizer's groups
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    states = max((v.full_tensor() if hasattr(v, "full_tensor") else v).sub(whole["optimizer"]["state"][i][k]).abs().max().item()
+    saved = whole["optimizer"]["state"]
+    states = max((v.full_tensor() if hasattr(v, "full_tensor") else v).sub(saved[i][k]).abs().max().item()
                  for i, p in enumerate(params) for k, v in optimizer.state[p].items())
     return dict(weights=weights, optimizer_state=states, written_by=len(state["rng"]))
 

@@ -49,7 +49,8 @@ def assert_same_checkpoint_file(a, b, tol=TOL):
     assert x["optimizer"].keys() == y["optimizer"].keys()
     # AdamW's state dict, or Muon's and AdamW's side by side
     for part in ("muon", "adamw") if "muon" in x["optimizer"] else (None,):
-        opt_x, opt_y = (x["optimizer"], y["optimizer"]) if part is None else (x["optimizer"][part], y["optimizer"][part])
+        opt_x, opt_y = (x["optimizer"], y["optimizer"]) if part is None else (x["optimizer"][part],
+                                                                               y["optimizer"][part])
         assert opt_x["param_groups"] == opt_y["param_groups"] and opt_x["state"].keys() == opt_y["state"].keys()
         for i, state in opt_x["state"].items():
             for k, v in state.items():
@@ -137,7 +138,7 @@ def test_a_sharded_muon_run_stopped_by_sigterm_resumes_on_two_processes_and_on_o
         resumed = steps(read_metrics(out))
         assert sorted(resumed) == list(range(ITERS))
         for i in range(ITERS):
-            assert_close(resumed[i]["loss"], reference[i]["loss"], f"{out.name}: loss at iteration {i} (stopped at {k})")
+            assert_close(resumed[i]["loss"], reference[i]["loss"], f"{out.name}: iteration {i} (stopped at {k})")
         assert_same_checkpoint_file(ref / "ckpt.pt", out / "ckpt.pt")
 
 
@@ -176,6 +177,9 @@ def test_a_run_resumes_only_with_the_engine_it_was_saved_by(adamw_runs):
     assert "holds a sharded run (parallel=fsdp" in str(e) and "resume it with --parallel=fsdp" in str(e)
     e = script("train.py", "--init_from=resume", f"--out_dir={one}", "--parallel=fsdp")
     assert "a parallel=ddp run's checkpoint" in str(e) and "resume it with --parallel=ddp" in str(e)
+    # and with its optimizer: the shards of AdamW's state are no Muon state
+    e = script("train.py", "--init_from=resume", f"--out_dir={sharded}", "--optimizer=muon", f"--max_iters={ITERS + 1}")
+    assert "holds an optimizer state for optimizer=adamw" in str(e) and "--optimizer=adamw" in str(e)
 
 
 @pytest.mark.slow
@@ -186,11 +190,14 @@ def test_a_run_with_only_sharded_checkpoints_says_how_to_consolidate_them_and_th
     shutil.copytree(sharded, bare)
     for name in ("ckpt.pt", "best.pt"):
         (bare / name).unlink()
-    for command in (["sample.py", f"--out_dir={bare}"], ["train.py", f"--init_from={bare}", f"--out_dir={tmp_path}/new"]):
+    for command in (["sample.py", f"--out_dir={bare}"], ["train.py", f"--init_from={bare}", f"--out_dir={tmp_path}"]):
         e = script(*command)
         assert f"python -m gptkit.sharding --out_dir={bare}" in str(e), str(e)
     monkeypatch.setattr(sys, "argv", ["sharding.py", f"--out_dir={bare}"])
     sharding.main()
+    monkeypatch.setattr(sys, "argv", ["sharding.py", f"--out_dir={tmp_path}"])
+    with pytest.raises(UserError, match="holds no sharded checkpoint"):
+        sharding.main()
     assert_same_checkpoint_file(sharded / "ckpt.pt", bare / "ckpt.pt", tol=0.0)
     assert_same_checkpoint_file(sharded / "best.pt", bare / "best.pt", tol=0.0)
 
