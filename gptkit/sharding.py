@@ -302,7 +302,7 @@ def main():
     from configurator import Key
     from gptkit import runs
     cfg = configurator.configure([Key("out_dir", "out", "the run folder of a parallel=fsdp run (holding ckpt.dcp)")],
-                                 script="python -m gptkit.sharding")
+                                 script="-m gptkit.sharding")
     found = [(name, latest(os.path.join(cfg.out_dir, folder_of(name)))) for name in ("ckpt.pt", "best.pt")]
     if not any(folder for _, folder in found):
         raise UserError(f"{cfg.out_dir} holds no sharded checkpoint (ckpt.dcp), so there is nothing to consolidate; "

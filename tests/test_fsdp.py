@@ -126,7 +126,8 @@ def test_a_sharded_muon_run_stopped_by_sigterm_resumes_on_two_processes_and_on_o
     assert torch.load(two / "ckpt.pt", weights_only=True)["iter_num"] == k  # consolidated as the run stopped
     shutil.copytree(two, one)
 
-    p = torchrun(*COMMON, *FSDP, *muon, f"--out_dir={two}", "--init_from=resume")
+    # with activation checkpointing, which recomputes each block in the backward pass (a machine setting)
+    p = torchrun(*COMMON, *FSDP, *muon, f"--out_dir={two}", "--init_from=resume", "--activation_checkpointing=True")
     assert f"resuming from {two / 'ckpt.dcp'} at iteration {k}" in p.stdout
     # the run's saved settings (parallel=fsdp, muon) come back; one process does not shard
     p = run("train.py", "--init_from=resume", f"--out_dir={one}", env=ONE_THREAD)
