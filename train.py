@@ -85,7 +85,8 @@ if master:
 
 # -----------------------------------------------------------------------------
 # model, optimizer
-model, said = start.build_model(meta, data_dir, device)
+model, said = start.build_model(meta, data_dir, device, sharding.shards(cfg.parallel, cfg.fsdp_shard_size,
+                                                                        dist.world_size))
 if master and said:
     print(said)
 # on the device whole, or sharded over the processes (parallel=fsdp)

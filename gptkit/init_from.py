@@ -35,14 +35,16 @@ class Start:
         """Where the run stands: a resumed run's counters, or a fresh start."""
         return Progress.of_checkpoint(self.ckpt, tokens_per_iter) if self.resuming else Progress()
 
-    def build_model(self, meta, data_dir, device="cpu"):
+    def build_model(self, meta, data_dir, device="cpu", shards=1):
         """(the GPT to train on the device's CPU side, a line saying where it came from or None). meta is
-        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it."""
+        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it. shards:
+        the processes the model will be sharded over (parallel=fsdp), for what must fit on the device."""
         cfg, ckpt_path = self.cfg, self.source
         said = None
         if self.kind == "scratch":
             config = keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB)
-            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}")
+            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}",
+                               shards)
             model = GPT(config)
         elif self.resuming:
             # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now

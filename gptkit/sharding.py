@@ -52,6 +52,11 @@ def single_process_quietly():
 # -----------------------------------------------------------------------------
 # the model on the processes
 
+def shards(parallel, shard_size, world_size):
+    """How many processes share each weight: each holds 1/shards of the model (1 without sharding)."""
+    return (shard_size or world_size) if parallel == "fsdp" else 1
+
+
 def place(model, parallel, shard_size, activation_checkpointing, dist, plan):
     """Put the model where it trains: whole on the device (parallel=ddp, and fsdp on one process), or
     sharded over the processes (fsdp): each block, then the rest (embeddings and the tied head, the

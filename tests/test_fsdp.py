@@ -28,6 +28,7 @@ FSDP = ["--parallel=fsdp"]
 # saves at iterations 15, 30 and 40, of which keep_last keeps the last two as numbered copies
 SAVES = ["--eval_interval=15", "--keep_last=2"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+SERIAL = pytest.mark.serial  # torchrun, or the torchrun run of the module's fixture: one after another
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def assert_same_checkpoint_file(a, b, tol=TOL):
                 assert (v - opt_y["state"][i][k]).abs().max().item() <= tol, (part, i, k)
 
 
+@SERIAL
 @pytest.mark.slow
 def test_two_sharded_processes_train_like_one_process_and_write_its_checkpoint_file(adamw_runs):
     sharded, one, stdout = adamw_runs
@@ -85,6 +87,7 @@ def test_two_sharded_processes_train_like_one_process_and_write_its_checkpoint_f
     assert sorted(f.name for f in sharded.iterdir() if ".tmp" in f.name or ".previous" in f.name) == []
 
 
+@SERIAL
 @pytest.mark.slow
 def test_the_consolidated_checkpoint_samples_what_the_one_process_run_samples(adamw_runs, capsys, monkeypatch):
     sharded, one, _ = adamw_runs
@@ -107,6 +110,7 @@ def signal_rank_1(launcher):
     os.kill(pids[1], signal.SIGTERM)  # rank 0 and the launcher are never told
 
 
+@SERIAL
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through Linux /proc")
 def test_a_sharded_muon_run_stopped_by_sigterm_resumes_on_two_processes_and_on_one_like_an_uninterrupted_run(
@@ -146,6 +150,7 @@ def test_a_sharded_muon_run_stopped_by_sigterm_resumes_on_two_processes_and_on_o
 # -----------------------------------------------------------------------------
 # memory, hybrid sharding and resharding, measured inside four processes
 
+@SERIAL
 @pytest.mark.slow
 def test_each_of_n_processes_holds_a_nth_of_the_weights_gradients_and_optimizer_state(adamw_runs, tmp_path):
     """tests/sharded_worker.py: sharded over 4, and over 2 replicated twice, against one process; the
@@ -171,6 +176,7 @@ def test_each_of_n_processes_holds_a_nth_of_the_weights_gradients_and_optimizer_
 # -----------------------------------------------------------------------------
 # what cannot work, and the sharded checkpoint's files
 
+@SERIAL
 @pytest.mark.slow
 def test_a_run_resumes_only_with_the_engine_it_was_saved_by(adamw_runs):
     sharded, one, _ = adamw_runs
@@ -183,6 +189,7 @@ def test_a_run_resumes_only_with_the_engine_it_was_saved_by(adamw_runs):
     assert "holds an optimizer state for optimizer=adamw" in str(e) and "--optimizer=adamw" in str(e)
 
 
+@SERIAL
 @pytest.mark.slow
 def test_a_run_with_only_sharded_checkpoints_says_how_to_consolidate_them_and_that_writes_the_same_file(
         adamw_runs, tmp_path, monkeypatch):
@@ -254,3 +261,12 @@ def test_activation_checkpointing_gives_the_same_losses_gradients_and_dropout():
     (a, ga, ra), (b, gb, rb) = loss_and_grads(False), loss_and_grads(True)
     assert torch.equal(a, b) and torch.equal(ra, rb) and ga.keys() == gb.keys()
     assert all(torch.equal(ga[n], gb[n]) for n in ga)
+
+
+def test_a_model_that_fits_only_when_sharded_is_refused_only_without_sharding(monkeypatch):
+    from model import GPTConfig
+    config = GPTConfig(n_layer=4, n_head=4, n_embd=256, vocab_size=1024)  # 3.7M parameters: 59 MB to train
+    monkeypatch.setattr(runtime, "available_memory", lambda device: (40e6, "free"))
+    with pytest.raises(UserError, match="would fit at this width"):
+        runtime.check_fits(config, "cuda", "this model")
+    runtime.check_fits(config, "cuda", "this model", shards=2)
