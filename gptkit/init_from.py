@@ -4,14 +4,14 @@ checkpoint's or GPT-2's weights; the network each gives, and what each refuses.
 
     start = init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)  # reads the checkpoint, if any
     model, said = start.build_model(meta, data_dir)              # once the data's vocabulary is known
-    ... the optimizer ...; resume_rng, note = start.restore(optimizer, scaler, dist)
+    ... the optimizer ...; resume_rng, note = start.restore(optimizer, scaler, dist, model)
 """
 
 import os
 from dataclasses import dataclass, field
 
 import configurator
-from gptkit import checkpoint, keys, loading, runtime
+from gptkit import checkpoint, keys, loading, runtime, sharding
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -23,9 +23,10 @@ class Start:
     kind: str  # "scratch", "resume", "checkpoint" (a ckpt.pt or run folder) or "pretrained" (GPT-2 weights)
     cfg: configurator.Config  # the run's settings: for resume the saved ones, with what was given now on top
     changed: dict = field(default_factory=dict)  # resume: {key: (saved, now)} of what was given now and differs
-    ckpt: dict = None  # the checkpoint resumed or started from
+    ckpt: dict = None  # the checkpoint resumed or started from (of a sharded one, its run.pt)
     source: str = ""  # where the weights come from: a checkpoint path, a GPT-2 name or folder
     notes: list = field(default_factory=list)  # resume: what was adjusted to what was given now, and why
+    sharded: bool = False  # resuming a parallel=fsdp run: source is its sharded checkpoint (a folder)
 
     @property
     def resuming(self):
@@ -35,14 +36,16 @@ class Start:
         """Where the run stands: a resumed run's counters, or a fresh start."""
         return Progress.of_checkpoint(self.ckpt, tokens_per_iter) if self.resuming else Progress()
 
-    def build_model(self, meta, data_dir, device="cpu"):
+    def build_model(self, meta, data_dir, device="cpu", shards=1):
         """(the GPT to train on the device's CPU side, a line saying where it came from or None). meta is
-        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it."""
+        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it. shards:
+        the processes the model will be sharded over (parallel=fsdp), for what must fit on the device."""
         cfg, ckpt_path = self.cfg, self.source
         said = None
         if self.kind == "scratch":
             config = keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB)
-            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}")
+            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}",
+                               shards)
             model = GPT(config)
         elif self.resuming:
             # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now
@@ -53,7 +56,10 @@ class Start:
                 raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the "
                                 f"dataset the run was trained on")
             self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
-            model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout)
+            if self.sharded:  # its weights come with the optimizer state in restore(), once the model is sharded
+                model = GPT(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout))
+            else:
+                model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout)
             it = int(self.ckpt["iter_num"])
             changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
             said = (f"resuming from {ckpt_path} at iteration {it}, with the run's saved settings"
@@ -123,14 +129,18 @@ class Start:
                                 f"drop the setting (only dropout and a shorter block_size can differ from the weights)",
                                 status=USAGE)
 
-    def restore(self, optimizer, scaler, dist):
-        """Give a resumed run back its optimizer and gradient-scaler state. Returns (this process's saved
-        random state to restore just before the first step, or None; a note to print, or None)."""
+    def restore(self, optimizer, scaler, dist, model=None):
+        """Give a resumed run back its optimizer and gradient-scaler state (and, from a sharded checkpoint,
+        the weights of `model`, sharded or not). Returns (this process's saved random state to restore just
+        before the first step, or None; a note to print, or None)."""
         if not self.resuming:
             return None, None
         ckpt = self.ckpt
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if self.sharded:
+                sharding.load(self.source, model, optimizer)
+            else:
+                optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             from gptkit.fileio import reason
             saved = (ckpt.get("config") or {}).get("optimizer", "adamw")
@@ -154,7 +164,8 @@ def locate(cfg, keys_, machine_keys):
     """The Start that cfg.init_from names, with its checkpoint read (a missing or unreadable one is the
     problem to report, before anything about the data)."""
     if cfg.init_from == "resume":
-        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        sharded = sharding.latest(os.path.join(cfg.out_dir, "ckpt.dcp"))  # a parallel=fsdp run's checkpoint
+        path = sharded or os.path.join(cfg.out_dir, "ckpt.pt")
         if not os.path.exists(path):
             from gptkit import runs
             if runs.checkpoints(cfg.out_dir):
@@ -165,13 +176,28 @@ def locate(cfg, keys_, machine_keys):
                                 f"replaces its remains")
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; train with init_from=scratch "
                             f"first, or set out_dir to the run's folder")
-        ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
+        if sharded:
+            ckpt = sharding.read_run_state(sharded)
+        else:
+            ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
         # the run's own settings are the base; what was given now applies on top of them
         base, changed = configurator.rebase(cfg, keys_, ckpt.get("config") or {}, keep=machine_keys)
+        if sharded and base.parallel != "fsdp":
+            raise UserError(f"{cfg.out_dir} holds a sharded run (parallel=fsdp: {sharded}), which parallel=ddp cannot "
+                            f"resume; resume it with --parallel=fsdp, on any number of processes, or start a new run "
+                            f"from its weights with --init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
+        if not sharded and base.parallel == "fsdp":
+            raise UserError(f"{path} is a parallel=ddp run's checkpoint, one file, not the shards parallel=fsdp "
+                            f"resumes from; resume it with --parallel=ddp, or start a sharded run from its weights "
+                            f"with --init_from={cfg.out_dir} --parallel=fsdp --out_dir=NEW_FOLDER", status=USAGE)
         note = extend_schedule(base, changed, int(ckpt["iter_num"]))
-        return Start("resume", base, changed, ckpt, path, notes=[note] if note else [])
+        return Start("resume", base, changed, ckpt, path, notes=[note] if note else [], sharded=bool(sharded))
     if cfg.init_from == "scratch":
         return Start("scratch", cfg)
+    if os.path.isdir(os.path.join(cfg.init_from, "ckpt.dcp")) and not os.path.exists(os.path.join(cfg.init_from, "ckpt.pt")):
+        raise UserError(f"{cfg.init_from} holds a parallel=fsdp run's sharded checkpoint but not its one-file "
+                        f"ckpt.pt, which a new run starts from; write it with: python -m gptkit.sharding "
+                        f"--out_dir={cfg.init_from}")
     if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
         # a checkpoint file, or a run folder: its weights and architecture start a new run
         path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")

@@ -54,11 +54,20 @@ class StepResult:
     finite: bool       # loss and gradient norm finite; when False the weights were not touched
 
 
+def sharded(model):
+    """Whether model (under torch.compile or not) is sharded by FSDP2 (parallel=fsdp): then each forward
+    and backward pass gathers weights from every process, so all of them must run it."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
 class Step:
-    """One optimizer step: accum_local micro-steps per process (DDP synchronises gradients only on the
-    last), each next micro-batch fetched while the device works on the current one, fp16 loss scaling
-    where the plan has it, gradient clipping, then a single host sync that carries the loss, the
-    gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
+    """One optimizer step: accum_local micro-steps per process (DDP and FSDP synchronise gradients
+    only on the last), each next micro-batch fetched while the device works on the current one, fp16
+    loss scaling where the plan has it, gradient clipping, then a single host sync that carries the
+    loss, the gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
     The update happens only when the loss and the gradient norm are finite.
 
     With masked targets (-1: a prompt, a user's turn) micro-batches count different numbers of
@@ -68,9 +77,10 @@ class Step:
     (batches are a function of seed, iteration and micro-step), so they cost no communication."""
 
     def __init__(self, model, train_model, optimizer, batches, plan, dist, accum_local, grad_clip):
-        self.train_model, self.optimizer, self.batches = train_model, optimizer, batches
+        self.model, self.train_model, self.optimizer, self.batches = model, train_model, optimizer, batches
         self.plan, self.dist, self.accum_local, self.grad_clip = plan, dist, accum_local, grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sharded = sharded(model)
         self.scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
         self._ahead = None  # ((iteration, micro), batch) fetched during the previous micro-step
 
@@ -99,11 +109,17 @@ class Step:
         weights = self._weights(it)
         for micro in range(self.accum_local):
             X, Y = self._batch(it, micro)
-            if self.dist.enabled:
-                self.train_model.require_backward_grad_sync = micro == self.accum_local - 1
+            last = micro == self.accum_local - 1
+            if self.sharded:
+                # FSDP2: the gradients are reduce-scattered, and the gathered weights freed, only after the
+                # last micro-step's backward (until then each process holds them whole: memory for traffic)
+                self.model.set_requires_gradient_sync(last)
+                self.model.set_reshard_after_backward(last)
+            elif self.dist.enabled:
+                self.train_model.require_backward_grad_sync = last
             with self.plan.autocast_context():
                 _, loss = self.train_model(X, Y)
-                # DDP averages gradients over processes, so each process divides by its own micro-step
+                # DDP and FSDP average gradients over processes, so each process divides by its own micro-step
                 # count: the result is the mean over every micro-batch of the step
                 loss = loss / self.accum_local
                 if weights is not None:
@@ -119,6 +135,8 @@ class Step:
         if self.plan.grad_scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if self.sharded:
+            grad_norm = grad_norm.full_tensor()  # the norm over every process's shards of the gradients
         # the one host sync of the step; the flags are read now, so a stop requested during the step's
         # compute stops after this step, not the next one
         flags = flags() if callable(flags) else flags
@@ -150,6 +168,7 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
     soon as stop() is true on any of them: a stop request need not wait for a long evaluation."""
     model.eval()
     out = {}
+    shards = sharded(model)
     try:
         for split in ("train", "val"):
             # weighted loss sum, weight sum, rows exactly right, rows. A batch's weight is the share of
@@ -159,8 +178,11 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
             for k in range(dist.rank, eval_iters + (-eval_iters) % dist.world_size, dist.world_size):
                 if runtime.any_process(stop(), dist, plan.device):
                     return None
-                if k >= eval_iters:
-                    continue  # this process has no batch left but still votes, so the others never wait
+                if k >= eval_iters:  # this process has no batch left but still votes, so the others never wait
+                    if shards:  # and their forward passes gather weights from this one too: it runs one, unused
+                        with plan.autocast_context():
+                            model(*batches.eval_batch(split, 0))
+                    continue
                 X, Y = batches.eval_batch(split, k)
                 with plan.autocast_context():
                     logits, loss = model(X, Y)

@@ -34,6 +34,7 @@ def pytest_configure(config):
                                        "another (on one worker), never beside each other")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("serial"):
