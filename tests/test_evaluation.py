@@ -258,7 +258,7 @@ def test_hellaswag_prepare_checks_every_line_and_says_what_to_do_offline(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def char_run(char_data, tmp_path_factory):
+def random_char_run(char_data, tmp_path_factory):
     """A nanoGPT-layout checkpoint (random weights) of the tests' character vocabulary, block_size 128."""
     folder = tmp_path_factory.mktemp("char-run")
     nanogpt_checkpoint(folder / "ckpt.pt", block_size=128)
@@ -267,38 +267,38 @@ def char_run(char_data, tmp_path_factory):
     return folder
 
 
-def test_eval_py_prints_a_table_then_the_figures_and_text_bpb_is_the_hand_computed_one(char_run, capsys):
-    script("eval.py", f"--out_dir={char_run}", f"--tasks={char_run / 'quiz.jsonl'},val,text:{char_run / 'notes.txt'}",
+def test_eval_py_prints_a_table_then_the_figures_and_text_bpb_is_the_hand_computed_one(random_char_run, capsys):
+    script("eval.py", f"--out_dir={random_char_run}", f"--tasks={random_char_run / 'quiz.jsonl'},val,text:{random_char_run / 'notes.txt'}",
            "--limit=3", "--device=cpu", "--acc_norm_chars=True")
     out = capsys.readouterr().out
     figures = last_json(out)
-    assert list(figures) == [str(char_run / "quiz.jsonl"), "val", f"text:{char_run / 'notes.txt'}"]
-    assert figures[str(char_run / "quiz.jsonl")]["n"] == 3
+    assert list(figures) == [str(random_char_run / "quiz.jsonl"), "val", f"text:{random_char_run / 'notes.txt'}"]
+    assert figures[str(random_char_run / "quiz.jsonl")]["n"] == 3
     assert figures["val"]["tokens"] == 3 * 128 and figures["val"]["bytes"] == 3 * 128
     assert "acc_norm_chars" in out.splitlines()[0] and "bits/byte" in out.splitlines()[0]
     # the text is shorter than the context: one window, every character but the first predicted
-    model, tok, _ = loading.load_for_inference("resume", str(char_run))
-    ids = torch.tensor([tok.encode((char_run / "notes.txt").read_text(encoding="utf-8"))])
+    model, tok, _ = loading.load_for_inference("resume", str(random_char_run))
+    ids = torch.tensor([tok.encode((random_char_run / "notes.txt").read_text(encoding="utf-8"))])
     with torch.no_grad():
         logits, _ = model(ids[:, :-1], all_logits=True)
     nats = F.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()
-    text = figures[f"text:{char_run / 'notes.txt'}"]
+    text = figures[f"text:{random_char_run / 'notes.txt'}"]
     assert text["tokens"] == 99 and text["bytes"] == 99  # ASCII: a byte per character
     assert text["bpb"] == pytest.approx(nats / 99 / math.log(2), rel=1e-5)
     assert text["ppl"] == pytest.approx(math.exp(nats / 99), rel=1e-5)
 
 
-def test_eval_py_refuses_bad_input_with_one_sentence(char_run, tmp_path):
+def test_eval_py_refuses_bad_input_with_one_sentence(random_char_run, tmp_path):
     with pytest.raises(UserError, match="tasks is empty"):
-        script("eval.py", f"--out_dir={char_run}", "--tasks=,")
+        script("eval.py", f"--out_dir={random_char_run}", "--tasks=,")
     (tmp_path / "bad.jsonl").write_text(GOOD + "\n" + GOOD[:-1] + "\n")
     with pytest.raises(UserError, match="bad.jsonl, line 2 is not JSON"):
-        script("eval.py", f"--out_dir={char_run}", f"--tasks={tmp_path / 'bad.jsonl'}", "--device=cpu")
+        script("eval.py", f"--out_dir={random_char_run}", f"--tasks={tmp_path / 'bad.jsonl'}", "--device=cpu")
 
 
 @pytest.mark.slow
-def test_two_processes_count_the_same_as_one(char_run):
-    args = [str(ROOT / "eval.py"), f"--out_dir={char_run}", f"--tasks={char_run / 'quiz.jsonl'},val",
+def test_two_processes_count_the_same_as_one(random_char_run):
+    args = [str(ROOT / "eval.py"), f"--out_dir={random_char_run}", f"--tasks={random_char_run / 'quiz.jsonl'},val",
             "--limit=5", "--device=cpu", "--batch_tokens=200"]
     one = last_json(run("eval.py", *args[1:]).stdout)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -307,7 +307,7 @@ def test_two_processes_count_the_same_as_one(char_run):
     assert p.returncode == 0, p.stderr[-3000:]
     two = last_json(p.stdout)
     assert sum(line.startswith("{") for line in p.stdout.splitlines()) == 1  # rank 0 alone reports
-    quiz = str(char_run / "quiz.jsonl")
+    quiz = str(random_char_run / "quiz.jsonl")
     assert two[quiz] == one[quiz] and two["val"]["tokens"] == one["val"]["tokens"]
     assert two["val"]["bpb"] == pytest.approx(one["val"]["bpb"], rel=1e-6)
 
