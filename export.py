@@ -16,6 +16,11 @@ Qwen3ForCausalLM for that with qk_norm. Other combinations are refused with the 
 
 A character-level model exports its weights and its meta.pkl (the vocabulary): transformers has no
 tokenizer for such a vocabulary, so encode and decode with meta.pkl's stoi/itos yourself.
+
+A LoRA run (docs/lora.md) exports as its base with the adapters merged in, like any run; with
+--peft=True, its adapters alone in PEFT's format, for peft.PeftModel.from_pretrained over its base:
+
+    python export.py --out_dir=out-lora --peft=True                  # writes out-lora/peft
 """
 
 import configurator
@@ -33,6 +38,8 @@ KEYS = [
     Key("overwrite", False, "replace export_dir if it exists and is not empty"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
     Key("skip_tokenizer", False, "export the weights without tokenizer files"),
+    Key("peft", False, "a LoRA run: write its adapters alone in PEFT's format (adapter_config.json, "
+        "adapter_model.safetensors; default export_dir: out_dir/peft) instead of the merged model"),
 ]
 cfg = configurator.configure(KEYS)
 
@@ -41,7 +48,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
+from gptkit import checkpoint, fileio, hf, loading, lora  # noqa: E402
 from gptkit.errors import UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
 
@@ -49,7 +56,7 @@ MARKER = "export.json"  # written into every export: what it was made from, and 
 
 # -----------------------------------------------------------------------------
 # where to write: a new folder, or with --overwrite an earlier export and nothing else
-export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "hf"))
+export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "peft" if cfg.peft else "hf"))
 run_dir = os.path.abspath(cfg.out_dir)
 
 
@@ -86,6 +93,9 @@ except ImportError:
 path = os.path.join(cfg.out_dir, cfg.ckpt_name)
 ckpt = checkpoint.load(path)
 model = loading.build_model(ckpt, path, dropout=0.0)
+if cfg.peft and not hasattr(model, "lora"):
+    raise UserError(f"--peft=True writes a LoRA run's adapters, and {path} is a model trained in full (lora_rank=0); "
+                    f"export it without --peft")
 hf.export_architecture(model.config)  # before any work: refuses, naming the option, what transformers cannot compute
 vocab_size = model.config.vocab_size
 meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
@@ -97,6 +107,11 @@ if char_level:
 else:
     vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
 
+# PEFT's adapter, over the base exported as this model is; otherwise the adapters are folded in
+base = ckpt["lora"]["base"]["source"] if cfg.peft else None
+adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) else base) if cfg.peft else None
+model = lora.merge(model)
+
 tokenizer = None
 if not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
@@ -104,10 +119,11 @@ if not char_level and not cfg.skip_tokenizer:
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-hf_model = hf.to_transformers(model, vocab_size)
+hf_model = hf.to_transformers(model, vocab_size) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
-hf_model.generation_config.max_length = model.config.block_size
+if hf_model is not None:
+    hf_model.generation_config.max_length = model.config.block_size
 
 parent = os.path.dirname(export_dir)
 try:
@@ -116,14 +132,18 @@ except OSError as e:
     raise UserError(f"could not create {parent} ({fileio.reason(e)}); choose another --export_dir") from None
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
-    hf_model.save_pretrained(tmp, safe_serialization=True)
+    if adapter is None:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        hf.save_peft(tmp, *adapter)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
     with fileio.atomic_open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(dict(exported_by="export.py", checkpoint=os.path.abspath(path),
-                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size), f, indent=1)
+                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size,
+                       **(dict(peft=True, base=base) if adapter is not None else {})), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
     old = None
     if os.path.isdir(export_dir):
@@ -141,6 +161,9 @@ except BaseException:
 
 # -----------------------------------------------------------------------------
 # say what was written and how to use it
+if adapter is not None:
+    print(hf.peft_usage(path, int(ckpt.get("iter_num", 0)), export_dir, base, adapter))
+    sys.exit(0)
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "
       f"{vocab_size}) as {type(hf_model).__name__} to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")

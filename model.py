@@ -396,11 +396,16 @@ class GPT(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls forward and backward (Kaplan et al. 2020,
         appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B; the same with fewer
-        key/value heads, which only shrink c_attn, counted in N)."""
+        key/value heads, which only shrink c_attn, counted in N). A frozen weight (LoRA) costs 4, not 6:
+        its forward and its input's gradient, but no gradient of its own."""
         cfg = self.config
         N = self.get_num_params()
+        tables = [self.transformer.wpe.weight] if "wpe" in self.transformer else []  # what N leaves out
+        if not cfg.tie_embeddings:
+            tables.append(self.transformer.wte.weight)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad and all(p is not t for t in tables))
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        return 6 * N - 2 * frozen + 12 * L * H * Q * T
 
     # -------------------------------------------------------------------------
     # nanoGPT's entry points: GPT-2's weights, and sampling by recomputing the context
