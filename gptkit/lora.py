@@ -23,6 +23,7 @@ gives the head a matrix of its own: the merged model is untied (tie_embeddings=F
 
 import hashlib
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -211,7 +212,7 @@ def fingerprint(model):
         return h.digest()
 
     h = hashlib.sha256(repr(config).encode())
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for d in pool.map(digest, tensors):
             h.update(d)
     return h.hexdigest()

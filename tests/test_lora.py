@@ -167,6 +167,14 @@ def test_muon_and_scratch_are_refused_with_lora(tmp_path):
     assert "'qv'" in check("--init_from=gpt2", "--lora_targets=qv")
 
 
+def test_the_lora_recipes_resolve_and_pass_the_checks():
+    for name, targets in (("lora_shakespeare", ("attn.c_attn",)),
+                          ("lora_sft", ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))):
+        cfg = configurator.configure(keys.KEYS, argv=[str(ROOT / "config" / f"{name}.py")], announce=False)
+        keys.check(cfg)
+        assert cfg.lora_rank == 8 and lora.kinds(cfg.lora_targets) == targets and cfg.init_from == "gpt2-medium"
+
+
 # -----------------------------------------------------------------------------
 # a LoRA run: a tiny transformers GPT-2 as its base, character data
 
