@@ -40,14 +40,20 @@ KEYS = [
     Key("recompute_max_batch", 1, "generate: time full recomputation only up to this batch size (it is slow)", min=0),
     Key("recompute_repeats", 3, "generate: timed runs of full recomputation (each takes minutes on a CPU)", min=0),
     Key("hf", True, "generate: also time transformers' generate on the same weights"),
-    Key("threads", 0, "generate: CPU threads for every method (0: torch's default); 1 takes the thread choice out",
-        min=0),
+    Key("threads", 0, "generate: CPU threads for every method (0: torch's default)", min=0),
+    Key("quantize", "none", "generate and process: also time int8 weights (sample.py's --quantize=int8; CPU only)",
+        choices=("none", "int8")),
+    Key("llama_cpp", False, "generate: also time llama.cpp (llama-cpp-python) on the same weights as GGUF Q8_0, "
+        "batch 1"),
 
     # --- process-mode keys ---
     Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
     Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
+if cfg.profile:  # the trace replaces an earlier trace, nothing else
+    from gptkit import runs
+    runs.check_output(cfg.profile, ".json", magic=b"{", what="Chrome trace")
 
 
 def model_config(**overrides):
@@ -207,10 +213,13 @@ def bench_generate():
 
     import torch
 
+    import contextlib
+    import copy
+
     from gptkit import hf as hf_io
-    from gptkit import runtime
+    from gptkit import quantize, runtime
     from gptkit.errors import UserError
-    from gptkit.generate import generate
+    from gptkit.generate import decode_layout, generate
     from gptkit.tokenizer import GPT2_VOCAB
     from model import GPT
 
@@ -234,16 +243,34 @@ def bench_generate():
         hf = hf_io.to_transformers(model, hf_vocab).to(device=device, dtype=ptdtype)
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
+    # On a CPU, the weight layouts decode_layout chooses between, each timed (a copy of the model
+    # holds the column-major one), and what its timed choice picks here; with quantize, the int8 copy.
+    variants = {"kv_cache": model}
+    held = contextlib.ExitStack()
+    layout_choice = None
+    if device == "cpu":
+        with decode_layout(model) as layout_choice:
+            pass
+        column = copy.deepcopy(model)
+        held.enter_context(decode_layout(column, "column"))
+        variants["kv_cache_column"] = column
+    if cfg.quantize == "int8":
+        quantize.check_supported(device, rt.plan.dtype)
+        variants["kv_cache_int8"] = quantize.quantize_int8(model)
+    llm = None
+    if cfg.llama_cpp:
+        llm = llama_cpp_model(model, held)
     options = "".join(f", {k}={v}" for k, v in config.options().items())
     print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
-          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens")
+          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens"
+          + (f"; decode_layout's timed choice here: {layout_choice}-major" if layout_choice else ""))
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def run_ours(x, n, use_cache):
-        return generate(model, x, n, temperature=0) if use_cache else model.generate(x, n, temperature=0)
+    def run_ours(x, n, use_cache, m=model):
+        return generate(m, x, n, temperature=0) if use_cache else m.generate(x, n, temperature=0)
 
     def run_hf(x, n):
         with torch.no_grad():
@@ -254,9 +281,11 @@ def bench_generate():
     results = []
     for B in cfg.gen_batch_sizes:
         x = torch.randint(0, hf_vocab, (B, cfg.prompt_len), device=device)
-        methods = {"kv_cache": lambda n: run_ours(x, n, True)}
+        methods = {name: (lambda n, m=m: run_ours(x, n, True, m)) for name, m in variants.items()}
         if hf is not None:
             methods["transformers"] = lambda n: run_hf(x, n)
+        if llm is not None and B == 1:
+            methods["llama_cpp_q8_0"] = lambda n: run_llama_cpp(llm, x, n)
         if B <= cfg.recompute_max_batch:
             methods["recompute"] = lambda n: run_ours(x, n, False)
         # warm-up: a few tokens each touch every kernel, the allocator and the thread pool
@@ -278,28 +307,68 @@ def bench_generate():
             dt = statistics.median(ts)
             results.append(dict(method=name, batch=B, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
                                 runs=len(ts), median_s=round(dt, 3), tok_s=round(B * cfg.new_tokens / dt, 2),
+                                tok_s_min=round(B * cfg.new_tokens / max(ts), 2),
+                                tok_s_max=round(B * cfg.new_tokens / min(ts), 2),
                                 ms_per_step=round(dt / cfg.new_tokens * 1e3, 2)))
 
     # -------------------------------------------------------------------------
     # report: a table, the speed-ups within this run, then everything as one JSON line
-    print(f"{'method':<14}{'batch':>6}{'runs':>6}{'median s':>10}{'ms/step':>10}{'tok/s':>10}")
+    print(f"{'method':<17}{'batch':>6}{'runs':>6}{'median s':>10}{'ms/step':>10}{'tok/s':>10}  (min-max)")
     for r in results:
-        print(f"{r['method']:<14}{r['batch']:>6}{r['runs']:>6}{r['median_s']:>10.2f}{r['ms_per_step']:>10.1f}{r['tok_s']:>10.2f}")
+        print(f"{r['method']:<17}{r['batch']:>6}{r['runs']:>6}{r['median_s']:>10.2f}{r['ms_per_step']:>10.1f}"
+              f"{r['tok_s']:>10.2f}  ({r['tok_s_min']:.2f}-{r['tok_s_max']:.2f})")
     speedups = {}
     for B in cfg.gen_batch_sizes:
         by = {r["method"]: r["tok_s"] for r in results if r["batch"] == B}
         for other in ("recompute", "transformers"):
             if other in by:
                 speedups[f"kv_cache_vs_{other}_b{B}"] = round(by["kv_cache"] / by[other], 2)
+        for variant in ("kv_cache_column", "kv_cache_int8"):
+            if variant in by:
+                speedups[f"{variant}_vs_kv_cache_b{B}"] = round(by[variant] / by["kv_cache"], 2)
+        for other in ("transformers", "llama_cpp_q8_0"):
+            if "kv_cache_int8" in by and other in by:
+                speedups[f"kv_cache_int8_vs_{other}_b{B}"] = round(by["kv_cache_int8"] / by[other], 2)
+    held.close()
     for k, v in speedups.items():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
                           options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
-                          results=results, speedups=speedups)))
+                          layout_choice=layout_choice, results=results, speedups=speedups)))
 
 
-# -----------------------------------------------------------------------------
+def llama_cpp_model(model, held):
+    """llama-cpp-python's Llama on the model's weights, written as a GGUF Q8_0 file in a temporary
+    folder that `held` (an ExitStack) removes; with as many threads as torch uses."""
+    import tempfile
+
+    import torch
+
+    from gptkit.errors import UserError
+    from gptkit.gguf_export import write_gguf
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise UserError("--llama_cpp=True needs llama-cpp-python (pip install llama-cpp-python, which compiles "
+                        "llama.cpp); or leave it off") from None
+    folder = held.enter_context(tempfile.TemporaryDirectory())
+    path = os.path.join(folder, "bench-q8_0.gguf")
+    write_gguf(model, path, "q8_0")
+    llm = Llama(path, n_ctx=model.config.block_size, n_threads=torch.get_num_threads(),
+                n_threads_batch=torch.get_num_threads(), verbose=False)
+    held.callback(llm.close)
+    return llm
+
+
+def run_llama_cpp(llm, x, n):
+    """n greedy tokens after the prompt x (1, T) with llama.cpp: one prefill, then one token per step."""
+    out = []
+    for token in llm.generate(x[0].tolist(), temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if len(out) == n:
+            return out
+
 
 # -----------------------------------------------------------------------------
 # whole processes: what a user waits for, from the command to the last token
@@ -321,10 +390,10 @@ print(tok.decode(out[0]))
 
 
 def bench_process():
-    # The two commands take turns in each repeat, so a change in the machine's load hits both alike,
-    # and which goes first alternates, so neither always pays for a cold file cache.
-    # sample.py's time to first token is read off its output as it streams: the first byte after the
-    # prompt, which it echoes first.
+    # The commands take turns in each repeat, so a change in the machine's load hits them alike, and
+    # their order rotates, so none always pays for a cold file cache. sample.py's time to first token
+    # is read off its output as it streams: the first byte after the prompt, which it echoes first.
+    # With quantize=int8, sample.py --quantize=int8 is a third command.
     import json
     import statistics
     import subprocess
@@ -341,9 +410,9 @@ def bench_process():
                 "--num_samples=1", f"--max_new_tokens={cfg.new_tokens}", "--temperature=0", "--stop_at_eot=False"]
     theirs_cmd = [sys.executable, "-c", TRANSFORMERS_SCRIPT, cfg.init_from, cfg.prompt, str(cfg.new_tokens)]
 
-    def ours():
+    def ours(*extra):
         t0 = time.perf_counter()
-        p = subprocess.Popen(ours_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        p = subprocess.Popen(ours_cmd + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         out, first = b"", None
         while chunk := p.stdout.read1(4096):
             out += chunk
@@ -359,33 +428,46 @@ def bench_process():
         p = subprocess.run(theirs_cmd, capture_output=True, env=env)
         if p.returncode != 0:
             raise UserError(f"the transformers script failed: {p.stderr.decode(errors='replace').strip().splitlines()[-1]}")
-        return time.perf_counter() - t0, p.stdout.decode().removesuffix("\n")  # print's newline, not generated ones
+        return time.perf_counter() - t0, None, p.stdout.decode().removesuffix("\n")  # print's newline, not generated ones
 
-    runs = {"sample.py": [], "transformers": []}
-    firsts, texts = [], {}
+    commands = {"sample.py": ours, "transformers": theirs}
+    if cfg.quantize == "int8":
+        commands["sample.py int8"] = lambda: ours("--quantize=int8")
+    names = list(commands)
+    runs = {k: [] for k in names}
+    firsts = {k: [] for k in names if k != "transformers"}
+    texts = {}
     for r in range(cfg.repeats):
-        for name in ("sample.py", "transformers") if r % 2 == 0 else ("transformers", "sample.py"):
-            if name == "sample.py":
-                total, first, texts[name] = ours()
-                firsts.append(first)
-            else:
-                total, texts[name] = theirs()
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            total, first, texts[name] = commands[name]()
             runs[name].append(total)
-        print(f"  run {r + 1}: sample.py {runs['sample.py'][-1]:.2f} s (first token {firsts[-1]:.2f} s), "
-              f"transformers {runs['transformers'][-1]:.2f} s", flush=True)
+            if name in firsts:
+                firsts[name].append(first)
+        print(f"  run {r + 1}: " + ", ".join(f"{k} {runs[k][-1]:.2f} s" + (f" (first token {firsts[k][-1]:.2f} s)"
+                                                                          if k in firsts else "") for k in names),
+              flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{cfg.new_tokens} greedy tokens from {cfg.init_from}, whole processes, median of {cfg.repeats} "
           f"(min-max):")
     for k, v in runs.items():
-        print(f"  {k:<13} {med[k]:6.2f} s ({min(v):.2f}-{max(v):.2f})")
-    print(f"  sample.py's first token after {statistics.median(firsts):.2f} s ({min(firsts):.2f}-{max(firsts):.2f})")
-    ratios = [b / a for a, b in zip(runs["sample.py"], runs["transformers"])]
-    print(f"  speed-up: {med['transformers'] / med['sample.py']:.2f}x (within each run: "
-          f"{statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f}); the same text: "
-          f"{'yes' if texts['sample.py'] == texts['transformers'] else 'NO'}")
+        print(f"  {k:<15} {med[k]:6.2f} s ({min(v):.2f}-{max(v):.2f})")
+    for k, f in firsts.items():
+        print(f"  {k}'s first token after {statistics.median(f):.2f} s ({min(f):.2f}-{max(f):.2f})")
+    speedups = {}
+    for k in firsts:
+        ratios = [b / a for a, b in zip(runs[k], runs["transformers"])]
+        speedups[k] = med["transformers"] / med[k]
+        print(f"  {k} against transformers: {speedups[k]:.2f}x (within each run: {statistics.median(ratios):.2f}x, "
+              f"{min(ratios):.2f}-{max(ratios):.2f})")
+    same = texts["sample.py"] == texts["transformers"]
+    print(f"  the same text: {'yes' if same else 'NO'}")
+    if "sample.py int8" in texts:  # rounding the weights may change a greedy choice: said, not required
+        print(f"  int8 text the same as fp32's: {'yes' if texts['sample.py int8'] == texts['sample.py'] else 'no'}")
     print(json.dumps(dict(mode="process", init_from=cfg.init_from, new_tokens=cfg.new_tokens, runs=runs,
-                          first_token_s=firsts, speedup=med["transformers"] / med["sample.py"],
-                          same_text=texts["sample.py"] == texts["transformers"])))
+                          first_token_s=firsts["sample.py"], first_token_s_by_command=firsts,
+                          speedup=speedups["sample.py"], speedups=speedups, same_text=same,
+                          int8_same_text=texts["sample.py int8"] == texts["sample.py"] if "sample.py int8" in texts
+                          else None)))
 
 
 if __name__ == "__main__":

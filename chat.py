@@ -15,9 +15,12 @@ fine-tuned on conversations (data/chat/prepare.py) learnt a template, recorded i
 is talked to in exactly that template.
 """
 
+import sys
+
 import configurator
 from configurator import Key
 from gptkit import errors
+from gptkit.stopping import require_stdout
 
 errors.install()
 
@@ -44,18 +47,23 @@ KEYS = [
     Key("seed", 1337, "random seed; the same seed and input give the same conversation"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
+    Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
+        "times faster replies at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
 cfg = configurator.configure(KEYS)
+require_stdout("the replies")
+if sys.stdin is None and cfg.prompt is None:  # started with <&-: no line will ever come
+    raise errors.UserError("standard input is closed (<&-), so there is nothing to reply to; give one line with "
+                           "--prompt=... or pipe the lines in", status=errors.USAGE)
 
 import dataclasses  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptkit import conversation, loading, runtime  # noqa: E402
+from gptkit import conversation, loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.generate import generate_stream  # noqa: E402
+from gptkit.generate import decode_layout, generate_stream  # noqa: E402
 from gptkit.tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
@@ -71,7 +79,10 @@ if init_from == "auto":
     init_from = "resume"
 rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
 plan, device = rt.plan, rt.device
+if cfg.quantize == "int8":
+    quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
+model = quantize.for_decoding(model, cfg.quantize)
 block_size = model.config.block_size
 
 # Speaker prefixes. A fine-tuned run is talked to in the template it learnt. A character model
@@ -101,10 +112,11 @@ stop_tokens = [tok.eot] if tok.eot is not None else []
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
 
-interactive = sys.stdin.isatty()
+interactive = sys.stdin is not None and sys.stdin.isatty()
 if interactive:
     import readline  # noqa: F401  (line editing and up-arrow history for input())
-print(f"chatting with {desc}; {rt.why}; {style} style. {HELP}", file=sys.stderr)
+int8 = "; int8 weights" if cfg.quantize == "int8" else ""
+print(f"chatting with {desc}; {rt.why}{int8}; {style} style. {HELP}", file=sys.stderr)
 
 generator = torch.Generator(device=device).manual_seed(cfg.seed)
 turns = []  # (user line, reply) of the conversation so far
@@ -135,41 +147,43 @@ def reply(line):
 
 # -----------------------------------------------------------------------------
 # the conversation
-if cfg.prompt is not None:
-    reply(cfg.prompt)
-    sys.exit(0)
+# (the weights in the memory order this CPU multiplies fastest, until the conversation ends)
+with decode_layout(model):
+    if cfg.prompt is not None:
+        reply(cfg.prompt)
+        sys.exit(0)
 
-while True:
-    try:
-        line = input(user if interactive else "")
-    except EOFError:
-        break
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        break
-    line = line.strip()
-    if not line:
-        continue
-    if line.startswith("/"):
-        command = line.split()[0].lower()
-        if command in ("/quit", "/exit"):
+    while True:
+        try:
+            line = input(user if interactive else "")
+        except EOFError:
             break
-        if command == "/reset":
-            turns.clear()
-            print("(conversation forgotten)", file=sys.stderr)
-        elif command == "/help":
-            print(HELP, file=sys.stderr)
-        else:
-            print(f"unknown command {command}; {HELP}", file=sys.stderr)
-        continue
-    try:
-        tok.encode(line)  # a line the vocabulary cannot spell is refused here, and the chat goes on
-    except UserError as e:
-        print(e, file=sys.stderr)
-        continue
-    if not interactive:
-        sys.stdout.write(f"{user}{line}{sep}")  # piped input is not echoed: show it in the transcript
-    try:
-        reply(line)
-    except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat
-        print(file=sys.stderr)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command = line.split()[0].lower()
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/reset":
+                turns.clear()
+                print("(conversation forgotten)", file=sys.stderr)
+            elif command == "/help":
+                print(HELP, file=sys.stderr)
+            else:
+                print(f"unknown command {command}; {HELP}", file=sys.stderr)
+            continue
+        try:
+            tok.encode(line)  # a line the vocabulary cannot spell is refused here, and the chat goes on
+        except UserError as e:
+            print(e, file=sys.stderr)
+            continue
+        if not interactive:
+            sys.stdout.write(f"{user}{line}{sep}")  # piped input is not echoed: show it in the transcript
+        try:
+            reply(line)
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the chat
+            print(file=sys.stderr)

@@ -13,6 +13,7 @@ ConfigError, one sentence that the script turns into `error: ...` and exit statu
 import ast
 import difflib
 import json
+import numbers
 import os
 import sys
 import types
@@ -56,8 +57,10 @@ class Key:
                 value = value.lower() == "true"
             elif type(value) is int and value in (0, 1):
                 value = bool(value)
-        elif t is float and type(value) is int:
-            value = float(value)
+        elif t is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)  # an int, or a NumPy scalar computed in a config file
+        elif t is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
         elif t is tuple and isinstance(value, list):
             value = tuple(value)
         if type(value) is not t:
@@ -157,6 +160,8 @@ def parse(keys, argv, explicit=None, ignored=None):
                 raw, source = _parse_literal(text), arg
             if name not in by_name:
                 raise _unknown(name, by_name, arg)
+            if by_name[name].type is str and not isinstance(raw, str):
+                raw = text  # --out_dir=123, --wandb_run_name=2024: a string key takes the text as typed
             values[name] = by_name[name].check(raw, source)
             explicit.add(name)
         elif arg.endswith(".py") or os.path.sep in arg:

@@ -1,6 +1,6 @@
 """
 Export a checkpoint as a Hugging Face folder: config.json, model.safetensors and, for models on
-GPT-2's BPE vocabulary, the tokenizer files, so that
+GPT-2's BPE vocabulary or a tokenizer trained by a prepare script, the tokenizer files, so that
 
     AutoModelForCausalLM.from_pretrained(DIR)  and  transformers.pipeline("text-generation", model=DIR)
 
@@ -21,6 +21,11 @@ A LoRA run (docs/lora.md) exports as its base with the adapters merged in, like 
 --peft=True, its adapters alone in PEFT's format, for peft.PeftModel.from_pretrained over its base:
 
     python export.py --out_dir=out-lora --peft=True                  # writes out-lora/peft
+
+--format=gguf writes one GGUF file for llama.cpp instead (llama-cpp-python, ollama, LM Studio): the
+same architectures (llama.cpp's gpt2, llama, qwen3) and GPT-2's tokenizer, weights as f32, f16 or Q8_0:
+
+    python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
 """
 
 import configurator
@@ -35,11 +40,15 @@ KEYS = [
     Key("out_dir", "out", "the run folder holding the checkpoint"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("export_dir", "", "the Hugging Face folder to write (default: out_dir/hf)"),
-    Key("overwrite", False, "replace export_dir if it exists and is not empty"),
+    Key("overwrite", False, "replace export_dir (or gguf_file) if it exists, and only if export.py wrote it"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
     Key("skip_tokenizer", False, "export the weights without tokenizer files"),
     Key("peft", False, "a LoRA run: write its adapters alone in PEFT's format (adapter_config.json, "
         "adapter_model.safetensors; default export_dir: out_dir/peft) instead of the merged model"),
+    Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp)", choices=("hf", "gguf")),
+    Key("gguf_type", "f16", "format=gguf: the weights' type, f32, f16 or q8_0 (8-bit blocks, llama.cpp's fast CPU type)",
+        choices=("f32", "f16", "q8_0")),
+    Key("gguf_file", "", "format=gguf: the file to write (default: out_dir/model-<gguf_type>.gguf)"),
 ]
 cfg = configurator.configure(KEYS)
 
@@ -49,15 +58,74 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 from gptkit import checkpoint, fileio, hf, loading, lora  # noqa: E402
-from gptkit.errors import UserError  # noqa: E402
-from gptkit.tokenizer import GPT2_VOCAB  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
-MARKER = "export.json"  # written into every export: what it was made from, and that --overwrite may replace it
+MARKER = "export.json"  # written into every export: what it was made from, and the files --overwrite may replace
+# what exports written without a list of their files hold
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "vocab.json", "merges.txt", "special_tokens_map.json", "meta.pkl", MARKER)
+
+run_dir = os.path.abspath(cfg.out_dir)
+if cfg.format == "gguf":
+    if cfg.peft:
+        raise UserError("--peft=True writes a PEFT adapter folder, not a GGUF file; drop --format=gguf (or --peft, "
+                        "for the merged model as one GGUF file)", status=USAGE)
+    # -------------------------------------------------------------------------
+    # GGUF: one file, written atomically; an existing file only with --overwrite, and only one export wrote
+    from gptkit import gguf_export
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("--format=gguf needs the gguf package; pip install gguf") from None
+    gguf_file = os.path.abspath(cfg.gguf_file or os.path.join(cfg.out_dir, f"model-{cfg.gguf_type}.gguf"))
+    if os.path.isdir(gguf_file):
+        raise UserError(f"gguf_file={gguf_file} is a folder; give the path of a file to write, e.g. "
+                        f"--gguf_file={os.path.join(gguf_file, 'model.gguf')}")
+    if os.path.exists(gguf_file):
+        if not gguf_export.written_by_export(gguf_file):
+            raise UserError(f"{gguf_file} exists and is not a GGUF file export.py wrote, so it will not be replaced; "
+                            f"choose another --gguf_file")
+        if not cfg.overwrite:
+            raise UserError(f"{gguf_file} already exists; choose another --gguf_file or add --overwrite (which "
+                            f"replaces an earlier export, and only that)")
+    path = os.path.join(cfg.out_dir, cfg.ckpt_name)
+    ckpt = checkpoint.load(path)
+    model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
+    gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
+    meta, _ = loading.find_meta(ckpt, cfg.out_dir)
+    loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
+    if meta and "stoi" in meta:
+        raise UserError(f"{path} is a character-level model, and llama.cpp has no tokenizer for a character "
+                        f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
+    if meta and meta.get("tokenizer"):  # the GGUF file would carry GPT-2's tokenizer, whose ids mean other text
+        raise UserError(f"{path} was trained on a tokenizer trained for its data, and the GGUF export writes GPT-2's "
+                        f"BPE only; export it with --format=hf (its tokenizer.json goes along) instead")
+    if cfg.skip_tokenizer:
+        raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
+                        "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
+    try:
+        os.makedirs(os.path.dirname(gguf_file), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"could not create {os.path.dirname(gguf_file)} ({fileio.reason(e)}); choose another "
+                        f"--gguf_file") from None
+    iteration = int(ckpt.get("iter_num", 0))
+    arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, cfg.tokenizer_dir or None,
+                                  name=os.path.basename(run_dir), source=f"{os.path.abspath(path)} (iteration {iteration})")
+    size = os.path.getsize(gguf_file)
+    print(f"exported {path} (iteration {iteration}, {model.get_num_params(non_embedding=False) / 1e6:.2f}M "
+          f"parameters) as llama.cpp's {arch}, {cfg.gguf_type}, to {gguf_file} ({size / 2**20:.1f} MiB)")
+    if model.config.gelu_approximate == "none" and arch == "gpt2":
+        print("note: llama.cpp computes GELU in its tanh form; this model was trained with the exact one, "
+              "which differs by < 1e-3 per activation", file=sys.stderr)
+    new_tokens = max(1, min(100, model.config.block_size - 16))
+    print(f"try: python -c \"from llama_cpp import Llama; m = Llama('{gguf_file}', n_ctx={model.config.block_size}, "
+          f"verbose=False); print(m('Hello', max_tokens={new_tokens}, temperature=0)['choices'][0]['text'])\"")
+    sys.exit(0)
 
 # -----------------------------------------------------------------------------
 # where to write: a new folder, or with --overwrite an earlier export and nothing else
 export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "peft" if cfg.peft else "hf"))
-run_dir = os.path.abspath(cfg.out_dir)
 
 
 def within(path, folder):
@@ -75,16 +143,17 @@ if within(run_dir, export_dir) or within(os.getcwd(), export_dir):
         else "a folder that contains the run or the working directory"
     raise UserError(f"export_dir={export_dir} is {what}; exporting there would replace it: choose a new folder, "
                     f"e.g. --export_dir={os.path.join(cfg.out_dir, 'hf')}")
+earlier = []  # the files an earlier export wrote there, which --overwrite replaces (and nothing else)
 if os.path.isdir(export_dir) and os.listdir(export_dir):
     if not cfg.overwrite:
         raise UserError(f"{export_dir} already exists and is not empty; choose another --export_dir or add "
-                        f"--overwrite (which replaces an earlier export, and only that)")
-    entries = os.listdir(export_dir)
-    earlier_export = (MARKER in entries and all(os.path.isfile(os.path.join(export_dir, e)) for e in entries)
-                      and not any(e.endswith(".pt") or e == "metrics.jsonl" for e in entries))
-    if not earlier_export:
-        raise UserError(f"{export_dir} is not a folder export.py wrote (no {MARKER}, or it holds other things such as "
-                        f"checkpoints or folders), so --overwrite will not replace it; choose another --export_dir")
+                        f"--overwrite (which replaces an earlier export's files, and only those)")
+    try:
+        with open(os.path.join(export_dir, MARKER)) as f:
+            earlier = json.load(f).get("files") or EXPORT_FILES
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{export_dir} is not a folder export.py wrote (it has no {MARKER}), so --overwrite will not "
+                        f"replace anything in it; choose another --export_dir") from None
 try:
     import transformers  # noqa: F401
 except ImportError:
@@ -102,7 +171,8 @@ meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
 dataset = (ckpt.get("config") or {}).get("dataset")
 loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{dataset}")  # as sample.py checks it
 char_level = bool(meta and "stoi" in meta)
-if char_level:
+trained = bool(meta and meta.get("tokenizer"))  # a BPE trained on the data: its tokenizer.json becomes the export's
+if char_level or trained:
     vocab_size = meta["vocab_size"]
 else:
     vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
@@ -113,13 +183,15 @@ adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) e
 model = lora.merge(model)
 
 tokenizer = None
-if not char_level and not cfg.skip_tokenizer:
+if trained and not cfg.skip_tokenizer:
+    tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
+elif not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
 
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-hf_model = hf.to_transformers(model, vocab_size) if adapter is None else None
+hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
 if hf_model is not None:
@@ -140,21 +212,13 @@ try:
         tokenizer.save_pretrained(tmp)
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
+    files = sorted(os.listdir(tmp) + [MARKER])
     with fileio.atomic_open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(dict(exported_by="export.py", checkpoint=os.path.abspath(path),
-                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size,
+                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size, files=files,
                        **(dict(peft=True, base=base) if adapter is not None else {})), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
-    old = None
-    if os.path.isdir(export_dir):
-        if os.listdir(export_dir):
-            old = f"{export_dir}.old{os.getpid()}"
-            os.replace(export_dir, old)
-        else:
-            os.rmdir(export_dir)
-    os.replace(tmp, export_dir)
-    if old is not None:
-        shutil.rmtree(old)
+    fileio.publish_folder(tmp, export_dir, owned=earlier)  # a model card a user added stays
 except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -178,8 +242,9 @@ if char_level:
           f"out = m.generate(ids, max_new_tokens={new_tokens}, do_sample=False); "
           f"print(''.join(meta['itos'][i] for i in out[0].tolist()))\"")
 elif tokenizer is None:
-    print("note: no tokenizer files were written; copy GPT-2's (vocab.json, merges.txt) into the folder "
-          "before using transformers.pipeline on it", file=sys.stderr)
+    fix = ("export again without --skip_tokenizer" if trained
+           else "copy GPT-2's (vocab.json, merges.txt) into the folder")
+    print(f"note: no tokenizer files were written; {fix} before using transformers.pipeline on it", file=sys.stderr)
 else:
     print(f"try: python -c \"from transformers import pipeline; "
           f"print(pipeline('text-generation', model='{export_dir}')('Hello', max_new_tokens={new_tokens})"

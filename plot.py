@@ -50,11 +50,12 @@ if not run_args:
 if cfg.smooth is not None and not 0 <= cfg.smooth < 1:
     raise UserError(f"smooth must be from 0 (raw) up to but not including 1, not {cfg.smooth}", USAGE)
 
-from gptkit import curves  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
+from gptkit import curves, runs  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
 
 # -----------------------------------------------------------------------------
 # read, draw, write
 out = cfg.out or f"plot-{cfg.y}.png"
+runs.check_output(out, ".png", magic=b"\x89PNG", what="PNG picture")  # replaces an earlier picture, nothing else
 try:
     runs = [curves.read_run(a) for a in run_args]
     fig = curves.draw_runs(runs, x=cfg.x, y=cfg.y, logx=cfg.logx, logy=cfg.logy, smooth=cfg.smooth)

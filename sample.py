@@ -9,6 +9,7 @@ Sample text from a trained run or from GPT-2, streaming it as it is generated.
 import configurator
 from configurator import Key
 from gptkit import errors
+from gptkit.stopping import require_stdout
 
 errors.install()
 
@@ -32,17 +33,20 @@ KEYS = [
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
     Key("compile", False, "torch.compile the model (pays off only for long generations)"),
+    Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
+        "times faster decoding at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
 cfg = configurator.configure(KEYS)
+require_stdout("the samples")
 
 # the heavy imports come after the knobs so that --help and config errors answer at once
 import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptkit import loading, runtime  # noqa: E402
+from gptkit import loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.generate import generate_stream  # noqa: E402
+from gptkit.generate import decode_layout, generate_stream  # noqa: E402
 from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -51,8 +55,11 @@ if not all(isinstance(t, str) for t in cfg.stop):
     raise UserError(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=USAGE)
 rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
 plan, device = rt.plan, rt.device
+if cfg.quantize == "int8":
+    quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
-print(f"sampling from {desc}; {rt.why}", file=sys.stderr)
+model = quantize.for_decoding(model, cfg.quantize)
+print(f"sampling from {desc}; {rt.why}{'; int8 weights' if cfg.quantize == 'int8' else ''}", file=sys.stderr)
 if rt.compile:
     model.forward = torch.compile(model.forward, dynamic=True)  # prefill and decode differ in length
 
@@ -63,6 +70,9 @@ if start.startswith("FILE:"):
             start = f.read()
     except OSError as e:
         raise UserError(f"cannot read the prompt file {start[5:]} ({e.strerror}); check the path after FILE:") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the prompt file {start[5:]} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
+                        f"text file after FILE:") from None
 ids = tok.encode(start)
 if not ids:
     if tok.eot is None:
@@ -75,7 +85,7 @@ torch.manual_seed(cfg.seed)
 
 # -----------------------------------------------------------------------------
 # generate
-with torch.no_grad(), plan.autocast_context():
+with torch.no_grad(), plan.autocast_context(), decode_layout(model):
     for k in range(cfg.num_samples):
         out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)

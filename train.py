@@ -11,11 +11,13 @@ The keys are declared in gptkit/keys.py; python train.py --help lists them.
 
 import configurator
 from gptkit import errors, keys, runs
+from gptkit.stopping import OutputGuard
 
 errors.install()  # a mistake a user can fix ends in one sentence, on every process
 
 # -----------------------------------------------------------------------------
 # knobs: config files and --key=value, checked before anything heavy is imported
+output = OutputGuard()  # `python train.py | head`: the run stops after the step and saves, not mid-print
 cfg = configurator.configure(keys.KEYS)
 runs.check_out_dir(cfg.out_dir)
 
@@ -32,7 +34,7 @@ import torch  # noqa: E402
 
 from gptkit import checkpoint, curves, dataset, fileio, init_from, loggers, optim, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.stopping import StopRequests  # noqa: E402
+from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.training import Step, evaluate, expectations  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -62,13 +64,17 @@ accum_local = cfg.gradient_accumulation_steps // dist.world_size  # micro-steps 
 if master:
     print(rt.why)
 if not start.resuming and not cfg.eval_only:
-    everywhere(lambda: runs.refuse_to_clobber(cfg.out_dir, cfg.overwrite))
+    remains = everywhere(lambda: runs.refuse_to_clobber(cfg.out_dir, cfg.overwrite))
+    if master and remains and not cfg.overwrite:
+        print(f"note: {cfg.out_dir} holds the remains of a run that saved no checkpoint ({', '.join(remains)}); "
+              f"this run replaces them")
 runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; the data schedule does not
 
 # -----------------------------------------------------------------------------
 # data
 batches, data_dir = everywhere(lambda: dataset.open_batches(cfg.dataset, cfg.data_dir, cfg.block_size, cfg.batch_size,
-                                                            cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse))
+                                                            cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse,
+                                                            cfg.sampling, cfg.align, cfg.gradient_accumulation_steps))
 meta = batches.meta
 # rows can be shorter than block_size (a generated problem is as long as it is)
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len
@@ -76,11 +82,12 @@ tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq
 over = f" (over {batches.counted})" if batches.counted else ""
 if master:
     print(f"tokens per iteration: {tokens_per_iter:,}" + (f"; the loss counts only the {batches.counted}"
-                                                          if batches.counted else ""))
+                                                          if batches.counted else "")
+          + (f"; {batches.schedule}" if batches.schedule else ""))
 
 # -----------------------------------------------------------------------------
 # model, optimizer
-model, said = start.build_model(meta, data_dir)
+model, said = start.build_model(meta, data_dir, device)
 if master and said:
     print(said)
 model.to(device)
@@ -125,7 +132,7 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
 writes = master and not cfg.eval_only
 ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
 lock = everywhere(lambda: runs.commit(cfg.out_dir, configurator.to_dict(cfg), meta, new_run=not start.resuming,
-                                      overwrite=cfg.overwrite) if writes else None)
+                                      overwrite=cfg.overwrite, data_dir=data_dir) if writes else None)
 wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg)) \
     if master and cfg.wandb_log else None
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
@@ -133,7 +140,7 @@ metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resum
                              wandb=wandb)
 saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, scaler, configurator.to_dict(cfg),
                             batches.chat_template, cfg.keep_last, dist, device)
-stop = StopRequests(dist, last_save=ckpt_path)  # SIGTERM or Ctrl-C: finish the step, save, exit
+stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
 if writes:  # a failed save or a second Ctrl-C exits at once: leave no half-drawn loss.png temporary
@@ -164,9 +171,11 @@ while True:
         if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
             if iter_num > start_iter and not cfg.eval_only:
                 saver.save("ckpt.pt", progress)
-            if master:
+            if master and os.path.exists(ckpt_path):
                 print(f"stopped at iteration {iter_num} during its evaluation; {ckpt_path} holds the run up to "
                       f"here: continue with: python train.py --init_from=resume --out_dir={cfg.out_dir}")
+            elif master:
+                print(f"stopped at iteration {iter_num} during its evaluation, before any step: nothing was saved")
             break
         progress.last_eval_iter = iter_num
         improved = losses["val"] < progress.best_val_loss  # False for NaN: a NaN never becomes "best"
@@ -193,7 +202,7 @@ while True:
     if iter_num >= cfg.max_iters:
         break
 
-    result = step(iter_num, flags=(bool(stop), metrics.failure is not None))
+    result = step(iter_num, flags=lambda: (bool(stop), metrics.failure is not None))
     stop_votes, failures = result.flags
     if failures:
         raise metrics.failure or UserError("rank 0 could not write the metrics (its error is in its output)")
@@ -206,9 +215,10 @@ while True:
         else:
             why = (f"after {progress.skipped_steps} skipped steps (max_skips={cfg.max_skips})"
                    if cfg.on_nonfinite == "skip" else "(on_nonfinite=skip would skip such steps)")
+            saved = (f"the last good checkpoint, {ckpt_path}, is intact: resume it with a lower learning_rate"
+                     if os.path.exists(ckpt_path) else "nothing was saved yet: start again with a lower learning_rate")
             raise UserError(f"iteration {iter_num}: the loss ({result.loss}) or gradient norm ({result.grad_norm}) "
-                            f"is not finite, so training stopped before the update {why}; the last good checkpoint "
-                            f"in {cfg.out_dir} is intact, resume it with a lower learning_rate")
+                            f"is not finite, so training stopped before the update {why}; {saved}")
     progress.iter_num += 1
     progress.tokens_seen += tokens_per_iter
     iters_since_log += 1
@@ -225,7 +235,8 @@ while True:
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
               f"eta {eta / 60:.1f} min")
         metrics.log(dict(iter=iter_num, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
-                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=progress.tokens_seen, elapsed_s=progress.elapsed()))
+                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=progress.tokens_seen,
+                         elapsed_s=progress.elapsed()))
 
     if stop_votes > 0:
         saver.save("ckpt.pt", progress)
@@ -245,12 +256,19 @@ if master and cfg.eval_only:
 elif master:
     out = cfg.out_dir
     kept = [f"{name} ({what})" for name, what in (("ckpt.pt", "latest"), ("best.pt", "best val loss"),
-                                                  ("loss.png", "the curves")) if os.path.exists(os.path.join(out, name))]
+                                                  ("loss.png", "the curves"))
+            if os.path.exists(os.path.join(out, name))]
     print(f"done in {time.perf_counter() - progress.started:.1f} s, best val loss {progress.best_val_loss:.4f}; the "
           f"run is in {out}/: {', '.join(kept)}")
     print(f"next: python sample.py --out_dir={out}  |  python chat.py --out_dir={out}  |  python plot.py {out}  |  "
           f"python export.py --out_dir={out}  |  more steps: --init_from=resume --out_dir={out} --max_iters=N")
+stop.close()
+output.close()
+if lock:
+    lock.release()
 runtime.shutdown(dist)
+if output.closed:
+    sys.exit(CLOSED_STATUS)  # saved, but the reader of the output left before the end: not a success
 if dist.enabled and not master:
     # Under torchrun a worker was seen, now and then, to abort on its way out after leaving the process
     # group ("terminate called without an active exception" from torch's C++ threads, exit -6), which the

@@ -69,6 +69,7 @@ class Arithmetic:
 
     exact_match = True  # a row is one problem: its accuracy is whether every counted target is right
     counted = "answer tokens"  # what the loss is averaged over, for the log line
+    schedule = ""  # no sampling options: every row is a problem drawn fresh (dataset.Batches has them)
     chat_template = None
 
     def __init__(self, task, digits, reverse, block_size, batch_size, seed, device, pin_memory=False):

@@ -31,15 +31,28 @@ NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "voca
 def save(obj, path):
     """Write a checkpoint atomically (fileio's rule): a crash at any moment leaves either the old or
     the new file, never a torn one. Temporaries of processes that died mid-save are removed."""
-    advice = ("the previous checkpoint there is intact: free some disk space or set out_dir to a writable "
-              "folder, then resume")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    previous = ("the previous checkpoint there is intact" if os.path.exists(path)
+                else "nothing was saved there before")
+    os.makedirs(folder, exist_ok=True)
     try:
-        with fileio.atomic_open(path, "wb", advice=advice) as f:
+        with fileio.atomic_open(path, "wb", advice=lambda: f"{previous}: {_full_disk(folder)}") as f:
             torch.save(obj, f)
     except RuntimeError as e:  # torch's writer reports some OS errors (a full disk) as RuntimeError
-        raise UserError(f"could not write {path} ({fileio.reason(e)}); {advice}") from None
-    fileio.remove_stale_temps(os.path.dirname(os.path.abspath(path)))
+        raise UserError(f"could not write {path} ({fileio.reason(e)}); {previous}: {_full_disk(folder)}") from None
+    fileio.remove_stale_temps(folder)
+
+
+def _full_disk(folder):
+    """What to do after a failed write, naming a full disk when it is one (torch's writer does not say)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        return (f"the disk is full ({free / 2**20:.0f} MB free): free some space or set out_dir to another disk, "
+                f"then resume")
+    return "free some disk space or set out_dir to a writable folder, then resume"
 
 
 def keep_copy(path, numbered, keep_last):

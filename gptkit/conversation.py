@@ -86,8 +86,9 @@ class Transcript:
 PLAY = Transcript(user="ROMEO:\n", bot="JULIET:\n", sep="\n\n", preamble="", play=True)
 CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
                   preamble="A conversation between a curious user and a helpful, knowledgeable assistant.\n\n")
-# The fine-tuning template: ChatML's markers (OpenAI's chat format, used by many open chat models)
-# written as plain text, since GPT-2's BPE has no special tokens but <|endoftext|>. The explicit end
-# marker lets replies hold newlines and blank lines; the model learns to write it, and chat.py stops there.
+# The fine-tuning template: ChatML's markers (OpenAI's chat format, used by many open chat models),
+# plain text in GPT-2's BPE, which has no special tokens but <|endoftext|>, and one special token each
+# in a tokenizer trained by a prepare script (tokenizer.SPECIAL_TOKENS). The explicit end marker lets
+# replies hold newlines and blank lines; the model learns to write it, and chat.py stops there.
 SFT = Transcript(user="<|im_start|>user\n", bot="<|im_start|>assistant\n", sep="<|im_end|>\n", preamble="",
                  system="<|im_start|>system\n", turn_end="<|im_end|>")

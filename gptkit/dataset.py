@@ -15,9 +15,21 @@ e.g. "assistant tokens"). Batches then carry -1, which the loss ignores, at the 
 dataset.json may also hold the chat template the data was written in (data/chat/prepare.py), which
 training passes on to the run so that chat.py talks in it.
 
+A dataset prepared with a trained tokenizer (data/corpus/prepare.py --tokenizer=bpe) holds it as
+tokenizer.json, named in meta.pkl with its hash; train.py copies both into the run (copy_vocabulary).
+
+A large dataset is split into numbered shards, train_000000.bin, train_000001.bin, ... and
+val_000000.bin, ... (data/fineweb_edu/prepare.py), listed in dataset.json. Each shard is a 1 KiB
+header (a magic line, then JSON: split, index, tokens, dtype, tokenizer) and its tokens; the shards of
+a split read as one stream, exactly the tokens a single <split>.bin would hold, so the batches of a
+sharded dataset are those of the same dataset in one file. Each shard is memory-mapped when a row
+first falls in it: a process reads only the pages its rows touch.
+
 Batches are a pure function of (seed, iteration, micro-step): nothing depends on what was drawn
 before, so an interrupted and resumed run, or a run split over more processes, sees exactly the
-same data as an uninterrupted single-process run.
+same data as an uninterrupted single-process run. Rows are nanoGPT's windows at random offsets by
+default; sampling="epoch" visits every row start once per epoch in a shuffled order (without
+replacement), and align="doc" starts every row at a document's first token.
 """
 
 import hashlib
@@ -28,7 +40,8 @@ import pickle
 import numpy as np
 
 from gptkit import fileio
-from gptkit.errors import UserError
+from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import GPT2_EOT, TOKENIZER_FILE
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder of train.py and data/
 MANIFEST = "dataset.json"
@@ -75,6 +88,10 @@ def check_meta(meta, path):
                             f"{meta['vocab_size']}); prepare the dataset again")
     if meta.get("dtype", "uint16") not in ("uint16", "uint32"):
         raise UserError(f"{path} names the token dtype {meta.get('dtype')!r}; only uint16 and uint32 are read")
+    if "tokenizer" in meta and not (meta["tokenizer"] == TOKENIZER_FILE and isinstance(meta.get("eot"), int)
+                                    and isinstance(meta.get("tokenizer_sha256"), str)):
+        raise UserError(f"{path} names a trained tokenizer but not as a prepare script writes it ({TOKENIZER_FILE}, "
+                        f"its hash and its end-of-text id); prepare the dataset again")
     return meta
 
 
@@ -96,14 +113,102 @@ def read_meta(folder):
     return check_meta(meta, path)
 
 
+def same_vocabulary(a, b):
+    """Whether two vocabularies (meta.pkl dicts, None for GPT-2's BPE) give every token id the same text:
+    the same size is not enough, a re-prepared corpus can map the same number of characters otherwise
+    (or train another tokenizer of the same size)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.get("vocab_size"), a.get("stoi"), a.get("tokenizer_sha256")) == \
+        (b.get("vocab_size"), b.get("stoi"), b.get("tokenizer_sha256"))
+
+
 def write_meta(meta, folder):
     with fileio.atomic_open(os.path.join(folder, "meta.pkl"), "wb") as f:
         pickle.dump(meta, f)
 
 
+def copy_vocabulary(meta, source, folder):
+    """Make folder's vocabulary files those of meta, read from the folder `source`: meta.pkl, and the
+    tokenizer.json it names (a trained tokenizer); files of another vocabulary are removed, so that
+    a run's folder always holds the vocabulary it was trained in (sample.py, chat.py, export.py read it)."""
+    tokenizer = os.path.join(folder, TOKENIZER_FILE)
+    if meta is not None and meta.get("tokenizer"):
+        src = os.path.join(source, meta["tokenizer"])
+        if os.path.abspath(src) != os.path.abspath(tokenizer):
+            with open(src, "rb") as f:
+                data = f.read()
+            with fileio.atomic_open(tokenizer, "wb") as f:
+                f.write(data)
+    else:
+        fileio.remove(tokenizer)
+    if meta is not None:
+        write_meta(meta, folder)
+    else:
+        fileio.remove(os.path.join(folder, "meta.pkl"))
+
+
 def file_sha256(path):
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_id(meta):
+    """What dataset.json and every shard record as the data's tokenizer: gpt2 (no meta.pkl), bpe:<hash>
+    for a trained tokenizer (its file's sha256), char:<hash> for a character vocabulary."""
+    if meta is None:
+        return "gpt2"
+    if meta.get("tokenizer"):
+        return f"bpe:{meta['tokenizer_sha256'][:16]}"
+    if "stoi" in meta:
+        chars = json.dumps(sorted(meta["stoi"].items(), key=lambda kv: kv[1]))
+        return f"char:{hashlib.sha256(chars.encode()).hexdigest()[:16]}"
+    return f"ids:{meta['vocab_size']}"
+
+
+def end_of_text(meta):
+    """The end-of-text id of a dataset's vocabulary: GPT-2's without meta.pkl, the trained tokenizer's,
+    None for characters (a character vocabulary has no such token)."""
+    if meta is None:
+        return GPT2_EOT
+    return None if "stoi" in meta else meta.get("eot")
+
+
+# -----------------------------------------------------------------------------
+# shards
+
+SHARD_MAGIC = b"gptkit shard\n"
+HEADER_BYTES = 1024  # a multiple of 4, so that uint32 tokens stay aligned after it
+
+
+def shard_name(split, index):
+    return f"{split}_{index:06d}.bin"
+
+
+def shard_header(split, index, tokens, dtype, tokenizer):
+    """A shard's first HEADER_BYTES: readable with `head -c 1024`, and enough to tell a shard of
+    another preparation, another tokenizer or a copy cut short."""
+    info = json.dumps(dict(split=split, index=index, tokens=int(tokens), dtype=np.dtype(dtype).name,
+                           tokenizer=tokenizer), sort_keys=True).encode()
+    head = SHARD_MAGIC + info + b"\n"
+    assert len(head) <= HEADER_BYTES
+    return head.ljust(HEADER_BYTES, b" ")
+
+
+def read_shard_header(path):
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    try:
+        info = json.loads(head[len(SHARD_MAGIC):].decode()) if head.startswith(SHARD_MAGIC) else None
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or len(head) != HEADER_BYTES:
+        raise UserError(f"{path} is not a shard (its first {HEADER_BYTES} bytes are not a shard header): it is "
+                        f"damaged; prepare the dataset again")
+    return info
 
 
 # -----------------------------------------------------------------------------
@@ -120,98 +225,262 @@ def mask_file(split):
     return f"{split}_mask.bin"
 
 
+def read_manifest(data_dir):
+    """dataset.json of a folder (None where there is none), refused unless its prepare finished."""
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        complete = bool(manifest.get("complete"))
+    except (OSError, ValueError, AttributeError):
+        complete = False
+    if not complete:
+        raise UserError(f"{data_dir} was left half-prepared (its prepare.py stopped before it finished, so its "
+                        f"files may mix two versions); run the prepare script again (a sharded prepare continues "
+                        f"where it stopped)")
+    return manifest
+
+
+def check_shards(data_dir, manifest, dtype):
+    """{split: [(path, byte offset, tokens)]} of a sharded dataset, after checking every shard dataset.json
+    lists against its size and header, and that no other shard lies in the folder."""
+    parts = {}
+    tokenizer = manifest.get("tokenizer")
+    for split in SPLITS:
+        listed = manifest["shards"].get(split) or []
+        if not listed:
+            raise UserError(f"{data_dir}/{MANIFEST} lists no {split} shards; prepare the dataset again")
+        parts[split] = []
+        for index, shard in enumerate(listed):
+            path = os.path.join(data_dir, shard["file"])
+            if not os.path.exists(path):
+                raise UserError(f"{path} is missing ({MANIFEST} lists {len(listed)} {split} shards); copy it back "
+                                f"or prepare the dataset again")
+            size, expected = os.path.getsize(path), HEADER_BYTES + shard["tokens"] * dtype.itemsize
+            if size != expected:
+                raise UserError(f"{path} holds {size:,} bytes where {MANIFEST} recorded {expected:,}: it is "
+                                f"{'cut short' if size < expected else 'not the shard it recorded'}; copy it again or "
+                                f"prepare the dataset again")
+            head = read_shard_header(path)
+            if head.get("tokenizer") != tokenizer:
+                raise UserError(f"{path} was written with another tokenizer ({head.get('tokenizer')}) than the rest "
+                                f"of the dataset ({tokenizer}): the folder mixes shards of two preparations, whose "
+                                f"token ids mean different text; prepare the dataset again")
+            if (head.get("split"), head.get("index"), head.get("tokens"), head.get("dtype")) != \
+                    (split, index, shard["tokens"], dtype.name):
+                raise UserError(f"{path} is not the shard {MANIFEST} lists there (its header says {split} shard "
+                                f"{head.get('index')} of {head.get('tokens')} tokens): the folder mixes two "
+                                f"preparations; prepare the dataset again")
+            parts[split].append((path, HEADER_BYTES, shard["tokens"]))
+        names = {shard["file"] for shard in listed}
+        for name in sorted(os.listdir(data_dir)):
+            if name.startswith(f"{split}_") and name.endswith(".bin") and name not in names:
+                raise UserError(f"{os.path.join(data_dir, name)} is not one of the {len(listed)} {split} shards "
+                                f"{MANIFEST} lists: the folder mixes two preparations; remove it, or prepare the "
+                                f"dataset again")
+    return parts
+
+
 def check_folder(data_dir, dataset):
-    """(meta, dtype, manifest) of a prepared folder after checking it: both bins present, sizes whole
-    tokens, and, where dataset.json exists (else the manifest is None), every file as it recorded,
-    loss masks included. One sentence for anything wrong."""
+    """(meta, dtype, manifest, parts) of a prepared folder after checking it: both splits present
+    (train.bin and val.bin, or the shards dataset.json lists), sizes whole tokens, and, where
+    dataset.json exists (else the manifest is None), every file as it recorded, loss masks and the
+    trained tokenizer included. parts is {split: [(path, byte offset, tokens)]}, what Tokens reads.
+    One sentence for anything wrong."""
     meta = read_meta(data_dir)
     dtype = np.dtype((meta or {}).get("dtype", "uint16"))
-    manifest_path = os.path.join(data_dir, MANIFEST)
-    manifest = None
-    if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path) as f:
-                manifest = json.load(f)
-            complete = bool(manifest.get("complete"))
-        except (OSError, ValueError, AttributeError):
-            complete = False
-        if not complete:
-            raise UserError(f"{data_dir} was left half-prepared (its prepare.py stopped before it finished, so its "
-                            f"files may mix two versions); run the prepare script again")
+    manifest = read_manifest(data_dir)
+    if manifest is not None:
         dtype = np.dtype(manifest["dtype"])
-    for split in SPLITS:
-        path = os.path.join(data_dir, f"{split}.bin")
-        if not os.path.exists(path):
-            raise UserError(f"{path} is missing: {prepare_hint(dataset)}")
-        size = os.path.getsize(path)
-        if size == 0 or size % dtype.itemsize:
-            raise UserError(f"{path} holds {size} bytes, {'nothing' if size == 0 else 'not a whole number of'} "
-                            f"{dtype.name} tokens; it is damaged or cut short: prepare the dataset again")
-        if manifest is not None and manifest["files"].get(f"{split}.bin", {}).get("bytes") != size:
-            raise UserError(f"{path} is not the file {MANIFEST} recorded (a different size): the folder mixes "
-                            f"two preparations; prepare the dataset again")
-        if manifest is not None and manifest.get("counted"):
-            mask_path = os.path.join(data_dir, mask_file(split))
-            if not os.path.exists(mask_path) or os.path.getsize(mask_path) != size // dtype.itemsize:
-                raise UserError(f"{mask_path}, the loss mask of {split}.bin, is missing or not one byte per token; "
-                                f"prepare the dataset again")
+    if manifest is not None and manifest.get("shards"):
+        parts = check_shards(data_dir, manifest, dtype)
+    else:
+        parts = {}
+        for split in SPLITS:
+            path = os.path.join(data_dir, f"{split}.bin")
+            if not os.path.exists(path):
+                raise UserError(f"{path} is missing: {prepare_hint(dataset)}")
+            size = os.path.getsize(path)
+            if size == 0 or size % dtype.itemsize:
+                raise UserError(f"{path} holds {size} bytes, {'nothing' if size == 0 else 'not a whole number of'} "
+                                f"{dtype.name} tokens; it is damaged or cut short: prepare the dataset again")
+            if manifest is not None and manifest["files"].get(f"{split}.bin", {}).get("bytes") != size:
+                raise UserError(f"{path} is not the file {MANIFEST} recorded (a different size): the folder mixes "
+                                f"two preparations; prepare the dataset again")
+            if manifest is not None and manifest.get("counted"):
+                mask_path = os.path.join(data_dir, mask_file(split))
+                if not os.path.exists(mask_path) or os.path.getsize(mask_path) != size // dtype.itemsize:
+                    raise UserError(f"{mask_path}, the loss mask of {split}.bin, is missing or not one byte per "
+                                    f"token; prepare the dataset again")
+            parts[split] = [(path, 0, size // dtype.itemsize)]
     if manifest is not None:
         recorded = manifest["files"].get("meta.pkl")
         meta_path = os.path.join(data_dir, "meta.pkl")
         if (recorded is None) != (meta is None) or (recorded and recorded.get("sha256") != file_sha256(meta_path)):
             raise UserError(f"{meta_path} is not the vocabulary {MANIFEST} recorded: the folder mixes two "
                             f"preparations; prepare the dataset again")
-    return meta, dtype, manifest
+    if meta is not None and meta.get("tokenizer"):
+        from gptkit.tokenizer import TrainedTokenizer  # here: hashes the file against meta.pkl's record
+        TrainedTokenizer.load(os.path.join(data_dir, meta["tokenizer"]), meta["tokenizer_sha256"])
+    return meta, dtype, manifest, parts
 
 
 # -----------------------------------------------------------------------------
 # reading and sampling
 
-def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memory=False, digits=3, reverse=True):
+def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memory=False, digits=3, reverse=True,
+                 sampling="random", align="none", micro_steps=1):
     """(batches, where they come from, for messages) of dataset=<name>: a prepared folder (data_dir, else
     data/<name> under the data root), or problems generated as they are drawn (gptkit/arithmetic.py)."""
     from gptkit import arithmetic
     if name in arithmetic.TASKS and not data_dir:
+        if (sampling, align) != ("random", "none"):
+            raise UserError(f"sampling={sampling} and align={align} choose rows of a prepared dataset; the {name} "
+                            f"problems are drawn fresh, one per row: leave them at random and none", status=USAGE)
         problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory)
         return problems, f"the generated {name} problems"
     data_dir = data_dir or os.path.join(data_root(), name)
-    return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory), data_dir
+    return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory, sampling=sampling, align=align,
+                   micro_steps=micro_steps), data_dir
+
+
+class Tokens:
+    """A split's tokens as one array-like stream (len, and slices [i:j]) over its parts: one file, or
+    shards whose rows may span two. A part is memory-mapped when a slice first falls in it."""
+
+    def __init__(self, parts, dtype):
+        self.parts, self.dtype = parts, dtype
+        self.ends = np.cumsum([n for _, _, n in parts])  # token offset where each part ends
+        self._maps = {}
+
+    def __len__(self):
+        return int(self.ends[-1])
+
+    def _map(self, k):
+        if k not in self._maps:
+            path, offset, n = self.parts[k]
+            self._maps[k] = np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(n,))
+        return self._maps[k]
+
+    def __getitem__(self, s):
+        assert isinstance(s, slice) and s.step is None
+        start, stop = s.start or 0, len(self) if s.stop is None else min(s.stop, len(self))
+        k = int(np.searchsorted(self.ends, start, side="right"))
+        if k == len(self.parts):
+            return np.empty(0, self.dtype)
+        base = int(self.ends[k - 1]) if k else 0
+        if stop <= self.ends[k]:  # the common case: within one part
+            return self._map(k)[start - base:stop - base]
+        pieces = []
+        while start < stop:
+            end = min(stop, int(self.ends[k]))
+            pieces.append(self._map(k)[start - base:end - base])
+            start, base, k = end, int(self.ends[k]), k + 1
+        return np.concatenate(pieces)
+
+    def positions_after(self, token, chunk=2**26):
+        """Every offset that follows `token` (an end of text: the first token of the next document), read a
+        chunk at a time (64M tokens, 128 MB of uint16), so memory holds the result, not the split."""
+        found = []
+        for k, (_, _, n) in enumerate(self.parts):
+            base = int(self.ends[k - 1]) if k else 0
+            for i in range(0, n, chunk):
+                found.append(np.flatnonzero(self._map(k)[i:i + chunk] == token) + (base + i + 1))
+        return np.concatenate(found) if found else np.empty(0, np.int64)
 
 
 class Batches:
-    """Memory-mapped train/val tokens (and loss masks) and the deterministic batch schedule."""
+    """Memory-mapped train/val tokens (and loss masks) and the deterministic batch schedule.
+
+    Training rows: sampling="random" draws each row's start uniformly (nanoGPT's windows, with
+    replacement); "epoch" numbers every row of the run, (iteration * micro_steps + micro_step) *
+    batch_size + row, and visits the row starts in a shuffled order that changes each epoch, so no
+    start repeats within an epoch. The starts are any offset (align="none"; an epoch is the split cut
+    into block_size windows, every token a target once) or a document's first token (align="doc":
+    right after an end-of-text token; an epoch is one row per document, whose text past block_size
+    tokens is not its own row). Evaluation batches are random windows whatever the options, so val
+    losses stay comparable."""
 
     exact_match = False  # rows are windows of a token stream, not whole problems (see arithmetic.py)
 
-    def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None):
+    def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None,
+                 sampling="random", align="none", micro_steps=1):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.device, self.pin_memory, self.vocab_size = device, pin_memory, vocab_size
+        self.sampling, self.align, self.micro_steps = sampling, align, micro_steps
         self.seq_len = block_size
-        self.meta, dtype, manifest = check_folder(data_dir, dataset)
+        self.meta, dtype, manifest, parts = check_folder(data_dir, dataset)
         manifest = manifest or {}
         self.counted = manifest.get("counted")  # what the loss counts where targets are masked, else None
         self.chat_template = manifest.get("chat_template")
         self.data, self.mask = {}, {}
         for split in SPLITS:
-            path = os.path.join(data_dir, f"{split}.bin")
-            self.data[split] = np.memmap(path, dtype=dtype, mode="r")
+            self.data[split] = Tokens(parts[split], dtype)
             if len(self.data[split]) <= block_size:
-                raise UserError(f"{path} holds {len(self.data[split])} tokens, fewer than block_size+1="
+                where = parts[split][0][0] if len(parts[split]) == 1 else f"the {split} shards of {data_dir}"
+                raise UserError(f"{where} holds {len(self.data[split])} tokens, fewer than block_size+1="
                                 f"{block_size + 1}; use a smaller block_size or more data")
             if self.counted:
                 self.mask[split] = np.memmap(os.path.join(data_dir, mask_file(split)), dtype=np.uint8, mode="r")
         self._eval_cache = {}
+        self._starts = None  # the row starts of align="doc"
+        self._orders = {}  # epoch -> its order of row starts (sampling="epoch")
+        self.schedule = ""  # a line for the log, where the rows are not nanoGPT's
+        last = len(self.data["train"]) - block_size - 1  # the last offset a row of block_size + 1 tokens fits at
+        if align == "doc":
+            eot = end_of_text(self.meta)
+            if eot is None:
+                raise UserError(f"align=doc starts rows at documents, which {data_dir} does not mark: character data "
+                                f"has no end-of-text token; use align=none", status=USAGE)
+            starts = np.concatenate([[0], self.data["train"].positions_after(eot)])
+            self._starts = starts[starts <= last]
+            if not len(self._starts):
+                raise UserError(f"no document in {data_dir}'s train split is followed by block_size+1="
+                                f"{block_size + 1} tokens, so align=doc has no row to start; use a smaller block_size "
+                                f"or align=none", status=USAGE)
+        self.rows = len(self._starts) if self._starts is not None else last // block_size + 1
+        if sampling == "epoch":
+            per_iter = micro_steps * batch_size
+            self.schedule = (f"epochs of {self.rows:,} rows ({self.rows / per_iter:,.1f} iterations), "
+                             f"{'one per document' if align == 'doc' else 'block_size windows'}, in a shuffled order")
+        elif align == "doc":
+            self.schedule = f"rows start at a random one of {self.rows:,} documents"
 
     def _offsets(self, split, stream):
         """Start offsets of a batch's rows, from a generator seeded by `stream` alone."""
         rng = np.random.default_rng(stream)
         return rng.integers(0, len(self.data[split]) - self.block_size, size=self.batch_size)
 
-    def _draw(self, split, stream):
-        """A batch whose start offsets come from a generator seeded by `stream` alone."""
+    def _order(self, epoch):
+        """The shuffled order of row starts of an epoch: a permutation seeded by (seed, epoch) alone, 4
+        bytes per row, kept for the current and the previous epoch (a batch may span the two)."""
+        if epoch not in self._orders:
+            order = np.arange(self.rows, dtype=np.uint32 if self.rows < 2**32 else np.int64)
+            np.random.default_rng([self.seed, 3, epoch]).shuffle(order)
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def _train_offsets(self, iteration, micro_step):
+        """Start offsets of the rows of training micro-batch (iteration, micro_step)."""
+        if self.sampling == "random" and self.align == "none":
+            return self._offsets("train", [self.seed, 0, iteration, micro_step])  # nanoGPT's windows
+        if self.sampling == "random":
+            rows = np.random.default_rng([self.seed, 0, iteration, micro_step]).integers(0, self.rows,
+                                                                                       size=self.batch_size)
+        else:
+            assert 0 <= micro_step < self.micro_steps, (micro_step, self.micro_steps)
+            first = (iteration * self.micro_steps + micro_step) * self.batch_size  # the run's row number
+            n = np.arange(first, first + self.batch_size, dtype=np.int64)
+            rows = np.array([self._order(int(e))[p] for e, p in zip(n // self.rows, n % self.rows)], dtype=np.int64)
+        return self._starts[rows] if self._starts is not None else rows * self.block_size
+
+    def _draw(self, split, ix):
+        """The batch of rows starting at offsets ix."""
         import torch  # here, not at the top: the prepare scripts import this module and need no torch
         data = self.data[split]
-        ix = self._offsets(split, stream)
         rows = np.stack([data[i:i + self.block_size + 1] for i in ix]).astype(np.int64)
         # checked here on the host, where it costs microseconds: on a GPU an id past the embedding
         # is a device-side assert that kills the process without saying which file is wrong
@@ -231,14 +500,14 @@ class Batches:
 
     def train_batch(self, iteration, micro_step):
         """The micro-batch for (iteration, micro_step); micro_step counts over all ranks."""
-        return self._draw("train", [self.seed, 0, iteration, micro_step])
+        return self._draw("train", self._train_offsets(iteration, micro_step))
 
     def target_counts(self, iteration, micro_steps):
         """Counted targets of each of the step's micro-batches (all processes'), read from the mask
         alone (a byte per target): training.Step weighs each micro-batch by its share."""
         mask = self.mask["train"]
         return [int(sum(np.count_nonzero(mask[i + 1:i + self.block_size + 1])
-                        for i in self._offsets("train", [self.seed, 0, iteration, m])))
+                        for i in self._train_offsets(iteration, m)))
                 for m in range(micro_steps)]
 
     def eval_batch(self, split, k):
@@ -246,6 +515,6 @@ class Batches:
         comparable; drawn once and kept."""
         key = (split, k)
         if key not in self._eval_cache:
-            self._eval_cache[key] = self._draw(split, [self.seed, 1 if split == "train" else 2, k])
+            stream = [self.seed, 1 if split == "train" else 2, k]
+            self._eval_cache[key] = self._draw(split, self._offsets(split, stream))
         return self._eval_cache[key]
-

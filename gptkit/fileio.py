@@ -8,6 +8,7 @@ process that died mid-write are never read; remove_stale_temps deletes them.
 """
 
 import os
+import shutil
 from contextlib import contextmanager
 
 from gptkit.errors import UserError
@@ -29,7 +30,7 @@ def temp_name(path):
 def atomic_open(path, mode="wb", advice="free some disk space or choose a writable folder"):
     """Open a temporary file for writing in path's folder; on leaving the block without an error it
     replaces path. Any OSError (a full disk, a read-only folder) becomes a UserError naming path and
-    ending with `advice`; the temporary is removed whatever happens."""
+    ending with `advice` (a text, or a function returning one); the temporary is removed whatever happens."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = temp_name(path)
     f = None
@@ -43,9 +44,33 @@ def atomic_open(path, mode="wb", advice="free some disk space or choose a writab
         os.replace(tmp, path)
     except OSError as e:
         _close_and_remove(f, tmp)
+        advice = advice() if callable(advice) else advice  # said once the temporary's space is free again
         raise UserError(f"could not write {path} ({reason(e)}); {advice}") from None
     except BaseException:  # Ctrl-C, a UserError from the block: never leave a temporary behind
         _close_and_remove(f, tmp)
+        raise
+    fsync_folder(folder)
+
+
+@contextmanager
+def atomic_path(path, advice="free some disk space or choose a writable folder"):
+    """atomic_open for writers that open the file themselves (gguf's GGUFWriter): yields the
+    temporary's name; on leaving the block without an error the file there is fsynced and replaces path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        remove(tmp)
+        raise UserError(f"could not write {path} ({reason(e)}); {advice}") from None
+    except BaseException:
+        remove(tmp)
         raise
     fsync_folder(folder)
 
@@ -57,6 +82,37 @@ def _close_and_remove(f, tmp):
         except OSError:
             pass
     remove(tmp)
+
+
+def publish_folder(tmp, dest, owned=()):
+    """Move the finished folder tmp into place as dest, so that readers see the old folder or the new one.
+    An earlier dest is replaced, except its entries whose names are not in `owned` (files a user added
+    beside what the earlier writer wrote, such as a model card): those are carried into the new folder
+    first, as hard links (a copy where links are impossible), so a crash at any moment loses none."""
+    if os.path.isdir(dest):
+        for name in os.listdir(dest):
+            if name in owned or os.path.exists(os.path.join(tmp, name)):
+                continue
+            source, target = os.path.join(dest, name), os.path.join(tmp, name)
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.copytree(source, target, copy_function=_link_or_copy, symlinks=True)
+            else:
+                _link_or_copy(source, target)
+    old = None
+    if os.path.isdir(dest):
+        old = f"{dest}.old{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    fsync_folder(os.path.dirname(os.path.abspath(dest)))
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def normal_permissions(folder):

@@ -1,6 +1,9 @@
 """
 Generation: the KV cache, sampling (temperature, top-k, top-p), streaming tokens with stop tokens and a
-sliding window past block_size, and the CPU decode-speed choices (weight layout, thread count).
+sliding window past block_size, and the weight layout a CPU decodes fastest with (asked for by the caller).
+
+Generating never changes the model or the process: the layout is a context the scripts enter, and the
+thread count is the caller's (torch.set_num_threads, OMP_NUM_THREADS).
 """
 
 import time
@@ -18,7 +21,7 @@ class KVCache:
     @classmethod
     def for_model(cls, model, batch_size, device=None, dtype=None):
         cfg = model.config
-        ref = model.lm_head.weight
+        ref = model.transformer.wte.weight  # an embedding stays floating-point in an int8 model
         # key/value heads only: with grouped-query attention the cache is n_head / n_kv_head times smaller
         return cls(cfg.n_layer, batch_size, cfg.kv_heads, cfg.block_size, cfg.head_size,
                    device or ref.device, dtype or ref.dtype)
@@ -57,57 +60,64 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
 
 
-def decode_layout(model):
-    """Store every Linear weight column-major (the transpose contiguous), in place, on CPU.
-    Decoding one position multiplies a vector by each weight; this CPU BLAS streams the
-    column-major layout about 1.5x faster (bench.py --mode=generate measures it). The values,
-    parameter names, shapes and the code path stay the same; only the memory order changes."""
+def _linear_weights(model):
+    """The CPU nn.Linear weights of model stored row-major (a tied head counts once)."""
+    seen, weights = set(), []
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear) and w.device.type == "cpu" and w.is_contiguous() and id(w) not in seen:
+            seen.add(id(w))
+            weights.append(w)
+    return weights
+
+
+def _relayout(weights, column_major):
     # ordinary tensors even when called under inference mode, so the model can still be trained
     with torch.inference_mode(False), torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()  # also wte: the head is tied to it
+        for w in weights:
+            w.data = w.data.t().contiguous().t() if column_major else w.data.contiguous()
 
 
-class DecodeThreads:
-    """Picks the CPU thread count for single-position decode steps by timing them. A decode step
-    is a chain of small ops; when other processes keep the cores busy, every op's parallel region
-    waits for a descheduled worker, and one thread measured 2-3x faster than two on a loaded
-    2-core machine, while on an idle machine more threads stream the weights faster. So the first
-    steps alternate between all threads and one, and the faster median wins. The very first step is
-    left out: it pays for touching the cache's memory, whichever thread count runs it."""
-
-    TRIALS = 3  # steps timed per candidate
-
-    def __init__(self, device):
-        self.original = torch.get_num_threads()
-        cpu = torch.device(device).type == "cpu"
-        self.candidates = [self.original, 1] if cpu and self.original > 1 else []
-        self.times = {n: [] for n in self.candidates}
-        self.chosen = None if self.candidates else self.original
-        self.untimed = 1
-
-    @contextmanager
-    def step(self):
-        if self.untimed:
-            self.untimed -= 1
-            yield
-            return
-        if self.chosen is not None:
-            if torch.get_num_threads() != self.chosen:
-                torch.set_num_threads(self.chosen)
-            yield
-            return
-        n = min(self.candidates, key=lambda c: len(self.times[c]))  # take turns
-        torch.set_num_threads(n)
+@torch.inference_mode()
+def _vector_pass_seconds(weights, passes=3):
+    """Median time of multiplying one vector by every weight: what a decode step streams."""
+    xs = {n: torch.randn(1, n, dtype=weights[0].dtype) for n in {w.size(1) for w in weights}}
+    times = []
+    for _ in range(passes + 1):  # the first pass pays for faulting pages in: not counted
         t0 = time.perf_counter()
-        yield
-        self.times[n].append(time.perf_counter() - t0)
-        if all(len(t) >= self.TRIALS for t in self.times.values()):
-            self.chosen = min(self.candidates, key=lambda c: sorted(self.times[c])[self.TRIALS // 2])
+        for w in weights:
+            F.linear(xs[w.size(1)], w)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[passes // 2]
 
-    def restore(self):
-        torch.set_num_threads(self.original)
+
+@contextmanager
+def decode_layout(model, layout="auto"):
+    """For the block, the memory order of model's CPU Linear weights that multiplies a vector
+    fastest; yields the one in use, 'row' (as stored) or 'column' (the transpose contiguous, the
+    same values, names, shapes and tying). On leaving, every weight is row-major again.
+
+    Some CPU BLAS libraries stream one order faster than the other in the matrix-vector products
+    of a decode step (MKL on a 2-core AMD EPYC: see docs/cpu-inference.md), others do not, so with
+    layout='auto' both orders are timed here on the model's own weights (four passes over them each,
+    plus two copies of every weight) and column-major is kept only if it is at least 5% faster.
+    'row' and 'column' force one. Models on other devices are left as they are."""
+    assert layout in ("auto", "row", "column")
+    weights = _linear_weights(model)
+    if not weights or layout == "row":
+        yield "row"
+        return
+    row_s = _vector_pass_seconds(weights) if layout == "auto" else None
+    _relayout(weights, column_major=True)
+    chosen = "column"
+    try:
+        if layout == "auto" and _vector_pass_seconds(weights) > 0.95 * row_s:
+            _relayout(weights, column_major=False)
+            chosen = "row"
+        yield chosen
+    finally:
+        if chosen == "column":
+            _relayout(weights, column_major=False)
 
 
 # inference mode rather than no_grad: it also skips view and version-counter bookkeeping, about
@@ -125,30 +135,23 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     layer's keys depend on the tokens inside it, so cached keys cannot be reused). Stops early
     once every row has produced one of stop_tokens."""
     block = model.config.block_size
-    if idx.device.type == "cpu" and not model.training:
-        decode_layout(model)
     cache = KVCache.for_model(model, idx.size(0))
     logits, _ = model(idx[:, -block:], cache=cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
-    threads = DecodeThreads(idx.device)
-    try:
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            yield nxt
-            idx = torch.cat((idx, nxt[:, None]), dim=1)
-            if len(stops):
-                done |= torch.isin(nxt, stops)
-                if bool(done.all()):
-                    return
-            if cache.pos < block:
-                with threads.step():
-                    logits, _ = model(nxt[:, None], cache=cache)
-            else:  # slide the window
-                cache.pos = 0
-                logits, _ = model(idx[:, -block:], cache=cache)
-    finally:
-        threads.restore()
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+        yield nxt
+        idx = torch.cat((idx, nxt[:, None]), dim=1)
+        if len(stops):
+            done |= torch.isin(nxt, stops)
+            if bool(done.all()):
+                return
+        if cache.pos < block:
+            logits, _ = model(nxt[:, None], cache=cache)
+        else:  # slide the window
+            cache.pos = 0
+            logits, _ = model(idx[:, -block:], cache=cache)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ and a machine that cannot reach the hub is told so in seconds, not after minutes
 
 import json
 import os
+import pickle
 import socket
 from urllib.parse import urlparse
 
@@ -92,22 +93,46 @@ def load_file(path):
 
 def read_weights(name_or_path):
     """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
-    sharded with an index) or pytorch_model.bin (weights_only, memory-mapped)."""
+    sharded with an index) or pytorch_model.bin (weights_only; memory-mapped when it is in torch's zip
+    format, read whole when it is in the format torch wrote before 1.6). A damaged file is one sentence."""
     index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
     if index:
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                            f"again") from None
         sd = {}
         for shard in shards:
-            sd.update(load_file(local_or_hub(name_or_path, shard)))
+            sd.update(_read_file(local_or_hub(name_or_path, shard)))
         return sd
-    path = local_or_hub(name_or_path, "model.safetensors", required=False)
-    if path:
-        return load_file(path)
-    path = local_or_hub(name_or_path, "pytorch_model.bin", required=False)
-    if path:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = local_or_hub(name_or_path, name, required=False)
+        if path:
+            return _read_file(path)
     raise UserError(f"{name_or_path} has no model.safetensors or pytorch_model.bin")
+
+
+def _read_file(path):
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the format before torch 1.6
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds more than tensors (loading it could run code), or is damaged, so it was not "
+                        f"loaded; use a model.safetensors, or a pytorch_model.bin of tensors only") from None
+    except Exception as e:  # safetensors, zip and torch errors of a truncated or damaged file: many types
+        if isinstance(e, UserError):
+            raise
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} cannot be read: it is truncated or damaged ({reason}); download or copy it "
+                        f"again") from None
 
 
 # -----------------------------------------------------------------------------
@@ -141,32 +166,39 @@ TIKTOKEN_GPT2 = {"vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2
                  "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"}
 
 
+def gpt2_bpe_files(tokenizer_dir=None):
+    """GPT-2's vocab.json and merges.txt, as {name: bytes}: from tokenizer_dir, or tiktoken's files (its
+    cache, else downloaded as tiktoken downloads them)."""
+    if tokenizer_dir:
+        if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
+            raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
+                            f"on huggingface.co/openai-community/gpt2)")
+        files = {}
+        for name in TIKTOKEN_GPT2:
+            with open(os.path.join(tokenizer_dir, name), "rb") as f:
+                files[name] = f.read()
+        return files
+    from tiktoken.load import read_file_cached
+    try:
+        return {name: read_file_cached(url) for name, url in TIKTOKEN_GPT2.items()}
+    except Exception as e:  # network errors come in several types
+        raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
+                        f"sample.py downloads once); connect to the internet once, or point "
+                        f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
+                        f"vocab.json and merges.txt, or export the weights alone with "
+                        f"--skip_tokenizer") from None
+
+
 def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     """transformers' GPT2TokenizerFast for GPT-2's BPE: from a folder with vocab.json and merges.txt, or
-    made from tiktoken's files (its cache, else downloaded as tiktoken downloads them)."""
+    made from tiktoken's files (gpt2_bpe_files)."""
     import tempfile
 
-    from tiktoken.load import read_file_cached
     from transformers import GPT2TokenizerFast
-    with tempfile.TemporaryDirectory() as tmp:
-        if tokenizer_dir:
-            if not all(os.path.isfile(os.path.join(tokenizer_dir, f)) for f in TIKTOKEN_GPT2):
-                raise UserError(f"--tokenizer_dir={tokenizer_dir} must hold vocab.json and merges.txt (GPT-2's, as "
-                                f"on huggingface.co/openai-community/gpt2)")
-            folder = tokenizer_dir
-        else:
-            folder = tmp
-            for name, url in TIKTOKEN_GPT2.items():
-                try:
-                    data = read_file_cached(url)
-                except Exception as e:  # network errors come in several types
-                    raise UserError(f"could not get GPT-2's tokenizer files ({type(e).__name__}: the same files "
-                                    f"sample.py downloads once); connect to the internet once, or point "
-                                    f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
-                                    f"vocab.json and merges.txt, or export the weights alone with "
-                                    f"--skip_tokenizer") from None
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in gpt2_bpe_files(tokenizer_dir).items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
         tok = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
     if len(tok) != GPT2_VOCAB:
         raise UserError(f"the tokenizer files in {tokenizer_dir or 'tiktoken cache'} hold {len(tok)} tokens, not "
@@ -174,15 +206,29 @@ def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):
     return tok
 
 
-def export_architecture(config):
+def fast_tokenizer(tok, model_max_length=1024):
+    """transformers' PreTrainedTokenizerFast for a trained tokenizer (tokenizer.TrainedTokenizer): the same
+    tokenizer.json, its end of text as BOS/EOS, the chat markers as special tokens, and no clean-up of
+    spaces on decoding (byte-level BPE decodes to the exact text)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from gptkit.tokenizer import SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.json), bos_token=SPECIAL_TOKENS[0],
+                                   eos_token=SPECIAL_TOKENS[0], additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+                                   clean_up_tokenization_spaces=False, model_max_length=model_max_length)
+
+
+def export_architecture(config, target="transformers class"):
     """'gpt2', 'llama' or 'qwen3': the transformers model (GPT2LMHeadModel, LlamaForCausalLM,
-    Qwen3ForCausalLM) that computes exactly what a model with this config computes. Any other
-    combination is refused with a sentence naming the option, rather than exported as something
-    that computes a different function."""
+    Qwen3ForCausalLM), or llama.cpp architecture of the same names, that computes exactly what a model
+    with this config computes. Any other combination is refused with a sentence naming the option
+    (and `target`, what cannot compute it), rather than exported as something that computes a
+    different function."""
     c = config
 
     def refuse(option, why):
-        return UserError(f"{option} cannot be exported: {why}, so no transformers class computes this model "
+        return UserError(f"{option} cannot be exported: {why}, so no {target} computes this model "
                          f"(export takes GPT-2's architecture, or pos_emb=rope with norm=rmsnorm and mlp=swiglu)")
 
     if c.logit_softcap:
@@ -207,19 +253,20 @@ def export_architecture(config):
     return "qwen3" if c.qk_norm else "llama"
 
 
-def to_transformers(model, vocab_size=None):
+def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
     """A transformers model holding the model's weights and computing the same function: the
-    architecture export_architecture picks, the vocabulary cropped to vocab_size."""
+    architecture export_architecture picks, the vocabulary cropped to vocab_size, `eot` (the
+    tokenizer's end of text) as its BOS and EOS."""
     vocab_size = vocab_size or model.config.vocab_size
     arch = export_architecture(model.config)
     if arch == "gpt2":
         from transformers import GPT2LMHeadModel
-        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size))
+        hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size, eot))
         sd = gpt2_state_dict(model, vocab_size)
     else:
         import transformers
         cls = transformers.Qwen3ForCausalLM if arch == "qwen3" else transformers.LlamaForCausalLM
-        hf = cls(llama_config_for(model, vocab_size))
+        hf = cls(llama_config_for(model, vocab_size, eot))
         sd = llama_state_dict(model, vocab_size)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     # older transformers keep GPT-2's causal mask as an 'attn.bias' buffer; it is not a weight
@@ -230,9 +277,9 @@ def to_transformers(model, vocab_size=None):
     return hf.eval()
 
 
-def special_tokens(vocab_size):
-    # <|endoftext|> only exists in GPT-2's vocabulary; a character vocabulary has no such token
-    return dict(bos_token_id=GPT2_EOT, eos_token_id=GPT2_EOT) if vocab_size > GPT2_EOT else \
+def special_tokens(vocab_size, eot=GPT2_EOT):
+    # <|endoftext|> exists in GPT-2's vocabulary and in a trained one; a character vocabulary has no such token
+    return dict(bos_token_id=eot, eos_token_id=eot) if eot is not None and vocab_size > eot else \
         dict(bos_token_id=None, eos_token_id=None)
 
 
@@ -262,7 +309,7 @@ def gpt2_state_dict(model, vocab_size=None):
     return out
 
 
-def gpt2_config_for(model, vocab_size=None):
+def gpt2_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers GPT2Config that computes what the model computes."""
     from transformers import GPT2Config
     c = model.config
@@ -272,11 +319,11 @@ def gpt2_config_for(model, vocab_size=None):
         vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
         n_layer=c.n_layer, n_head=c.n_head, n_inner=c.mlp_width, activation_function=act,
         resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.norm_eps,
-        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
 
 
-def llama_config_for(model, vocab_size=None):
+def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
     """The transformers LlamaConfig (Qwen3Config with qk_norm) that computes what the model computes."""
     from transformers import LlamaConfig, Qwen3Config
     c = model.config
@@ -286,7 +333,7 @@ def llama_config_for(model, vocab_size=None):
         num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act="silu",
         max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
         rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta), attention_bias=c.bias,
-        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size),
+        attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
     if c.qk_norm:
         return Qwen3Config(**args)  # its MLP has no biases (export_architecture refuses bias=True)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import configurator
-from gptkit import checkpoint, keys, loading, lora
+from gptkit import checkpoint, keys, loading, lora, runtime
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -34,13 +34,15 @@ class Start:
         """Where the run stands: a resumed run's counters, or a fresh start."""
         return Progress.of_checkpoint(self.ckpt, tokens_per_iter) if self.resuming else Progress()
 
-    def build_model(self, meta, data_dir):
+    def build_model(self, meta, data_dir, device="cpu"):
         """(the GPT to train on the device's CPU side, a line saying where it came from or None). meta is
         the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it."""
         cfg, ckpt_path = self.cfg, self.source
         said = None
         if self.kind == "scratch":
-            model = GPT(keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB))
+            config = keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB)
+            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}")
+            model = GPT(config)
         elif self.resuming:
             # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now
             args = dict(vars(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout)))
@@ -49,25 +51,25 @@ class Start:
             if problem:
                 raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the "
                                 f"dataset the run was trained on")
-            from gptkit.dataset import read_meta
-            run_meta = read_meta(cfg.out_dir)
-            if ("dataset" in self.changed or "data_dir" in self.changed) and run_meta is not None and meta != run_meta:
-                raise UserError(f"{data_dir} has another vocabulary than the run's ({cfg.out_dir}/meta.pkl), so the "
-                                f"token ids would mean other characters; resume with the run's dataset", status=USAGE)
+            self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
             self._refuse_other_lora()
             model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
             it = int(self.ckpt["iter_num"])
+            changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
             said = (f"resuming from {ckpt_path} at iteration {it}, with the run's saved settings"
-                    + (": changed " + ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
-                       if self.changed else ""))
+                    + (f": changed {changed}" if changed else ""))
             if "rng" not in self.ckpt:
                 said += ("\nnote: this checkpoint (nanoGPT layout) has no random-number or data state; dropout "
                          "randomness starts fresh from here")
         else:
             if self.kind == "checkpoint":
                 self._refuse_other_architecture(checkpoint.model_args(self.ckpt))
+                source_meta, where = loading.find_meta(self.ckpt, os.path.dirname(self.source))
+                if where is not None:  # a character run's weights: its characters, not only their number
+                    self._refuse_other_vocabulary(source_meta, meta, data_dir)
                 model = loading.build_model(self.ckpt, self.source, dropout=cfg.dropout)
-                said = f"starting a new run from the weights of {self.source} (iteration {int(self.ckpt.get('iter_num', 0))})"
+                it = int(self.ckpt.get("iter_num", 0))
+                said = f"starting a new run from the weights of {self.source} (iteration {it})"
                 self.ckpt = None  # a new run: the source's optimizer, iteration and random state stay behind
             else:
                 model = loading.load_pretrained(self.source, dropout=cfg.dropout)
@@ -95,6 +97,22 @@ class Start:
         if hasattr(model, "lora"):
             said += "\n" + lora.describe(model)
         return model, said
+
+    def _refuse_other_vocabulary(self, weights_meta, data_meta, data_dir):
+        """The weights' token ids must mean the same text in the data: the vocabulary itself is compared,
+        not its size (a corpus prepared again can number the same count of characters otherwise)."""
+        from gptkit.dataset import same_vocabulary
+        if weights_meta is None or same_vocabulary(weights_meta, data_meta):
+            return
+        same_size = data_meta is not None and data_meta["vocab_size"] == weights_meta["vocab_size"]
+        trained = data_meta is not None and data_meta.get("tokenizer")
+        other = ("GPT-2's BPE" if data_meta is None else
+                 f"{'a trained tokenizer' if trained else 'a character vocabulary'} of {data_meta['vocab_size']}"
+                 + (f" (the same size, other {'tokens' if trained else 'characters'})" if same_size else ""))
+        fix = ("resume with the dataset the run was trained on" if self.resuming else
+               "prepare the data with the weights' vocabulary (data/corpus/prepare.py --vocab_from=THE_RUN'S_DATASET)")
+        raise UserError(f"{data_dir} has {other}, not the vocabulary {self.source} was trained with, so its token ids "
+                        f"would mean other text; {fix}", status=USAGE)
 
     def _refuse_other_architecture(self, weights_args):
         """The architecture is the weights'; a setting given now that contradicts it is a mistake, not a
@@ -165,6 +183,13 @@ def locate(cfg, keys_, machine_keys):
     if cfg.init_from == "resume":
         path = os.path.join(cfg.out_dir, "ckpt.pt")
         if not os.path.exists(path):
+            from gptkit import runs
+            if runs.checkpoints(cfg.out_dir):
+                raise UserError(f"init_from=resume needs {path}, but {runs.what_is_there(cfg.out_dir)}")
+            if os.path.exists(os.path.join(cfg.out_dir, "config.json")):
+                raise UserError(f"init_from=resume but the run in {cfg.out_dir} saved no checkpoint (it stopped before "
+                                f"its first save): start it again with the same command and init_from=scratch, which "
+                                f"replaces its remains")
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; train with init_from=scratch "
                             f"first, or set out_dir to the run's folder")
         ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))

@@ -36,6 +36,10 @@ KEYS = [
     Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
     Key("digits", 3, "generated arithmetic tasks: digits of each operand", min=1, max=9),
     Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
+    Key("sampling", "random", "training rows: random (nanoGPT's windows at random offsets) or epoch (every row start "
+        "once per epoch, shuffled: without replacement)", choices=("random", "epoch")),
+    Key("align", "none", "where training rows start: none (any token) or doc (a document's first token, after "
+        "<|endoftext|>)", choices=("none", "doc")),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
     Key("batch_size", 12, "sequences per micro-step per process", min=1),
     Key("block_size", 1024, "context length in tokens", min=1),

@@ -83,7 +83,7 @@ def load_pretrained(name_or_path, dropout=0.0):
 def find_meta(ckpt, out_dir):
     """(meta, folder) for a run's vocabulary: the meta.pkl train.py copies beside the checkpoint,
     else the one of the dataset named in its config (how nanoGPT's sample.py finds it); (None,
-    None) for GPT-2 BPE runs, which have none."""
+    None) for GPT-2 BPE runs, which have none. A trained tokenizer's tokenizer.json lies in folder."""
     from gptkit.dataset import data_root, read_meta
     meta = read_meta(out_dir)
     if meta is not None:
@@ -120,7 +120,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
         model = build_model(ckpt, path, dropout=0.0)
-        meta, _ = find_meta(ckpt, out_dir)
+        meta, folder = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))}" + (
@@ -131,8 +131,8 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
             template = Transcript.from_dict(ckpt["chat_template"], path)
     else:
         model = load_pretrained(init_from, dropout=0.0)
-        meta, desc = None, init_from
-    tok = load_tokenizer(meta)
+        meta, folder, desc = None, None, init_from
+    tok = load_tokenizer(meta, folder)
     tok.chat_template = template
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id

@@ -1,11 +1,15 @@
 """
-Run folders: what makes a folder hold a run, one writer per run (a lock), and starting over in one.
+Run folders: what a folder holds (a run, the remains of one, or things that are not a run's), one writer
+per run (a lock), and starting over in one.
 
-A folder holds a run when it has any of the files a training run leaves: checkpoints (ckpt.pt,
-best.pt, ckpt_<iter>.pt) or its history (metrics.jsonl). Training refuses to start from scratch in
-such a folder unless told to overwrite it, and only one process at a time may write to a run: the
-lock is an flock on <out_dir>/train.lock, which the operating system releases whatever way the
-holder ends (exit, crash, SIGKILL, power loss), so a stale lock is never mistaken for a live one.
+A folder holds a run when it has a checkpoint (ckpt.pt, best.pt, ckpt_<iter>.pt). A new run starts in an
+empty folder, in one holding only the remains of a run that never saved (its config.json, meta.pkl,
+metrics.jsonl: a start-up that failed), which it replaces, or, when told to overwrite, in one holding a
+run, whose files it deletes and nothing else. A folder holding files a run does not write (a Hugging
+Face model, a dataset, the project itself) never becomes a run folder. Only one process at a time may
+write to a run: the lock is an flock on <out_dir>/train.lock, which the operating system releases
+whatever way the holder ends (exit, crash, SIGKILL, power loss), so a stale lock is never mistaken for a
+live one.
 """
 
 import fcntl
@@ -18,19 +22,102 @@ from gptkit import fileio
 from gptkit.errors import USAGE, UserError
 
 LOCK = "train.lock"
-NUMBERED = re.compile(r"ckpt_\d+\.pt$")
+NUMBERED = re.compile(r"ckpt_(\d+)\.pt$")
+TEMPORARY = re.compile(r".*\.tmp\d+$")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "loss.png")
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png", LOCK)
 RUN_FOLDERS = ("tb",)
+# written beside a run by the other scripts (export.py's default folder): not a run's, but not foreign
+BESIDE_A_RUN = ("hf",)
 
 
-def run_files(folder):
-    """The files in folder that show it holds a run (empty when it holds none)."""
+def checkpoints(folder):
+    """The checkpoint files in folder: ckpt.pt, best.pt and numbered copies (empty when it holds none)."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(n for n in names if n in ("ckpt.pt", "best.pt", "metrics.jsonl") or NUMBERED.match(n))
+    return sorted(n for n in names if n in ("ckpt.pt", "best.pt") or NUMBERED.match(n))
+
+
+def run_files(folder):
+    """The files in folder that show it holds a run (its checkpoints; empty when it holds none)."""
+    return checkpoints(folder)
+
+
+def _our_config(path):
+    """Whether path is the config.json a run writes (not, say, a Hugging Face model's)."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"out_dir", "init_from", "n_layer", "max_iters"} <= set(config)
+
+
+def foreign_files(folder):
+    """The entries of folder that a run does not write: what makes it no place for a new run."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    ours = set(RUN_FILES) | set(RUN_FOLDERS) | set(BESIDE_A_RUN)
+    return sorted(n for n in names if not (n in ours or NUMBERED.match(n) or TEMPORARY.match(n))
+                  or (n == "config.json" and not _our_config(os.path.join(folder, n))))
+
+
+def what_is_there(folder):
+    """Its checkpoints, said with the command that uses them."""
+    found = checkpoints(folder)
+    if "ckpt.pt" in found:
+        return f"{folder} holds a run (ckpt.pt): continue it with --init_from=resume --out_dir={folder}"
+    numbered = sorted((n for n in found if NUMBERED.match(n)), key=lambda n: int(NUMBERED.match(n).group(1)))
+    newest = numbered[-1] if numbered else "best.pt"
+    return (f"{folder} holds {', '.join(found)} but no ckpt.pt, the state a run resumes from: start a new run from "
+            f"those weights with --init_from={os.path.join(folder, newest)} --out_dir=NEW_FOLDER, or copy "
+            f"{newest} to ckpt.pt to resume it")
+
+
+def refuse_to_clobber(out_dir, overwrite=False):
+    """A new run where a run already is, or where things that are not a run's are: refused, unless
+    overwrite=True asks to replace a run (and only a run). Returns the remains of a run that never saved,
+    which the new run replaces (empty when there are none)."""
+    foreign = foreign_files(out_dir)
+    found = checkpoints(out_dir)
+    if found and not overwrite:
+        raise UserError(f"{what_is_there(out_dir)}; or start over with --overwrite=True (which deletes it), or "
+                        f"choose another out_dir", status=USAGE)
+    if foreign and not found:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise UserError(f"out_dir={out_dir} holds files a training run does not write ({shown}): it is not a run "
+                        f"folder, and a run would write its config.json and checkpoints among them; choose a new "
+                        f"or empty out_dir", status=USAGE)
+    if found:
+        return []
+    try:
+        return sorted(n for n in os.listdir(out_dir) if n in RUN_FILES or n in RUN_FOLDERS)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def check_output(path, suffix, magic=None, what="file"):
+    """One sentence unless path may receive a new `what` written by a command: its name ends in `suffix`,
+    and it is either new or a file of the same kind (its first bytes are `magic`) that is not one of a
+    run's own files. A command replaces nothing else: a checkpoint, a user's file, a folder."""
+    if not path.endswith(suffix):
+        raise UserError(f"{path} does not end in {suffix}: give the {what} a name ending in {suffix}", status=USAGE)
+    if not os.path.lexists(path):
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    if not os.path.isfile(path):
+        raise UserError(f"{path} exists and is not a file; choose another name for the {what}", status=USAGE)
+    if (name in RUN_FILES or NUMBERED.match(name)) and checkpoints(folder):
+        raise UserError(f"{path} is a file of the run in {folder}; write the {what} elsewhere", status=USAGE)
+    if magic is not None:
+        with open(path, "rb") as f:
+            if f.read(len(magic)) != magic:
+                raise UserError(f"{path} exists and is not a {what} (it would be replaced); choose another name",
+                                status=USAGE)
 
 
 def check_out_dir(out_dir):
@@ -77,32 +164,21 @@ class RunLock:
             self.fd = None
 
 
-def refuse_to_clobber(out_dir, overwrite=False):
-    """Starting a new run where one already is: refused unless overwrite=True asks for exactly that."""
-    found = run_files(out_dir)
-    if found and not overwrite:
-        raise UserError(f"{out_dir} already holds a run ({', '.join(found[:3])}); continue it with "
-                        f"--init_from=resume, or start over with --overwrite=True (which deletes it), or choose "
-                        f"another out_dir", status=USAGE)
-
-
-def commit(out_dir, config, meta, new_run, overwrite=False):
+def commit(out_dir, config, meta, new_run, overwrite=False, data_dir=None):
     """Make out_dir the run's, under the one-writer lock (returned, held until the process ends): refused
     again if a run started there meanwhile, the earlier run deleted if overwrite asks, config.json
-    written, and the run's vocabulary (meta.pkl) beside it, so sampling, chat and export find it."""
+    written, and the run's vocabulary (meta.pkl, and a trained tokenizer's tokenizer.json from data_dir)
+    beside it, so sampling, chat and export find it."""
     from gptkit import dataset
     lock = RunLock(out_dir).acquire()
     fileio.remove_stale_temps(out_dir)  # left by a process killed mid-write
     if new_run:
-        refuse_to_clobber(out_dir, overwrite)
-        if overwrite:
+        remains = refuse_to_clobber(out_dir, overwrite)
+        if overwrite or remains:
             clear_run(out_dir)
     with fileio.atomic_open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=1, default=str)
-    if meta is not None:
-        dataset.write_meta(meta, out_dir)
-    else:
-        fileio.remove(os.path.join(out_dir, "meta.pkl"))  # a stale vocabulary must not outlive its run
+    dataset.copy_vocabulary(meta, data_dir, out_dir)  # a stale vocabulary must not outlive its run
     return lock
 
 
@@ -110,7 +186,7 @@ def clear_run(out_dir):
     """Delete what an earlier run wrote in out_dir (overwrite=True); other files are left alone."""
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
-        if name in RUN_FILES or NUMBERED.match(name):
+        if (name in RUN_FILES and name != LOCK) or NUMBERED.match(name):
             fileio.remove(path)
         elif name in RUN_FOLDERS and os.path.isdir(path):
             shutil.rmtree(path)

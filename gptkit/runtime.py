@@ -143,6 +143,52 @@ def seed_everything(seed):
 
 
 # -----------------------------------------------------------------------------
+# memory: refuse a model that cannot fit before trying to allocate it
+
+# fp32 weights, their gradients and AdamW's two moments: 4 + 4 + 8 bytes a parameter, before activations
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def available_memory(device):
+    """(bytes the device can still give, what that figure is), or (None, None) where it cannot be known."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, f"free on {torch.cuda.get_device_name(device)}"
+    if device.startswith("cpu"):
+        try:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return int(info["MemAvailable"].split()[0]) * 1024, "available memory"
+        except (OSError, KeyError, ValueError):
+            return None, None
+    return None, None
+
+
+def check_fits(config, device, describe):
+    """One sentence, before anything is allocated, when training a GPTConfig's model cannot fit on the
+    device: its parameter count (from a model built on the meta device, which costs no memory) times
+    TRAINING_BYTES_PER_PARAM against what the device has, and how many blocks of this width would fit."""
+    import dataclasses
+
+    from model import GPT
+    with torch.device("meta"):  # one block stands for all: 10,000 of them would take seconds to make
+        model = GPT(dataclasses.replace(config, n_layer=1), init_weights=False)
+    per_block = sum(p.numel() for p in model.transformer.h[0].parameters())
+    params = sum(p.numel() for p in model.parameters()) + (config.n_layer - 1) * per_block
+    need = params * TRAINING_BYTES_PER_PARAM
+    have, what = available_memory(device)
+    if have is None or need <= have:
+        return
+    fits = (have // TRAINING_BYTES_PER_PARAM - (params - config.n_layer * per_block)) // per_block
+    advice = (f"n_layer={int(fits)} would fit at this width" if fits >= 1
+              else "even one block of this width does not fit: lower n_embd (and the vocabulary's size, if yours)")
+    raise UserError(f"{describe} makes a model of {params / 1e9:.2f}B parameters; training it needs about "
+                    f"{need / 2**30:,.1f} GiB ({TRAINING_BYTES_PER_PARAM} bytes a parameter: weights, gradients "
+                    f"and AdamW's moments, before activations) but {device} has {have / 2**30:,.1f} GiB {what}; "
+                    f"{advice}", status=2)
+
+
+# -----------------------------------------------------------------------------
 # distributed
 
 @dataclass

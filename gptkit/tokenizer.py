@@ -1,9 +1,13 @@
 """
-Text <-> token ids: the character vocabulary of a dataset's meta.pkl, or GPT-2's BPE (tiktoken); the
-vocabulary sizes and the rule for whether a model's vocabulary fits a dataset's; streamed decoding.
+Text <-> token ids: the character vocabulary of a dataset's meta.pkl, GPT-2's BPE (tiktoken), or a
+byte-level BPE trained on the corpus (Hugging Face tokenizers); the vocabulary sizes and the rule for
+whether a model's vocabulary fits a dataset's; streamed decoding.
 """
 
-from gptkit.errors import UserError
+import hashlib
+import os
+
+from gptkit.errors import USAGE, UserError
 
 GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
 GPT2_EOT = 50256  # <|endoftext|>, GPT-2's last token
@@ -18,6 +22,8 @@ def vocab_mismatch(vocab_size, meta):
     exactly its vocabulary, and other data needs every id it holds to have a row."""
     if meta is not None and "stoi" in meta and meta["vocab_size"] != vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the character vocabulary has {meta['vocab_size']}"
+    if meta is not None and meta.get("tokenizer") and meta["vocab_size"] != vocab_size:
+        return f"a vocabulary of {vocab_size} tokens but the trained tokenizer has {meta['vocab_size']}"
     if meta is not None and meta.get("vocab_size", 0) > vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the data uses {meta['vocab_size']}"
     if meta is None and vocab_size < GPT2_VOCAB:
@@ -68,20 +74,145 @@ class BPETokenizer:
                             f"holding its files") from None
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
-        self.name = "gpt2"
+        self.name = self.id = "gpt2"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+
+    def meta(self):
+        return None  # GPT-2 data has no meta.pkl (nanoGPT's layout)
 
     def encode(self, text):
         return self.enc.encode(text, allowed_special={"<|endoftext|>"})
+
+    def encode_ordinary_batch(self, texts, num_threads=8):
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode(self, ids):
         return self.enc.decode(ids)
 
 
-def load_tokenizer(meta):
-    """The character vocabulary when a dataset's meta.pkl has one, else GPT-2 BPE."""
+# -----------------------------------------------------------------------------
+# a byte-level BPE trained on the corpus
+
+# End of text (what GPT-2 calls it), then the chat template's markers (conversation.SFT): real special
+# tokens, each one id that no text encodes to, so a reply's end is one token the model learns to write.
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# GPT-4's pre-tokenization (tiktoken's cl100k_base pattern): text is cut into words, runs of up to three
+# digits, punctuation and whitespace before any merge, so no token spans two words; GPT-2's own pattern
+# makes a token of every run of digits and mishandles case in contractions ('S, 'LL)
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte is a token, so any text can be encoded
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def sha256_text(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def train_bpe(texts, vocab_size, length=None):
+    """A TrainedTokenizer of vocab_size tokens fit to texts (an iterable of strings, read once):
+    the 256 bytes, SPECIAL_TOKENS (ids 0, 1, 2) and merges of the most frequent pairs, each seen at
+    least twice. The same texts in the same pieces give the same tokenizer, byte for byte."""
+    try:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError:
+        raise UserError("training a tokenizer needs Hugging Face tokenizers: pip install tokenizers (transformers "
+                        "installs it too)") from None
+    if vocab_size < MIN_VOCAB:
+        raise UserError(f"--vocab_size={vocab_size} is too small: a byte-level BPE has the 256 bytes and "
+                        f"{len(SPECIAL_TOKENS)} special tokens before any merge; use at least {MIN_VOCAB}",
+                        status=USAGE)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes as printable characters
+    ])
+    tok.decoder = decoders.ByteLevel()
+    # min_frequency=2: a pair seen once is a piece of one word, a merge that saves one token once
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer, length=length)
+    got = tok.get_vocab_size()
+    if got < vocab_size:
+        raise UserError(f"--vocab_size={vocab_size} is more than this text supports: after {got - MIN_VOCAB:,} merges "
+                        f"no pair of tokens occurs twice, so it has {got:,} tokens; use --vocab_size={got} or less, "
+                        f"or more text", status=USAGE)
+    return TrainedTokenizer(tok.to_str())
+
+
+class TrainedTokenizer:
+    """A byte-level BPE trained on the dataset (train_bpe), stored as the dataset's tokenizer.json in
+    Hugging Face's format (what transformers' PreTrainedTokenizerFast reads). Special tokens written
+    in a prompt (<|im_start|>...) are those tokens; in training documents they are plain text
+    (encode_ordinary), as tiktoken treats them, so a document cannot fake the end of a text."""
+
+    def __init__(self, json_text, source="the tokenizer"):
+        from tokenizers import Tokenizer
+        try:
+            self.tok = Tokenizer.from_str(json_text)
+        except Exception as e:  # tokenizers raises its own exception type for a malformed file
+            raise UserError(f"{source} is not a Hugging Face tokenizer file ({str(e)[:100]}); prepare the "
+                            f"dataset again") from None
+        self.json = json_text
+        self.plain = Tokenizer.from_str(json_text)
+        self.plain.encode_special_tokens = True  # documents: special markers are text
+        self.sha256 = sha256_text(json_text)
+        self.vocab_size = self.tok.get_vocab_size()
+        self.eot = self.tok.token_to_id(SPECIAL_TOKENS[0])
+        if self.eot is None:
+            raise UserError(f"{source} has no {SPECIAL_TOKENS[0]} token, so it was not made by a prepare script; "
+                            f"prepare the dataset again")
+        self.name = "bpe"
+        self.id = f"bpe:{self.sha256[:16]}"  # what dataset.json and every shard record as their tokenizer
+        self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+
+    @classmethod
+    def load(cls, path, sha256=None):
+        """The tokenizer in path; with sha256 (what meta.pkl recorded), refused unless it is that file."""
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing: the vocabulary in its folder names a trained tokenizer; copy the "
+                            f"dataset's {TOKENIZER_FILE} there, or prepare the dataset again")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if sha256 is not None and sha256_text(text) != sha256:
+            raise UserError(f"{path} is not the tokenizer the dataset was prepared with (its hash differs from the "
+                            f"one meta.pkl records), so token ids would mean other text; copy the dataset's "
+                            f"{TOKENIZER_FILE} there, or prepare the dataset again")
+        return cls(text, path)
+
+    def meta(self):
+        """The meta.pkl that names this tokenizer: how train.py sizes the model and copies the tokenizer
+        into the run, as it copies a character vocabulary."""
+        return {"vocab_size": self.vocab_size, "tokenizer": TOKENIZER_FILE, "tokenizer_sha256": self.sha256,
+                "eot": self.eot}
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary(self, text):
+        return self.plain.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts, num_threads=None):
+        """Many documents at once, on all cores (the Rust core's threads: RAYON_NUM_THREADS, read when the
+        first batch starts them, caps them; num_threads is tiktoken's argument, unused here)."""
+        return [e.ids for e in self.plain.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def encode_with_starts(self, texts):
+        """[(ids, start)] of texts with special tokens: start[i] is the character where token i begins."""
+        return [(e.ids, [a for a, _ in e.offsets]) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+
+def load_tokenizer(meta, folder=None):
+    """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the
+    trained tokenizer it names (folder/tokenizer.json, checked against the hash meta.pkl records),
+    or, without meta.pkl, GPT-2 BPE."""
     if meta and "stoi" in meta:
         return CharTokenizer(meta)
+    if meta and meta.get("tokenizer"):
+        return TrainedTokenizer.load(os.path.join(folder or ".", meta["tokenizer"]), meta.get("tokenizer_sha256"))
     return BPETokenizer()
 
 

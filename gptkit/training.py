@@ -92,6 +92,7 @@ class Step:
         return [c / mean if mean > 0 else 0.0 for c in mine]
 
     def __call__(self, it, flags=()):
+        """flags: numbers every process must agree on (a stop request), or a function returning them."""
         device = self.plan.device
         loss_sum = torch.zeros((), device=device)
         weights = self._weights(it)
@@ -117,7 +118,9 @@ class Step:
         if self.plan.grad_scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
-        # the one host sync of the step
+        # the one host sync of the step; the flags are read now, so a stop requested during the step's
+        # compute stops after this step, not the next one
+        flags = flags() if callable(flags) else flags
         stats = torch.stack([loss_sum, *(torch.tensor(float(f), device=device) for f in flags)])
         if self.dist.enabled:
             import torch.distributed as tdist

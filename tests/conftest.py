@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import launcher  # noqa: E402  (tests/launcher.py: scripts as fresh processes that start at once)
 
 # Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
 # scripts the tests start too), never into the checkout.
@@ -29,7 +29,23 @@ CORPUS = DATA_ROOT / "play.txt"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts scripts in subprocesses (seconds each); still part of the suite")
+    config.addinivalue_line("markers", "slow: takes seconds (trains, or starts processes); still part of the suite")
+    config.addinivalue_line("markers", "serial: sends signals, holds locks or starts torchrun: these run one after "
+                                       "another (on one worker), never beside each other")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def share_the_cores():
+    """Each test process takes its share of the cores for its own tensor work."""
+    import torch
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_unconfigure(config):
@@ -79,17 +95,20 @@ def offline(tmp_path):
 
 
 def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None):
-    """Run one of the project's scripts in a fresh interpreter (`input`: text piped to it); return the
-    CompletedProcess."""
-    # one thread: the tiny models gain nothing from a second, and two processes (DDP tests, or a
-    # busy machine) with two threads each on two cores slow every step by an order of magnitude
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    full_env.update(env or {})
-    p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=full_env,
-                       capture_output=True, text=True, timeout=timeout, input=input)
+    """Run one of the project's scripts as a fresh process (`input`: text on its stdin); return the
+    CompletedProcess. The process is forked from a server that has imported torch and the project
+    (tests/launcher.py), so it starts in milliseconds; it shares nothing with this one. It runs with one
+    intra-op thread: the tiny models gain nothing from a second, and the test processes share the cores."""
+    p = launcher.run(script, [str(a) for a in args], env=env, cwd=cwd, input=input, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p
+
+
+def start(script, *args, env=None, cwd=ROOT):
+    """A script started as a fresh process (as run() does) and left running: .stdout is read as it prints;
+    .send_signal(), .wait(), .communicate() as with subprocess.Popen."""
+    return launcher.start(script, [str(a) for a in args], env=env, cwd=cwd)
 
 
 def assert_clean_error(p, status=None, words=()):
@@ -116,6 +135,17 @@ def char_data():
     folder = DATA_ROOT / "play_char"
     run("data/shakespeare_char/prepare.py", CORPUS, f"--out={folder}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def char_run(char_data, tmp_path_factory):
+    """A finished tiny run on play_char with every kind of file a run leaves (ckpt.pt, best.pt, numbered
+    copies ckpt_0000003.pt and ckpt_0000006.pt, metrics.jsonl, config.json, meta.pkl, loss.png), shared
+    by the tests that only read it: copy it first to change it."""
+    out = tmp_path_factory.mktemp("char-run") / "run"
+    run("train.py", "--dataset=play_char", *TINY, "--eval_iters=2", "--max_iters=6", "--eval_interval=3",
+        "--keep_last=2", f"--out_dir={out}")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,12 @@
 """chat.py driven through a pipe, with a tiny model that has learnt a two-speaker script."""
 
-import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error
+import conftest
+from conftest import assert_clean_error
 from gptkit import checkpoint
 from model import GPT, GPTConfig
 
@@ -16,10 +14,7 @@ SCRIPT = "A:\nhi\nB:\nyo\nA:\nok\nB:\nno\n"  # replies: "hi" -> "yo", "ok" -> "n
 
 
 def run(script, *args, input="", check=True):
-    p = subprocess.run([sys.executable, str(ROOT / script), *args], input=input, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert not check or p.returncode == 0, p.stderr
-    return p
+    return conftest.run(script, *args, input=input, check=check, timeout=300)
 
 
 def dialogue_run(out_dir):

@@ -33,6 +33,7 @@ def save_forever(path, done):
         done.value = k  # saves up to k have returned
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     path = str(tmp_path / "ckpt.pt")

@@ -1,11 +1,12 @@
 """Config files and --key=value overrides: nanoGPT's configs run unchanged, bad input is one sentence."""
 
-import json
+
+import configurator
 
 import pytest
 
 from configurator import ConfigError, Key, parse
-from conftest import assert_clean_error, run
+from conftest import ROOT, assert_clean_error, run
 
 KEYS = [
     Key("out_dir", "out", "run folder"),
@@ -151,26 +152,18 @@ init_from = 'gpt2'
 }
 
 
-@pytest.mark.slow
 def test_nanogpt_config_files_run_unchanged(tmp_path):
+    from gptkit import keys
     for name, text in NANOGPT_CONFIGS.items():
         path = tmp_path / name
         path.write_text(text)
-        p = run("train.py", path, "--print-config")
-        cfg = json.loads(p.stdout)
-        assert "Traceback" not in p.stderr
-        if name == "train_shakespeare_char.py":
-            assert cfg["n_layer"] == 6 and cfg["dropout"] == 0.2 and cfg["learning_rate"] == 1e-3
-        if name == "finetune_shakespeare.py":
-            assert cfg["init_from"] == "gpt2-xl" and cfg["wandb_run_name"].startswith("ft-")
-        if name == "train_gpt2.py":
-            assert cfg["gradient_accumulation_steps"] == 40 and cfg["wandb_log"] is True
+        configurator.parse(keys.KEYS, [str(path)])  # every name in them is a key of train.py, every value fits
 
 
-@pytest.mark.slow
-def test_project_configs_resolve():
-    for name in ("config/train_shakespeare_char.py", "config/train_shakespeare_char_cpu.py"):
-        run("train.py", name, "--print-config")
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.py")))
+def test_the_projects_config_files_name_only_keys_of_their_scripts(path):
+    from gptkit import keys
+    configurator.parse(keys.KEYS, [str(ROOT / path)])
 
 
 # every message is checked in-process above; these check that train.py passes them on with status 2
@@ -197,3 +190,18 @@ def test_help_lists_keys():
     assert "learning_rate" in p.stdout and "gradient_accumulation_steps" in p.stdout
     p = run("sample.py", "--help")
     assert "top_p" in p.stdout
+
+
+def test_string_keys_take_text_that_looks_like_a_number_and_numeric_keys_take_numpy_scalars(tmp_path):
+    from gptkit import keys
+    values = configurator.parse(keys.KEYS, ["--out_dir=123", "--wandb_run_name=2024", "--dataset=1e3"])
+    assert (values["out_dir"], values["wandb_run_name"], values["dataset"]) == ("123", "2024", "1e3")
+    config = tmp_path / "numpy_config.py"
+    config.write_text("import numpy as np\nlearning_rate = np.float64(3e-4) * 2\nbeta2 = np.float32(0.5)\n"
+                      "max_iters = np.int64(10) * 3\n")
+    values = configurator.parse(keys.KEYS, [str(config)])
+    assert values["learning_rate"] == pytest.approx(6e-4) and type(values["learning_rate"]) is float
+    assert values["beta2"] == 0.5 and type(values["beta2"]) is float
+    assert values["max_iters"] == 30 and type(values["max_iters"]) is int
+    with pytest.raises(configurator.ConfigError, match="n_layer must be an integer but got True"):
+        configurator.parse(keys.KEYS, ["--n_layer=True"])  # a bool is not a number of layers

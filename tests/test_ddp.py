@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, read_metrics, run
+
+pytestmark = pytest.mark.serial  # torchrun: two processes a test
 from gptkit import runtime
 from gptkit.errors import UserError
 

@@ -1,14 +1,13 @@
-"""Generation beyond the model: stop tokens and strings, the decode-time weight layout and thread
-choice, and sample.py on Hugging Face GPT-2 folders checked against transformers' own generate."""
-
-import time
+"""Generation beyond the model: stop tokens and strings, the decode-time weight layout, generation
+leaving the model and the process as it found them, and sample.py on Hugging Face GPT-2 folders
+checked against transformers' own generate."""
 
 import pytest
 import torch
 
 from conftest import run
 from gptkit import conversation
-from gptkit.generate import DecodeThreads, decode_layout, generate_stream
+from gptkit.generate import decode_layout, generate_stream
 from gptkit.tokenizer import StopText, StreamDecoder
 from model import GPT, GPTConfig
 
@@ -29,19 +28,6 @@ def test_stop_text_holds_back_a_possible_stop_and_cuts_at_it():
     assert s.push("yo\n") == "yo" and s.flush() == "\n" and not s.stopped
 
 
-def test_decode_layout_keeps_values_and_logits():
-    model = tiny()
-    idx = torch.randint(0, 97, (2, 20))
-    before, _ = model(idx, all_logits=True)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    decode_layout(model)
-    assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight.t().is_contiguous()
-    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
-    after, _ = model(idx, all_logits=True)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
-
-
 def test_stop_tokens_end_the_stream_once_every_row_has_one():
     model = tiny()
     prompt = torch.randint(0, 97, (2, 5))
@@ -53,20 +39,46 @@ def test_stop_tokens_end_the_stream_once_every_row_has_one():
     assert torch.equal(torch.stack(steps), free[:len(steps)])
 
 
-@pytest.mark.parametrize("slow_threads", ["all", "one"])
-def test_thread_choice_keeps_the_faster_and_restores(slow_threads, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: state["n"])  # pretend this machine has 4 threads
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(n=n))
-    state = {"n": 4}
-    chooser = DecodeThreads("cpu")
-    slow = 4 if slow_threads == "all" else 1
-    for _ in range(2 * DecodeThreads.TRIALS + 2):
-        with chooser.step():
-            time.sleep(0.02 if state["n"] == slow else 0.001)  # the step as slow as that thread count makes it
-    assert chooser.chosen == (1 if slow_threads == "all" else 4)
-    assert state["n"] == chooser.chosen  # later steps run with the choice
-    chooser.restore()
-    assert state["n"] == 4
+def layout_of(model):
+    return {k: (v.stride(), v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+
+
+def test_generation_leaves_the_model_and_the_thread_count_as_they_were():
+    model = tiny()
+    before, threads = layout_of(model), torch.get_num_threads()
+    stream = generate_stream(model, torch.randint(0, 97, (1, 4)), 20, temperature=0)
+    for i, _ in enumerate(stream):
+        assert torch.get_num_threads() == threads  # also while the caller holds a token
+        if i == 5:
+            break
+    stream.close()  # abandoned half-way, as a reader that stops early leaves it
+    list(generate_stream(model, torch.randint(0, 97, (2, 4)), 40, temperature=0))  # past block_size too
+    after = layout_of(model)
+    assert torch.get_num_threads() == threads
+    for k, (stride, ptr, value) in before.items():
+        assert after[k][:2] == (stride, ptr) and torch.equal(after[k][2], value), k
+
+
+def test_decode_layout_is_column_major_inside_and_row_major_after():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 20))
+    ref, _ = model(idx, all_logits=True)
+    before = layout_of(model)
+    with decode_layout(model, "column") as layout:
+        assert layout == "column"
+        w = model.lm_head.weight
+        assert w.t().is_contiguous() and not w.is_contiguous() and w is model.transformer.wte.weight  # still tied
+        inside, _ = model(idx, all_logits=True)
+    torch.testing.assert_close(inside, ref, atol=1e-5, rtol=0)
+    for k, (stride, _, value) in before.items():
+        v = model.state_dict()[k]
+        assert v.stride() == stride and torch.equal(v, value), k
+    with decode_layout(model) as chosen:  # timed here: whichever this CPU multiplies faster
+        assert chosen in ("row", "column")
+    assert all(v.stride() == before[k][0] for k, v in model.state_dict().items())
+    with pytest.raises(KeyError), decode_layout(model, "column"):
+        raise KeyError  # an error inside the block restores the layout too
+    assert all(v.stride() == before[k][0] for k, v in model.state_dict().items())
 
 
 def test_stream_decoder_holds_back_a_split_multibyte_character():

@@ -16,6 +16,7 @@ import configurator
 from conftest import CORPUS_VOCAB, ROOT, TINY, nanogpt_checkpoint, read_metrics, run
 from test_resume import assert_resumed_equals_reference
 from gptkit import checkpoint, hf, init_from, keys, loading, lora
+from gptkit.dataset import read_meta
 from gptkit.errors import UserError
 from gptkit.optim import configure_optimizers
 from model import GPT, GPTConfig
@@ -298,7 +299,7 @@ def test_a_run_folder_or_checkpoint_brings_weights_for_lora_and_a_lora_run_bring
                                                       f"--out_dir={tmp_path / 'new'}", *args], announce=False)
         s = init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)
         keys.check(s.cfg)
-        return s.build_model(meta=dict(vocab_size=CORPUS_VOCAB, stoi={}), data_dir="play_char")
+        return s.build_model(meta=read_meta(char_data), data_dir="play_char")
 
     for init in (base_ckpt.parent, base_ckpt):  # a run folder and a checkpoint file
         model, said = start(init, "--lora_rank=2", "--lora_targets=attn")

@@ -147,6 +147,7 @@ def test_evaluation_of_unmasked_data_is_the_mean_of_the_batches_means_bit_for_bi
     assert losses["val"] == (total / 3).item()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_two_processes_weigh_micro_batches_by_their_counted_targets(tmp_path):
     """One torchrun launch of tests/masked_ddp_worker.py: a DDP step and an evaluation over two

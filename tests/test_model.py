@@ -73,7 +73,8 @@ def test_weights_tied_and_gpt2_init():
 
 def test_parameter_count_matches_gpt2_small():
     # GPT-2 124M: the published count, with the tied head counted once and position embeddings left out
-    model = GPT(GPTConfig(vocab_size=50257, bias=True))
+    with torch.device("meta"):  # shapes without memory: counting needs no weights
+        model = GPT(GPTConfig(vocab_size=50257, bias=True), init_weights=False)
     assert model.get_num_params(non_embedding=False) == 124_439_808
     assert model.get_num_params() == 124_439_808 - 1024 * 768
 
@@ -115,10 +116,10 @@ def test_flops_per_token_matches_a_hand_count_for_gpt2_small():
     L, C, T, V = 12, 768, 1024, 50257
     matmul_weights = L * (C * 3 * C + C * C + C * 4 * C + 4 * C * C) + C * V
     by_hand = 3 * 2 * matmul_weights + 3 * 4 * L * T * C
-    model = GPT(GPTConfig(vocab_size=V, bias=True))
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=V, bias=True), init_weights=False)
     # the model counts every non-position parameter (norms and biases too: 0.1% more)
     assert model.flops_per_token() == pytest.approx(by_hand, rel=1e-3)
-    assert model.flops_per_token() / 1e6 == pytest.approx(855.2, abs=0.1)  # 6N + 12LHQT, the PaLM formula
 
 
 def test_lr_schedule_warmup_cosine_and_floor():

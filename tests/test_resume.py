@@ -7,14 +7,13 @@ import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, nanogpt_checkpoint, read_metrics, run
+import conftest
+from conftest import TINY, assert_clean_error, nanogpt_checkpoint, read_metrics, run
 
 # one intra-op thread: much faster for a tiny model on a busy machine, and the same in every run compared
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -26,9 +25,7 @@ TIMING = {"ms", "tok_s", "mfu", "elapsed_s"}  # wall-clock figures, the only one
 
 
 def start(*args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **ENV)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return conftest.start("train.py", *args, env=ENV)
 
 
 def wait_for_line(p, prefix, timeout=300):
@@ -88,6 +85,7 @@ def assert_resumed_equals_reference(ref_dir, out_dir, machine_keys=()):
     assert_same(load(ref_dir / "best.pt")["model"], load(out_dir / "best.pt")["model"], "best.pt")
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(char_data, tmp_path):
     K = 60
@@ -110,6 +108,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(char_data, tmp_path):
     assert_resumed_equals_reference(ref, out)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
     """Saving every iteration and killed without warning: each time the run resumes from what is
@@ -140,6 +139,7 @@ def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
     assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == [f"ckpt_{K - 1:07d}.pt", f"ckpt_{K:07d}.pt"]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_second_sigint_quits_at_once(char_data, tmp_path):
     # steps of a few seconds, so the second Ctrl-C lands while the first is still finishing its step
@@ -157,15 +157,19 @@ def test_second_sigint_quits_at_once(char_data, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
-def test_one_sigint_saves_and_says_how_to_resume(char_data, tmp_path):
-    p = start(*EXACT, "--max_iters=100000", f"--out_dir={tmp_path}", "--eval_interval=100000")
+def test_one_sigint_finishes_the_step_under_way_saves_and_says_how_to_resume(char_data, tmp_path):
+    # steps of a second or so: the signal lands while step 2 is being computed
+    p = start(*EXACT, "--batch_size=64", "--gradient_accumulation_steps=32", "--max_iters=100000",
+              f"--out_dir={tmp_path}", "--eval_interval=100000")
     wait_for_line(p, "iter 1:")
     p.send_signal(signal.SIGINT)
     stdout, stderr = finish(p, timeout=120)
     assert p.returncode == 0, stderr
-    saved = load(tmp_path / "ckpt.pt")["iter_num"]
-    assert f"stopped at iteration {saved} and saved" in stdout and "--init_from=resume" in stdout
+    # step 2 finishes and is saved; no step 3 is started after the request
+    assert load(tmp_path / "ckpt.pt")["iter_num"] == 3 and "iter 3:" not in stdout
+    assert "stopped at iteration 3 and saved" in stdout and "--init_from=resume" in stdout
 
 
 def digest(path):
@@ -257,12 +261,9 @@ def test_resume_without_a_checkpoint_talks_about_the_checkpoint_first(tmp_path):
     assert_clean_error(p, words=["no checkpoint at", "ckpt.pt"])
 
 
-@pytest.fixture(scope="module")
-def source_run(char_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("source") / "run"
-    run("train.py", "--dataset=play_char", *TINY, "--max_iters=6", "--eval_interval=6", "--eval_iters=2",
-        f"--out_dir={out}", env=ENV)
-    return out
+@pytest.fixture
+def source_run(char_run):
+    return char_run
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
 from gptkit import checkpoint, dataprep, dataset
 from gptkit.errors import UserError
 
@@ -33,13 +33,9 @@ def digests(folder):
     return out
 
 
-@pytest.fixture(scope="module")
-def a_run(char_data, tmp_path_factory):
-    """A finished tiny run with every kind of file a run leaves (numbered copies too)."""
-    out = tmp_path_factory.mktemp("safety") / "run"
-    run("train.py", *BASE, "--max_iters=6", "--eval_interval=3", "--keep_last=2", f"--out_dir={out}")
-    assert {"ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "ckpt_0000006.pt"} <= set(os.listdir(out))
-    return out
+@pytest.fixture
+def a_run(char_run):
+    return char_run
 
 
 def script(path, *args):
@@ -78,7 +74,7 @@ def test_export_overwrite_never_replaces_a_run_a_repository_or_a_parent(a_run, t
 def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_changes_nothing(a_run, tmp_path):
     before = digests(a_run)
     p = run("train.py", *BASE, "--max_iters=6", f"--out_dir={a_run}", check=False)
-    assert_clean_error(p, status=2, words=["already holds a run", "--init_from=resume", "--overwrite=True"])
+    assert_clean_error(p, status=2, words=["holds a run (ckpt.pt)", "--init_from=resume", "--overwrite=True"])
     # a run that cannot start (its logger is missing) is refused before it touches the history
     p = run("train.py", "--init_from=resume", f"--out_dir={a_run}", "--max_iters=9", "--tensorboard_log=True",
             check=False, env={"PYTHONPATH": str(blocked_module(tmp_path, "tensorboard"))})
@@ -104,12 +100,11 @@ def blocked_module(tmp_path, name):
     return folder
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_one_writer_per_run_folder(char_data, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *BASE, "--max_iters=100000",
-                              "--eval_interval=2", f"--out_dir={out}"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    first = start("train.py", *BASE, "--max_iters=100000", "--eval_interval=2", f"--out_dir={out}")
     try:
         for line in first.stdout:
             if line.startswith("iter 3:"):  # past its first save, so there is a run to resume
@@ -207,7 +202,6 @@ def test_meta_pkl_is_read_without_running_code(char_data, tmp_path):
 # -----------------------------------------------------------------------------
 # silent nonsense
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arg, words", [
     ("--gradient_accumulation_steps=0", ["gradient_accumulation_steps must be at least 1"]),
     ("--eval_iters=0", ["eval_iters must be at least 1"]),
@@ -221,11 +215,13 @@ def test_meta_pkl_is_read_without_running_code(char_data, tmp_path):
     ("--beta2=1.0", ["beta2"]),
     ("--out_dir=", ["out_dir is empty"]),
 ])
-def test_every_numeric_key_is_range_checked(arg, words, tmp_path):
-    # refused while parsing, before torch is even imported: these take a fraction of a second
-    p = run("train.py", *BASE, f"--out_dir={tmp_path / 'run'}", arg, check=False)
-    assert_clean_error(p, status=2, words=words)
-    assert not (tmp_path / "run").exists()
+def test_every_numeric_key_is_range_checked(arg, words):
+    import configurator
+    from gptkit import keys, runs
+    with pytest.raises(UserError) as e:
+        cfg = configurator.parse(keys.KEYS, [*BASE, arg])
+        runs.check_out_dir(cfg["out_dir"])
+    assert e.value.status == 2 and all(w in str(e.value) for w in words), str(e.value)
 
 
 @pytest.mark.slow
@@ -253,7 +249,7 @@ def test_resuming_cannot_change_the_architecture_context_or_vocabulary(a_run, tm
     run("data/shakespeare_char/prepare.py", tmp_path / "other.txt", f"--out={other}")
     p = run("train.py", "--init_from=resume", f"--out_dir={a_run}", "--max_iters=9", f"--data_dir={other}",
             check=False)
-    assert_clean_error(p, status=2, words=["another vocabulary than the run's"])
+    assert_clean_error(p, status=2, words=["not the vocabulary", "resume with the dataset"])
     assert digests(a_run) == before
 
 
@@ -295,6 +291,7 @@ def test_a_full_disk_while_logging_is_one_sentence(char_data, tmp_path):
     assert_clean_error(p, words=["could not append to", "metrics.jsonl", "free some disk space"])
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sampling_into_a_closed_pipe_or_interrupted_ends_quietly(a_run):
     args = [sys.executable, str(ROOT / "sample.py"), f"--out_dir={a_run}", "--num_samples=1000",
@@ -313,16 +310,15 @@ def test_sampling_into_a_closed_pipe_or_interrupted_ends_quietly(a_run):
 # -----------------------------------------------------------------------------
 # prompt stops
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_stop_request_interrupts_a_long_evaluation(char_data, tmp_path):
     out = tmp_path / "run"
     run("train.py", *BASE, "--max_iters=2", "--eval_interval=2", f"--out_dir={out}")
     # resumed with evaluations of 2 x 4000 batches of 8 x 32 tokens (most of a minute on 2 cores), the
     # next at iteration 4: a stop request must not wait for it
-    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--init_from=resume", f"--out_dir={out}",
-                          "--max_iters=100", "--eval_interval=4", "--eval_iters=4000"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    p = start("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=100", "--eval_interval=4",
+              "--eval_iters=4000")
     seen = []
     for line in p.stdout:
         seen.append(line)

@@ -44,18 +44,6 @@ def test_tiny_run_lowers_the_loss_and_writes_a_nanogpt_checkpoint(char_data, tmp
 
 
 @pytest.mark.slow
-def test_resume_continues_where_the_run_stopped(char_data, tmp_path):
-    out = tmp_path / "run"
-    common = ["--dataset=play_char", *TINY, "--eval_interval=10", "--eval_iters=2", f"--out_dir={out}"]
-    run("train.py", *common, "--max_iters=10")
-    p = run("train.py", *common, "--max_iters=20", "--init_from=resume")
-    assert "resuming from" in p.stdout
-    rows = read_metrics(out)
-    assert [r["iter"] for r in rows if "loss" in r] == list(range(20))
-    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == 20
-
-
-@pytest.mark.slow
 def test_missing_data_names_the_prepare_command(tmp_path):
     p = run("train.py", "--dataset=shakespeare_char", f"--data_dir={tmp_path}", *TINY, check=False)
     assert_clean_error(p, words=["train.bin", "python data/shakespeare_char/prepare.py"])

@@ -11,12 +11,14 @@ Each line of a .jsonl file is one conversation in the format most chat datasets 
 Hugging Face dataset (a hub name, or a builder such as json with --data_files=) with such a column
 (--column=messages, --split=train), for users online. A folder contributes every .jsonl under it.
 
-Every conversation is written in conversation.SFT's template (ChatML's markers as plain text) and
-followed by <|endoftext|>. Only the assistant's messages and their end-of-turn marker count in the
-loss, so the model learns to reply and to stop, never to write the user's lines. The template goes
-into dataset.json; train.py records it in the run, and chat.py talks to the run in it. Conversations
-without an assistant message are left out (they would teach nothing). Every 20th conversation
-(--val_fraction=0.05), evenly spaced, at least one, is val.
+Every conversation is written in conversation.SFT's template (ChatML's markers as plain text in
+GPT-2's BPE) and followed by <|endoftext|>. --vocab_from=data/NAME encodes them instead with the
+tokenizer trained for that dataset (prepare.py --tokenizer=bpe), copied along, in which the markers
+are special tokens: for fine-tuning a model pretrained on that data. Only the assistant's messages
+and their end-of-turn marker count in the loss, so the model learns to reply and to stop, never to
+write the user's lines. The template goes into dataset.json; train.py records it in the run, and
+chat.py talks to the run in it. Conversations without an assistant message are left out (they would
+teach nothing). Every 20th conversation (--val_fraction=0.05), evenly spaced, at least one, is val.
 """
 
 import contextlib
@@ -29,7 +31,7 @@ from gptkit import conversation, dataprep, errors  # noqa: E402
 from gptkit.dataset import data_root  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
-ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "out"]
+ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
 
 
@@ -58,19 +60,18 @@ def local_conversations(path, column):
     else:
         raise UserError(f"--input={path} does not exist; give a .jsonl file or a folder of them")
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}, line {lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
-                if not isinstance(row, dict) or column not in row:
-                    raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
-                                    f"(another field name: --column=)")
-                yield row[column], where
+        for lineno, line in dataprep.utf8_lines(file):
+            if not line.strip():
+                continue
+            where = f"{file}, line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} is not JSON ({e.msg}); each line must be one conversation") from None
+            if not isinstance(row, dict) or column not in row:
+                raise UserError(f"{where} has no {column!r} field; each line must be {{\"{column}\": [...]}} "
+                                f"(another field name: --column=)")
+            yield row[column], where
 
 
 def hub_conversations(args, column):
@@ -92,6 +93,17 @@ def hub_conversations(args, column):
                         f"conversations' column with --column=")
     for i, row in enumerate(ds):
         yield row[column], f"{name} row {i}"
+
+
+def trained_tokenizer(folder):
+    """The trained tokenizer of a prepared dataset (its meta.pkl names it), or a sentence."""
+    from gptkit.dataset import read_meta
+    from gptkit.tokenizer import load_tokenizer
+    meta = read_meta(folder) if os.path.isdir(folder) else None
+    if not meta or not meta.get("tokenizer"):
+        raise UserError(f"--vocab_from={folder} holds no trained tokenizer (a meta.pkl naming tokenizer.json); "
+                        f"give the folder of a dataset prepared with --tokenizer=bpe", status=USAGE)
+    return load_tokenizer(meta, folder)
 
 
 def main(argv):
@@ -127,13 +139,18 @@ def main(argv):
     n_val = max(1, round(n * val_fraction))
 
     out = dataprep.out_folder(args, "chat")
-    from gptkit.tokenizer import BPETokenizer
-    enc = BPETokenizer().enc
-    encoder = dataprep.MaskedEncoder(enc)
-    writer = dataprep.DatasetWriter(out, enc.n_vocab, info={"counted": "assistant tokens",
-                                                           "chat_template": template.to_dict()})
+    info = {"counted": "assistant tokens", "chat_template": template.to_dict()}
+    if args.get("vocab_from"):
+        tok = trained_tokenizer(args["vocab_from"])
+        encoder, vocab_size, eot = dataprep.MaskedEncoder(tok), tok.vocab_size, tok.eot
+        writer = dataprep.DatasetWriter(out, vocab_size, info=info, tokenizer=tok)
+    else:
+        from gptkit.tokenizer import BPETokenizer
+        enc = BPETokenizer().enc
+        encoder, vocab_size, eot = dataprep.MaskedEncoder(enc), enc.n_vocab, enc.eot_token
+        writer = dataprep.DatasetWriter(out, vocab_size, info=info)
     import numpy as np
-    eot_ids, eot_mask = np.array([enc.eot_token], np.uint16), np.zeros(1, np.uint8)  # the EOT is not a reply
+    eot_ids, eot_mask = np.array([eot], writer.dtype), np.zeros(1, np.uint8)  # the EOT is not a reply
     tokens = {"train": 0, "val": 0}
     counted = {"train": 0, "val": 0}
     with contextlib.ExitStack() as files:
@@ -143,7 +160,7 @@ def main(argv):
                 # conversation i is val when the evenly spaced val positions step past it
                 split = "val" if (i + 1) * n_val // n > i * n_val // n else "train"
                 ids_f, mask_f = bins[split]
-                ids.astype(np.uint16).tofile(ids_f)
+                ids.astype(writer.dtype).tofile(ids_f)
                 eot_ids.tofile(ids_f)
                 mask.tofile(mask_f)
                 eot_mask.tofile(mask_f)
@@ -154,10 +171,14 @@ def main(argv):
           + (f"; left out {skipped:,} without an assistant message" if skipped else ""))
     print(f"the loss counts the assistant's tokens: {counted['train']:,} of {tokens['train']:,} train tokens "
           f"({counted['train'] / tokens['train']:.0%}), {counted['val']:,} of {tokens['val']:,} val tokens")
-    dataprep.report_split(out, counts, enc.n_vocab)
+    dataprep.report_split(out, counts, vocab_size)
     name = os.path.relpath(out, data_root())
     use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
-    print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}")
+    if args.get("vocab_from"):  # GPT-2's weights do not know this tokenizer: a run pretrained in it does
+        print(f"fine-tune a run pretrained on {args['vocab_from']} with: python train.py config/sft_gpt2.py "
+              f"--init_from=RUN_FOLDER --{use}")
+    else:
+        print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}")
 
 
 if __name__ == "__main__":

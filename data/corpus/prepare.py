@@ -6,16 +6,22 @@ in the layout train.py reads, so that `dataset=` in a config points at it.
     python data/corpus/prepare.py --input=notes/ --tokenizer=char --out=data/notes_char
     python train.py config/train_shakespeare_char.py --dataset=notes_char
     python data/corpus/prepare.py books/ --tokenizer=char --vocab_from=data/shakespeare_char --out=data/books_char
+    python data/corpus/prepare.py --input=bengali/ --tokenizer=bpe --vocab_size=8192 --out=data/bengali
 
 --tokenizer=gpt2 (default) uses GPT-2's BPE, with <|endoftext|> after each file, for training from
 scratch or fine-tuning GPT-2. --tokenizer=char makes a vocabulary of the corpus's characters (meta.pkl
-in nanoGPT's layout). A folder contributes every .txt and .md file under it, in sorted order. The
-first 90% of the tokens (--val_fraction=0.1) are train, the rest val. The corpus is read into memory;
+in nanoGPT's layout). --tokenizer=bpe trains a byte-level BPE of --vocab_size tokens (4096) on the
+train text (Hugging Face tokenizers, seconds for a few MB), with <|endoftext|>, <|im_start|> and
+<|im_end|> as special tokens and <|endoftext|> after each file; it is saved as tokenizer.json (with a
+meta.pkl naming it) and every run trained on the data carries it (docs/data.md). A folder contributes
+every .txt and .md file under it, in sorted order. The first 90% of the tokens (--val_fraction=0.1;
+with --tokenizer=bpe and char, of the text) are train, the rest val. The corpus is read into memory;
 for one larger than memory use data/openwebtext/prepare.py --input=FOLDER, which streams.
 
---vocab_from=FOLDER (with --tokenizer=char) uses the character vocabulary of another prepared dataset
-instead, dropping the characters it lacks (their count is printed): a model pretrained on this corpus
-then fits that dataset, for pretraining on a large corpus and fine-tuning on a small one.
+--vocab_from=FOLDER uses the vocabulary of another prepared dataset instead: with --tokenizer=char its
+characters, dropping those it lacks (their count is printed); with --tokenizer=bpe its trained
+tokenizer, copied along. A model pretrained on one dataset then fits the other, for pretraining on a
+large corpus and fine-tuning on a small one.
 """
 
 import os
@@ -24,6 +30,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from gptkit import dataprep, errors  # noqa: E402
 from gptkit.dataset import data_root, read_meta  # noqa: E402
+from gptkit.tokenizer import load_tokenizer  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
 SUFFIXES = (".txt", ".md")
@@ -43,22 +50,69 @@ def corpus_files(path):
 def read_docs(files):
     docs = []
     for path in files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                docs.append(f.read())
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it (e.g. iconv -t utf-8) or "
-                            f"leave it out") from None
+        docs.append(dataprep.read_utf8(path))
     return docs
 
 
+def prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok=None):
+    """A byte-level BPE trained on the train text (or tok, another dataset's), then both splits in it. The
+    text is split first, at a character, so that the tokenizer never sees the val text it is measured on."""
+    import time
+
+    from gptkit.dataprep import text_pieces
+    from gptkit.tokenizer import train_bpe
+    total = sum(map(len, docs))
+    cut = dataprep.split_point(total, val_fraction, args["input"], unit="characters")
+    parts = {"train": [], "val": []}  # (text, ends its file)
+    seen = 0
+    for doc in docs:
+        if seen + len(doc) <= cut:
+            parts["train"].append((doc, True))
+        elif seen >= cut:
+            parts["val"].append((doc, True))
+        else:
+            parts["train"].append((doc[:cut - seen], False))
+            parts["val"].append((doc[cut - seen:], True))
+        seen += len(doc)
+    t0 = time.perf_counter()
+    if tok is None:
+        tok = train_bpe((piece for text, _ in parts["train"] for piece in text_pieces(text)), vocab_size)
+        made = (f"a byte-level BPE of {vocab_size:,} tokens trained on the train text in "
+                f"{time.perf_counter() - t0:.1f} s")
+    else:
+        made = f"the trained tokenizer of {args['vocab_from']} ({tok.vocab_size:,} tokens)"
+    writer = dataprep.DatasetWriter(out, tok.vocab_size, tokenizer=tok)
+    for split, pieces in parts.items():
+        ids = []
+        for (_, ends), piece_ids in zip(pieces, tok.encode_ordinary_batch([text for text, _ in pieces])):
+            ids.extend(piece_ids)
+            if ends:
+                ids.append(tok.eot)  # documents end with <|endoftext|>, as with GPT-2's BPE
+        writer.write(split, ids)
+    counts = writer.finish()
+    val_bytes = sum(len(text.encode("utf-8")) for text, _ in parts["val"])
+    print(f"{len(files)} file(s), {total:,} characters; {made} ({out}/tokenizer.json), {val_bytes / counts['val']:.2f} "
+          f"bytes per token on val (<|endoftext|> = {tok.eot} after each file)")
+    print(f"split: first {1 - val_fraction:.0%} of the text train, the rest val")
+    dataprep.report_split(out, counts, tok.vocab_size)
+    print_use(out)
+
+
+def print_use(out):
+    name = os.path.relpath(out, data_root())
+    use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
+    print(f"train on it with --{use}")
+
+
 def main(argv):
-    args = dataprep.parse_args(argv, ["input", "tokenizer", "out", "val_fraction", "vocab_from"], __doc__)
+    args = dataprep.parse_args(argv, ["input", "tokenizer", "vocab_size", "out", "val_fraction", "vocab_from"],
+                               __doc__)
     if not args.get("input"):
         raise UserError("give the corpus as a path (or --input=FILE_OR_FOLDER)", status=USAGE)
     kind = args.get("tokenizer", "gpt2")
-    if kind not in ("char", "gpt2"):
-        raise UserError(f"--tokenizer={kind} is not known; use --tokenizer=char or --tokenizer=gpt2", status=USAGE)
+    if kind not in ("char", "gpt2", "bpe"):
+        raise UserError(f"--tokenizer={kind} is not known; use --tokenizer=char, gpt2 or bpe (with --vocab_size=N)",
+                        status=USAGE)
     try:
         val_fraction = float(args.get("val_fraction", "0.1"))
     except ValueError:
@@ -66,19 +120,36 @@ def main(argv):
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val_fraction={args.get('val_fraction')} must be a number between 0 and 1, e.g. 0.1",
                         status=USAGE)
+    if args.get("vocab_size") and kind != "bpe":
+        raise UserError("--vocab_size is the size of a trained tokenizer; use it with --tokenizer=bpe", status=USAGE)
+    try:
+        vocab_size = int(args.get("vocab_size", "4096"))
+    except ValueError:
+        raise UserError(f"--vocab_size={args['vocab_size']} is not a whole number; e.g. --vocab_size=4096",
+                        status=USAGE) from None
     vocab = None
     if args.get("vocab_from"):
-        if kind != "char":
-            raise UserError("--vocab_from takes a character vocabulary; use it with --tokenizer=char", status=USAGE)
-        vocab = read_meta(args["vocab_from"])
-        if vocab is None or "stoi" not in vocab:
-            raise UserError(f"--vocab_from={args['vocab_from']} holds no character vocabulary (meta.pkl with stoi); "
-                            f"give a dataset prepared with --tokenizer=char", status=USAGE)
+        if kind == "gpt2":
+            raise UserError("--vocab_from takes a character vocabulary or a trained tokenizer; use it with "
+                            "--tokenizer=char or --tokenizer=bpe", status=USAGE)
+        if args.get("vocab_size"):
+            raise UserError("--vocab_from's tokenizer has its own size; give --vocab_size or --vocab_from, not both",
+                            status=USAGE)
+        vocab = read_meta(args["vocab_from"]) if os.path.isdir(args["vocab_from"]) else None
+        if vocab is None or ("stoi" if kind == "char" else "tokenizer") not in vocab:
+            what = ("character vocabulary (meta.pkl with stoi)" if kind == "char"
+                    else "trained tokenizer (tokenizer.json)")
+            raise UserError(f"--vocab_from={args['vocab_from']} holds no {what}; give a dataset prepared with "
+                            f"--tokenizer={kind}", status=USAGE)
     out = dataprep.out_folder(args, "corpus")
     files = corpus_files(args["input"])
     docs = read_docs(files)
 
     meta = None
+    if kind == "bpe":
+        tok = load_tokenizer(vocab, args["vocab_from"]) if vocab is not None else None
+        prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok)
+        return
     if kind == "char":
         # files are simply concatenated: a character vocabulary has no end-of-text token
         text = "".join(docs)
@@ -108,10 +179,7 @@ def main(argv):
             ids.append(tok.eot)  # documents end with <|endoftext|>, as GPT-2 was trained
         vocab_line = f"GPT-2 BPE vocabulary of {vocab_size} (<|endoftext|> = {tok.eot} after each file)"
 
-    split = int(len(ids) * (1 - val_fraction))
-    if split == 0 or split == len(ids):
-        raise UserError(f"{args['input']} is too small to split ({len(ids)} tokens); give more text or another "
-                        f"--val_fraction")
+    split = dataprep.split_point(len(ids), val_fraction, args["input"])
     writer = dataprep.DatasetWriter(out, vocab_size, meta)
     writer.write("train", ids[:split])
     writer.write("val", ids[split:])
@@ -119,9 +187,7 @@ def main(argv):
     print(f"{len(files)} file(s), {sum(map(len, docs)):,} characters; {vocab_line}")
     print(f"split: first {1 - val_fraction:.0%} of the tokens train, the rest val")
     dataprep.report_split(out, counts, vocab_size)
-    name = os.path.relpath(out, data_root())
-    use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
-    print(f"train on it with --{use}")
+    print_use(out)
 
 
 if __name__ == "__main__":

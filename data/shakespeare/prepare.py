@@ -24,7 +24,7 @@ def main(argv):
     out = dataprep.out_folder(args, "shakespeare")
     text = dataprep.read_text(args.get("input"), URL, os.path.join(out, "input.txt"))
     tok = BPETokenizer()
-    split = int(len(text) * 0.9)
+    split = dataprep.split_point(len(text), 0.1, args.get("input") or "the downloaded text", "characters")
     writer = dataprep.DatasetWriter(out, tok.vocab_size)
     writer.write("train", tok.enc.encode_ordinary(text[:split]))
     writer.write("val", tok.enc.encode_ordinary(text[split:]))

@@ -26,7 +26,7 @@ def main(argv):
     chars = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = {i: ch for i, ch in enumerate(chars)}
-    split = int(len(text) * 0.9)
+    split = dataprep.split_point(len(text), 0.1, args.get("input") or "the downloaded text", "characters")
     writer = dataprep.DatasetWriter(out, len(chars), {"vocab_size": len(chars), "itos": itos, "stoi": stoi})
     writer.write("train", [stoi[c] for c in text[:split]])
     writer.write("val", [stoi[c] for c in text[split:]])

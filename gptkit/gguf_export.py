@@ -1,0 +1,169 @@
+"""
+GGUF files for llama.cpp: a model's weights under llama.cpp's tensor names, its hyperparameters and
+GPT-2's BPE tokenizer in one file, as f32, f16 or Q8_0 (blocks of 32 int8 weights with one fp16 scale).
+
+The architecture is the one that computes what the model computes (hf.export_architecture's choice):
+llama.cpp's gpt2 for GPT-2's network, llama for pos_emb=rope + norm=rmsnorm + mlp=swiglu, qwen3 for that
+with qk_norm. llama.cpp's gpt2 computes GELU in its tanh form, the form GPT-2's own weights were trained
+with; a model trained with the exact GELU (nanoGPT's default) differs by < 1e-3 per activation there.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from gptkit import fileio, hf
+from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
+
+TYPES = ("f32", "f16", "q8_0")
+# a key in every file export.py writes: the checkpoint it was made from, and that --overwrite may replace it
+MARKER = "export.checkpoint"
+
+
+def architecture(config):
+    """'gpt2', 'llama' or 'qwen3', or a sentence naming the option llama.cpp cannot compute."""
+    arch = hf.export_architecture(config, target="llama.cpp architecture")
+    if arch == "gpt2" and config.mlp != "gelu":
+        raise UserError(f"mlp={config.mlp} cannot be exported as GGUF: llama.cpp's GPT-2 computes a GELU MLP, so no "
+                        f"llama.cpp architecture computes this model (export it with --format=hf instead)",
+                        status=USAGE)
+    return arch
+
+
+def bpe_vocabulary(tokenizer_dir=None):
+    """(tokens by id, merges) of GPT-2's BPE, in the byte-level spelling llama.cpp's gpt2 tokenizer reads."""
+    files = hf.gpt2_bpe_files(tokenizer_dir)
+    vocab = json.loads(files["vocab.json"])
+    tokens = [None] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    if len(tokens) != GPT2_VOCAB or None in tokens:
+        raise UserError(f"the tokenizer files in {tokenizer_dir or 'the tiktoken cache'} are not GPT-2's ({len(vocab)} "
+                        f"tokens, not {GPT2_VOCAB}); use GPT-2's vocab.json and merges.txt")
+    # merges.txt: a '#version' line, then one 'a b' pair per line in rank order (pairs may begin with '#')
+    lines = files["merges.txt"].decode("utf-8").split("\n")
+    merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
+    return tokens, merges
+
+
+def rotary_to_interleaved(w, n_head):
+    """Rows of a query or key projection (n_head * hs, ...) reordered from the rotate-half layout (this
+    model's, transformers' Llama) to the adjacent-pairs layout llama.cpp's llama rotates: within each
+    head, row i of the first half and row i of the second become rows 2i and 2i + 1."""
+    hs = w.shape[0] // n_head
+    return w.reshape(n_head, 2, hs // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model, vocab_size):
+    """{llama.cpp tensor name: float32 numpy array} of the model, the vocabulary cropped to vocab_size."""
+    c = model.config
+    arch = architecture(c)
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out = {"token_embd.weight": sd["transformer.wte.weight"][:vocab_size],
+           "output_norm.weight": sd["transformer.ln_f.weight"]}
+    if not c.tie_embeddings:  # tied: llama.cpp reads token_embd as the output head too
+        out["output.weight"] = sd["lm_head.weight"][:vocab_size]
+    C, L = c.n_embd, c.n_layer
+    if arch == "gpt2":
+        # llama.cpp's gpt2 requires every bias; a model without them gets zeros (as GPT-2 export does)
+        zero = lambda n: torch.zeros(n)  # noqa: E731
+        out["position_embd.weight"] = sd["transformer.wpe.weight"]
+        out["output_norm.bias"] = sd.get("transformer.ln_f.bias", zero(C))
+        for i in range(L):
+            p, b = f"transformer.h.{i}.", f"blk.{i}."
+            for ours, theirs, n in (("ln_1", "attn_norm", C), ("attn.c_attn", "attn_qkv", 3 * C),
+                                    ("attn.c_proj", "attn_output", C), ("ln_2", "ffn_norm", C),
+                                    ("mlp.c_fc", "ffn_up", c.mlp_width), ("mlp.c_proj", "ffn_down", C)):
+                out[f"{b}{theirs}.weight"] = sd[f"{p}{ours}.weight"]
+                out[f"{b}{theirs}.bias"] = sd.get(f"{p}{ours}.bias", zero(n))
+    else:
+        kv = c.kv_heads * c.head_size
+        for i in range(L):
+            p, b = f"transformer.h.{i}.", f"blk.{i}."
+            out[f"{b}attn_norm.weight"] = sd[f"{p}ln_1.weight"]
+            out[f"{b}ffn_norm.weight"] = sd[f"{p}ln_2.weight"]
+            if c.qk_norm:
+                out[f"{b}attn_q_norm.weight"] = sd[f"{p}attn.q_norm.weight"]
+                out[f"{b}attn_k_norm.weight"] = sd[f"{p}attn.k_norm.weight"]
+            for kind in ("weight", "bias") if c.bias else ("weight",):
+                q, k, v = sd[f"{p}attn.c_attn.{kind}"].split([C, kv, kv])
+                if arch == "llama":  # qwen3 rotates halves as this model does; llama adjacent pairs
+                    q, k = rotary_to_interleaved(q, c.n_head), rotary_to_interleaved(k, c.kv_heads)
+                gate, up = sd[f"{p}mlp.c_fc.{kind}"].chunk(2)
+                out.update({f"{b}attn_q.{kind}": q, f"{b}attn_k.{kind}": k, f"{b}attn_v.{kind}": v,
+                            f"{b}attn_output.{kind}": sd[f"{p}attn.c_proj.{kind}"],
+                            f"{b}ffn_gate.{kind}": gate, f"{b}ffn_up.{kind}": up,
+                            f"{b}ffn_down.{kind}": sd[f"{p}mlp.c_proj.{kind}"]})
+    return arch, {k: v.contiguous().numpy() for k, v in out.items()}
+
+
+def write_gguf(model, path, gguf_type, tokenizer_dir=None, name="gptkit", source=""):
+    """Write model as a GGUF file at path (atomically): llama.cpp's architecture for it, GPT-2's BPE
+    tokenizer, weights as gguf_type (f32; f16; q8_0 for every matrix whose rows are whole 32-weight
+    blocks, f16 for the others). Vectors (norms, biases) stay f32, as llama.cpp's converter keeps them."""
+    import gguf
+    if gguf_type not in TYPES:
+        raise UserError(f"gguf_type={gguf_type!r} is not one of {', '.join(TYPES)}", status=USAGE)
+    c = model.config
+    tokens, merges = bpe_vocabulary(tokenizer_dir)
+    arch, tensors = gguf_tensors(model, GPT2_VOCAB)  # the rows padding 50257 up to 50304 are never produced
+    with fileio.atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(tmp, arch)
+        w.add_name(name)
+        w.add_string(MARKER, source)
+        w.add_context_length(c.block_size)
+        w.add_embedding_length(c.n_embd)
+        w.add_block_count(c.n_layer)
+        w.add_feed_forward_length(c.mlp_width)
+        w.add_head_count(c.n_head)
+        w.add_head_count_kv(c.kv_heads)
+        if arch == "gpt2":
+            w.add_layer_norm_eps(c.norm_eps)
+        else:
+            w.add_layer_norm_rms_eps(c.norm_eps)
+            w.add_rope_freq_base(c.rope_theta)
+            w.add_rope_dimension_count(c.head_size)
+            w.add_key_length(c.head_size)
+            w.add_value_length(c.head_size)
+            w.add_vocab_size(GPT2_VOCAB)
+        w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types([gguf.TokenType.CONTROL if i == GPT2_EOT else gguf.TokenType.NORMAL
+                           for i in range(len(tokens))])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(GPT2_EOT)
+        w.add_eos_token_id(GPT2_EOT)
+        w.add_add_bos_token(False)  # GPT-2 reads a prompt as it is
+        for tensor_name, data in tensors.items():
+            if data.ndim == 1 or gguf_type == "f32":
+                w.add_tensor(tensor_name, data)
+            elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
+                q8 = gguf.GGMLQuantizationType.Q8_0
+                w.add_tensor(tensor_name, gguf.quants.quantize(data, q8), raw_dtype=q8)
+            else:
+                w.add_tensor(tensor_name, data.astype(np.float16))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return arch
+
+
+def written_by_export(path):
+    """Whether path is a GGUF file this module wrote: the only file --overwrite replaces. write_gguf
+    writes MARKER among the first keys, so its first 64 KiB say so (gguf.GGUFReader would parse the
+    whole vocabulary, seconds, to tell)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return head[:4] == b"GGUF" and MARKER.encode() in head

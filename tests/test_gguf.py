@@ -1,0 +1,203 @@
+"""GGUF export for llama.cpp: the file read back with gguf's own reader, and run by llama.cpp itself
+(llama-cpp-python, where installed) against this project's model: the same tokens from the same text,
+the same logits for every architecture it takes, the same greedy text as sample.py."""
+
+import pickle
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, play_text
+from gptkit import checkpoint, loading
+from gptkit.errors import UserError
+from model import GPT, GPTConfig
+
+gguf = pytest.importorskip("gguf")
+
+ARCHS = {  # a model of each shape llama.cpp takes, with the options each allows
+    "gpt2": dict(gelu_approximate="tanh"),
+    "llama": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, tie_embeddings=False, bias=True,
+                  rope_theta=500.0),
+    "qwen3": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, norm_eps=1e-6),
+}
+
+
+def llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python compiles llama.cpp, which takes "
+                    "over ten minutes, so it is not in requirements-dev.txt)")
+    return llama_cpp
+
+
+def save_run(folder, model, iteration=1):
+    """model as a run's checkpoint, the way train.py stores one (model_args, weights, iteration)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    args = {k: getattr(c, k) for k in c.__dataclass_fields__}
+    torch.save(dict(model=model.state_dict(), model_args=args, iter_num=iteration, config={}), folder / "ckpt.pt")
+    return folder
+
+
+def export(*args):
+    """export.py run in this process, as a user runs it."""
+    saved = sys.argv
+    sys.argv = ["export.py", *map(str, args)]
+    try:
+        runpy.run_path(str(ROOT / "export.py"), run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None)
+    finally:
+        sys.argv = saved
+
+
+def random_model(**options):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=4, n_embd=64, **options)).eval()
+    with torch.no_grad():  # larger than init, so logits spread and a wrong permutation or bias shows
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (0.1 if p.dim() == 1 else 0.05))
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, gpt2_encoding):
+    """A GPT-2-shaped run on GPT-2's vocabulary (exact GELU, no biases: nanoGPT's defaults), trained
+    here for a few seconds on the tests' play corpus so that greedy choices are not near-ties."""
+    data = torch.tensor(gpt2_encoding.encode(play_text(40_000)))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64, bias=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from a second thread, and loses 10x on a busy machine
+    try:
+        for _ in range(40):
+            ix = torch.randint(0, len(data) - 33, (4,), generator=g)
+            x, y = torch.stack([data[i:i + 32] for i in ix]), torch.stack([data[i + 1:i + 33] for i in ix])
+            _, loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return save_run(tmp_path_factory.mktemp("gguf") / "run", model.eval(), iteration=40)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    """The trained run exported by export.py as f32 and as Q8_0 (the default paths in the run folder)."""
+    for kind in ("f32", "q8_0"):
+        export(f"--out_dir={trained_run}", "--format=gguf", f"--gguf_type={kind}")
+    return {kind: trained_run / f"model-{kind}.gguf" for kind in ("f32", "q8_0")}
+
+
+def field(reader, key):
+    return reader.fields[key].contents()
+
+
+@pytest.mark.slow
+def test_gguf_file_reads_back_with_its_weights_tokenizer_and_settings(trained_run, exported, gpt2_encoding):
+    path = trained_run / "ckpt.pt"
+    model = loading.build_model(checkpoint.load(path), path)
+    for kind, file in exported.items():
+        r = gguf.GGUFReader(file)
+        assert field(r, "general.architecture") == "gpt2"
+        assert [field(r, f"gpt2.{k}") for k in ("context_length", "embedding_length", "block_count",
+                                                 "feed_forward_length", "attention.head_count")] == [64, 64, 2, 256, 2]
+        assert field(r, "gpt2.attention.layer_norm_epsilon") == pytest.approx(1e-5)
+        tokens = field(r, "tokenizer.ggml.tokens")
+        assert field(r, "tokenizer.ggml.model") == "gpt2" and len(tokens) == 50257
+        assert field(r, "tokenizer.ggml.eos_token_id") == 50256 and tokens[50256] == "<|endoftext|>"
+        # the byte-level spelling: " the" is token 262, written with GPT-2's stand-in for a space
+        assert tokens[gpt2_encoding.encode(" the")[0]] == "\u0120the"
+        assert len(field(r, "tokenizer.ggml.merges")) == 50000
+        tensors = {t.name: t for t in r.tensors}
+        assert len(tensors) == 4 + 2 * 12  # embeddings, final norm (weight, bias); 12 tensors a block
+        wte = model.transformer.wte.weight.detach()[:50257].numpy()  # the padding rows are dropped
+        emb = tensors["token_embd.weight"]
+        got = gguf.quants.dequantize(emb.data, emb.tensor_type).reshape(wte.shape)
+        if kind == "f32":
+            assert emb.tensor_type == gguf.GGMLQuantizationType.F32 and np.array_equal(got, wte)
+        else:  # Q8_0: 32 weights share one step, their largest magnitude / 127, stored in fp16; each weight
+            # is off by half a step, plus up to 127 times the step's own rounding (2^-11): 0.56 steps
+            assert emb.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            step = np.abs(wte.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
+            assert (np.abs(got - wte).reshape(-1, 32) <= 0.57 * step).all()
+        assert tensors["blk.1.attn_norm.bias"].tensor_type == gguf.GGMLQuantizationType.F32  # zeros: no biases here
+        assert not tensors["blk.1.attn_norm.bias"].data.any()
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_text_equals_sample_py(trained_run, exported, gpt2_encoding, capsys):
+    llama = llama_cpp()
+    llm = llama.Llama(str(exported["f32"]), n_ctx=64, n_threads=1, verbose=False)
+    prompt = "ROMEO:\nGood"
+    assert llm.tokenize(prompt.encode(), add_bos=False) == gpt2_encoding.encode(prompt)  # the tokenizer carried over
+    theirs = [t for _, t in zip(range(20), llm.generate(gpt2_encoding.encode(prompt), temp=0.0, top_k=1))]
+    llm.close()
+    saved = sys.argv
+    sys.argv = ["sample.py", f"--out_dir={trained_run}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=20",
+                "--temperature=0", "--stop_at_eot=False", "--device=cpu"]
+    try:
+        runpy.run_path(str(ROOT / "sample.py"), run_name="__main__")
+    finally:
+        sys.argv = saved
+    ours = capsys.readouterr().out.split("\n---------------")[0]
+    assert ours == prompt + gpt2_encoding.decode(theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_llama_cpp_logits_equal_ours_for_every_architecture(arch, tmp_path, gpt2_encoding):
+    llama = llama_cpp()
+    from gptkit.gguf_export import write_gguf
+    model = random_model(**ARCHS[arch])
+    path = tmp_path / f"{arch}.gguf"
+    assert write_gguf(model, path, "f32") == arch
+    ids = gpt2_encoding.encode("JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?")
+    llm = llama.Llama(str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[:len(ids)]))
+    llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]), all_logits=True)[0][0, :, :50257]
+    # f32 both ways; llama.cpp sums in another order and computes GELU from an fp16 table
+    assert (ours - theirs).abs().max() < 2e-3 * ours.abs().max()
+
+
+def test_export_refuses_what_llama_cpp_cannot_run_and_never_replaces_other_files(tmp_path):
+    run = save_run(tmp_path / "relu2", GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=32,
+                                                      mlp="relu2")))
+    with pytest.raises(UserError, match="mlp=relu2 cannot be exported as GGUF"):
+        export(f"--out_dir={run}", "--format=gguf")
+    run = save_run(tmp_path / "softcap", GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2,
+                                                        n_embd=32, logit_softcap=30.0)))
+    with pytest.raises(UserError, match="no llama.cpp architecture computes this model"):
+        export(f"--out_dir={run}", "--format=gguf")
+    chars = sorted(set("ROMEO: hi\n"))
+    run = save_run(tmp_path / "char", GPT(GPTConfig(block_size=32, vocab_size=len(chars), n_layer=1, n_head=2,
+                                                     n_embd=32)))
+    with open(run / "meta.pkl", "wb") as f:
+        pickle.dump(dict(vocab_size=len(chars), stoi={c: i for i, c in enumerate(chars)}, itos=dict(enumerate(chars))), f)
+    with pytest.raises(UserError, match="character-level"):
+        export(f"--out_dir={run}", "--format=gguf")
+    # a file export.py did not write is never replaced, --overwrite or not; nothing is left behind
+    mine = tmp_path / "notes.gguf"
+    mine.write_text("my notes")
+    for extra in ([], ["--overwrite=True"]):
+        with pytest.raises(UserError, match="not a GGUF file export.py wrote"):
+            export(f"--out_dir={tmp_path / 'softcap'}", "--format=gguf", f"--gguf_file={mine}", *extra)
+    assert mine.read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["char", "notes.gguf", "relu2", "softcap"]
+
+
+def test_export_replaces_an_earlier_gguf_export_only_with_overwrite(trained_run, exported):
+    before = exported["q8_0"].read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        export(f"--out_dir={trained_run}", "--format=gguf", "--gguf_type=q8_0")
+    assert exported["q8_0"].read_bytes() == before
