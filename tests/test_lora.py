@@ -9,6 +9,7 @@ import runpy
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from test_resume import assert_resumed_equals_reference
 from gptkit import checkpoint, hf, init_from, keys, loading, lora
 from gptkit.dataset import read_meta
 from gptkit.errors import UserError
+from gptkit.tokenizer import GPT2_VOCAB
 from gptkit.optim import configure_optimizers
 from model import GPT, GPTConfig
 
@@ -375,6 +377,38 @@ def test_export_writes_the_merged_model_and_the_adapters_for_peft(lora_run, hf_b
     nanogpt_checkpoint(tmp_path / "full" / "ckpt.pt")
     e = script("export.py", f"--out_dir={tmp_path / 'full'}", "--peft=True")
     assert "is a model trained in full (lora_rank=0); export it without --peft" in str(e)
+
+
+def save(path, model):
+    """model as a run's checkpoint: its weights, or (adapted) its adapters and what identifies its base."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = lora.checkpoint_entries(model) or dict(model=model.state_dict())
+    torch.save(dict(**weights, **checkpoint.model_entries(model.config), iter_num=1, config={}), path)
+    return path.parent
+
+
+@pytest.mark.slow
+def test_a_lora_run_exports_to_gguf_as_its_merged_model(tmp_path, gpt2_encoding):
+    """The GGUF file of a LoRA run holds, tensor for tensor, what a plain model's export holds for its
+    merged model (gguf_tensors: the plain export's own mapping, checked against llama.cpp in test_gguf)."""
+    gguf = pytest.importorskip("gguf")
+    from gptkit.gguf_export import gguf_tensors
+    base_ckpt = tmp_path / "base" / "ckpt.pt"
+    save(base_ckpt, tiny(vocab_size=50304, bias=False))
+    model = loading.build_model(checkpoint.load(str(base_ckpt)), "base")  # the base as a run loads it
+    lora.apply(model, 4, 8.0, 0.0, EVERY_LAYER, base=lora.identify(model, str(base_ckpt)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, m in lora.adapted(model):
+            m.lora_B.normal_(0, 0.05)
+    run_dir = save(tmp_path / "lora" / "ckpt.pt", model)
+    export(f"--out_dir={run_dir}", "--format=gguf", "--gguf_type=f32")
+    written = {t.name: t.data for t in gguf.GGUFReader(run_dir / "model-f32.gguf").tensors}
+    _, expected = gguf_tensors(lora.merge(model), GPT2_VOCAB)
+    assert written.keys() == expected.keys()
+    assert all(np.array_equal(written[k].reshape(v.shape), v) for k, v in expected.items())
+    e = script("export.py", f"--out_dir={run_dir}", "--format=gguf", "--peft=True")
+    assert "drop --format=gguf" in str(e) and e.status == 2
 
 
 LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu")
