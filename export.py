@@ -58,6 +58,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 
 from gptkit import checkpoint, fileio, hf, loading, lora  # noqa: E402
+from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
@@ -187,15 +188,19 @@ if trained and not cfg.skip_tokenizer:
     tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
 elif not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
+if tokenizer is not None and ckpt.get("chat_template") is not None:  # a chat fine-tune: apply_chat_template
+    tokenizer.chat_template = Transcript.from_dict(ckpt["chat_template"], path).jinja()  # writes its training text
 
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
 hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
-# past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
+# past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there).
+# Half the context (256 tokens at most, a pipeline's own default) leaves the other half for the prompt. A
+# max_length here instead would make every generate(max_new_tokens=...) call warn that both are set.
 if hf_model is not None:
-    hf_model.generation_config.max_length = model.config.block_size
+    hf_model.generation_config.max_new_tokens = max(1, min(256, model.config.block_size // 2))
 
 parent = os.path.dirname(export_dir)
 try:
@@ -209,7 +214,8 @@ try:
     else:
         hf.save_peft(tmp, *adapter)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)  # a chat template in tokenizer_config.json, where
+                                                                # every version of transformers reads it
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
     files = sorted(os.listdir(tmp) + [MARKER])

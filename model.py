@@ -349,10 +349,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.sdpa = impl == "sdpa"
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, hidden=False):
         """Logits and loss. Without targets, only the last position's logits are computed (the
-        only ones generation needs) unless all_logits. With a cache, idx continues the cached
-        sequence: positions start at cache.pos, and the cache advances by idx's length."""
+        only ones generation needs) unless all_logits; with hidden, none: the final hidden states
+        (b, t, n_embd) come back instead, for a caller that runs self.logits only where it needs
+        them. With a cache, idx continues the cached sequence: positions start at cache.pos, and
+        the cache advances by idx's length."""
         device = idx.device
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
@@ -373,6 +375,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += t
 
+        if hidden:
+            return x, None
         if targets is not None:
             logits = self.logits(x)  # (b, t, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -97,6 +97,23 @@ def find_meta(ckpt, out_dir):
     return None, None
 
 
+def run_dataset(out_dir, ckpt_name="ckpt.pt"):
+    """The prepared dataset folder a run trained on (its data_dir, else data/<dataset>): from the run's
+    config.json, else from its checkpoint's config (nanoGPT's runs have no config.json); None if neither
+    names one."""
+    import json
+
+    from gptkit.dataset import data_root
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = checkpoint.load(os.path.join(out_dir, ckpt_name)).get("config") or {}
+    if config.get("data_dir"):
+        return config["data_dir"]
+    return os.path.join(data_root(), config["dataset"]) if config.get("dataset") else None
+
+
 def check_vocab(model, meta, path, folder_hint):
     """Refuse a model whose vocabulary does not fit the meta.pkl found for it."""
     vocab_size = model.config.vocab_size
@@ -113,9 +130,11 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
     template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
-    tokenizer), None for runs on data without one."""
+    tokenizer), None for runs on data without one; a run trained on generated problems, the format
+    they are written in as tok.prompt_format (else None)."""
+    from gptkit.arithmetic import ProblemFormat
     from gptkit.tokenizer import load_tokenizer
-    template = None
+    template = prompt_format = None
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
@@ -129,11 +148,12 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         if ckpt.get("chat_template") is not None:
             from gptkit.conversation import Transcript
             template = Transcript.from_dict(ckpt["chat_template"], path)
+        prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
         model = load_pretrained(init_from, dropout=0.0)
         meta, folder, desc = None, None, init_from
     tok = load_tokenizer(meta, folder)
-    tok.chat_template = template
+    tok.chat_template, tok.prompt_format = template, prompt_format
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

@@ -157,7 +157,7 @@ def test_only_the_adapters_get_gradients_and_optimizer_state():
     assert model.flops_per_token() == plain_flops - 2 * frozen
 
 
-def test_muon_and_scratch_are_refused_with_lora(tmp_path):
+def test_muon_scratch_and_fsdp_are_refused_with_lora(tmp_path):
     def check(*args):
         cfg = configurator.configure(keys.KEYS, argv=["--lora_rank=4", *args], announce=False)
         with pytest.raises(UserError) as e:
@@ -168,6 +168,7 @@ def test_muon_and_scratch_are_refused_with_lora(tmp_path):
     assert "init_from=scratch has none to adapt" in check()
     assert "--optimizer=adamw" in check("--init_from=gpt2", "--optimizer=muon")
     assert "'qv'" in check("--init_from=gpt2", "--lora_targets=qv")
+    assert "--parallel=ddp" in check("--init_from=gpt2", "--parallel=fsdp")
 
 
 def test_the_lora_recipes_resolve_and_pass_the_checks():
