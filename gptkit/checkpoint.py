@@ -6,8 +6,9 @@ A checkpoint is a dict with at least nanoGPT's six keys: model, optimizer, model
 best_val_loss, config. model_args holds only the settings nanoGPT's GPTConfig knows, so nanoGPT's own
 sample.py and train.py open a GPT-2-shaped run of this project unchanged; the architecture options
 beyond them sit beside it in model_options. Ours add the state needed to continue a run exactly
-(RunSaver). Everything in it is tensors and plain Python values, so torch.load(weights_only=True)
-reads it. Building a model from one is loading.py's job.
+(RunSaver). A LoRA run's 'model' holds its adapters alone, and its 'lora' entry the settings and the
+base they adapt (gptkit/lora.py). Everything in it is tensors and plain Python values, so
+torch.load(weights_only=True) reads it. Building a model from one is loading.py's job.
 """
 
 import os
@@ -20,7 +21,7 @@ import zipfile
 import numpy as np
 import torch
 
-from gptkit import fileio, runtime
+from gptkit import fileio, lora, runtime
 from gptkit.errors import UserError
 
 # the fields of nanoGPT's GPTConfig: a checkpoint's model_args holds these and nothing else
@@ -230,7 +231,9 @@ class RunSaver:
         state = self.run_state(progress)
         failure = None
         if self.dist.master:
-            state = dict(model=model_state(self.model), optimizer=self.optimizer.state_dict(), **state)
+            # a LoRA run keeps its adapters and what identifies its base, not the base's weights
+            weights = lora.checkpoint_entries(self.model) or dict(model=model_state(self.model))
+            state = dict(**weights, optimizer=self.optimizer.state_dict(), **state)
             path = os.path.join(self.out_dir, names[0])
             try:
                 save(state, path)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import configurator
-from gptkit import checkpoint, keys, loading, runtime, sharding
+from gptkit import checkpoint, keys, loading, lora, runtime, sharding
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -56,10 +56,11 @@ class Start:
                 raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the "
                                 f"dataset the run was trained on")
             self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
+            self._refuse_other_lora()
             if self.sharded:  # its weights come with the optimizer state in restore(), once the model is sharded
                 model = GPT(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout))
             else:
-                model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout)
+                model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
             it = int(self.ckpt["iter_num"])
             changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
             said = (f"resuming from {ckpt_path} at iteration {it}, with the run's saved settings"
@@ -82,6 +83,10 @@ class Start:
                 model = loading.load_pretrained(self.source, dropout=cfg.dropout)
                 self._refuse_other_architecture(vars(model.config))
                 said = f"starting a new run from the weights of {self.source}"
+            # a LoRA run's base: where its weights come from, and a checksum of them as loaded from there
+            base = lora.identify(model, os.path.abspath(self.source) if os.path.exists(self.source) else self.source) \
+                if cfg.lora_rank else None
+            model = lora.merge(model)  # weights of a LoRA run: its base with its adapters folded in
             problem = vocab_mismatch(model.config.vocab_size, meta)
             if problem:
                 raise UserError(f"{self.source} does not fit {data_dir}: the model has {problem}; prepare the data "
@@ -95,6 +100,10 @@ class Start:
         elif cfg.block_size > model.config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's context of "
                             f"{model.config.block_size}; use block_size <= {model.config.block_size}", status=USAGE)
+        if not self.resuming and cfg.lora_rank:
+            lora.apply(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base)
+        if hasattr(model, "lora"):
+            said += "\n" + lora.describe(model)
         return model, said
 
     def _refuse_other_vocabulary(self, weights_meta, data_meta, data_dir):
@@ -128,6 +137,26 @@ class Start:
                 raise UserError(f"{k}={getattr(cfg, k)} conflicts with {self.source}, which has {k}={weights_args[k]}; "
                                 f"drop the setting (only dropout and a shorter block_size can differ from the weights)",
                                 status=USAGE)
+
+    def _refuse_other_lora(self):
+        """A resumed run keeps what it trains: every weight, or adapters of its rank, alpha and layers
+        (lora_dropout may change, as dropout may)."""
+        cfg, saved = self.cfg, self.ckpt.get("lora")
+        if saved is None:
+            if cfg.lora_rank:
+                raise UserError(f"lora_rank={cfg.lora_rank} contradicts the run being resumed, which trains every "
+                                f"weight; to train adapters over its weights start a new run: "
+                                f"--init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
+            return
+        now = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                   targets=list(lora.kinds(cfg.lora_targets)) if cfg.lora_rank else saved["targets"])
+        for k, value in now.items():
+            if value != saved[k]:
+                given = cfg.lora_targets if k == "targets" else value
+                was = ",".join(saved[k]) if k == "targets" else saved[k]
+                raise UserError(f"lora_{k}={given} contradicts the run being resumed (lora_{k}={was}): a LoRA run "
+                                f"keeps its adapters' shape; drop --lora_{k}, or start new adapters over these weights "
+                                f"with --init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
 
     def restore(self, optimizer, scaler, dist, model=None):
         """Give a resumed run back its optimizer and gradient-scaler state (and, from a sharded checkpoint,

@@ -69,6 +69,16 @@ KEYS = [
     Key("tie_embeddings", True, "the output head is the token embedding (False: a separate matrix)"),
     Key("logit_softcap", 0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; "
         "Gemma 2 used 30)", min=0.0),
+    # LoRA (docs/lora.md): fine-tune weights brought by init_from through small adapters, the weights frozen
+    Key("lora_rank", 0, "LoRA: train a rank-r update B @ A beside each target layer and freeze every weight; the "
+        "checkpoint holds the adapters alone (0: off, every weight trains; 8 is common)", min=0),
+    Key("lora_alpha", 16.0, "LoRA: the update is scaled by lora_alpha / lora_rank (16, as litgpt; PEFT's "
+        "default is 8)", above=0.0),
+    Key("lora_dropout", 0.05, "LoRA: dropout on each adapter's input (0.05, as litgpt; PEFT's default is 0)",
+        min=0.0, below=1.0),
+    Key("lora_targets", "c_attn", "LoRA: comma-separated layers to adapt: c_attn (the attention's query/key/value, "
+        "PEFT's default for GPT-2), attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj (both), attn, mlp, all-linear "
+        "(every block matrix), lm_head"),
     # optimizer
     Key("learning_rate", 6e-4, "peak learning rate", above=0.0),
     Key("max_iters", 600000, "total optimizer steps", min=0),
@@ -154,6 +164,22 @@ def check(cfg, world_size=1):
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"n_head={cfg.n_head} does not divide n_embd={cfg.n_embd}; each head takes n_embd / n_head "
                         f"dimensions, so pick values such as n_head=6 with n_embd=384", status=USAGE)
+    if cfg.lora_rank:
+        from gptkit import lora
+        lora.kinds(cfg.lora_targets)  # a misspelt layer name: one sentence now, not after loading the weights
+        if cfg.init_from == "scratch":
+            raise UserError(f"lora_rank={cfg.lora_rank} trains adapters over weights that exist, and init_from=scratch "
+                            f"has none to adapt; give init_from a GPT-2 name, a Hugging Face folder, a checkpoint or a "
+                            f"run folder, or leave lora_rank=0 to train every weight", status=USAGE)
+        if cfg.optimizer == "muon":
+            raise UserError("optimizer=muon orthogonalizes the updates of whole hidden matrices, and with lora_rank "
+                            "> 0 the only matrices that train are the adapters' low-rank factors, which AdamW trains; "
+                            "use --optimizer=adamw", status=USAGE)
+        if cfg.parallel == "fsdp":
+            raise UserError("parallel=fsdp saves sharded checkpoints of every weight, and a LoRA run saves its "
+                            "adapters alone, over a base it does not shard; train adapters with --parallel=ddp "
+                            "(the frozen base needs no gradient or optimizer state, so it fits where its forward "
+                            "pass does)", status=USAGE)
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                         f"{world_size} processes; make it a multiple of {world_size}", status=USAGE)
