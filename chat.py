@@ -84,6 +84,9 @@ if cfg.quantize == "int8":
 model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
 model = quantize.for_decoding(model, cfg.quantize)
 block_size = model.config.block_size
+if tok.prompt_format is not None:  # no conversation to continue: it knows problems and their answers
+    raise UserError(f"{desc} is a model of {tok.prompt_format.describe()}, not a chat model; ask it with "
+                    f"{tok.prompt_format.sample_command(cfg.out_dir)}", status=USAGE)
 
 # Speaker prefixes. A fine-tuned run is talked to in the template it learnt. A character model
 # trained on plays continues a play: you speak one part and it answers in another, separated by the
@@ -105,6 +108,11 @@ transcript = dataclasses.replace(transcript, **{k: unescape(getattr(cfg, k)) for
 user, bot, sep = transcript.user, transcript.bot, transcript.sep
 if not user.strip() or not bot.strip():
     raise UserError("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=USAGE)
+unspellable = transcript.unspellable(tok)
+if unspellable:
+    raise UserError(f"the {style} style's prefixes need {unspellable!r}, which the vocabulary of {desc} lacks (it "
+                    f"was not trained on chats or plays); give prefixes it can spell (--user=, --bot=, --sep=, "
+                    f"--preamble=), or continue text with python sample.py --out_dir={cfg.out_dir}", status=USAGE)
 if style == "template":  # what the model reads is markup; what you read is named lines
     user, bot, sep = conversation.CHAT.user, conversation.CHAT.bot, conversation.CHAT.sep
 stops = [*transcript.stops(), *map(unescape, cfg.stop)]

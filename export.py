@@ -17,6 +17,11 @@ Qwen3ForCausalLM for that with qk_norm. Other combinations are refused with the 
 A character-level model exports its weights and its meta.pkl (the vocabulary): transformers has no
 tokenizer for such a vocabulary, so encode and decode with meta.pkl's stoi/itos yourself.
 
+A LoRA run (docs/lora.md) exports as its base with the adapters merged in, like any run; with
+--peft=True, its adapters alone in PEFT's format, for peft.PeftModel.from_pretrained over its base:
+
+    python export.py --out_dir=out-lora --peft=True                  # writes out-lora/peft
+
 --format=gguf writes one GGUF file for llama.cpp instead (llama-cpp-python, ollama, LM Studio): the
 same architectures (llama.cpp's gpt2, llama, qwen3) and GPT-2's tokenizer, weights as f32, f16 or Q8_0:
 
@@ -38,6 +43,8 @@ KEYS = [
     Key("overwrite", False, "replace export_dir (or gguf_file) if it exists, and only if export.py wrote it"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
     Key("skip_tokenizer", False, "export the weights without tokenizer files"),
+    Key("peft", False, "a LoRA run: write its adapters alone in PEFT's format (adapter_config.json, "
+        "adapter_model.safetensors; default export_dir: out_dir/peft) instead of the merged model"),
     Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp)", choices=("hf", "gguf")),
     Key("gguf_type", "f16", "format=gguf: the weights' type, f32, f16 or q8_0 (8-bit blocks, llama.cpp's fast CPU type)",
         choices=("f32", "f16", "q8_0")),
@@ -50,7 +57,8 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from gptkit import checkpoint, fileio, hf, loading  # noqa: E402
+from gptkit import checkpoint, fileio, hf, loading, lora  # noqa: E402
+from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
 
@@ -61,6 +69,9 @@ EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "t
 
 run_dir = os.path.abspath(cfg.out_dir)
 if cfg.format == "gguf":
+    if cfg.peft:
+        raise UserError("--peft=True writes a PEFT adapter folder, not a GGUF file; drop --format=gguf (or --peft, "
+                        "for the merged model as one GGUF file)", status=USAGE)
     # -------------------------------------------------------------------------
     # GGUF: one file, written atomically; an existing file only with --overwrite, and only one export wrote
     from gptkit import gguf_export
@@ -81,7 +92,7 @@ if cfg.format == "gguf":
                             f"replaces an earlier export, and only that)")
     path = os.path.join(cfg.out_dir, cfg.ckpt_name)
     ckpt = checkpoint.load(path)
-    model = loading.build_model(ckpt, path, dropout=0.0)
+    model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
     gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
     meta, _ = loading.find_meta(ckpt, cfg.out_dir)
     loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
@@ -115,7 +126,7 @@ if cfg.format == "gguf":
 
 # -----------------------------------------------------------------------------
 # where to write: a new folder, or with --overwrite an earlier export and nothing else
-export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "hf"))
+export_dir = os.path.abspath(cfg.export_dir or os.path.join(cfg.out_dir, "peft" if cfg.peft else "hf"))
 
 
 def within(path, folder):
@@ -152,6 +163,9 @@ except ImportError:
 path = os.path.join(cfg.out_dir, cfg.ckpt_name)
 ckpt = checkpoint.load(path)
 model = loading.build_model(ckpt, path, dropout=0.0)
+if cfg.peft and not hasattr(model, "lora"):
+    raise UserError(f"--peft=True writes a LoRA run's adapters, and {path} is a model trained in full (lora_rank=0); "
+                    f"export it without --peft")
 hf.export_architecture(model.config)  # before any work: refuses, naming the option, what transformers cannot compute
 vocab_size = model.config.vocab_size
 meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
@@ -164,19 +178,29 @@ if char_level or trained:
 else:
     vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
 
+# PEFT's adapter, over the base exported as this model is; otherwise the adapters are folded in
+base = ckpt["lora"]["base"]["source"] if cfg.peft else None
+adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) else base) if cfg.peft else None
+model = lora.merge(model)
+
 tokenizer = None
 if trained and not cfg.skip_tokenizer:
     tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
 elif not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
+if tokenizer is not None and ckpt.get("chat_template") is not None:  # a chat fine-tune: apply_chat_template
+    tokenizer.chat_template = Transcript.from_dict(ckpt["chat_template"], path).jinja()  # writes its training text
 
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT)
+hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
-# past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there)
-hf_model.generation_config.max_length = model.config.block_size
+# past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there).
+# Half the context (256 tokens at most, a pipeline's own default) leaves the other half for the prompt. A
+# max_length here instead would make every generate(max_new_tokens=...) call warn that both are set.
+if hf_model is not None:
+    hf_model.generation_config.max_new_tokens = max(1, min(256, model.config.block_size // 2))
 
 parent = os.path.dirname(export_dir)
 try:
@@ -185,15 +209,20 @@ except OSError as e:
     raise UserError(f"could not create {parent} ({fileio.reason(e)}); choose another --export_dir") from None
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
-    hf_model.save_pretrained(tmp, safe_serialization=True)
+    if adapter is None:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        hf.save_peft(tmp, *adapter)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)  # a chat template in tokenizer_config.json, where
+                                                                # every version of transformers reads it
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
     files = sorted(os.listdir(tmp) + [MARKER])
     with fileio.atomic_open(os.path.join(tmp, MARKER), "w") as f:
         json.dump(dict(exported_by="export.py", checkpoint=os.path.abspath(path),
-                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size, files=files), f, indent=1)
+                       iteration=int(ckpt.get("iter_num", 0)), vocab_size=vocab_size, files=files,
+                       **(dict(peft=True, base=base) if adapter is not None else {})), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
     fileio.publish_folder(tmp, export_dir, owned=earlier)  # a model card a user added stays
 except BaseException:
@@ -202,6 +231,9 @@ except BaseException:
 
 # -----------------------------------------------------------------------------
 # say what was written and how to use it
+if adapter is not None:
+    print(hf.peft_usage(path, int(ckpt.get("iter_num", 0)), export_dir, base, adapter))
+    sys.exit(0)
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "
       f"{vocab_size}) as {type(hf_model).__name__} to {export_dir}: {', '.join(sorted(os.listdir(export_dir)))}")

@@ -286,7 +286,9 @@ class GPT(nn.Module):
     def with_weights(cls, config, state_dict):
         """A GPT holding state_dict's tensors (this project's names), built without the random
         initialisation that would be thrown away: loading costs the read, not an init of every weight
-        (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit."""
+        (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit.
+        state_dict is emptied as its tensors are copied: a dict freshly read from a file and handed over
+        is released tensor by tensor, so loading never holds the weights twice."""
         # made on the meta device (shapes without memory), then given the tensors, as transformers does
         with torch.device("meta"):
             model = cls(config, init_weights=False)
@@ -302,9 +304,13 @@ class GPT(nn.Module):
         # Owned fp32 copies, whatever the file holds (fp16/bf16 files; autocast picks compute dtypes), in
         # the tensors' own memory order: memory-mapped weights would be read from the file page by page
         # during the first steps (skewing every timing there), and training must never write into a file.
-        state_dict = {k: torch.empty_like(v, dtype=torch.float32 if v.is_floating_point() else v.dtype).copy_(v)
-                      for k, v in state_dict.items()}
-        model.load_state_dict(state_dict, assign=True)
+        tied = {"lm_head.weight": "transformer.wte.weight"} if config.tie_embeddings else {}
+        owned = {}
+        for k in sorted(state_dict, key=lambda k: k in tied):  # a tied head last: it is the embedding's copy
+            v = state_dict.pop(k)
+            owned[k] = owned[tied[k]] if k in tied else \
+                torch.empty_like(v, dtype=torch.float32 if v.is_floating_point() else v.dtype).copy_(v)
+        model.load_state_dict(owned, assign=True)
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
         return model
@@ -347,10 +353,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.sdpa = impl == "sdpa"
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, hidden=False):
         """Logits and loss. Without targets, only the last position's logits are computed (the
-        only ones generation needs) unless all_logits. With a cache, idx continues the cached
-        sequence: positions start at cache.pos, and the cache advances by idx's length."""
+        only ones generation needs) unless all_logits; with hidden, none: the final hidden states
+        (b, t, n_embd) come back instead, for a caller that runs self.logits only where it needs
+        them. With a cache, idx continues the cached sequence: positions start at cache.pos, and
+        the cache advances by idx's length."""
         device = idx.device
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
@@ -371,6 +379,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += t
 
+        if hidden:
+            return x, None
         if targets is not None:
             logits = self.logits(x)  # (b, t, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -400,11 +410,16 @@ class GPT(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls forward and backward (Kaplan et al. 2020,
         appendix B) plus attention's 12 * L * H * Q * T (PaLM paper, appendix B; the same with fewer
-        key/value heads, which only shrink c_attn, counted in N)."""
+        key/value heads, which only shrink c_attn, counted in N). A frozen weight (LoRA) costs 4, not 6:
+        its forward and its input's gradient, but no gradient of its own."""
         cfg = self.config
         N = self.get_num_params()
+        tables = [self.transformer.wpe.weight] if "wpe" in self.transformer else []  # what N leaves out
+        if not cfg.tie_embeddings:
+            tables.append(self.transformer.wte.weight)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad and all(p is not t for t in tables))
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        return 6 * N - 2 * frozen + 12 * L * H * Q * T
 
     # -------------------------------------------------------------------------
     # nanoGPT's entry points: GPT-2's weights, and sampling by recomputing the context

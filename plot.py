@@ -2,11 +2,13 @@
 Draw training runs on shared axes and print a table of each run's figures.
 
     python plot.py out-shakespeare-char-cpu                       # val loss against iteration
-    python plot.py out-a out-b --x=tokens --y=loss --logy          # per-step train loss, smoothed
+    python plot.py out-a out-b --x=tokens --y=loss --logy          # per-step train loss (smoothed past 50 rows)
     python plot.py out-a out-b --x=time --y=tok_s --out=speed.png
+    python plot.py out-gpt2 --y=hellaswag_acc_norm                 # beside GPT-2's and GPT-3's levels
 
 Each RUN is a run folder (or its metrics.jsonl); the legend names the runs as given. The picture goes
-to --out, by default plot-<y>.png in the current folder, and its path is printed. Runs may differ in
+to --out, by default a name of its own for each picture the options draw (plot-val_loss.png,
+plot-loss-by-tokens-logy.png) in the current folder, and its path is printed. Runs may differ in
 length, hold NaN rows, still be training, or come from DDP. No display is needed.
 """
 
@@ -24,13 +26,14 @@ errors.install()
 KEYS = [
     Key("x", "iter", "x axis: iter, tokens (seen so far), or time (wall time since the run started)",
         choices=("iter", "tokens", "time")),
-    Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, train_loss, loss, lr, grad_norm, ms, tok_s, mfu, "
-        "val_accuracy (generated tasks), ..."),
+    Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, val_bpb, train_loss, loss, lr, grad_norm, ms, tok_s, "
+        "mfu, val_accuracy (generated tasks), hellaswag_acc_norm (with GPT-2's and GPT-3's levels), ..."),
     Key("logx", False, "logarithmic x axis"),
     Key("logy", False, "logarithmic y axis"),
     Key("smooth", None, "EMA weight for per-step metrics, 0 (raw) to 0.999 (default: an average over ~2% of "
         "the longest run)", type=float),
-    Key("out", "", "the PNG to write (default: plot-<y>.png in the current folder)"),
+    Key("out", "", "the PNG to write (default: plot-<y>[-by-<x>][-logx][-logy][-smooth<w>].png in the current "
+        "folder)"),
 ]
 # run folders are positional arguments, which configurator does not take; the rest (--key=value,
 # config/file.py) is its business
@@ -54,7 +57,7 @@ from gptkit import curves, runs  # noqa: E402  (numpy now; matplotlib with the f
 
 # -----------------------------------------------------------------------------
 # read, draw, write
-out = cfg.out or f"plot-{cfg.y}.png"
+out = cfg.out or curves.default_name(cfg.y, cfg.x, cfg.logx, cfg.logy, cfg.smooth)
 runs.check_output(out, ".png", magic=b"\x89PNG", what="PNG picture")  # replaces an earlier picture, nothing else
 try:
     runs = [curves.read_run(a) for a in run_args]

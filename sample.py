@@ -20,7 +20,7 @@ KEYS = [
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
-    Key("num_samples", 10, "how many samples", min=1),
+    Key("num_samples", 10, "how many samples (with temperature=0 every sample is the same: 1 unless given)", min=1),
     Key("max_new_tokens", 500, "tokens generated per sample", min=1),
     Key("temperature", 0.8, "1.0 samples the model's distribution, lower is more conservative, 0 is greedy", min=0.0),
     Key("top_k", 200, "sample only among the k most likely tokens (None: all)", type=int, min=1),
@@ -61,6 +61,7 @@ if cfg.quantize == "int8":
 model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
 model = quantize.for_decoding(model, cfg.quantize)
 print(f"sampling from {desc}; {rt.why}{'; int8 weights' if cfg.quantize == 'int8' else ''}", file=sys.stderr)
+num_samples = cfg.num_samples if cfg.temperature > 0 or cfg.is_set("num_samples") else 1  # greedy: all alike
 
 start = cfg.start
 if start.startswith("FILE:"):
@@ -72,6 +73,8 @@ if start.startswith("FILE:"):
     except UnicodeDecodeError as e:
         raise UserError(f"the prompt file {start[5:]} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
                         f"text file after FILE:") from None
+if tok.prompt_format is not None and tok.prompt_format.note(start):  # a model of generated problems
+    print(tok.prompt_format.note(start), file=sys.stderr)
 ids = tok.encode(start)
 if not ids:
     if tok.eot is None:
@@ -89,7 +92,7 @@ with torch.no_grad(), plan.autocast_context(), decode_layout(model):
         model, failure = compile_for_decoding(model)
         if failure:
             print(f"note: compiling failed ({failure}); decoding runs uncompiled", file=sys.stderr)
-    for k in range(cfg.num_samples):
+    for k in range(num_samples):
         out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)
         for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,

@@ -32,7 +32,8 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 
 import torch  # noqa: E402
 
-from gptkit import checkpoint, curves, dataset, fileio, init_from, loggers, optim, runtime  # noqa: E402
+from gptkit import (checkpoint, curves, dataset, evaluation, fileio, init_from, loggers, optim,  # noqa: E402
+                    runtime, sharding)
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.training import Step, evaluate, expectations  # noqa: E402
@@ -87,10 +88,14 @@ if master:
 
 # -----------------------------------------------------------------------------
 # model, optimizer
-model, said = start.build_model(meta, data_dir, device)
+model, said = start.build_model(meta, data_dir, device, sharding.shards(cfg.parallel, cfg.fsdp_shard_size,
+                                                                        dist.world_size))
 if master and said:
     print(said)
-model.to(device)
+# on the device whole, or sharded over the processes (parallel=fsdp)
+model, said = sharding.place(model, cfg.parallel, cfg.fsdp_shard_size, cfg.activation_checkpointing, dist, plan)
+if master and said:
+    print(said)
 batches.vocab_size = model.config.vocab_size  # an id past the embedding is refused when drawn
 progress = start.progress(tokens_per_iter)
 
@@ -103,13 +108,17 @@ if rt.compile:
         print("compiling the model (the first step takes a while)...")
     model = torch.compile(model)
 train_model = model
-if dist.enabled:
+if dist.enabled and cfg.parallel == "ddp":
     from torch.nn.parallel import DistributedDataParallel as DDP
     train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
 step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip)
+# bits per byte and the eval_tasks sets, scored at each evaluation beside the loss (every set read and checked now)
+scoring = everywhere(lambda: evaluation.DuringTraining(meta, cfg.eval_tasks, cfg.eval_tasks_limit,
+                                                       model.config.block_size, model.config.vocab_size, device,
+                                                       warn=print if master else None))
 scaler = step.scaler if plan.grad_scaler else None
 # a resumed run's random state is restored just before the loop: setup below (the timing probe) draws some
-resume_rng, note = start.restore(optimizer, scaler, dist)
+resume_rng, note = start.restore(optimizer, scaler, dist, raw_model)
 if master and note:
     print(note)
 start.ckpt = None  # free the memory
@@ -122,7 +131,7 @@ if master:
 if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
     if master:
         print(f"nothing to do: the run is at iteration {progress.iter_num} and max_iters={cfg.max_iters}; give a "
-              f"larger --max_iters (and lr_decay_iters) to train on")
+              f"larger --max_iters to train on")
     runtime.shutdown(dist)
     sys.exit(0)
 
@@ -130,7 +139,7 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
 # committed: from here on the run writes to out_dir. Nothing in it changed before this point, so a
 # run refused or failed above left the folder as it was; an evaluation alone (eval_only) writes nothing.
 writes = master and not cfg.eval_only
-ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+ckpt_path = os.path.join(cfg.out_dir, "ckpt.dcp" if cfg.parallel == "fsdp" else "ckpt.pt")
 lock = everywhere(lambda: runs.commit(cfg.out_dir, configurator.to_dict(cfg), meta, new_run=not start.resuming,
                                       overwrite=cfg.overwrite, data_dir=data_dir) if writes else None)
 wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg)) \
@@ -138,18 +147,20 @@ wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configur
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=writes, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, scaler, configurator.to_dict(cfg),
-                            batches.chat_template, cfg.keep_last, dist, device)
+saver = (sharding.ShardedSaver if cfg.parallel == "fsdp" else checkpoint.RunSaver)(
+    cfg.out_dir, raw_model, optimizer, scaler, configurator.to_dict(cfg), batches.chat_template, cfg.keep_last, dist,
+    device)
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
 if writes:  # a failed save or a second Ctrl-C exits at once: leave no half-drawn loss.png temporary
     errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
 
-if master:
-    evals = len(range(progress.iter_num, cfg.max_iters + 1, cfg.eval_interval))
-    for line in expectations(model, batches, plan, cfg.eval_iters, accum_local, dist.world_size,
-                             cfg.max_iters - progress.iter_num, evals):
+evals = len(range(progress.iter_num, cfg.max_iters + 1, cfg.eval_interval))
+# timed on every process: a sharded model's forward pass needs them all
+for line in expectations(model, batches, plan, cfg.eval_iters, accum_local, dist.world_size,
+                         cfg.max_iters - progress.iter_num, evals):
+    if master:
         print(line)
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
@@ -167,7 +178,11 @@ while True:
     if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters)
                          and iter_num != progress.last_eval_iter):
         t_eval = time.perf_counter()
-        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: bool(stop))
+        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: bool(stop),
+                          token_bytes=scoring.token_bytes)
+        if losses is not None and scoring.sets:  # the uncompiled model: every batch of choices has its own shape
+            scores = scoring.score(raw_model, plan, dist, cfg.batch_size * cfg.block_size, lambda: bool(stop))
+            losses = None if scores is None else {**losses, **scores}
         if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
             if iter_num > start_iter and not cfg.eval_only:
                 saver.save("ckpt.pt", progress)
@@ -185,19 +200,22 @@ while True:
             accuracy = {k: v for k, v in losses.items() if k.endswith("_accuracy")}  # generated problems
             print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
                   + (" (best)" if improved else "")
+                  + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
                   + (f"; exact match (greedy): train {accuracy['train_accuracy']:.2%}, held-out "
-                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else ""))
-            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **accuracy, lr=lr,
+                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else "")
+                  + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
+            figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
+            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures, lr=lr,
                              elapsed_s=progress.elapsed()))
             if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
                 picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)
         if cfg.eval_only:
             break
         if math.isfinite(losses["val"]):
-            if improved and iter_num > 0:
-                saver.save("best.pt", progress)
-            if (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter:
-                saver.save("ckpt.pt", progress)
+            best = improved and iter_num > 0
+            latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter
+            if best or latest:  # both: one file under two names
+                saver.save(["best.pt"] * best + ["ckpt.pt"] * latest, progress)
         t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
     if iter_num >= cfg.max_iters:
         break
@@ -252,6 +270,8 @@ while True:
 # -----------------------------------------------------------------------------
 # the end
 runtime.raise_everywhere(metrics.failure, dist, device)  # a last metrics line that could not be written
+if cfg.parallel == "fsdp":
+    saver.consolidate()  # ckpt.pt (and best.pt) from the sharded checkpoints, as fsdp_consolidate says
 picture.close()  # the final picture, drawn before the process ends
 metrics.close()
 bar.close()
@@ -260,12 +280,11 @@ if master and cfg.eval_only:
 elif master:
     out = cfg.out_dir
     kept = [f"{name} ({what})" for name, what in (("ckpt.pt", "latest"), ("best.pt", "best val loss"),
-                                                  ("loss.png", "the curves"))
+                                                  ("ckpt.dcp", "latest, sharded"), ("loss.png", "the curves"))
             if os.path.exists(os.path.join(out, name))]
     print(f"done in {time.perf_counter() - progress.started:.1f} s, best val loss {progress.best_val_loss:.4f}; the "
           f"run is in {out}/: {', '.join(kept)}")
-    print(f"next: python sample.py --out_dir={out}  |  python chat.py --out_dir={out}  |  python plot.py {out}  |  "
-          f"python export.py --out_dir={out}  |  more steps: --init_from=resume --out_dir={out} --max_iters=N")
+    print("next: " + "  |  ".join(runs.next_commands(out, batches.prompt_format, batches.chat_template)))
 stop.close()
 output.close()
 if lock:

@@ -7,6 +7,9 @@
 #   python chat.py --out_dir=out-sft
 # init_from: gpt2 (124M) or gpt2-medium/-large/-xl (downloaded once), or any local Hugging Face GPT-2
 # folder; a run of this project becomes one with python export.py --out_dir=RUN (then --init_from=RUN/hf).
+# What it costs: 1,000 steps of 65,536 tokens through 124M parameters, ~5 x 10^16 FLOPs, a job for a GPU
+# (train.py prints its estimate for your machine before the first step); checkpoints of 1.5 GB. On a
+# CPU, config/sft_gpt2_cpu.py takes minutes.
 
 out_dir = 'out-sft'
 dataset = 'chat'

@@ -19,6 +19,9 @@ The exact-match accuracy (greedy decoding of the whole answer) comes from the ev
 pass: see training.evaluate.
 """
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 
 from gptkit.errors import USAGE, UserError
@@ -62,6 +65,66 @@ def answer_text(c, reverse):
     return ("-" if c < 0 else "") + (digits[::-1] if reverse else digits)
 
 
+@dataclass(frozen=True)
+class ProblemFormat:
+    """How a task's problems are written, which is the only way a model trained on them can be asked:
+    sample.py checks a prompt against it, and chat.py and train.py's last line point to it."""
+    task: str
+    digits: int
+    reverse: bool
+
+    @classmethod
+    def of_run(cls, config):
+        """The format of a run trained on generated problems (its saved config, a dict), else None."""
+        if config.get("dataset") in TASKS and not config.get("data_dir"):
+            return cls(config["dataset"], int(config.get("digits", 3)), bool(config.get("reverse", True)))
+        return None
+
+    @property
+    def op(self):
+        return TASKS[self.task]
+
+    @property
+    def longest_answer(self):  # characters: 999+999=1998, 000-999=-999, 99*99=9801
+        return self.digits + 1 if self.op in "+-" else 2 * self.digits
+
+    def problem(self, a, b):
+        """(prompt, answer) text of one problem: ('123+456=', '975')."""
+        d = self.digits
+        return f"{a:0{d}d}{self.op}{b:0{d}d}=", answer_text(answer(self.op, a, b), self.reverse)
+
+    def example(self):
+        return int("123456789"[:self.digits]), int("456789123"[:self.digits])  # 123, 456 with 3 digits
+
+    def _rules(self):
+        return (f"operands zero-padded to {self.digits} digit{'s' if self.digits > 1 else ''}, the answer "
+                f"{'least' if self.reverse else 'most'} significant digit first")
+
+    def describe(self):
+        written = "".join(self.problem(*self.example()))
+        return f"{self.digits}-digit {self.task} problems written {written} ({self._rules()})"
+
+    def sample_command(self, out_dir):
+        """sample.py asking the run one problem, greedily, up to the end of its answer."""
+        return (f"python sample.py --out_dir={out_dir} --start=\"{self.problem(*self.example())[0]}\" --temperature=0 "
+                f"--max_new_tokens={self.longest_answer + 1} --stop=\"('\\n',)\"")
+
+    def note(self, prompt):
+        """None for a prompt in the format (a problem, and perhaps the start of its answer); else a note
+        showing the format, with the prompt's own operands where it has some that fit."""
+        op, d = re.escape(self.op), self.digits
+        if re.fullmatch(rf"\d{{{d}}}{op}\d{{{d}}}=-?\d*", prompt):
+            return None
+        numbers = re.fullmatch(rf"\s*(\d+)\s*{op}\s*(\d+)\s*=?\s*", prompt)
+        fit = numbers and max(int(numbers[1]), int(numbers[2])) < 10 ** d  # operands the model can be asked
+        a, b = (int(numbers[1]), int(numbers[2])) if fit else self.example()
+        asked, ans = self.problem(a, b)
+        reversed_ = self.reverse and len(ans.strip("-")) > 1
+        shown = f" (the answer {answer(self.op, a, b)} comes as {ans})" if reversed_ else ""
+        return (f"note: {prompt!r} is not in this model's format, so its answer means nothing: it was trained on "
+                f"{d}-digit {self.task} problems, {self._rules()}; ask --start=\"{asked}\"{shown}")
+
+
 class Arithmetic:
     """Problems of one task as batches: inputs (B, seq_len) and targets that are -1 everywhere but at
     the answer and its newline. Every row is one problem starting at position 0, as at evaluation and
@@ -79,12 +142,12 @@ class Arithmetic:
             raise UserError(f"digits={digits} is out of range; use 1 to {MAX_DIGITS} digits per operand",
                             status=USAGE)
         self.task, self.op, self.digits, self.reverse = task, TASKS[task], digits, reverse
+        self.prompt_format = ProblemFormat(task, digits, reverse)
         self.batch_size, self.seed, self.device, self.pin_memory = batch_size, seed, device, pin_memory
         self.meta, self.vocab_size = META, None
         self.space = 10 ** digits  # values of one operand
         self.prompt_len = 2 * digits + 2  # "123+456="
-        longest = digits + 1 if self.op in "+-" else 2 * digits  # 999+999=1998, 000-999=-999, 99*99=9801
-        self.seq_len = self.prompt_len + longest  # inputs per row: the problem, less its final newline
+        self.seq_len = self.prompt_len + self.prompt_format.longest_answer  # the problem, less its final newline
         if block_size < self.seq_len:
             raise UserError(f"block_size={block_size} is too short for {digits}-digit {task} problems, which take "
                             f"{self.seq_len} positions; set block_size >= {self.seq_len}", status=USAGE)
@@ -152,8 +215,7 @@ class Arithmetic:
 
     def problem(self, a, b):
         """(prompt, answer) text of one problem: ('123+456=', '975')."""
-        d = self.digits
-        return f"{a:0{d}d}{self.op}{b:0{d}d}=", answer_text(answer(self.op, a, b), self.reverse)
+        return self.prompt_format.problem(a, b)
 
     def _answer_lengths(self, a, b):
         """Counted targets per row: the answer's characters and its newline."""

@@ -6,8 +6,9 @@ A checkpoint is a dict with at least nanoGPT's six keys: model, optimizer, model
 best_val_loss, config. model_args holds only the settings nanoGPT's GPTConfig knows, so nanoGPT's own
 sample.py and train.py open a GPT-2-shaped run of this project unchanged; the architecture options
 beyond them sit beside it in model_options. Ours add the state needed to continue a run exactly
-(RunSaver). Everything in it is tensors and plain Python values, so torch.load(weights_only=True)
-reads it. Building a model from one is loading.py's job.
+(RunSaver). A LoRA run's 'model' holds its adapters alone, and its 'lora' entry the settings and the
+base they adapt (gptkit/lora.py). Everything in it is tensors and plain Python values, so
+torch.load(weights_only=True) reads it. Building a model from one is loading.py's job.
 """
 
 import os
@@ -20,7 +21,7 @@ import zipfile
 import numpy as np
 import torch
 
-from gptkit import fileio, runtime
+from gptkit import fileio, lora, runtime
 from gptkit.errors import UserError
 
 # the fields of nanoGPT's GPTConfig: a checkpoint's model_args holds these and nothing else
@@ -54,18 +55,24 @@ def _full_disk(folder):
     return "free some disk space or set out_dir to a writable folder, then resume"
 
 
-def keep_copy(path, numbered, keep_last):
-    """Keep `path` also as `numbered` (a hard link where the filesystem has them, else a copy)
-    and delete all but the newest `keep_last` numbered copies beside it. Numbered names sort by
-    iteration (zero-padded)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = fileio.temp_name(numbered)
+def link(path, other):
+    """Make `other` a second name of `path`'s file (a hard link where the filesystem has them, else a
+    copy), replacing it atomically. Checkpoints are only ever replaced by a rename, never written in
+    place, so each name keeps its version when the other is saved again."""
+    tmp = fileio.temp_name(other)
     fileio.remove(tmp)
     try:
-        os.link(path, tmp)  # ckpt.pt is later replaced by a rename, so the link keeps this version
+        os.link(path, tmp)
     except OSError:
         shutil.copyfile(path, tmp)
-    os.replace(tmp, numbered)
+    os.replace(tmp, other)
+
+
+def keep_copy(path, numbered, keep_last):
+    """Keep `path` also as `numbered` (link()) and delete all but the newest `keep_last` numbered
+    copies beside it. Numbered names sort by iteration (zero-padded)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    link(path, numbered)
     stem, ext = os.path.splitext(os.path.basename(numbered))
     prefix = stem.rstrip("0123456789")
     copies = sorted(f for f in os.listdir(folder)
@@ -74,10 +81,14 @@ def keep_copy(path, numbered, keep_last):
         fileio.remove(os.path.join(folder, old))
 
 
-def load(path, map_location="cpu", require=()):
-    """Read a checkpoint safely; any problem is one sentence naming the file. `require` lists
-    entries beyond 'model' and 'model_args' the caller needs (e.g. 'optimizer' to resume)."""
+def read(path, map_location="cpu"):
+    """torch.load(weights_only=True) of a checkpoint file; any problem is one sentence naming the file."""
     if not os.path.exists(path):
+        sharded = os.path.splitext(path)[0] + ".dcp"
+        if os.path.isdir(sharded):  # a parallel=fsdp run that has not written its one-file checkpoint
+            raise UserError(f"no checkpoint at {path}, only the sharded one of a parallel=fsdp run ({sharded}); "
+                            f"write {os.path.basename(path)} from it with: python -m gptkit.sharding "
+                            f"--out_dir={os.path.dirname(path) or '.'}")
         raise UserError(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at "
                         f"the run folder")
     if os.path.isdir(path):
@@ -85,7 +96,7 @@ def load(path, map_location="cpu", require=()):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol warning would bury the sentence
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # random bytes, a plain pickle, or a pickle of arbitrary Python objects: weights_only refuses
         # them all, and we never fall back to the unsafe loader
@@ -94,6 +105,12 @@ def load(path, map_location="cpu", require=()):
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
         raise UserError(f"{path} is truncated or corrupt (a copy cut short, or a disk error?) and cannot be read: "
                         f"{fileio.reason(e)}") from None
+
+
+def load(path, map_location="cpu", require=()):
+    """Read a checkpoint safely; any problem is one sentence naming the file. `require` lists
+    entries beyond 'model' and 'model_args' the caller needs (e.g. 'optimizer' to resume)."""
+    ckpt = read(path, map_location)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("model_args"), dict):
         raise UserError(f"{path} is not a training checkpoint: it lacks the 'model' and 'model_args' entries")
     if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
@@ -182,8 +199,9 @@ class RunSaver:
         self.config, self.chat_template, self.keep_last = config, chat_template, keep_last
         self.dist, self.device = dist, device
 
-    def save(self, name, progress):
-        """progress: training.Progress, the counters that place the run (iteration, best val loss, ...)."""
+    def run_state(self, progress):
+        """Everything a checkpoint holds besides the weights and the optimizer state: on the first process
+        a dict, on the others None. Every process must call it: each contributes its random state."""
         rng = rng_state()
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -191,24 +209,37 @@ class RunSaver:
             tdist.all_gather_object(states, rng)
         else:
             states = [rng]
+        if not self.dist.master:
+            return None
+        return dict(
+            **model_entries(self.model.config),
+            **progress.state(),
+            config=self.config,
+            chat_template=self.chat_template,  # the format chat.py must talk in, where the data has one
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            rng=states,
+            # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
+            sampler=dict(kind="stateless", seed=self.config["seed"]),
+        )
+
+    def save(self, names, progress):
+        """names: a checkpoint's name, or several that hold the same state (best.pt and ckpt.pt of one
+        iteration): written once, under the first, and linked under the others, so they take the disk
+        space of one (a GPT-2 fine-tune's is 1.5 GB). progress: training.Progress, the counters that
+        place the run (iteration, best val loss, ...)."""
+        names = [names] if isinstance(names, str) else list(names)
+        state = self.run_state(progress)
         failure = None
         if self.dist.master:
-            state = dict(
-                model=model_state(self.model),
-                optimizer=self.optimizer.state_dict(),
-                **model_entries(self.model.config),
-                **progress.state(),
-                config=self.config,
-                chat_template=self.chat_template,  # the format chat.py must talk in, where the data has one
-                scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                rng=states,
-                # the data schedule is a function of (seed, iteration, micro-step); nothing else to keep
-                sampler=dict(kind="stateless", seed=self.config["seed"]),
-            )
-            path = os.path.join(self.out_dir, name)
+            # a LoRA run keeps its adapters and what identifies its base, not the base's weights
+            weights = lora.checkpoint_entries(self.model) or dict(model=model_state(self.model))
+            state = dict(**weights, optimizer=self.optimizer.state_dict(), **state)
+            path = os.path.join(self.out_dir, names[0])
             try:
                 save(state, path)
-                if name == "ckpt.pt" and self.keep_last > 0:
+                for other in names[1:]:
+                    link(path, os.path.join(self.out_dir, other))
+                if "ckpt.pt" in names and self.keep_last > 0:
                     keep_copy(path, os.path.join(self.out_dir, f"ckpt_{progress.iter_num:07d}.pt"), self.keep_last)
             except UserError as e:
                 failure = e

@@ -5,6 +5,7 @@ oldest turns dropped until the transcript fits the context beside a reply. A fin
 chat.py renders the conversation with the very same one (recorded with the data and the run).
 """
 
+import json
 import re
 from dataclasses import asdict, dataclass
 
@@ -68,6 +69,28 @@ class Transcript:
             history.pop(0)
             ids = encode(self.render(history, line))
         return ids[-budget:]
+
+    def unspellable(self, tok):
+        """The characters of the prefixes and separators that a character vocabulary lacks, as one string
+        ('' when it can spell them all, and always for GPT-2's BPE, which spells any text)."""
+        stoi = getattr(tok, "stoi", None)
+        text = self.preamble + self.system + self.user + self.bot + self.sep + self.turn_end
+        return "".join(sorted({c for c in text if c not in stoi})) if stoi is not None else ""
+
+    def jinja(self):
+        """This template as a Jinja chat template, Hugging Face's format (tokenizer.apply_chat_template):
+        it renders a conversation as exactly the text segments() writes, the text the model was trained
+        on (contents stripped, as data/chat/prepare.py and chat.py strip them), and with
+        add_generation_prompt the bot's prefix, where the model's reply begins."""
+        def text(s):  # a Jinja string literal: JSON's escapes are Jinja's, and no text is read as a tag
+            return "{{ " + json.dumps(s) + " }}" if s else ""
+        prefix = {"system": self.system, "user": self.user, "assistant": self.bot}
+        roles = "".join(f"{'{% if' if i == 0 else '{% elif'} message['role'] == {json.dumps(r)} %}}{text(p)}"
+                        for i, (r, p) in enumerate(prefix.items()))
+        return (text(self.preamble) + "{% for message in messages %}" + roles
+                + "{% else %}{{ raise_exception('roles are system, user and assistant') }}{% endif %}"
+                + "{{ message['content'] | trim }}" + text(self.sep) + "{% endfor %}"
+                + "{% if add_generation_prompt %}" + text(self.bot) + "{% endif %}")
 
     def to_dict(self):
         return asdict(self)

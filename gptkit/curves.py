@@ -8,8 +8,10 @@ Loss curves of training runs: metrics.jsonl read into arrays, and drawn to PNG f
     picture.refresh(); ...; picture.close()                     # in a background thread
 
 metrics.jsonl holds one JSON object per line: step rows (iter, loss, lr, grad_norm, ms, tok_s, mfu,
-tokens) and evaluation rows (iter, train_loss, val_loss, lr, elapsed_s). A file may be read while
-train.py appends to it, after a crash, or after a resume; whatever cannot be read is skipped.
+tokens) and evaluation rows (iter, train_loss, val_loss, train_bpb, val_bpb, lr, elapsed_s, and the
+figures of multiple-choice sets such as hellaswag_acc_norm). A file may be read while train.py appends
+to it, after a crash, or after a resume; whatever cannot be read is skipped. HellaSwag's figures are
+drawn beside the published GPT-2 and GPT-3 levels.
 
 matplotlib is imported inside the drawing functions, never at import time: train.py pays for it only
 in the drawing thread, and plot.py only after its arguments are checked. Figures are built with the
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptkit import fileio
+from gptkit.benchmarks import REFERENCE_LEVELS
 from gptkit.errors import USAGE, UserError
 
 STEP, EVAL = "step", "eval"
@@ -238,10 +241,38 @@ def ema(values, weight):
 
 
 def auto_weight(n_rows):
-    # an average over about 2% of the run's rows (none up to 50 rows): a short run and a 600,000-row
-    # one look alike, which no fixed weight achieves
+    # an average over about 2% of the run's rows: a short run and a 600,000-row one look alike, which no
+    # fixed weight achieves. None up to 50 rows: an average over even 3 of them visibly lags the raw line
+    # where the loss falls fast (the CPU recipe's 30 rows, drawn both ways), and 50 points read as a line.
     span = max(1.0, n_rows / 50)
     return 1.0 - 1.0 / span
+
+
+# Evaluations are points: joined by a line only when there are this many or more, so that two
+# evaluations (at the start and the end of a short run) are not drawn as a trajectory never measured.
+DENSE_EVALS = 10
+
+
+def eval_style(n_points):
+    return "o-" if n_points >= DENSE_EVALS else "o"
+
+
+def plain_log_ticks(axis, text=None):
+    """Label a log axis's ticks as plain numbers (2, 3, 0.5; or text(value) such as 200 k), never 4x10^0:
+    matplotlib's default writes a range within one decade, a loss's usual range, in scientific notation.
+    Minor ticks are labelled where the axis has room: 2 to 6 and 8 within a decade, 2 and 5 within two."""
+    from matplotlib.ticker import FuncFormatter
+    text = text or (lambda v, pos=None: f"{v:g}")
+
+    def minor(v, pos):
+        lo, hi = sorted(axis.get_view_interval())
+        decades = math.log10(hi / lo) if lo > 0 else math.inf
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 3) if v > 0 else 0
+        shown = (2, 3, 4, 5, 6, 8) if decades <= 1 else (2, 5) if decades <= 2 else ()
+        return text(v, pos) if mantissa in shown else ""
+
+    axis.set_major_formatter(FuncFormatter(text))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 # -----------------------------------------------------------------------------
@@ -256,11 +287,41 @@ def _figure(figsize):
     return fig
 
 
+def draw_levels(ax, metric, values):
+    """The published levels of `metric` (benchmarks.REFERENCE_LEVELS) as labelled dashed lines: those
+    the values reach and the next one above, so the picture shows what was passed and what is next."""
+    levels = sorted(REFERENCE_LEVELS.get(metric, []), key=lambda level: level[1])
+    values = np.asarray(values, dtype=np.float64)
+    best = np.nanmax(values) if np.isfinite(values).any() else -math.inf
+    above = [i for i, (_, v) in enumerate(levels) if v > best]
+    for label, value in levels[:above[0] + 1 if above else len(levels)]:
+        ax.axhline(value, color="gray", ls="--", lw=0.8)
+        ax.text(0.99, value, f"{label}: {value:.3f}", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+                fontsize="x-small", color="dimgray")
+
+
+def task_metrics(evals):
+    """The evaluation columns holding a multiple-choice set's headline figure, <set>_acc_norm."""
+    return [k for k in evals if k.endswith("_acc_norm") and np.isfinite(evals[k]).any()]
+
+
 def draw_run(run, smooth=None):
     """The standard picture of one run against iteration: train loss per step (raw and smoothed)
-    with the evaluations' train and val loss above, the learning rate below."""
+    with the evaluations' train and val loss above, the learning rate below, and between them the
+    acc_norm of the multiple-choice sets scored during training (eval_tasks), if any, beside the
+    published levels."""
     fig = _figure(FIGSIZE)
-    ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    tasks = task_metrics(run.evals)
+    if tasks:
+        ax, ax_task, ax_lr = fig.subplots(3, 1, sharex=True, height_ratios=(3, 2, 1))
+        for i, name in enumerate(tasks):
+            ax_task.plot(run.evals["iter"], run.evals[name], "o-", color=f"C{4 + i}", ms=3.5, lw=1.2, label=name)
+            draw_levels(ax_task, name, run.evals[name])
+        ax_task.set_ylabel("accuracy")
+        ax_task.grid(alpha=0.3)
+        ax_task.legend(loc="upper left", fontsize="small")
+    else:
+        ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     steps, evals = run.steps, run.evals
     if "loss" in steps:
         its, loss = steps["iter"], steps["loss"]
@@ -275,7 +336,8 @@ def draw_run(run, smooth=None):
                     transform=ax.get_xaxis_transform(), label=f"non-finite loss ({bad.sum()})")
     for name, color, label in (("train_loss", "C1", "train loss (eval)"), ("val_loss", "C3", "val loss (eval)")):
         if name in evals:
-            ax.plot(evals["iter"], evals[name], "o-", color=color, ms=3.5, lw=1.2, label=label)
+            ax.plot(evals["iter"], evals[name], eval_style(len(evals["iter"])), color=color, ms=4.5, lw=1.2,
+                    label=label)
     lr_its, lr, _ = run.series("lr")
     if len(lr):
         ax_lr.plot(lr_its, lr, color="C2", lw=1.2)
@@ -331,21 +393,36 @@ def draw_runs(runs, x="iter", y="val_loss", logx=False, logy=False, smooth=None)
         elif kind == STEP:
             ax.plot(xs, ys, color=color, lw=1.2, label=run.name)
         elif kind == EVAL:
-            ax.plot(xs, ys, "o-", color=color, ms=3.5, lw=1.2, label=run.name)
+            ax.plot(xs, ys, eval_style(len(xs)), color=color, ms=4.5, lw=1.2, label=run.name)
         else:  # this run lacks the metric: keep it in the legend, marked
             ax.plot([], [], color=color, label=f"{run.name} (no {y})")
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(AXIS_LABEL[x] + (f" ({unit})" if unit else ""))
-    ax.set_ylabel(y + (f" (EMA {weight:.2f})" if weight > 0 and step_rows else ""))
+    if y in REFERENCE_LEVELS:
+        draw_levels(ax, y, np.concatenate([ys for _, _, ys, _ in series]))
+    x_text = None
     if x == "tokens":
         from matplotlib.ticker import EngFormatter
-        ax.xaxis.set_major_formatter(EngFormatter())  # 1.2M, 3G instead of an offset exponent
+        x_text = EngFormatter()  # 1.2M, 3G instead of an offset exponent
+        ax.xaxis.set_major_formatter(x_text)
+    if logx:
+        ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis, x_text)
+    if logy:
+        ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
+    ax.set_xlabel(AXIS_LABEL[x] + (f" ({unit})" if unit else ""))
+    ax.set_ylabel(y + (f" (EMA {weight:.2f})" if weight > 0 and step_rows else ""))
     ax.grid(alpha=0.3, which="both" if logx or logy else "major")
     ax.legend(fontsize="small")
     return fig
+
+
+def default_name(y, x="iter", logx=False, logy=False, smooth=None):
+    """plot.py's file name for a picture: one name per picture the options draw (plot-loss.png,
+    plot-loss-logy.png, plot-val_loss-by-tokens.png), so that one picture does not replace another."""
+    parts = [y] + ([f"by-{x}"] if x != "iter" else []) + (["logx"] if logx else []) + (["logy"] if logy else [])
+    if smooth is not None:
+        parts.append(f"smooth{smooth:g}")
+    return "plot-" + "-".join(parts) + ".png"
 
 
 def save_png(fig, path):

@@ -404,6 +404,7 @@ class Batches:
     losses stay comparable."""
 
     exact_match = False  # rows are windows of a token stream, not whole problems (see arithmetic.py)
+    prompt_format = None  # nor problems in a format a prompt must follow
 
     def __init__(self, data_dir, dataset, block_size, batch_size, seed, device, pin_memory=False, vocab_size=None,
                  sampling="random", align="none", micro_steps=1):
@@ -418,10 +419,14 @@ class Batches:
         self.data, self.mask = {}, {}
         for split in SPLITS:
             self.data[split] = Tokens(parts[split], dtype)
-            if len(self.data[split]) <= block_size:
+            n = len(self.data[split])
+            if n <= block_size:  # a batch's rows are windows of block_size + 1 tokens
                 where = parts[split][0][0] if len(parts[split]) == 1 else f"the {split} shards of {data_dir}"
-                raise UserError(f"{where} holds {len(self.data[split])} tokens, fewer than block_size+1="
-                                f"{block_size + 1}; use a smaller block_size or more data")
+                shorter = f"--block_size={n - 1} or less, or " if n > 1 else ""
+                more = ("more conversations (data/chat/prepare.py puts up to a quarter of a small file in val)"
+                        if self.chat_template else f"more {split} data")
+                raise UserError(f"{where} holds {n} tokens, fewer than block_size+1={block_size + 1}; use "
+                                f"{shorter}prepare the dataset with {more}", status=USAGE)
             if self.counted:
                 self.mask[split] = np.memmap(os.path.join(data_dir, mask_file(split)), dtype=np.uint8, mode="r")
         self._eval_cache = {}

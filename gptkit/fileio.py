@@ -145,6 +145,14 @@ def remove(path):
         pass
 
 
+def remove_any(path):
+    """Delete a file, or a folder (a sharded checkpoint, gptkit/sharding.py), if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        remove(path)
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -165,7 +173,7 @@ def remove_own_temps(folder):
         return
     for entry in entries:
         if entry.endswith(suffix):
-            remove(os.path.join(folder, entry))
+            remove_any(os.path.join(folder, entry))
 
 
 def remove_stale_temps(folder):
@@ -178,6 +186,4 @@ def remove_stale_temps(folder):
     for entry in entries:
         base, _, pid = entry.rpartition(".tmp")
         if base and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
-            path = os.path.join(folder, entry)
-            if os.path.isfile(path):
-                remove(path)
+            remove_any(os.path.join(folder, entry))

@@ -6,6 +6,7 @@ Generating never changes the model or the process: the layout is a context the s
 thread count is the caller's (torch.set_num_threads, OMP_NUM_THREADS).
 """
 
+import copy
 import time
 from contextlib import contextmanager
 
@@ -39,6 +40,20 @@ class KVCache:
         self.v[layer, :, :, self.pos:self.pos + T] = v
         end = self.pos + T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def rows(self, index, room, length=None):
+        """A new cache holding the rows `index` picks (a tensor; a row may be picked again), their first
+        `length` positions (default: all so far), with room for `room` more: several continuations of
+        one prefilled row then each run in a row of their own, from where its prefix ends."""
+        length = self.pos if length is None else length
+        picked = copy.copy(self)
+        shape = list(self.k.shape)
+        shape[1], shape[3] = len(index), length + room
+        picked.k, picked.v = self.k.new_empty(shape), self.v.new_empty(shape)
+        picked.k[:, :, :, :length] = self.k[:, :, :, :length].index_select(1, index)
+        picked.v[:, :, :, :length] = self.v[:, :, :, :length].index_select(1, index)
+        picked.pos = length
+        return picked
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

@@ -4,14 +4,14 @@ checkpoint's or GPT-2's weights; the network each gives, and what each refuses.
 
     start = init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)  # reads the checkpoint, if any
     model, said = start.build_model(meta, data_dir)              # once the data's vocabulary is known
-    ... the optimizer ...; resume_rng, note = start.restore(optimizer, scaler, dist)
+    ... the optimizer ...; resume_rng, note = start.restore(optimizer, scaler, dist, model)
 """
 
 import os
 from dataclasses import dataclass, field
 
 import configurator
-from gptkit import checkpoint, keys, loading, runtime
+from gptkit import checkpoint, keys, loading, lora, runtime, sharding
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -23,8 +23,10 @@ class Start:
     kind: str  # "scratch", "resume", "checkpoint" (a ckpt.pt or run folder) or "pretrained" (GPT-2 weights)
     cfg: configurator.Config  # the run's settings: for resume the saved ones, with what was given now on top
     changed: dict = field(default_factory=dict)  # resume: {key: (saved, now)} of what was given now and differs
-    ckpt: dict = None  # the checkpoint resumed or started from
+    ckpt: dict = None  # the checkpoint resumed or started from (of a sharded one, its run.pt)
     source: str = ""  # where the weights come from: a checkpoint path, a GPT-2 name or folder
+    notes: list = field(default_factory=list)  # resume: what was adjusted to what was given now, and why
+    sharded: bool = False  # resuming a parallel=fsdp run: source is its sharded checkpoint (a folder)
 
     @property
     def resuming(self):
@@ -34,14 +36,16 @@ class Start:
         """Where the run stands: a resumed run's counters, or a fresh start."""
         return Progress.of_checkpoint(self.ckpt, tokens_per_iter) if self.resuming else Progress()
 
-    def build_model(self, meta, data_dir, device="cpu"):
+    def build_model(self, meta, data_dir, device="cpu", shards=1):
         """(the GPT to train on the device's CPU side, a line saying where it came from or None). meta is
-        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it."""
+        the data's vocabulary (None for GPT-2 BPE); every way refuses a model that does not fit it. shards:
+        the processes the model will be sharded over (parallel=fsdp), for what must fit on the device."""
         cfg, ckpt_path = self.cfg, self.source
         said = None
         if self.kind == "scratch":
             config = keys.model_config(cfg, vocab_size=meta["vocab_size"] if meta else GPT2_PADDED_VOCAB)
-            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}")
+            runtime.check_fits(config, device, f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}",
+                               shards)
             model = GPT(config)
         elif self.resuming:
             # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now
@@ -52,7 +56,11 @@ class Start:
                 raise UserError(f"{ckpt_path} does not fit {data_dir}: the model has {problem}; resume with the "
                                 f"dataset the run was trained on")
             self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
-            model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout)
+            self._refuse_other_lora()
+            if self.sharded:  # its weights come with the optimizer state in restore(), once the model is sharded
+                model = GPT(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout))
+            else:
+                model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
             it = int(self.ckpt["iter_num"])
             changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in self.changed.items())
             said = (f"resuming from {ckpt_path} at iteration {it}, with the run's saved settings"
@@ -60,6 +68,7 @@ class Start:
             if "rng" not in self.ckpt:
                 said += ("\nnote: this checkpoint (nanoGPT layout) has no random-number or data state; dropout "
                          "randomness starts fresh from here")
+            said += "".join("\n" + note for note in self.notes)
         else:
             if self.kind == "checkpoint":
                 self._refuse_other_architecture(checkpoint.model_args(self.ckpt))
@@ -74,6 +83,10 @@ class Start:
                 model = loading.load_pretrained(self.source, dropout=cfg.dropout)
                 self._refuse_other_architecture(vars(model.config))
                 said = f"starting a new run from the weights of {self.source}"
+            # a LoRA run's base: where its weights come from, and a checksum of them as loaded from there
+            base = lora.identify(model, os.path.abspath(self.source) if os.path.exists(self.source) else self.source) \
+                if cfg.lora_rank else None
+            model = lora.merge(model)  # weights of a LoRA run: its base with its adapters folded in
             problem = vocab_mismatch(model.config.vocab_size, meta)
             if problem:
                 raise UserError(f"{self.source} does not fit {data_dir}: the model has {problem}; prepare the data "
@@ -87,6 +100,10 @@ class Start:
         elif cfg.block_size > model.config.block_size:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's context of "
                             f"{model.config.block_size}; use block_size <= {model.config.block_size}", status=USAGE)
+        if not self.resuming and cfg.lora_rank:
+            lora.apply(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base)
+        if hasattr(model, "lora"):
+            said += "\n" + lora.describe(model)
         return model, said
 
     def _refuse_other_vocabulary(self, weights_meta, data_meta, data_dir):
@@ -121,14 +138,38 @@ class Start:
                                 f"drop the setting (only dropout and a shorter block_size can differ from the weights)",
                                 status=USAGE)
 
-    def restore(self, optimizer, scaler, dist):
-        """Give a resumed run back its optimizer and gradient-scaler state. Returns (this process's saved
-        random state to restore just before the first step, or None; a note to print, or None)."""
+    def _refuse_other_lora(self):
+        """A resumed run keeps what it trains: every weight, or adapters of its rank, alpha and layers
+        (lora_dropout may change, as dropout may)."""
+        cfg, saved = self.cfg, self.ckpt.get("lora")
+        if saved is None:
+            if cfg.lora_rank:
+                raise UserError(f"lora_rank={cfg.lora_rank} contradicts the run being resumed, which trains every "
+                                f"weight; to train adapters over its weights start a new run: "
+                                f"--init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
+            return
+        now = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                   targets=list(lora.kinds(cfg.lora_targets)) if cfg.lora_rank else saved["targets"])
+        for k, value in now.items():
+            if value != saved[k]:
+                given = cfg.lora_targets if k == "targets" else value
+                was = ",".join(saved[k]) if k == "targets" else saved[k]
+                raise UserError(f"lora_{k}={given} contradicts the run being resumed (lora_{k}={was}): a LoRA run "
+                                f"keeps its adapters' shape; drop --lora_{k}, or start new adapters over these weights "
+                                f"with --init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
+
+    def restore(self, optimizer, scaler, dist, model=None):
+        """Give a resumed run back its optimizer and gradient-scaler state (and, from a sharded checkpoint,
+        the weights of `model`, sharded or not). Returns (this process's saved random state to restore just
+        before the first step, or None; a note to print, or None)."""
         if not self.resuming:
             return None, None
         ckpt = self.ckpt
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if self.sharded:
+                sharding.load(self.source, model, optimizer)
+            else:
+                optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             from gptkit.fileio import reason
             saved = (ckpt.get("config") or {}).get("optimizer", "adamw")
@@ -152,7 +193,8 @@ def locate(cfg, keys_, machine_keys):
     """The Start that cfg.init_from names, with its checkpoint read (a missing or unreadable one is the
     problem to report, before anything about the data)."""
     if cfg.init_from == "resume":
-        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        sharded = sharding.latest(os.path.join(cfg.out_dir, "ckpt.dcp"))  # a parallel=fsdp run's checkpoint
+        path = sharded or os.path.join(cfg.out_dir, "ckpt.pt")
         if not os.path.exists(path):
             from gptkit import runs
             if runs.checkpoints(cfg.out_dir):
@@ -163,14 +205,56 @@ def locate(cfg, keys_, machine_keys):
                                 f"replaces its remains")
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; train with init_from=scratch "
                             f"first, or set out_dir to the run's folder")
-        ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
+        if sharded:
+            ckpt = sharding.read_run_state(sharded)
+        else:
+            ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
         # the run's own settings are the base; what was given now applies on top of them
         base, changed = configurator.rebase(cfg, keys_, ckpt.get("config") or {}, keep=machine_keys)
-        return Start("resume", base, changed, ckpt, path)
+        if sharded and base.parallel != "fsdp":
+            raise UserError(f"{cfg.out_dir} holds a sharded run (parallel=fsdp: {sharded}), which parallel=ddp cannot "
+                            f"resume; resume it with --parallel=fsdp, on any number of processes, or start a new run "
+                            f"from its weights with --init_from={cfg.out_dir} --out_dir=NEW_FOLDER", status=USAGE)
+        if not sharded and base.parallel == "fsdp":
+            raise UserError(f"{path} is a parallel=ddp run's checkpoint, one file, not the shards parallel=fsdp "
+                            f"resumes from; resume it with --parallel=ddp, or start a sharded run from its weights "
+                            f"with --init_from={cfg.out_dir} --parallel=fsdp --out_dir=NEW_FOLDER", status=USAGE)
+        note = extend_schedule(base, changed, int(ckpt["iter_num"]))
+        return Start("resume", base, changed, ckpt, path, notes=[note] if note else [], sharded=bool(sharded))
     if cfg.init_from == "scratch":
         return Start("scratch", cfg)
+    if os.path.isdir(os.path.join(cfg.init_from, "ckpt.dcp")) and not os.path.exists(os.path.join(cfg.init_from, "ckpt.pt")):
+        raise UserError(f"{cfg.init_from} holds a parallel=fsdp run's sharded checkpoint but not its one-file "
+                        f"ckpt.pt, which a new run starts from; write it with: python -m gptkit.sharding "
+                        f"--out_dir={cfg.init_from}")
     if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
         # a checkpoint file, or a run folder: its weights and architecture start a new run
         path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")
         return Start("checkpoint", cfg, ckpt=checkpoint.load(path), source=path)
     return Start("pretrained", cfg, source=cfg.init_from)
+
+
+def extend_schedule(cfg, changed, iter_num):
+    """A resumed run given a new max_iters: "train for longer" (or shorter), which a decay that ended at
+    the old max_iters would not do (every extra step at min_lr). So lr_decay_iters follows max_iters
+    when it equalled the old one and was not given now; cfg and changed are updated. Returns a note
+    saying what the learning rate does at the resume point and how to keep the old decay, or one
+    saying that steps past the decay run at min_lr; None when there is nothing to say."""
+    if "max_iters" not in changed or not cfg.decay_lr or cfg.is_set("lr_decay_iters"):
+        return None
+    old, new = changed["max_iters"]
+    decay = cfg.lr_decay_iters
+    if decay == old and iter_num < new:
+        from gptkit.optim import lr_at
+        cfg.lr_decay_iters = new
+        changed["lr_decay_iters"] = (old, new)
+        before, after = (lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, d) for d in (old, new))
+        move = "rises from {:.2e} back to {:.2e}" if after > before else "goes from {:.2e} to {:.2e}"
+        return (f"note: lr_decay_iters follows max_iters ({old} -> {new}), as the decay ended at the old max_iters: "
+                f"at iteration {iter_num} the learning rate {move.format(before, after)}, then decays to "
+                f"min_lr={cfg.min_lr:g} at {new}; to keep the old decay instead"
+                + (" (the extra steps at min_lr)" if new > old else "") + f", add --lr_decay_iters={old}")
+    if decay < new and iter_num < new:
+        return (f"note: the learning rate decay ends at lr_decay_iters={decay}, so iterations {max(decay, iter_num)} "
+                f"to {new} run at min_lr={cfg.min_lr:g}; to decay over them instead, add --lr_decay_iters={new}")
+    return None

@@ -20,6 +20,9 @@ KEYS = [
     Key("log_interval", 1, "print and record a training line every this many iterations", min=1),
     Key("eval_iters", 200, "batches per split in each evaluation (fixed batches, same every time)", min=1),
     Key("eval_only", False, "evaluate once, print the losses and exit; writes nothing"),
+    Key("eval_tasks", "", "multiple-choice sets also scored at each evaluation, comma-separated: hellaswag, "
+        "FILE.jsonl (docs/evaluation.md)"),
+    Key("eval_tasks_limit", 0, "score only the first this many examples of each eval_tasks set (0: all)", min=0),
     Key("always_save_checkpoint", True, "save ckpt.pt at every evaluation, not only when val loss improves"),
     Key("keep_last", 0, "also keep this many numbered copies ckpt_<iter>.pt of earlier saves (0: none)", min=0),
     Key("init_from", "scratch", "scratch; resume (continue out_dir's run, with its saved settings); a ckpt.pt "
@@ -66,6 +69,16 @@ KEYS = [
     Key("tie_embeddings", True, "the output head is the token embedding (False: a separate matrix)"),
     Key("logit_softcap", 0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; "
         "Gemma 2 used 30)", min=0.0),
+    # LoRA (docs/lora.md): fine-tune weights brought by init_from through small adapters, the weights frozen
+    Key("lora_rank", 0, "LoRA: train a rank-r update B @ A beside each target layer and freeze every weight; the "
+        "checkpoint holds the adapters alone (0: off, every weight trains; 8 is common)", min=0),
+    Key("lora_alpha", 16.0, "LoRA: the update is scaled by lora_alpha / lora_rank (16, as litgpt; PEFT's "
+        "default is 8)", above=0.0),
+    Key("lora_dropout", 0.05, "LoRA: dropout on each adapter's input (0.05, as litgpt; PEFT's default is 0)",
+        min=0.0, below=1.0),
+    Key("lora_targets", "c_attn", "LoRA: comma-separated layers to adapt: c_attn (the attention's query/key/value, "
+        "PEFT's default for GPT-2), attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj (both), attn, mlp, all-linear "
+        "(every block matrix), lm_head"),
     # optimizer
     Key("learning_rate", 6e-4, "peak learning rate", above=0.0),
     Key("max_iters", 600000, "total optimizer steps", min=0),
@@ -88,6 +101,17 @@ KEYS = [
     # failure handling
     Key("on_nonfinite", "stop", "a NaN/inf loss or gradient norm: stop, or skip the step", choices=("stop", "skip")),
     Key("max_skips", 10, "with on_nonfinite=skip, stop after this many skipped steps", min=0),
+    # processes: how torchrun's share the work (docs/distributed.md, docs/fsdp.md)
+    Key("parallel", "ddp", "ddp: every process holds the whole model; fsdp: each holds 1/N of the weights, gradients "
+        "and optimizer state (models past one GPU's memory), and saves sharded checkpoints (ckpt.dcp)",
+        choices=("ddp", "fsdp")),
+    Key("fsdp_shard_size", 0, "parallel=fsdp: shard over groups of this many processes (e.g. one node's GPUs) and "
+        "replicate across the groups; 0: shard over all processes", min=0),
+    Key("fsdp_consolidate", "end", "parallel=fsdp: when the sharded checkpoints are also written whole, as the ckpt.pt "
+        "and best.pt that sample.py, chat.py and export.py read: end (when the run stops or finishes), always "
+        "(at every save) or never", choices=("end", "always", "never")),
+    Key("activation_checkpointing", False, "recompute each block's activations in the backward pass instead of "
+        "keeping them: less memory at long context for about a third more compute"),
     # system
     Key("backend", "auto", "distributed backend: auto (nccl on cuda, gloo on cpu), nccl or gloo"),
     Key("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"),
@@ -101,7 +125,7 @@ KEYS = [
 
 # settings of the machine rather than of the run: a resumed run takes them from today's command line
 MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
-                "omp_passive", "peak_flops", "fused_adamw")
+                "omp_passive", "peak_flops", "fused_adamw", "fsdp_shard_size", "activation_checkpointing")
 # the architecture options (model.GPTConfig's fields after GPT-2's own)
 ARCH_KEYS = ("pos_emb", "rope_theta", "norm", "norm_eps", "qk_norm", "mlp", "mlp_hidden", "n_kv_head", "tie_embeddings",
              "logit_softcap")
@@ -140,6 +164,30 @@ def check(cfg, world_size=1):
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"n_head={cfg.n_head} does not divide n_embd={cfg.n_embd}; each head takes n_embd / n_head "
                         f"dimensions, so pick values such as n_head=6 with n_embd=384", status=USAGE)
+    if cfg.lora_rank:
+        from gptkit import lora
+        lora.kinds(cfg.lora_targets)  # a misspelt layer name: one sentence now, not after loading the weights
+        if cfg.init_from == "scratch":
+            raise UserError(f"lora_rank={cfg.lora_rank} trains adapters over weights that exist, and init_from=scratch "
+                            f"has none to adapt; give init_from a GPT-2 name, a Hugging Face folder, a checkpoint or a "
+                            f"run folder, or leave lora_rank=0 to train every weight", status=USAGE)
+        if cfg.optimizer == "muon":
+            raise UserError("optimizer=muon orthogonalizes the updates of whole hidden matrices, and with lora_rank "
+                            "> 0 the only matrices that train are the adapters' low-rank factors, which AdamW trains; "
+                            "use --optimizer=adamw", status=USAGE)
+        if cfg.parallel == "fsdp":
+            raise UserError("parallel=fsdp saves sharded checkpoints of every weight, and a LoRA run saves its "
+                            "adapters alone, over a base it does not shard; train adapters with --parallel=ddp "
+                            "(the frozen base needs no gradient or optimizer state, so it fits where its forward "
+                            "pass does)", status=USAGE)
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                         f"{world_size} processes; make it a multiple of {world_size}", status=USAGE)
+    if cfg.parallel == "fsdp" and cfg.eval_tasks and world_size > 1:
+        # the sets are shared out over the processes, which a sharded model's forward pass needs all of
+        raise UserError(f"eval_tasks is not scored during a parallel=fsdp run; score its ckpt.pt afterwards with "
+                        f"eval.py --out_dir={cfg.out_dir} --tasks={cfg.eval_tasks}", status=USAGE)
+    if cfg.parallel == "fsdp" and cfg.fsdp_shard_size and world_size % cfg.fsdp_shard_size:
+        raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} does not divide the {world_size} processes into equal "
+                        f"groups; make it a divisor of {world_size} (such as the number of GPUs per node), or 0 to "
+                        f"shard over all processes", status=USAGE)

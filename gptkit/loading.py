@@ -1,12 +1,13 @@
 """
 Models built from saved weights: a run folder or checkpoint file of this project or nanoGPT, or GPT-2
 from Hugging Face, with the vocabulary that goes with it; what sample.py, chat.py, export.py and
-train.py's init_from use.
+train.py's init_from use. A LoRA run's checkpoint holds adapters only: its model is its base, loaded
+from where it came from and checked against its checksum, with the adapters on top.
 """
 
 import os
 
-from gptkit import checkpoint, hf
+from gptkit import checkpoint, hf, lora
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
@@ -21,13 +22,48 @@ def model_config(args, dropout=None):
     return GPTConfig(**args)
 
 
-def build_model(ckpt, path, dropout=None):
-    """A GPT with the checkpoint's architecture and weights."""
+def build_model(ckpt, path, dropout=None, lora_dropout=None):
+    """A GPT with the checkpoint's architecture and weights; for a LoRA run, its base with the adapters
+    on top (not merged: lora.merge folds them in). dropout, lora_dropout: None keeps the saved ones."""
+    if ckpt.get("lora") is not None:
+        return adapted_model(ckpt, path, dropout, lora_dropout)
     try:
         return GPT.with_weights(model_config(checkpoint.model_args(ckpt), dropout),
                                 checkpoint.clean_state_dict(ckpt["model"]))
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this model: {e}") from None
+
+
+def load_weights(source, dropout=None):
+    """The model a run's weights come from: a checkpoint file (a LoRA run's: its base and adapters) or
+    GPT-2 weights (a hub name or a Hugging Face folder)."""
+    if os.path.isfile(source):
+        return build_model(checkpoint.load(source), source, dropout)
+    return load_pretrained(source, dropout=0.0 if dropout is None else dropout)
+
+
+def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
+    """A LoRA checkpoint's model: the base it names, refused with a sentence when it is missing or is not
+    the one the adapters were trained on, shortened to the run's context, with the adapters loaded."""
+    settings = ckpt["lora"]
+    source = settings["base"]["source"]
+    if os.path.isabs(source) and not os.path.exists(source):
+        raise UserError(f"the base model of {path}, {source}, is missing: the checkpoint holds only LoRA adapters, "
+                        f"an update to those weights that means nothing without them; put the base back at that "
+                        f"path")
+    args = checkpoint.model_args(ckpt)
+    try:
+        model = load_weights(source, args.get("dropout", 0.0) if dropout is None else dropout)
+    except UserError as e:
+        raise UserError(f"the base model of {path}, {source}, cannot be loaded: {e}") from None
+    lora.check_base(model, settings["base"], path)
+    model = lora.merge(model)  # a base that is itself a LoRA run: its own adapters folded in
+    if args.get("block_size", model.config.block_size) < model.config.block_size:
+        model.crop_block_size(args["block_size"])
+    dropout = settings["dropout"] if lora_dropout is None else lora_dropout
+    lora.apply(model, settings["rank"], settings["alpha"], dropout, ",".join(settings["targets"]), settings["base"])
+    lora.load_adapters(model, checkpoint.clean_state_dict(ckpt["model"]), path)
+    return model
 
 
 def load_pretrained(name_or_path, dropout=0.0):
@@ -61,6 +97,23 @@ def find_meta(ckpt, out_dir):
     return None, None
 
 
+def run_dataset(out_dir, ckpt_name="ckpt.pt"):
+    """The prepared dataset folder a run trained on (its data_dir, else data/<dataset>): from the run's
+    config.json, else from its checkpoint's config (nanoGPT's runs have no config.json); None if neither
+    names one."""
+    import json
+
+    from gptkit.dataset import data_root
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = checkpoint.load(os.path.join(out_dir, ckpt_name)).get("config") or {}
+    if config.get("data_dir"):
+        return config["data_dir"]
+    return os.path.join(data_root(), config["dataset"]) if config.get("dataset") else None
+
+
 def check_vocab(model, meta, path, folder_hint):
     """Refuse a model whose vocabulary does not fit the meta.pkl found for it."""
     vocab_size = model.config.vocab_size
@@ -77,9 +130,11 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
     template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
-    tokenizer), None for runs on data without one."""
+    tokenizer), None for runs on data without one; a run trained on generated problems, the format
+    they are written in as tok.prompt_format (else None)."""
+    from gptkit.arithmetic import ProblemFormat
     from gptkit.tokenizer import load_tokenizer
-    template = None
+    template = prompt_format = None
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
@@ -87,15 +142,18 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         meta, folder = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
-        desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))})"
+        desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))}" + (
+            f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")")
+        model = lora.merge(model)  # one matrix per layer again: generation costs what the base's does
         if ckpt.get("chat_template") is not None:
             from gptkit.conversation import Transcript
             template = Transcript.from_dict(ckpt["chat_template"], path)
+        prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
         model = load_pretrained(init_from, dropout=0.0)
         meta, folder, desc = None, None, init_from
     tok = load_tokenizer(meta, folder)
-    tok.chat_template = template
+    tok.chat_template, tok.prompt_format = template, prompt_format
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

@@ -82,6 +82,24 @@ def orthogonalize(G, coefficients, steps, eps, dtype):
     return X.to(G.dtype)
 
 
+# Sharded parameters (parallel=fsdp, gptkit/sharding.py) are DTensors, each process holding some rows.
+# Newton-Schulz needs whole matrices: each update is gathered whole (one all-gather per matrix), every
+# process orthogonalizes all of them, as a DDP process does, and keeps its own rows of the result.
+# Gradients, momentum and weights stay sharded.
+
+def whole(t):
+    """The whole matrix of a sharded tensor (a DTensor: gathered from every process); t if not sharded."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def like(p, t):
+    """t (whole) as p is held: where p is sharded, this process's shard of t (cut here, no communication)."""
+    if not hasattr(p, "device_mesh"):  # not a DTensor
+        return t
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None)
+
+
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (same hyperparameters, state layout and update), except that the
     Newton-Schulz iteration runs in bfloat16 only on CUDA. torch's runs it in bfloat16 everywhere,
@@ -96,8 +114,9 @@ class Muon(torch.optim.Muon):
             lr, momentum = group["lr"], group["momentum"]
             # Same-shaped updates (a layer's weights repeat in every block) are orthogonalized as one
             # batch: one chain of batched matmuls instead of one per matrix. On the CPU recipe's
-            # 16 small matrices this made the optimizer step 1.7x faster.
-            by_shape = {}
+            # 16 small matrices this made the optimizer step 1.7x faster. Sharded ones go one at a time:
+            # a batch of them would be held whole at once (every block's, for a model sharded to fit).
+            batches = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -109,17 +128,18 @@ class Muon(torch.optim.Muon):
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
                 tall = p.size(0) > p.size(1)
                 update = update.mT if tall else update
-                by_shape.setdefault(tuple(update.shape), []).append((p, tall, update))
-            for items in by_shape.values():
+                batch = id(p) if hasattr(p, "device_mesh") else tuple(update.shape)
+                batches.setdefault(batch, []).append((p, tall, update))
+            for items in batches.values():
                 dtype = torch.bfloat16 if items[0][0].is_cuda else torch.float32
-                ortho = orthogonalize(torch.stack([u for _, _, u in items]), group["ns_coefficients"],
+                ortho = orthogonalize(torch.stack([whole(u) for _, _, u in items]), group["ns_coefficients"],
                                       group["ns_steps"], group["eps"], dtype)
                 for (p, tall, _), update in zip(items, ortho):
                     A, B = p.shape
                     # "original" (the only one train.py uses): same update RMS for tall and square matrices
                     scale = math.sqrt(max(1, A / B)) if group["adjust_lr_fn"] in (None, "original") else 0.2 * math.sqrt(max(A, B))
                     p.mul_(1 - lr * group["weight_decay"])
-                    p.add_(update.mT if tall else update, alpha=-lr * scale)
+                    p.add_(like(p, update.mT if tall else update), alpha=-lr * scale)
 
 
 class MuonAdamW:
@@ -129,7 +149,10 @@ class MuonAdamW:
 
     def __init__(self, muon, adamw):
         self.muon, self.adamw = muon, adamw
-        self.param_groups = muon.param_groups + adamw.param_groups  # the same dicts: lr changes reach both
+
+    @property
+    def param_groups(self):
+        return self.muon.param_groups + self.adamw.param_groups  # the same dicts: lr changes reach both
 
     def step(self):
         self.muon.step()
@@ -150,4 +173,3 @@ class MuonAdamW:
         self.adamw.load_state_dict(state["adamw"])
         for g, scale in zip(self.muon.param_groups, scales):
             g["lr_scale"] = scale
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups

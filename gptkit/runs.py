@@ -2,14 +2,14 @@
 Run folders: what a folder holds (a run, the remains of one, or things that are not a run's), one writer
 per run (a lock), and starting over in one.
 
-A folder holds a run when it has a checkpoint (ckpt.pt, best.pt, ckpt_<iter>.pt). A new run starts in an
-empty folder, in one holding only the remains of a run that never saved (its config.json, meta.pkl,
-metrics.jsonl: a start-up that failed), which it replaces, or, when told to overwrite, in one holding a
-run, whose files it deletes and nothing else. A folder holding files a run does not write (a Hugging
-Face model, a dataset, the project itself) never becomes a run folder. Only one process at a time may
-write to a run: the lock is an flock on <out_dir>/train.lock, which the operating system releases
-whatever way the holder ends (exit, crash, SIGKILL, power loss), so a stale lock is never mistaken for a
-live one.
+A folder holds a run when it has a checkpoint (ckpt.pt, best.pt, ckpt_<iter>.pt; a parallel=fsdp run's
+sharded ones are folders: ckpt.dcp, best.dcp, ckpt_<iter>.dcp). A new run starts in an empty folder, in
+one holding only the remains of a run that never saved (its config.json, meta.pkl, metrics.jsonl: a
+start-up that failed), which it replaces, or, when told to overwrite, in one holding a run, whose files
+it deletes and nothing else. A folder holding files a run does not write (a Hugging Face model, a
+dataset, the project itself) never becomes a run folder. Only one process at a time may write to a run:
+the lock is an flock on <out_dir>/train.lock, which the operating system releases whatever way the
+holder ends (exit, crash, SIGKILL, power loss), so a stale lock is never mistaken for a live one.
 """
 
 import fcntl
@@ -22,22 +22,25 @@ from gptkit import fileio
 from gptkit.errors import USAGE, UserError
 
 LOCK = "train.lock"
-NUMBERED = re.compile(r"ckpt_(\d+)\.pt$")
+NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")
 TEMPORARY = re.compile(r".*\.tmp\d+$")
+# a parallel=fsdp run's sharded checkpoints (folders; gptkit/sharding.py)
+SHARDED = ("ckpt.dcp", "best.dcp", "ckpt.dcp.previous", "best.dcp.previous")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png", LOCK)
+RUN_FILES = ("ckpt.pt", "best.pt", *SHARDED, "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png",
+             LOCK)
 RUN_FOLDERS = ("tb",)
 # written beside a run by the other scripts (export.py's default folder): not a run's, but not foreign
 BESIDE_A_RUN = ("hf",)
 
 
 def checkpoints(folder):
-    """The checkpoint files in folder: ckpt.pt, best.pt and numbered copies (empty when it holds none)."""
+    """The checkpoints in folder: ckpt.pt, best.pt, numbered copies, sharded ones (empty when it holds none)."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(n for n in names if n in ("ckpt.pt", "best.pt") or NUMBERED.match(n))
+    return sorted(n for n in names if n in ("ckpt.pt", "best.pt", *SHARDED) or NUMBERED.match(n))
 
 
 def run_files(folder):
@@ -69,9 +72,12 @@ def foreign_files(folder):
 def what_is_there(folder):
     """Its checkpoints, said with the command that uses them."""
     found = checkpoints(folder)
+    if "ckpt.dcp" in found or "ckpt.dcp.previous" in found:
+        return f"{folder} holds a sharded run (ckpt.dcp): continue it with --init_from=resume --out_dir={folder}"
     if "ckpt.pt" in found:
         return f"{folder} holds a run (ckpt.pt): continue it with --init_from=resume --out_dir={folder}"
-    numbered = sorted((n for n in found if NUMBERED.match(n)), key=lambda n: int(NUMBERED.match(n).group(1)))
+    numbered = sorted((n for n in found if NUMBERED.match(n) and n.endswith(".pt")),
+                      key=lambda n: int(NUMBERED.match(n).group(1)))
     newest = numbered[-1] if numbered else "best.pt"
     return (f"{folder} holds {', '.join(found)} but no ckpt.pt, the state a run resumes from: start a new run from "
             f"those weights with --init_from={os.path.join(folder, newest)} --out_dir=NEW_FOLDER, or copy "
@@ -187,6 +193,20 @@ def clear_run(out_dir):
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
         if (name in RUN_FILES and name != LOCK) or NUMBERED.match(name):
-            fileio.remove(path)
+            fileio.remove_any(path)  # a file, or a sharded checkpoint (a folder)
         elif name in RUN_FOLDERS and os.path.isdir(path):
             shutil.rmtree(path)
+
+
+def next_commands(out_dir, prompt_format=None, chat_template=None):
+    """What can be run on a finished run, for train.py's last line: a model of generated problems
+    (prompt_format, an arithmetic.ProblemFormat) is asked one in their format and never chatted with;
+    a chat fine-tune (chat_template) is chatted with first."""
+    if prompt_format is not None:
+        use = [prompt_format.sample_command(out_dir)]
+    else:
+        use = [f"python sample.py --out_dir={out_dir}", f"python chat.py --out_dir={out_dir}"]
+        if chat_template is not None:
+            use.reverse()
+    return use + [f"python plot.py {out_dir}", f"python export.py --out_dir={out_dir}",
+                  f"more steps: python train.py --init_from=resume --out_dir={out_dir} --max_iters=N"]

@@ -166,10 +166,11 @@ def available_memory(device):
     return None, None
 
 
-def check_fits(config, device, describe):
+def check_fits(config, device, describe, shards=1):
     """One sentence, before anything is allocated, when training a GPTConfig's model cannot fit on the
     device: its parameter count (from a model built on the meta device, which costs no memory) times
-    TRAINING_BYTES_PER_PARAM against what the device has, and how many blocks of this width would fit."""
+    TRAINING_BYTES_PER_PARAM against what the device has, and how many blocks of this width would fit.
+    shards: the processes that share each weight (parallel=fsdp), each device holding 1/shards."""
     import dataclasses
 
     from model import GPT
@@ -177,17 +178,18 @@ def check_fits(config, device, describe):
         model = GPT(dataclasses.replace(config, n_layer=1), init_weights=False)
     per_block = sum(p.numel() for p in model.transformer.h[0].parameters())
     params = sum(p.numel() for p in model.parameters()) + (config.n_layer - 1) * per_block
-    need = params * TRAINING_BYTES_PER_PARAM
+    need = params * TRAINING_BYTES_PER_PARAM / shards
     have, what = available_memory(device)
     if have is None or need <= have:
         return
-    fits = (have // TRAINING_BYTES_PER_PARAM - (params - config.n_layer * per_block)) // per_block
+    fits = (have * shards // TRAINING_BYTES_PER_PARAM - (params - config.n_layer * per_block)) // per_block
     advice = (f"n_layer={int(fits)} would fit at this width" if fits >= 1
               else "even one block of this width does not fit: lower n_embd (and the vocabulary's size, if yours)")
+    each = f", sharded over {shards} processes" if shards > 1 else ""
     raise UserError(f"{describe} makes a model of {params / 1e9:.2f}B parameters; training it needs about "
                     f"{need / 2**30:,.1f} GiB ({TRAINING_BYTES_PER_PARAM} bytes a parameter: weights, gradients "
-                    f"and AdamW's moments, before activations) but {device} has {have / 2**30:,.1f} GiB {what}; "
-                    f"{advice}", status=2)
+                    f"and AdamW's moments, before activations{each}) but {device} has {have / 2**30:,.1f} GiB "
+                    f"{what}; {advice}", status=2)
 
 
 # -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class CharTokenizer:
         self.eot = None
         self.name = "char"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+        self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
 
     def encode(self, text):
         unknown = sorted({c for c in text if c not in self.stoi})
@@ -50,6 +51,10 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(self.itos[i] for i in ids)
+
+    def token_bytes(self):
+        """Bytes of UTF-8 text each id stands for (bits per byte divides by them): 1 for ASCII, 2-4 beyond."""
+        return [len(self.itos[i].encode("utf-8")) for i in range(self.vocab_size)]
 
 
 class BPETokenizer:
@@ -76,6 +81,7 @@ class BPETokenizer:
         self.eot = self.enc.eot_token
         self.name = self.id = "gpt2"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
+        self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
 
     def meta(self):
         return None  # GPT-2 data has no meta.pkl (nanoGPT's layout)
@@ -88,6 +94,11 @@ class BPETokenizer:
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+    def token_bytes(self):
+        """Bytes of text each id stands for (bits per byte divides by them); 0 for <|endoftext|>, which
+        stands for none."""
+        return [0 if i == self.eot else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
 
 
 # -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from gptkit import runtime
 
@@ -54,11 +55,20 @@ class StepResult:
     overflow: bool = False  # fp16: the loss scaler found an inf/NaN gradient, skipped the update, lowered its scale
 
 
+def sharded(model):
+    """Whether model (under torch.compile or not) is sharded by FSDP2 (parallel=fsdp): then each forward
+    and backward pass gathers weights from every process, so all of them must run it."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
 class Step:
-    """One optimizer step: accum_local micro-steps per process (DDP synchronises gradients only on the
-    last), each next micro-batch fetched while the device works on the current one, fp16 loss scaling
-    where the plan has it, gradient clipping, then a single host sync that carries the loss, the
-    gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
+    """One optimizer step: accum_local micro-steps per process (DDP and FSDP synchronise gradients
+    only on the last), each next micro-batch fetched while the device works on the current one, fp16
+    loss scaling where the plan has it, gradient clipping, then a single host sync that carries the
+    loss, the gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
     The update happens only when the loss and the gradient norm are finite.
 
     With masked targets (-1: a prompt, a user's turn) micro-batches count different numbers of
@@ -68,9 +78,10 @@ class Step:
     (batches are a function of seed, iteration and micro-step), so they cost no communication."""
 
     def __init__(self, model, train_model, optimizer, batches, plan, dist, accum_local, grad_clip):
-        self.train_model, self.optimizer, self.batches = train_model, optimizer, batches
+        self.model, self.train_model, self.optimizer, self.batches = model, train_model, optimizer, batches
         self.plan, self.dist, self.accum_local, self.grad_clip = plan, dist, accum_local, grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sharded = sharded(model)
         self.scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
         self._ahead = None  # ((iteration, micro), batch) fetched during the previous micro-step
 
@@ -99,11 +110,17 @@ class Step:
         weights = self._weights(it)
         for micro in range(self.accum_local):
             X, Y = self._batch(it, micro)
-            if self.dist.enabled:
-                self.train_model.require_backward_grad_sync = micro == self.accum_local - 1
+            last = micro == self.accum_local - 1
+            if self.sharded:
+                # FSDP2: the gradients are reduce-scattered, and the gathered weights freed, only after the
+                # last micro-step's backward (until then each process holds them whole: memory for traffic)
+                self.model.set_requires_gradient_sync(last)
+                self.model.set_reshard_after_backward(last)
+            elif self.dist.enabled:
+                self.train_model.require_backward_grad_sync = last
             with self.plan.autocast_context():
                 _, loss = self.train_model(X, Y)
-                # DDP averages gradients over processes, so each process divides by its own micro-step
+                # DDP and FSDP average gradients over processes, so each process divides by its own micro-step
                 # count: the result is the mean over every micro-batch of the step
                 loss = loss / self.accum_local
                 if weights is not None:
@@ -119,6 +136,8 @@ class Step:
         if self.plan.grad_scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if self.sharded:
+            grad_norm = grad_norm.full_tensor()  # the norm over every process's shards of the gradients
         # the one host sync of the step; the flags are read now, so a stop requested during the step's
         # compute stops after this step, not the next one
         flags = flags() if callable(flags) else flags
@@ -140,25 +159,32 @@ class Step:
 
 
 @torch.no_grad()
-def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
+def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_bytes=None):
     """Mean loss on the fixed evaluation batches of each split, shared out over all processes: the
     mean over every counted target (of all batches) where the data masks targets. Where each row is
     one problem (batches.exact_match), also the share of rows whose every counted target is the
-    model's most likely token, as '<split>_accuracy'. Returns None, on every process alike, as soon
-    as stop() is true on any of them: a stop request need not wait for a long evaluation."""
+    model's most likely token, as '<split>_accuracy'. With token_bytes (the bytes of text each token
+    id stands for, a tensor on the device), also bits per byte as '<split>_bpb': the counted targets'
+    summed loss in bits over the bytes they stand for, comparable across tokenizers (a target that
+    stands for no text, <|endoftext|>, counts in neither). Returns None, on every process alike, as
+    soon as stop() is true on any of them: a stop request need not wait for a long evaluation."""
     model.eval()
     out = {}
+    shards = sharded(model)
     try:
         for split in ("train", "val"):
             # weighted loss sum, weight sum, rows exactly right, rows. A batch's weight is the share of
             # its targets that count: exactly 1.0 for data that masks nothing, so its mean is the plain
             # mean of the batches' means; the weights' common denominator cancels.
-            total = torch.zeros(4, device=plan.device)
+            total = torch.zeros(6, device=plan.device)  # and for bits per byte: nats, bytes
             for k in range(dist.rank, eval_iters + (-eval_iters) % dist.world_size, dist.world_size):
                 if runtime.any_process(stop(), dist, plan.device):
                     return None
-                if k >= eval_iters:
-                    continue  # this process has no batch left but still votes, so the others never wait
+                if k >= eval_iters:  # this process has no batch left but still votes, so the others never wait
+                    if shards:  # and their forward passes gather weights from this one too: it runs one, unused
+                        with plan.autocast_context():
+                            model(*batches.eval_batch(split, 0))
+                    continue
                 X, Y = batches.eval_batch(split, k)
                 with plan.autocast_context():
                     logits, loss = model(X, Y)
@@ -166,6 +192,11 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
                 weight = counted.sum() / Y.numel()
                 total[0] += torch.where(weight > 0, loss.float() * weight, 0.0)  # no target: mean 0/0
                 total[1] += weight
+                if token_bytes is not None:
+                    nbytes = torch.where(counted, token_bytes[Y.clamp(min=0)], 0)  # (B, T)
+                    total[4] += F.cross_entropy(logits.flatten(0, 1).float(), Y.masked_fill(nbytes == 0, -1).flatten(),
+                                                ignore_index=-1, reduction="sum")
+                    total[5] += nbytes.sum()
                 if batches.exact_match:
                     # Greedy decoding gets a row's whole answer right exactly when, given the right
                     # answer so far, the most likely next token is the right one at every counted
@@ -178,6 +209,8 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False):
             out[split] = (total[0] / total[1]).item()
             if batches.exact_match:
                 out[f"{split}_accuracy"] = (total[2] / total[3]).item()
+            if token_bytes is not None:
+                out[f"{split}_bpb"] = (total[4] / total[5]).item() / math.log(2)
     finally:
         model.train()
     return out
@@ -192,7 +225,7 @@ def duration(seconds):
 def expectations(model, batches, plan, eval_iters, accum_local, world_size, steps, evals):
     """What a run will cost, as lines to print before its first evaluation (which on a GPU-sized config
     and a CPU alone can take half an hour): one forward pass of an evaluation batch, timed, scaled up.
-    None when the run is short enough to need no warning."""
+    None when the run takes about a minute or less."""
     X, Y = batches.eval_batch("val", 0)
     model.eval()
     times = []
@@ -203,16 +236,21 @@ def expectations(model, batches, plan, eval_iters, accum_local, world_size, step
             model(X, Y)
             runtime.synchronize(plan.device)
             times.append(time.perf_counter() - t0)
+            if len(times) >= 2 and sum(times) > 5:  # passes of seconds (GPT-2 on a CPU): one more says enough
+                break
     model.train()
     forward = min(times[1:])  # a busy machine slows some passes down: the fastest is the machine's pace
     first_eval = 2 * eval_iters * forward / world_size
     step_time = 3 * forward * accum_local  # a backward costs about two forwards
     total = steps * step_time + evals * first_eval
     lines = []
-    if first_eval > 10 or total > 600:
+    if first_eval > 10 or total > 60:
         lines.append(f"expect (from one forward pass of {forward * 1000:.0f} ms): each evaluation "
                      f"~{duration(first_eval)}, each step ~{duration(step_time)}, the whole run ~{duration(total)}")
-    if plan.device_type == "cpu" and total > 900:
-        lines.append("note: this config is sized for a GPU; on a CPU, config/train_shakespeare_char_cpu.py trains a "
-                     "character model in about a minute (or lower eval_iters, batch_size and the model's size)")
+    if plan.device_type == "cpu" and total > 3600:  # hours: the CPU recipes take a minute (SFT's: minutes)
+        smaller = ("config/sft_gpt2_cpu.py fine-tunes GPT-2 on conversations with steps a CPU can take"
+                   if batches.chat_template else
+                   "config/train_shakespeare_char_cpu.py trains a character model in about a minute")
+        lines.append(f"note: this config is sized for a GPU; on a CPU, {smaller} (or lower eval_iters, batch_size "
+                     f"and the model's size)")
     return lines

@@ -1,6 +1,7 @@
 """Shared test helpers: the tests' own corpus and data folder, the downloads some tests need (skipped,
 with the reason, where they cannot be had), and running the scripts."""
 
+import hashlib
 import json
 import os
 import random
@@ -34,10 +35,22 @@ def pytest_configure(config):
                                        "another (on one worker), never beside each other")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("serial"):
             item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+def digests(folder):
+    """{relative path: sha256} of every file under folder: what 'unchanged' means here."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -58,9 +58,10 @@ def _detach(dup):
     return dup.detach()
 
 
-def _child(script, argv, env, cwd, stdin_path, stdout_fd, stderr_path):
+def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path):
     """Runs in the forked process: become `python script argv...` and exit with its status."""
     os.chdir(cwd)
+    os.umask(umask)
     os.environ.clear()
     os.environ.update(env)
     stdin = os.open(stdin_path or os.devnull, os.O_RDONLY)
@@ -119,8 +120,10 @@ class Child:
             read, write = os.pipe()
         else:
             read, write = None, os.open(self._stdout_path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self.process = _server().Process(target=_child, args=(script, list(args), env, cwd, stdin_path, _Fd(write),
-                                                              self._stderr_path))
+        umask = os.umask(0o022)  # this process's umask, which a subprocess would inherit
+        os.umask(umask)
+        self.process = _server().Process(target=_child, args=(script, list(args), env, cwd, umask, stdin_path,
+                                                              _Fd(write), self._stderr_path))
         self.process.start()
         os.close(write)
         self.pid = self.process.pid

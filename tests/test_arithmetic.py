@@ -138,6 +138,20 @@ def test_exact_match_from_the_evaluation_pass_equals_greedy_decoding():
     assert accuracy == right / 256
 
 
+def test_a_prompt_outside_the_format_gets_a_note_showing_it():
+    f = arithmetic.ProblemFormat("addition", 3, True)
+    for prompt in ("123+456=", "012+005=", "012+005=7"):  # a problem, or one with the start of its answer
+        assert f.note(prompt) is None
+    assert f.note("12+5=").endswith("operands zero-padded to 3 digits, the answer least significant digit "
+                                    "first; ask --start=\"012+005=\" (the answer 17 comes as 71)")
+    assert f.note("what is 2+2?").endswith('ask --start="123+456=" (the answer 579 comes as 975)')
+    assert arithmetic.ProblemFormat("subtraction", 2, False).note("5-7=").endswith(
+        'answer most significant digit first; ask --start="05-07="')
+    assert arithmetic.ProblemFormat.of_run({"dataset": "addition", "digits": 5, "reverse": False}) == \
+        arithmetic.ProblemFormat("addition", 5, False)
+    assert arithmetic.ProblemFormat.of_run({"dataset": "shakespeare_char"}) is None
+
+
 @pytest.mark.slow
 def test_train_on_addition_then_sample_the_answer(tmp_path):
     out = tmp_path / "run"
@@ -156,8 +170,19 @@ def test_train_on_addition_then_sample_the_answer(tmp_path):
     assert kind == curves.EVAL and its[-1] == 120 and acc[-1] == last["val_accuracy"]
     curves.save_png(curves.draw_runs([metrics], y="val_accuracy"), str(tmp_path / "accuracy.png"))
     assert (tmp_path / "accuracy.png").stat().st_size > 0 and (out / "loss.png").exists()
-    s = run("sample.py", f"--out_dir={out}", "--start=7+8=", "--temperature=0", "--max_new_tokens=4",
-            "--stop=('\\n',)", "--num_samples=1")
-    assert s.stdout.startswith("7+8=51\n"), s.stdout  # 15, least significant digit first
+    # what to run next is what works for this model: the sampling command in its format, which prints
+    # one answer (greedy samples are all alike), and no chat
+    command = 'python sample.py --out_dir={} --start="1+4=" --temperature=0 --max_new_tokens=3 --stop="(\'\\n\',)"'
+    assert command.format(out) in p.stdout.splitlines()[-1] and "chat.py" not in p.stdout
+    s = run("sample.py", f"--out_dir={out}", "--start=7+8=", "--temperature=0", "--max_new_tokens=3", "--stop=('\\n',)")
+    assert s.stdout == "7+8=51\n---------------\n", s.stdout  # 15, least significant digit first
+    assert "note:" not in s.stderr
+    s = run("sample.py", f"--out_dir={out}", "--start=07+8=", "--temperature=0", "--max_new_tokens=3", "--num_samples=2")
+    assert s.stdout.count("07+8=") == 2  # asked for two, two it gets
+    assert "note: '07+8=' is not in this model's format" in s.stderr
+    assert 'ask --start="7+8=" (the answer 15 comes as 51)' in s.stderr
+    c = run("chat.py", f"--out_dir={out}", "--prompt=7+8=", check=False)
+    assert_clean_error(c, status=2, words=["is a model of 1-digit addition problems written 1+4=5", "not a chat model",
+                                           command.format(out)])
     p = run("train.py", "--dataset=addition", *TINY, "--block_size=8", f"--out_dir={tmp_path / 'short'}", check=False)
     assert_clean_error(p, status=2, words=["block_size=8", "block_size >= 12"])

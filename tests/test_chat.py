@@ -68,6 +68,11 @@ def test_two_turns_through_a_pipe_stop_at_the_next_speaker(dialogue, tmp_path):
     p = run("chat.py", *args, "--prompt=ok")
     assert p.stdout == "B:\nno\n\n"
 
+    # the play's default prefixes are not in this vocabulary: said before anything is generated
+    p = run("chat.py", f"--out_dir={dialogue}", "--prompt=hi", check=False)
+    assert_clean_error(p, status=2, words=["the play style's prefixes need 'EIJLMORTU'", "not trained on chats or plays",
+                                           "--user=", f"python sample.py --out_dir={dialogue}"])
+
     # no run to chat with: say what to do
     p = run("chat.py", f"--out_dir={tmp_path}", check=False)
     assert_clean_error(p, words=[str(tmp_path), "--init_from=gpt2"])

@@ -4,7 +4,6 @@ sentence is due. Each test takes one class of mistake through several of its mem
 compared byte for byte before and after."""
 
 import errno
-import hashlib
 import os
 import runpy
 import shutil
@@ -13,21 +12,11 @@ import sys
 import pytest
 import torch
 
-from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, digests, read_metrics, run, start
 from gptkit import checkpoint
 from gptkit.errors import UserError
 
 BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def in_process(path, *args, stdin=..., stdout=...):

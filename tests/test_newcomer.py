@@ -6,8 +6,6 @@ get the usual permissions, and a play-style chat reply ends where the speech doe
 import os
 import re
 import stat
-import subprocess
-import sys
 
 import pytest
 
@@ -75,7 +73,8 @@ def test_a_run_ends_saying_where_it_is_and_what_next_and_a_finished_one_says_how
             f"--out_dir={out}")
     assert f"the run is in {out}/: ckpt.pt (latest)" in p.stdout
     for command in (f"python sample.py --out_dir={out}", f"python chat.py --out_dir={out}", f"python plot.py {out}",
-                    f"python export.py --out_dir={out}"):
+                    f"python export.py --out_dir={out}",
+                    f"more steps: python train.py --init_from=resume --out_dir={out} --max_iters=N"):
         assert command in p.stdout
     before = {f: (out / f).read_bytes() for f in os.listdir(out) if (out / f).is_file()}
     p = run("train.py", "--init_from=resume", f"--out_dir={out}")
@@ -88,14 +87,13 @@ def test_written_files_get_the_usual_permissions(char_data, tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "run"
     umask = 0o027  # a stricter umask than the usual, so the check cannot pass by accident
-    code = (f"import os, runpy, sys; os.umask({umask}); sys.argv = sys.argv[1:]; "
-            f"runpy.run_path(sys.argv[0], run_name='__main__')")
-    for script, args in (("train.py", ["--dataset=play_char", *TINY, "--max_iters=2", "--eval_interval=2",
-                                        "--eval_iters=1", f"--out_dir={out}"]),
-                         ("export.py", [f"--out_dir={out}", f"--export_dir={tmp_path / 'hf'}"])):
-        p = subprocess.run([sys.executable, "-c", code, str(ROOT / script), *args], cwd=ROOT, capture_output=True,
-                           text=True)
-        assert p.returncode == 0, p.stderr
+    before = os.umask(umask)  # the scripts' processes inherit it, as from a shell
+    try:
+        run("train.py", "--dataset=play_char", *TINY, "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+            f"--out_dir={out}")
+        run("export.py", f"--out_dir={out}", f"--export_dir={tmp_path / 'hf'}")
+    finally:
+        os.umask(before)
     for path in (out / "ckpt.pt", out / "config.json", out / "loss.png", tmp_path / "hf" / "model.safetensors",
                  tmp_path / "hf" / "config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -261,8 +261,49 @@ def test_plot_py_names_what_it_cannot_draw(tmp_path, monkeypatch, capsys):
     # a successful run ends without SystemExit and writes the default name
     monkeypatch.setattr(sys, "argv", ["plot.py", "out-a", "--y=lr", "--logx"])
     runpy.run_path(str(ROOT / "plot.py"), run_name="__main__")
-    assert capsys.readouterr().out.splitlines()[-1] == "wrote plot-lr.png"
-    assert_png(tmp_path / "plot-lr.png", 800, 500)
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote plot-lr-logx.png"
+    assert_png(tmp_path / "plot-lr-logx.png", 800, 500)
+
+
+def test_each_picture_the_options_draw_gets_its_own_default_name():
+    names = [curves.default_name(y, x, logx, logy, smooth) for y in ("loss", "val_loss") for x in curves.AXES
+             for logx in (False, True) for logy in (False, True) for smooth in (None, 0.0, 0.9)]
+    assert len(set(names)) == len(names)
+    assert curves.default_name("loss") == "plot-loss.png"
+    assert curves.default_name("loss", logy=True) == "plot-loss-logy.png"
+    assert curves.default_name("val_loss", "tokens", smooth=0.9) == "plot-val_loss-by-tokens-smooth0.9.png"
+
+
+def test_evaluations_are_points_and_the_step_line_is_smoothed_past_50_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    # the CPU recipe's shape: 300 steps logged every 10 (30 rows), evaluated at the start and the end
+    r = curves.read_run(a_run(tmp_path / "short", 300, log_interval=10, eval_interval=300))
+    lines = lines_by_label(curves.draw_run(r).axes[0])
+    val = lines["val loss (eval)"]
+    assert val.get_xdata().tolist() == [0, 300] and val.get_linestyle() == "None" and val.get_marker() == "o"
+    assert set(lines) == {"train loss (step)", "train loss (eval)", "val loss (eval)"}  # 30 rows: drawn as they are
+    assert lines["train loss (step)"].get_alpha() is None  # a full line, not the faint one behind a smoothed line
+    ax = curves.draw_runs([r], y="val_loss").axes[0]
+    assert lines_by_label(ax)[r.name].get_linestyle() == "None"
+    # evaluations dense enough to be a curve are joined; 51 rows get the smoothed line, an average over ~2%
+    r = curves.read_run(a_run(tmp_path / "dense", 510, log_interval=10, eval_interval=50))
+    lines = lines_by_label(curves.draw_run(r).axes[0])
+    assert len(lines["val loss (eval)"].get_xdata()) == 12 and lines["val loss (eval)"].get_linestyle() == "-"
+    np.testing.assert_allclose(lines["train loss (EMA 0.02)"].get_ydata(), curves.ema(r.steps["loss"], 1 - 50 / 51))
+
+
+def test_log_axes_label_their_ticks_as_plain_numbers(tmp_path):
+    pytest.importorskip("matplotlib")
+    # a loss from 4.3 to 1.9: within one decade, where matplotlib's default labels read 2x10^0, 3x10^0
+    r = curves.read_run(a_run(tmp_path / "run", 240, eval_interval=20, loss=lambda it: 4.2 - it / 100))
+    fig = curves.draw_runs([r], x="tokens", y="loss", logx=True, logy=True)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    ys = [t.get_text() for t in ax.yaxis.get_ticklabels(which="both") if t.get_text()]
+    xs = [t.get_text() for t in ax.xaxis.get_ticklabels(which="both") if t.get_text()]
+    assert {"2", "3", "4"} <= set(ys), ys
+    assert {"1 k", "10 k", "100 k"} <= set(xs) and "200 k" not in xs, xs  # 2.4 decades: the decades only
+    assert not [t for t in ys + xs if "times" in t or "^" in t or "e+" in t], (ys, xs)
 
 
 # -----------------------------------------------------------------------------

@@ -299,3 +299,55 @@ def test_a_new_run_from_a_nanogpt_checkpoint_and_what_is_refused(char_data, tmp_
     p = run("train.py", "--dataset=play_char", *TINY, f"--init_from={tmp_path / 'wide'}",
             f"--out_dir={tmp_path / 'y'}", check=False, env=ENV)
     assert_clean_error(p, status=2, words=["does not fit", "vocabulary of 80"])
+
+
+# -----------------------------------------------------------------------------
+# going on for longer
+
+def resumed_settings(saved, *argv, iter_num):
+    """(settings, changed, note) of `train.py --init_from=resume *argv` on a run saved with `saved`."""
+    import configurator
+    from gptkit import init_from, keys
+    cfg = configurator.configure(keys.KEYS, argv=["--init_from=resume", *argv], announce=False)
+    base, changed = configurator.rebase(cfg, keys.KEYS, saved, keep=keys.MACHINE_KEYS)
+    return base, changed, init_from.extend_schedule(base, changed, iter_num)
+
+
+def test_more_steps_on_resume_extend_the_decay_that_ended_at_the_old_end():
+    saved = dict(max_iters=300, lr_decay_iters=300, warmup_iters=25, learning_rate=6e-3, min_lr=6e-4)
+    cfg, changed, note = resumed_settings(saved, "--max_iters=400", iter_num=300)
+    assert cfg.lr_decay_iters == 400 and changed["lr_decay_iters"] == (300, 400)
+    # the cosine of the 400-step schedule at 300, by hand: (300 - 25) / (400 - 25) of the way down
+    lr = 6e-4 + 0.5 * (1 + math.cos(math.pi * 275 / 375)) * (6e-3 - 6e-4)
+    assert (f"at iteration 300 the learning rate rises from 6.00e-04 back to {lr:.2e}, then decays to min_lr=0.0006 "
+            f"at 400; to keep the old decay instead (the extra steps at min_lr), add --lr_decay_iters=300") in note
+    # what the user said stands: the old decay kept, or another one
+    for given in ("--lr_decay_iters=300", "--lr_decay_iters=350"):
+        cfg, changed, note = resumed_settings(saved, "--max_iters=400", given, iter_num=300)
+        assert cfg.lr_decay_iters == int(given.split("=")[1]) and note is None
+    # a decay that ended before the old end is not moved, but the steps at min_lr are named
+    cfg, _, note = resumed_settings({**saved, "lr_decay_iters": 250}, "--max_iters=400", iter_num=300)
+    assert cfg.lr_decay_iters == 250
+    assert note.startswith("note: the learning rate decay ends at lr_decay_iters=250, so iterations 300 to 400 run "
+                           "at min_lr") and note.endswith("add --lr_decay_iters=400")
+    # nothing to say: no decay, a decay past the new end, or max_iters as it was
+    for saved_, argv in (({**saved, "decay_lr": False}, ["--max_iters=400"]),
+                         ({**saved, "lr_decay_iters": 600000}, ["--max_iters=400"]), (saved, [])):
+        cfg, _, note = resumed_settings(saved_, *argv, iter_num=300)
+        assert note is None and cfg.lr_decay_iters == saved_["lr_decay_iters"]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_for_more_steps_decays_like_one_started_that_long(char_data, tmp_path):
+    common = ["--dataset=play_char", *TINY, "--eval_interval=4", "--eval_iters=1", "--warmup_iters=1",
+              "--learning_rate=3e-3", "--min_lr=3e-4"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run("train.py", *common, "--max_iters=8", "--lr_decay_iters=8", f"--out_dir={ref}", env=ENV)
+    run("train.py", *common, "--max_iters=4", "--lr_decay_iters=4", f"--out_dir={out}", env=ENV)
+    p = run("train.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=8", env=ENV)
+    assert "changed max_iters 4 -> 8, lr_decay_iters 4 -> 8" in p.stdout
+    assert "note: lr_decay_iters follows max_iters (4 -> 8)" in p.stdout
+    lrs = {path: {r["iter"]: r["lr"] for r in read_metrics(path) if "loss" in r} for path in (ref, out)}
+    assert [lrs[out][it] for it in range(4, 8)] == [lrs[ref][it] for it in range(4, 8)]
+    assert min(lrs[out][it] for it in range(4, 7)) > 3e-4  # not the old decay's floor
+    assert load(out / "ckpt.pt")["config"]["lr_decay_iters"] == 8  # and so for the next resume

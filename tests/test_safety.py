@@ -3,7 +3,6 @@ writes a run, datasets are consistent or refused, vocabulary files are read safe
 their run, every bad value is one sentence, and a stop request is answered at once. File contents are
 compared byte for byte before and after."""
 
-import hashlib
 import os
 import pickle
 import runpy
@@ -15,22 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, digests, read_metrics, run, start
 from gptkit import checkpoint, dataprep, dataset
 from gptkit.errors import UserError
 
 BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
-
-
-def digests(folder):
-    """{relative path: sha256} of every file under folder: what 'unchanged' means here."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 @pytest.fixture

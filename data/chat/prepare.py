@@ -18,11 +18,14 @@ are special tokens: for fine-tuning a model pretrained on that data. Only the as
 and their end-of-turn marker count in the loss, so the model learns to reply and to stop, never to
 write the user's lines. The template goes into dataset.json; train.py records it in the run, and
 chat.py talks to the run in it. Conversations without an assistant message are left out (they would
-teach nothing). Every 20th conversation (--val_fraction=0.05), evenly spaced, at least one, is val.
+teach nothing). Every 20th conversation (--val_fraction=0.05), evenly spaced, at least one, is val;
+from a small file more, up to a quarter of them, so that val holds one evaluation sequence of
+GPT-2's context (1,024 tokens).
 """
 
 import contextlib
 import json
+import math
 import os
 import sys
 
@@ -33,6 +36,7 @@ from gptkit.errors import USAGE, UserError  # noqa: E402
 
 ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
+MIN_VAL_TOKENS = 1025  # one evaluation sequence of GPT-2's whole context (config/sft_gpt2.py), and so of any shorter
 
 
 def checked(messages, where):
@@ -136,7 +140,7 @@ def main(argv):
     n = len(convs)
     if n < 2:
         raise UserError(f"found {n} conversation(s) with an assistant message; it takes at least 2 (one for val)")
-    n_val = max(1, round(n * val_fraction))
+    asked = max(1, round(n * val_fraction))
 
     out = dataprep.out_folder(args, "chat")
     info = {"counted": "assistant tokens", "chat_template": template.to_dict()}
@@ -151,24 +155,42 @@ def main(argv):
         writer = dataprep.DatasetWriter(out, vocab_size, info=info)
     import numpy as np
     eot_ids, eot_mask = np.array([eot], writer.dtype), np.zeros(1, np.uint8)  # the EOT is not a reply
-    tokens = {"train": 0, "val": 0}
-    counted = {"train": 0, "val": 0}
-    with contextlib.ExitStack() as files:
-        bins = {s: (files.enter_context(writer.bin(s)), files.enter_context(writer.mask_bin(s))) for s in tokens}
-        for start in range(0, n, BATCH):
-            for i, (ids, mask) in enumerate(encoder.encode_batch(convs[start:start + BATCH]), start):
-                # conversation i is val when the evenly spaced val positions step past it
-                split = "val" if (i + 1) * n_val // n > i * n_val // n else "train"
-                ids_f, mask_f = bins[split]
-                ids.astype(writer.dtype).tofile(ids_f)
-                eot_ids.tofile(ids_f)
-                mask.tofile(mask_f)
-                eot_mask.tofile(mask_f)
-                tokens[split] += len(ids) + 1
-                counted[split] += int(mask.sum())
+
+    def write(n_val):
+        """Write the splits with n_val evenly spaced conversations in val; (tokens, counted) per split."""
+        tokens, counted = {"train": 0, "val": 0}, {"train": 0, "val": 0}
+        with contextlib.ExitStack() as files:
+            bins = {s: (files.enter_context(writer.bin(s)), files.enter_context(writer.mask_bin(s))) for s in tokens}
+            for start in range(0, n, BATCH):
+                for i, (ids, mask) in enumerate(encoder.encode_batch(convs[start:start + BATCH]), start):
+                    # conversation i is val when the evenly spaced val positions step past it
+                    split = "val" if (i + 1) * n_val // n > i * n_val // n else "train"
+                    ids_f, mask_f = bins[split]
+                    ids.astype(writer.dtype).tofile(ids_f)
+                    eot_ids.tofile(ids_f)
+                    mask.tofile(mask_f)
+                    eot_mask.tofile(mask_f)
+                    tokens[split] += len(ids) + 1
+                    counted[split] += int(mask.sum())
+        return tokens, counted
+
+    # A small file's share of val can be too short for a single evaluation sequence: val then takes more
+    # conversations (at most a quarter of them), written again; a few thousand tokens cost nothing to redo.
+    n_val = asked
+    tokens, counted = write(n_val)
+    while tokens["val"] < MIN_VAL_TOKENS and n_val < n // 4:
+        n_val = min(n // 4, math.ceil(n_val * 1.2 * MIN_VAL_TOKENS / tokens["val"]))
+        tokens, counted = write(n_val)
     counts = writer.finish()
     print(f"{n:,} conversations ({n - n_val:,} train, {n_val:,} val)"
           + (f"; left out {skipped:,} without an assistant message" if skipped else ""))
+    if n_val > asked:
+        print(f"val takes {n_val:,} conversations, not the {asked:,} of --val_fraction={val_fraction:g}, to hold one "
+              f"evaluation sequence of GPT-2's context ({MIN_VAL_TOKENS - 1:,} tokens, config/sft_gpt2.py's block_size)"
+              + (" as far as a quarter of them can" if tokens["val"] < MIN_VAL_TOKENS else ""))
+    if tokens["val"] < MIN_VAL_TOKENS:
+        print(f"note: val holds {tokens['val']:,} tokens, fewer than one sequence of {MIN_VAL_TOKENS - 1:,}: train with "
+              f"--block_size={tokens['val'] - 1} or less, or give more conversations")
     print(f"the loss counts the assistant's tokens: {counted['train']:,} of {tokens['train']:,} train tokens "
           f"({counted['train'] / tokens['train']:.0%}), {counted['val']:,} of {tokens['val']:,} val tokens")
     dataprep.report_split(out, counts, vocab_size)
@@ -178,7 +200,8 @@ def main(argv):
         print(f"fine-tune a run pretrained on {args['vocab_from']} with: python train.py config/sft_gpt2.py "
               f"--init_from=RUN_FOLDER --{use}")
     else:
-        print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}")
+        print(f"fine-tune on it with: python train.py config/sft_gpt2.py --{use}  (a GPU), or "
+              f"config/sft_gpt2_cpu.py (a CPU, minutes)")
 
 
 if __name__ == "__main__":
