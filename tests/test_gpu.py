@@ -2,7 +2,7 @@
 fused AdamW, pinned batches, resume, KV-cache decoding (eager and compiled), a GPU run sampled on a
 CPU, and Muon. Skipped, with one reason, where there is no GPU; on one it takes a few minutes:
 
-    python -m pytest -q -p no:xdist tests/test_gpu.py
+    python -m pytest -q -n 0 tests/test_gpu.py
 
 docs/gpu.md says what the CPU suite covers of the same paths, and how to run the benchmarks."""
 
