@@ -219,11 +219,11 @@ def bench_generate():
     from gptkit import hf as hf_io
     from gptkit import quantize, runtime
     from gptkit.errors import UserError
-    from gptkit.generate import decode_layout, generate
+    from gptkit.generate import compile_for_decoding, decode_layout, generate
     from gptkit.tokenizer import GPT2_VOCAB
     from model import GPT
 
-    rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
+    rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
     device, ptdtype = rt.device, rt.plan.ptdtype
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -257,6 +257,11 @@ def bench_generate():
     if cfg.quantize == "int8":
         quantize.check_supported(device, rt.plan.dtype)
         variants["kv_cache_int8"] = quantize.quantize_int8(model)
+    if rt.compile:  # sample.py --compile=True: compiled before timing, as sample.py compiles before printing
+        compiled, failure = compile_for_decoding(model)
+        if failure:
+            raise UserError(f"torch.compile failed here ({failure}); time decoding uncompiled with --compile=False")
+        variants["kv_cache_compiled"] = compiled
     llm = None
     if cfg.llama_cpp:
         llm = llama_cpp_model(model, held)
@@ -323,7 +328,7 @@ def bench_generate():
         for other in ("recompute", "transformers"):
             if other in by:
                 speedups[f"kv_cache_vs_{other}_b{B}"] = round(by["kv_cache"] / by[other], 2)
-        for variant in ("kv_cache_column", "kv_cache_int8"):
+        for variant in ("kv_cache_column", "kv_cache_int8", "kv_cache_compiled"):
             if variant in by:
                 speedups[f"{variant}_vs_kv_cache_b{B}"] = round(by[variant] / by["kv_cache"], 2)
         for other in ("transformers", "llama_cpp_q8_0"):

@@ -94,13 +94,17 @@ class CausalSelfAttention(nn.Module):
         # With no past, plain causal masking. A single new query may see every cached key. Several
         # new queries after a past need the causal mask shifted by `past`, given explicitly
         # (SDPA's is_causal aligns the mask to the top-left corner, not the bottom-right).
-        mask = None
-        if past > 0 and T > 1:
+        # (Decided by branches, so that under torch.compile with dynamic shapes is_causal is a plain
+        # bool, which SDPA requires, rather than a symbolic one.)
+        mask, causal = None, False
+        if T > 1 and past > 0:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        elif T > 1:
+            causal = True
         if self.sdpa:
             # grouped-query attention (Ainslie et al. 2023): query head i reads key/value head i // (nh / nkv)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=(past == 0 and T > 1),
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
                 **({"enable_gqa": True} if nkv < nh else {}),  # (torch >= 2.5)
             )
         else:

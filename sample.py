@@ -32,7 +32,8 @@ KEYS = [
     Key("stream", True, "print tokens as they are generated"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
-    Key("compile", False, "torch.compile the model (pays off only for long generations)"),
+    Key("compile", False, "torch.compile decoding, before the first token (a minute or more); on a CPU 1.7x faster "
+        "for a small model, 5x slower for GPT-2 124M (docs/gpu.md)"),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
         "times faster decoding at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 
 from gptkit import loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
-from gptkit.generate import decode_layout, generate_stream  # noqa: E402
+from gptkit.generate import compile_for_decoding, decode_layout, generate_stream  # noqa: E402
 from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -61,8 +62,6 @@ model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ck
 model = quantize.for_decoding(model, cfg.quantize)
 print(f"sampling from {desc}; {rt.why}{'; int8 weights' if cfg.quantize == 'int8' else ''}", file=sys.stderr)
 num_samples = cfg.num_samples if cfg.temperature > 0 or cfg.is_set("num_samples") else 1  # greedy: all alike
-if rt.compile:
-    model.forward = torch.compile(model.forward, dynamic=True)  # prefill and decode differ in length
 
 start = cfg.start
 if start.startswith("FILE:"):
@@ -89,6 +88,10 @@ torch.manual_seed(cfg.seed)
 # -----------------------------------------------------------------------------
 # generate
 with torch.no_grad(), plan.autocast_context(), decode_layout(model):
+    if rt.compile:  # compiled before the first token, so nothing the compiler says lands amid the text
+        model, failure = compile_for_decoding(model)
+        if failure:
+            print(f"note: compiling failed ({failure}); decoding runs uncompiled", file=sys.stderr)
     for k in range(num_samples):
         out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)

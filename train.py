@@ -168,7 +168,7 @@ if resume_rng is not None:
 # -----------------------------------------------------------------------------
 # the loop
 start_iter = progress.iter_num
-t_log, iters_since_log = time.perf_counter(), 0
+t_log, iters_since_log, overflows = time.perf_counter(), 0, 0
 progress.start_clock()
 while True:
     iter_num = progress.iter_num
@@ -240,6 +240,7 @@ while True:
     progress.iter_num += 1
     progress.tokens_seen += tokens_per_iter
     iters_since_log += 1
+    overflows += result.overflow  # fp16: updates the loss scaler skipped since the last log line
     bar.update(progress.iter_num, result.loss)
 
     if master and iter_num % cfg.log_interval == 0:
@@ -249,9 +250,12 @@ while True:
         # per device: each process computes its share of the step against one device's peak
         mfu = runtime.mfu(flops_per_token, tokens_per_iter // dist.world_size, dt, peak_flops)
         eta = (cfg.max_iters - progress.iter_num) * dt
+        skipped = (f"; {overflows} step{'s' * (overflows > 1)} skipped by the fp16 loss scaler (inf/NaN gradients), "
+                   f"scale now {scaler.get_scale():g}" if overflows else "")
+        overflows = 0
         print(f"iter {iter_num}: loss {result.loss:.4f}{over}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
               f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
-              f"eta {eta / 60:.1f} min")
+              f"eta {eta / 60:.1f} min{skipped}")
         metrics.log(dict(iter=iter_num, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
                          tok_s=tokens_per_iter / dt, mfu=mfu, tokens=progress.tokens_seen,
                          elapsed_s=progress.elapsed()))

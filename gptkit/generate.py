@@ -150,8 +150,13 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     layer's keys depend on the tokens inside it, so cached keys cannot be reused). Stops early
     once every row has produced one of stop_tokens."""
     block = model.config.block_size
+    # made here, so every forward below gets inference tensors alike (a compiled model would
+    # otherwise compile the sliding window's prefill a second time, for the tensor kind alone)
+    idx = idx.clone()
     cache = KVCache.for_model(model, idx.size(0))
-    logits, _ = model(idx[:, -block:], cache=cache)
+    # a copy with the strides of a fresh tensor (a view's row stride is the whole sequence's, even
+    # for one row), so that one compiled graph serves every prefill
+    logits, _ = model(idx[:, -block:].clone(memory_format=torch.contiguous_format), cache=cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
     for _ in range(max_new_tokens):
@@ -166,7 +171,35 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             logits, _ = model(nxt[:, None], cache=cache)
         else:  # slide the window
             cache.pos = 0
-            logits, _ = model(idx[:, -block:], cache=cache)
+            logits, _ = model(idx[:, -block:].clone(memory_format=torch.contiguous_format), cache=cache)
+
+
+def compile_for_decoding(model, backend="inductor"):
+    """(model compiled for generate_stream, None), or (model itself, why not) where compiling fails.
+
+    Dynamic shapes, so one graph serves every prompt shorter than block_size, one a whole window, and
+    one the single step at every cache length: decoding compiles three graphs and never again, past
+    block_size included. All three are compiled here, so that the minute of compiling and any failure (inductor
+    needs a C++ compiler on a CPU) come before the first token is printed, never amid the text.
+    Call it where the decoding runs: inside the same autocast and decode_layout (the compiled graphs
+    are guarded on them). It pays where a decode step is many small ops (a GPU, a small model on a
+    CPU), not for GPT-2-sized matrix-vector products on a CPU (docs/gpu.md)."""
+    compiled = torch.compile(model, dynamic=True, backend=backend)
+    # a prompt length no cache dimension has: dynamo would tie the two sizes together in the graph
+    # it compiles ("duck sizing"), and the next prompt length would compile another one
+    cfg = model.config
+    length = next(n for n in range(3, 1000) if n not in (cfg.n_layer, cfg.kv_heads, cfg.block_size, cfg.head_size))
+    device = model.transformer.wte.weight.device
+    try:
+        # a shorter prompt and then a whole window (its own graph: a prompt of block_size or more, and
+        # the window's prefill once it slides), each with a step after it
+        for n in (length, cfg.block_size):
+            for _ in generate_stream(compiled, torch.zeros(1, n, dtype=torch.long, device=device), 2, temperature=0):
+                pass
+    except Exception as e:  # noqa: BLE001  a compiler's failure takes many forms; decoding runs eagerly instead
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        return model, f"{type(e).__name__}: {first_line}"
+    return compiled, None
 
 
 @torch.no_grad()

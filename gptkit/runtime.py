@@ -61,7 +61,7 @@ class DevicePlan:
     device_type: str
     dtype: str
     autocast: bool          # run forward passes under torch.autocast
-    grad_scaler: bool       # fp16 loss scaling (CUDA only)
+    grad_scaler: bool       # fp16 loss scaling (every device with a GradScaler: CUDA, CPU, XPU)
     pin_memory: bool        # page-locked host batches with non-blocking copies (CUDA only)
     fused_adamw: bool       # the fused AdamW kernel (CUDA and CPU; not MPS)
     ptdtype: torch.dtype = torch.float32
@@ -81,7 +81,9 @@ def plan_for(device, dtype):
         device_type=device_type,
         dtype=dtype,
         autocast=dtype != "float32",
-        grad_scaler=cuda and dtype == "float16",
+        # fp16's 5 exponent bits underflow small gradients without loss scaling, on any device;
+        # pick_dtype refuses fp16 on MPS, the one device left out here
+        grad_scaler=dtype == "float16" and device_type != "mps",
         pin_memory=cuda,
         # on CPU the fused kernel is far faster than the per-tensor loop (one pass over all tensors)
         fused_adamw=device_type in ("cuda", "cpu"),

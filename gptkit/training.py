@@ -52,6 +52,7 @@ class StepResult:
     grad_norm: float   # before clipping
     flags: list        # the flags passed in, summed over all processes
     finite: bool       # loss and gradient norm finite; when False the weights were not touched
+    overflow: bool = False  # fp16: the loss scaler found an inf/NaN gradient, skipped the update, lowered its scale
 
 
 def sharded(model):
@@ -147,13 +148,14 @@ class Step:
         loss, *summed = stats.tolist()
         loss /= self.dist.world_size  # DDP averages the processes' gradients; the loss likewise
         grad_norm = grad_norm.item()
-        # with fp16 an infinite gradient norm is the scaler's business: it skips the step and lowers the scale
+        # with fp16 an infinite gradient norm is the scaler's business: it skips the step and lowers the
+        # scale (the norm is of the unscaled gradients, non-finite exactly when the scaler found an inf/NaN)
         finite = math.isfinite(loss) and (math.isfinite(grad_norm) or self.plan.grad_scaler)
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss, grad_norm, summed, finite)
+        return StepResult(loss, grad_norm, summed, finite, overflow=finite and not math.isfinite(grad_norm))
 
 
 @torch.no_grad()

@@ -133,3 +133,32 @@ def test_sample_from_a_hugging_face_folder_matches_transformers(tmp_path, gpt2_e
     p = run("sample.py", *args, f"--stop=({cut!r},)")
     stopped = p.stdout.split("\n---------------")[0]
     assert stopped == text[:text.index(cut)]
+
+
+# -----------------------------------------------------------------------------
+# compiled decoding (dynamo's own tracing checked with its "eager" backend: graph breaks and recompiles are
+# decided before any backend builds code, and this backend costs no C++ compilation)
+
+def test_compiled_decoding_compiles_three_graphs_without_graph_breaks_and_equals_eager_past_block_size():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from gptkit.generate import compile_for_decoding
+    for options in ({}, dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)):
+        model = tiny(**options)
+        prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
+        expected = torch.stack(list(generate_stream(model, prompt, 40, temperature=0)))  # 40 > block_size: it slides
+        torch._dynamo.reset()
+        counters.clear()
+        compiled, failure = compile_for_decoding(model, backend="eager")
+        assert failure is None and compiled is not model
+        warm_graphs = counters["stats"]["unique_graphs"]
+        # at most a shorter prompt, a whole window and a single step (some architectures need no second)
+        assert 2 <= warm_graphs <= 3, dict(counters["stats"])
+        got = torch.stack(list(generate_stream(compiled, prompt, 40, temperature=0)))
+        assert torch.equal(got, expected)
+        # a new prompt length, every cache length, and the window's prefills past block_size: no new graph
+        assert counters["stats"]["unique_graphs"] == warm_graphs, dict(counters["stats"])
+        assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
+

@@ -67,6 +67,7 @@ def test_device_plan_keeps_cuda_only_features_on_cuda():
     assert runtime.pick_dtype("mps", "bfloat16")[0] == "bfloat16"
     cpu = runtime.plan_for("cpu", "float32")
     assert not (cpu.grad_scaler or cpu.pin_memory or cpu.autocast) and cpu.fused_adamw
+    assert runtime.plan_for("cpu", "float16").grad_scaler  # PyTorch has a CPU GradScaler: fp16 needs it there too
     cuda16 = runtime.plan_for("cuda:1", "float16")
     assert cuda16.grad_scaler and cuda16.pin_memory and cuda16.fused_adamw and cuda16.autocast
     assert not runtime.plan_for("cuda", "bfloat16").grad_scaler  # bf16 needs no loss scaling
