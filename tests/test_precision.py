@@ -9,6 +9,8 @@ seconds afterwards (its on-disk cache), so every compiled run here trains the sa
 shapes, and those tests run one after another (serial)."""
 
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -26,6 +28,9 @@ COMMON = ["--dataset=play_char", *TINY, "--gradient_accumulation_steps=2", "--ev
 # compiled kernels sum in another order than eager ones: fp32 rounding, nothing more
 TOL = 1e-4
 TIMING = {"ms", "tok_s", "mfu", "elapsed_s"}
+# inductor builds its CPU kernels with a C++ compiler: without one, compile cannot be tried here
+NEEDS_CXX = pytest.mark.skipif(not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")),
+                               reason="torch.compile on a CPU needs a C++ compiler (g++ or clang++, or CXX)")
 
 
 def train(out, *extra, iters=ITERS):
@@ -73,6 +78,7 @@ def eager_run(char_data, tmp_path_factory):
 # -----------------------------------------------------------------------------
 # torch.compile
 
+@NEEDS_CXX
 @pytest.mark.serial
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_resumes_across_compile_on_and_off(eager_run, tmp_path):
@@ -90,6 +96,7 @@ def test_compiled_training_matches_eager_and_resumes_across_compile_on_and_off(e
     assert_close_runs(eager_run, eager_first)
 
 
+@NEEDS_CXX
 @pytest.mark.serial
 @pytest.mark.slow
 def test_torchrun_with_compile_trains_like_one_process(eager_run, tmp_path):
