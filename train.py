@@ -132,6 +132,7 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
     if master:
         print(f"nothing to do: the run is at iteration {progress.iter_num} and max_iters={cfg.max_iters}; give a "
               f"larger --max_iters to train on")
+        fileio.remove_stale_temps(cfg.out_dir)  # a run killed after its last save left a half-drawn loss.png
     runtime.shutdown(dist)
     sys.exit(0)
 

@@ -6,7 +6,9 @@ import hashlib
 import math
 import os
 import random
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -137,6 +139,20 @@ def test_sigkill_at_random_moments_then_resume_matches(char_data, tmp_path):
     assert_resumed_equals_reference(ref, out)
     assert not [f for f in os.listdir(out) if ".tmp" in f], os.listdir(out)
     assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == [f"ckpt_{K - 1:07d}.pt", f"ckpt_{K:07d}.pt"]
+
+
+def test_a_finished_run_killed_while_drawing_is_tidied_by_the_next_command(char_run, tmp_path):
+    """Killed after its last save, a run can leave a half-drawn loss.png.tmp<pid>; resuming the finished
+    run has nothing to train, and removes that temporary (its writer is gone), nothing else."""
+    out = tmp_path / "run"
+    shutil.copytree(char_run, out)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no process holds now
+    (out / f"loss.png.tmp{dead.pid}").write_bytes(b"half a png")
+    before = sorted(os.listdir(out))
+    p = run("train.py", "--init_from=resume", f"--out_dir={out}")
+    assert "nothing to do" in p.stdout
+    assert sorted(os.listdir(out)) == [f for f in before if ".tmp" not in f]
 
 
 @pytest.mark.serial
