@@ -171,9 +171,12 @@ def test_the_projects_config_files_name_only_keys_of_their_scripts(path):
 @pytest.mark.parametrize("args, words", [
     (["--batch_sise=3"], ["batch_sise", "batch_size"]),
     (["config/nope.py"], ["config/nope.py"]),
+    (["--eval_iters=0"], ["eval_iters must be at least 1"]),
 ])
-def test_train_rejects_bad_input_with_status_2(args, words):
-    assert_clean_error(run("train.py", *args, check=False), status=2, words=words)
+def test_train_rejects_bad_input_with_status_2(args, words, tmp_path):
+    out = tmp_path / "run"
+    assert_clean_error(run("train.py", *args, f"--out_dir={out}", check=False), status=2, words=words)
+    assert not out.exists()  # refused before anything is written
 
 
 @pytest.mark.slow
