@@ -15,6 +15,7 @@ import torch
 
 import configurator
 from conftest import CORPUS_VOCAB, ROOT, TINY, nanogpt_checkpoint, read_metrics, run
+from launcher import run_ranks
 from test_resume import assert_resumed_equals_reference
 from gptkit import checkpoint, hf, init_from, keys, loading, lora
 from gptkit.dataset import read_meta
@@ -224,6 +225,26 @@ def lora_run(char_data, hf_base, tmp_path_factory):
     p = run("train.py", *LORA_RUN, f"--init_from={hf_base}", f"--out_dir={out}")
     assert "LoRA rank 4 (alpha 8, dropout 0.1) on 5 layers (attn.c_attn, mlp.c_proj, lm_head)" in p.stdout
     return out
+
+
+@pytest.mark.serial
+@pytest.mark.slow
+def test_two_processes_train_the_adapters_like_one_process(char_data, hf_base, tmp_path):
+    """Under torchrun (DDP over the adapters alone) the same global batch gives every step's loss and
+    gradient norm, and the adapters, of one process (no dropout: each process draws its own)."""
+    args = [*LORA_RUN, "--lora_dropout=0.0", "--dropout=0.0", "--max_iters=6", f"--init_from={hf_base}"]
+    run("train.py", *args, f"--out_dir={tmp_path / 'one'}")
+    ranks = run_ranks("train.py", [*args, f"--out_dir={tmp_path / 'two'}"], env={"OMP_NUM_THREADS": "1"})
+    for rank, p in enumerate(ranks):
+        assert p.returncode == 0, f"rank {rank} exited {p.returncode}:\n{p.stderr[-3000:]}"
+    assert "2 processes (gloo)" in ranks[0].stdout
+    one, two = ({r["iter"]: r for r in read_metrics(tmp_path / name) if "loss" in r} for name in ("one", "two"))
+    assert sorted(one) == sorted(two) == list(range(6))
+    for i in one:
+        for k in ("loss", "grad_norm"):
+            assert abs(one[i][k] - two[i][k]) <= 1e-5, (k, i, one[i][k], two[i][k])
+    a, b = (torch.load(tmp_path / name / "ckpt.pt", weights_only=True)["model"] for name in ("one", "two"))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
 
 
 @pytest.mark.slow
