@@ -197,6 +197,9 @@ def compile_for_decoding(model, backend="inductor"):
             for _ in generate_stream(compiled, torch.zeros(1, n, dtype=torch.long, device=device), 2, temperature=0):
                 pass
     except Exception as e:  # noqa: BLE001  a compiler's failure takes many forms; decoding runs eagerly instead
+        # dynamo wraps the backend's own error (inner_exception, or the cause): that one says what is wrong
+        while getattr(e, "inner_exception", None) is not None or e.__cause__ is not None:
+            e = getattr(e, "inner_exception", None) or e.__cause__
         first_line = (str(e).strip().splitlines() or [""])[0][:200]
         return model, f"{type(e).__name__}: {first_line}"
     return compiled, None

@@ -162,3 +162,23 @@ def test_compiled_decoding_compiles_three_graphs_without_graph_breaks_and_equals
         assert not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
 
+
+
+def test_a_compiler_that_fails_leaves_decoding_uncompiled_with_one_line_and_prints_nothing(capsys):
+    import torch._dynamo
+
+    from gptkit.generate import compile_for_decoding
+
+    def broken(graph, example_inputs):  # as inductor fails where no C++ compiler is installed
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    model = tiny()
+    torch._dynamo.reset()
+    try:
+        got, failure = compile_for_decoding(model, backend=broken)
+    finally:
+        torch._dynamo.reset()
+    assert got is model  # the model itself, eager, unchanged
+    assert "\n" not in failure and "no C++ compiler found" in failure
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""  # the script decides what to say (sample.py: a note on stderr)
