@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import runpy
 import shutil
 import signal
 import sys
@@ -16,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import launcher  # noqa: E402  (tests/launcher.py: scripts as fresh processes that start at once)
+from gptkit.errors import UserError  # noqa: E402
 
 # Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
 # scripts the tests start too), never into the checkout.
@@ -40,6 +42,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("serial"):
             item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+def script(path, *args):
+    """Run a script in this process (its refusals come before anything heavy): the UserError it ends with."""
+    saved = sys.argv
+    sys.argv = [str(path), *map(str, args)]
+    try:
+        with pytest.raises(UserError) as e:
+            runpy.run_path(str(ROOT / path), run_name="__main__")
+    finally:
+        sys.argv = saved
+    return e.value
+
+
+def export(*args):
+    """export.py run in this process, as a user runs it (it may end with sys.exit(0))."""
+    saved = sys.argv
+    sys.argv = ["export.py", *map(str, args)]
+    try:
+        runpy.run_path(str(ROOT / "export.py"), run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None)
+    finally:
+        sys.argv = saved
 
 
 def digests(folder):

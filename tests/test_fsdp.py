@@ -17,12 +17,11 @@ import pytest
 import torch
 
 import configurator
-from conftest import ROOT, read_metrics, run
+from conftest import ROOT, read_metrics, run, script
 from gptkit import keys, runtime, sharding
 from gptkit.errors import UserError
 from test_ddp import (COMMON, ITERS, LAUNCH_TIMEOUT, TOL, assert_close, evals, start_and_interrupt, steps, stopped_at,
                       torchrun, worker_pids)
-from test_safety import script
 
 FSDP = ["--parallel=fsdp"]
 # saves at iterations 15, 30 and 40, of which keep_last keeps the last two as numbered copies

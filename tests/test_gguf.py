@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, play_text
+from conftest import ROOT, export, play_text
 from gptkit import checkpoint, loading
 from gptkit.errors import UserError
 from model import GPT, GPTConfig
@@ -41,18 +41,6 @@ def save_run(folder, model, iteration=1):
     args = {k: getattr(c, k) for k in c.__dataclass_fields__}
     torch.save(dict(model=model.state_dict(), model_args=args, iter_num=iteration, config={}), folder / "ckpt.pt")
     return folder
-
-
-def export(*args):
-    """export.py run in this process, as a user runs it."""
-    saved = sys.argv
-    sys.argv = ["export.py", *map(str, args)]
-    try:
-        runpy.run_path(str(ROOT / "export.py"), run_name="__main__")
-    except SystemExit as e:
-        assert e.code in (0, None)
-    finally:
-        sys.argv = saved
 
 
 def random_model(**options):

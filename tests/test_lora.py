@@ -5,17 +5,16 @@ PEFT's adapter format, both checked against transformers (and peft.PeftModel whe
 
 import copy
 import json
-import runpy
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import configurator
-from conftest import CORPUS_VOCAB, ROOT, TINY, nanogpt_checkpoint, read_metrics, run
+from conftest import CORPUS_VOCAB, ROOT, TINY, export, nanogpt_checkpoint, read_metrics, run, script
 from launcher import run_ranks
+from test_arch import OPTIONS  # each architecture option at least once
 from test_resume import assert_resumed_equals_reference
 from gptkit import checkpoint, hf, init_from, keys, loading, lora
 from gptkit.dataset import read_meta
@@ -25,20 +24,6 @@ from gptkit.optim import configure_optimizers
 from model import GPT, GPTConfig
 
 TOL = 1e-5  # fp32
-# each architecture option at least once (tests/test_arch.py's list); "modern" is the CPU recipe's kind
-OPTIONS = {
-    "gpt2": {},
-    "rope": dict(pos_emb="rope", rope_theta=500.0),
-    "rmsnorm": dict(norm="rmsnorm", norm_eps=1e-6),
-    "qk_norm": dict(qk_norm=True),
-    "relu2": dict(mlp="relu2", mlp_hidden=48),
-    "swiglu": dict(mlp="swiglu"),
-    "gqa": dict(n_kv_head=2),
-    "untied": dict(tie_embeddings=False),
-    "softcap": dict(logit_softcap=5.0),
-    "modern": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", n_kv_head=1, tie_embeddings=False,
-                   logit_softcap=15.0, bias=False),
-}
 EVERY_LAYER = "all-linear,lm_head"
 
 
@@ -182,18 +167,6 @@ def test_the_lora_recipes_resolve_and_pass_the_checks():
 
 # -----------------------------------------------------------------------------
 # a LoRA run: a tiny transformers GPT-2 as its base, character data
-
-def script(path, *args):
-    """Run a script in this process; the UserError it ends with (its refusals come before any training)."""
-    saved = sys.argv
-    sys.argv = [str(path), *map(str, args)]
-    try:
-        with pytest.raises(UserError) as e:
-            runpy.run_path(str(ROOT / path), run_name="__main__")
-    finally:
-        sys.argv = saved
-    return e.value
-
 
 @pytest.fixture(scope="module")
 def hf_base(tmp_path_factory):
@@ -352,18 +325,6 @@ def test_sample_and_chat_load_the_run_with_its_adapters_merged(lora_run):
 
 # -----------------------------------------------------------------------------
 # export: the merged model, and the adapters alone in PEFT's format
-
-def export(*args):
-    """export.py in this process (it ends with sys.exit(0) after a PEFT export)."""
-    saved = sys.argv
-    sys.argv = ["export.py", *map(str, args)]
-    try:
-        runpy.run_path(str(ROOT / "export.py"), run_name="__main__")
-    except SystemExit as e:
-        assert e.code in (0, None)
-    finally:
-        sys.argv = saved
-
 
 def peft_model(base, folder):
     peft = pytest.importorskip("peft", reason="the PEFT round trip needs peft (pip install peft)")

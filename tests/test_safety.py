@@ -5,7 +5,6 @@ compared byte for byte before and after."""
 
 import os
 import pickle
-import runpy
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT, TINY, assert_clean_error, digests, read_metrics, run, start
+from conftest import CORPUS, ROOT, TINY, assert_clean_error, digests, read_metrics, run, script, start
 from gptkit import checkpoint, dataprep, dataset
 from gptkit.errors import UserError
 
@@ -24,18 +23,6 @@ BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
 @pytest.fixture
 def a_run(char_run):
     return char_run
-
-
-def script(path, *args):
-    """Run a script in this process (its refusals come before anything heavy): the UserError it ends with."""
-    saved = sys.argv
-    sys.argv = [str(path), *map(str, args)]
-    try:
-        with pytest.raises(UserError) as e:
-            runpy.run_path(str(ROOT / path), run_name="__main__")
-    finally:
-        sys.argv = saved
-    return e.value
 
 
 # -----------------------------------------------------------------------------
