@@ -150,8 +150,8 @@ def chat_template_tokenizer():
     carrying the fine-tuning template as a Jinja chat template."""
     transformers = pytest.importorskip("transformers")
     folder = os.environ.get("GPT_TEST_GPT2_TOKENIZER")
-    if not folder:
-        pytest.skip("GPT_TEST_GPT2_TOKENIZER is not set: a folder with GPT-2's vocab.json and merges.txt")
+    if not folder or not os.path.isfile(os.path.join(folder, "vocab.json")):
+        pytest.skip("GPT_TEST_GPT2_TOKENIZER does not name a folder with GPT-2's vocab.json and merges.txt")
     tok = transformers.GPT2TokenizerFast.from_pretrained(folder)
     tok.chat_template = conversation.SFT.jinja()
     return tok
@@ -220,7 +220,8 @@ def test_an_exported_chat_model_answers_through_transformers_chat_template(sft_r
 
 
 @pytest.mark.slow
-def test_a_small_conversations_file_keeps_one_evaluation_sequence_in_val_or_says_which_block_size_fits(tmp_path):
+def test_a_small_conversations_file_keeps_one_evaluation_sequence_in_val_or_says_which_block_size_fits(tmp_path,
+                                                                                                  gpt2_encoding):
     src = tmp_path / "few.jsonl"
     src.write_text("".join(json.dumps(c) + "\n" for c in conversations(200)[:-1]))
     p = run("data/chat/prepare.py", src, f"--out={tmp_path / 'few'}")
