@@ -119,7 +119,7 @@ KEYS = [
     Key("compile", None, "torch.compile the model (default: on for CUDA, off elsewhere)", type=bool),
     Key("omp_passive", False, "OpenMP threads sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; "
         "unless already set): only for a CPU shared with other busy work; 2-3x slower steps on an idle one"),
-    Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: from the GPU's datasheet or the CPU's vector units)",
+    Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: the GPU's datasheet, or a matmul measured here)",
         min=0.0),
 ]
 

@@ -4,12 +4,14 @@ the one setup call every script makes, distributed (torchrun) setup, and peak FL
 """
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
 
 import torch
 
+from gptkit import fileio
 from gptkit.errors import UserError
 
 # -----------------------------------------------------------------------------
@@ -328,46 +330,101 @@ GPU_PEAK_FLOPS = [
 ]
 
 
-def measured_matmul_flops(device="cuda", n=4096, repeats=5):
-    """FLOP/s of a square fp32 matmul on this device: the practical ceiling we report MFU against
-    for GPUs missing from the datasheet table."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def measured_matmul_flops(device, dtype=torch.float32, sizes=(256, 512, 1024), seconds=0.2):
+    """The best FLOP/s of square matmuls on the device at this dtype (on a CPU, with torch's thread count):
+    each size warmed up, then timed for about seconds / len(sizes), at least once. Several sizes because
+    the fastest one differs between CPUs, and with the other work on them. The operands come from a
+    generator of their own, so a run's random numbers are the same with or without this."""
+    gen = torch.Generator(device).manual_seed(0)
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2))
+        a @ b  # warm-up: wakes the threads, loads the kernels
+        synchronize(device)
+        end = time.perf_counter() + seconds / len(sizes)
+        while True:
+            t0 = time.perf_counter()
+            a @ b
+            synchronize(device)
+            t1 = time.perf_counter()
+            best = max(best, 2 * n**3 / max(t1 - t0, 1e-9))
+            if t1 >= end:
+                break
+    return best
 
 
-def cpu_peak_flops():
-    """(FLOP/s, how) the CPU's vector units can do at most in fp32 with torch's threads, from what Linux
-    says about the CPU: threads x clock x FLOPs per cycle (two FMA units of the widest vector width it
-    has). An upper bound, so MFU against it cannot exceed 100% (some CPUs, e.g. AMD's Zen 4, split a
-    512-bit FMA in two: there it is 2x high). None where the CPU does not say."""
+CPU_MAX_CLOCK = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"  # in kHz; many VMs have no cpufreq
+
+
+def cpu_nominal_flops(threads, cpuinfo="/proc/cpuinfo", max_clock=CPU_MAX_CLOCK):
+    """(FLOP/s, how) the vector units can do at most in fp32: threads x highest clock x FLOPs per cycle (two
+    FMA units of the widest vector width; 2x high where a CPU has one, or splits a 512-bit FMA in two like
+    AMD's Zen 4). (None, None) where the kernel does not give the highest clock: /proc/cpuinfo's
+    'cpu MHz' is a current or base clock, which the cores can run above."""
     try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
+        with open(max_clock) as f:
+            hz = int(f.read()) * 1000
+        with open(cpuinfo) as f:
+            flags = set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, ValueError, StopIteration):
         return None, None
-    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    try:  # the highest clock, where the kernel exposes it (absent in many VMs)
-        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
-            mhz.append(int(f.read()) / 1000)
-    except (OSError, ValueError):
-        pass
-    flags = set(next((line.split(":")[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags and "fma" in flags else 4 if "avx" in flags else 0
-    if not mhz or not lanes:
+    if not lanes or hz <= 0:
         return None, None
-    threads = torch.get_num_threads()
     per_cycle = 2 * 2 * lanes  # two FMA units, each a multiply and an add per lane
-    how = f"CPU: {threads} threads x {max(mhz) / 1000:.2f} GHz x {per_cycle} FLOP/cycle"
-    return threads * max(mhz) * 1e6 * per_cycle, how
+    how = (f"CPU's nominal peak: {threads} thread{'s' * (threads > 1)} x {hz / 1e9:.2f} GHz (highest clock) "
+           f"x {per_cycle} FLOP/cycle")
+    return threads * hz * per_cycle, how
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo"):
+    try:
+        with open(cpuinfo) as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
+
+
+def peak_cache_path():
+    """Where the best CPU matmul rates are kept: $GPT_CACHE_DIR, else gptkit/ in the user's cache folder."""
+    folder = os.environ.get("GPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptkit")
+    return os.path.join(folder, "peak_flops.json")
+
+
+def cpu_peak_flops(dtype="float32", cache=None):
+    """(FLOP/s, how) never below a matmul measured in the same way on this CPU: the fastest measured here at
+    this dtype and torch's thread count, now or by an earlier run, or the nominal peak where that is higher
+    (fp32 and a known highest clock only: for bf16 some CPUs do twice the fp32 rate). Each call measures
+    (about 0.2 s) and keeps the best in `cache` (a JSON file, by default peak_cache_path()), one entry per
+    CPU model, thread count, dtype and torch version, which only ever rises: a run on a busy CPU measures
+    low and uses an earlier, higher figure. A cache that cannot be read or written is ignored."""
+    threads = torch.get_num_threads()
+    best = measured_matmul_flops("cpu", getattr(torch, dtype))
+    cache = cache or peak_cache_path()
+    key = f"{cpu_model()}, {threads} threads, {dtype}, torch {torch.__version__}"
+    try:
+        with open(cache) as f:
+            seen = json.load(f)
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    cached = seen.get(key)
+    if type(cached) in (int, float) and best <= cached < float("inf"):
+        best = cached
+    else:
+        seen[key] = best
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+            with fileio.atomic_open(cache, "w") as f:
+                json.dump(seen, f, indent=1)
+        except (OSError, UserError):
+            pass
+    nominal, how = cpu_nominal_flops(threads) if dtype == "float32" else (None, None)
+    if nominal and nominal > best:
+        return nominal, how
+    return best, f"CPU's best matmul measured here at {threads} thread{'s' * (threads > 1)}, {dtype}"
 
 
 def mfu(flops_per_token, tokens, dt, peak):
@@ -389,8 +446,8 @@ def peak_flops(device, dtype, override=0.0):
             if key in name:
                 # fp32 on tensor cores (TF32) peaks at half the bf16 rate on these parts
                 return (flops if dtype != "float32" else flops / 2), f"{name} datasheet"
-        return measured_matmul_flops(device, n=4096), f"{name}: measured matmul (not in the datasheet table)"
+        return (measured_matmul_flops(device, getattr(torch, dtype), sizes=(4096,)),
+                f"{name}: measured matmul (not in the datasheet table)")
     if device.startswith("cpu"):
-        flops, how = cpu_peak_flops()
-        return (flops, how) if flops else (None, "unknown for this CPU; set peak_flops to get MFU")
+        return cpu_peak_flops(dtype)
     return None, f"unknown for {device}; set peak_flops to get MFU"

@@ -20,7 +20,8 @@ import launcher  # noqa: E402  (tests/launcher.py: scripts as fresh processes th
 from gptkit.errors import UserError  # noqa: E402
 
 # Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
-# scripts the tests start too), never into the checkout.
+# scripts the tests start too), never into the checkout; the CPU peaks they measure go to a temporary
+# cache folder, never into the user's.
 # A suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT ignored,
 # and so would every script it starts: the tests that press Ctrl-C need a terminal's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -28,6 +29,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 DATA_ROOT = Path(tempfile.mkdtemp(prefix="gpt-tests-data-"))
 os.environ["GPT_DATA_ROOT"] = str(DATA_ROOT)
+CACHE = Path(tempfile.mkdtemp(prefix="gpt-tests-cache-"))
+os.environ["GPT_CACHE_DIR"] = str(CACHE)
 CORPUS = DATA_ROOT / "play.txt"
 
 
@@ -89,6 +92,7 @@ def share_the_cores():
 
 def pytest_unconfigure(config):
     shutil.rmtree(DATA_ROOT, ignore_errors=True)
+    shutil.rmtree(CACHE, ignore_errors=True)
 
 
 def play_text(n_chars=400_000, seed=0):
