@@ -75,7 +75,8 @@ runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; th
 # data
 batches, data_dir = everywhere(lambda: dataset.open_batches(cfg.dataset, cfg.data_dir, cfg.block_size, cfg.batch_size,
                                                             cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse,
-                                                            cfg.sampling, cfg.align, cfg.gradient_accumulation_steps))
+                                                            cfg.sampling, cfg.align, cfg.gradient_accumulation_steps,
+                                                            cfg.scratchpad))
 meta = batches.meta
 # rows can be shorter than block_size (a generated problem is as long as it is)
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len

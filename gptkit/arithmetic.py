@@ -8,8 +8,20 @@ the carries are worked out; a '-' in front of a negative difference) and a newli
 
     123+456=975\n       (digits=3, reverse=True; 579 without reversing)
 
-Only the answer and its newline count in the loss (the targets of the problem's own characters are -1:
-they are given, not predicted), and the newline teaches the model where an answer ends.
+A multiplication can be written with a scratchpad (scratchpad=True): the partial products first, the
+first operand times each digit of the second from its last digit up, each shifted to its column by zeros
+and written with all its digits, joined by '+', then '=' and the answer; every number in the same digit
+order as the answer, so each column of the sum lines up at the same place in every number:
+
+    12*34=840+0630=804\n  (digits=2, reverse=True: 12*4 = 048, 12*3*10 = 0360, 408)
+
+Each digit of a partial product then depends on two digits of the prompt and a carry from the digit just
+written, and each digit of the answer on one column of the partial products and a carry: steps a small
+model learns for every problem, where the answer alone asks it to do all of them at once.
+
+Only what the model writes counts in the loss: the answer (with its scratchpad) and its newline; the
+targets of the problem's own characters are -1 (they are given, not predicted), and the newline teaches
+the model where an answer ends.
 
 Batches have the interface of dataset.Batches (train_batch(iteration, micro_step), eval_batch(split,
 k)) and are, like those, a pure function of (seed, iteration, micro-step). Which problems are held out
@@ -65,6 +77,16 @@ def answer_text(c, reverse):
     return ("-" if c < 0 else "") + (digits[::-1] if reverse else digits)
 
 
+def partial_products(a, b, digits, reverse):
+    """The scratchpad of a * b: a times each digit of b (its last first) and the place value of that
+    digit, zero-padded to its full width (digits + 1 + place), joined by '+': '840+0630' for 12*34."""
+    out = []
+    for place in range(digits):
+        text = f"{a * (b // 10 ** place % 10) * 10 ** place:0{digits + 1 + place}d}"
+        out.append(text[::-1] if reverse else text)
+    return "+".join(out)
+
+
 @dataclass(frozen=True)
 class ProblemFormat:
     """How a task's problems are written, which is the only way a model trained on them can be asked:
@@ -72,12 +94,14 @@ class ProblemFormat:
     task: str
     digits: int
     reverse: bool
+    scratchpad: bool = False  # multiplication only: the partial products before the answer
 
     @classmethod
     def of_run(cls, config):
         """The format of a run trained on generated problems (its saved config, a dict), else None."""
         if config.get("dataset") in TASKS and not config.get("data_dir"):
-            return cls(config["dataset"], int(config.get("digits", 3)), bool(config.get("reverse", True)))
+            return cls(config["dataset"], int(config.get("digits", 3)), bool(config.get("reverse", True)),
+                       bool(config.get("scratchpad", False)))
         return None
 
     @property
@@ -85,20 +109,33 @@ class ProblemFormat:
         return TASKS[self.task]
 
     @property
-    def longest_answer(self):  # characters: 999+999=1998, 000-999=-999, 99*99=9801
-        return self.digits + 1 if self.op in "+-" else 2 * self.digits
+    def longest_answer(self):
+        """Characters written after '=' at most: 999+999=1998, 000-999=-999, 99*99=9801; with a
+        scratchpad its partial products (d + 1, d + 2, ... 2d digits), their d - 1 '+' and the '='."""
+        d = self.digits
+        if self.scratchpad:
+            return d * (d + 1) + d * (d - 1) // 2 + d + 2 * d
+        return d + 1 if self.op in "+-" else 2 * d
 
     def problem(self, a, b):
-        """(prompt, answer) text of one problem: ('123+456=', '975')."""
+        """(prompt, answer) text of one problem: ('123+456=', '975'); the answer is everything the model
+        writes, the scratchpad included ('12*34=', '840+0630=804')."""
         d = self.digits
-        return f"{a:0{d}d}{self.op}{b:0{d}d}=", answer_text(answer(self.op, a, b), self.reverse)
+        written = answer_text(answer(self.op, a, b), self.reverse)
+        if self.scratchpad:
+            written = partial_products(a, b, d, self.reverse) + "=" + written
+        return f"{a:0{d}d}{self.op}{b:0{d}d}=", written
 
     def example(self):
         return int("123456789"[:self.digits]), int("456789123"[:self.digits])  # 123, 456 with 3 digits
 
     def _rules(self):
-        return (f"operands zero-padded to {self.digits} digit{'s' if self.digits > 1 else ''}, the answer "
-                f"{'least' if self.reverse else 'most'} significant digit first")
+        order = f"{'least' if self.reverse else 'most'} significant digit first"
+        padded = f"operands zero-padded to {self.digits} digit{'s' if self.digits > 1 else ''}"
+        if self.scratchpad:
+            return (f"{padded}, the partial products (the first operand times each digit of the second, shifted, "
+                    f"joined by '+') before '=' and the answer, every number {order}")
+        return f"{padded}, the answer {order}"
 
     def describe(self):
         written = "".join(self.problem(*self.example()))
@@ -113,7 +150,7 @@ class ProblemFormat:
         """None for a prompt in the format (a problem, and perhaps the start of its answer); else a note
         showing the format, with the prompt's own operands where it has some that fit."""
         op, d = re.escape(self.op), self.digits
-        if re.fullmatch(rf"\d{{{d}}}{op}\d{{{d}}}=-?\d*", prompt):
+        if re.fullmatch(rf"\d{{{d}}}{op}\d{{{d}}}=" + (r"[\d+=]*" if self.scratchpad else r"-?\d*"), prompt):
             return None
         numbers = re.fullmatch(rf"\s*(\d+)\s*{op}\s*(\d+)\s*=?\s*", prompt)
         fit = numbers and max(int(numbers[1]), int(numbers[2])) < 10 ** d  # operands the model can be asked
@@ -121,6 +158,8 @@ class ProblemFormat:
         asked, ans = self.problem(a, b)
         reversed_ = self.reverse and len(ans.strip("-")) > 1
         shown = f" (the answer {answer(self.op, a, b)} comes as {ans})" if reversed_ else ""
+        if self.scratchpad:
+            shown = f" (the answer {answer(self.op, a, b)} comes as {ans}, after the last '=')"
         return (f"note: {prompt!r} is not in this model's format, so its answer means nothing: it was trained on "
                 f"{d}-digit {self.task} problems, {self._rules()}; ask --start=\"{asked}\"{shown}")
 
@@ -130,19 +169,26 @@ class Arithmetic:
     the answer and its newline. Every row is one problem starting at position 0, as at evaluation and
     in sample.py; rows shorter than the longest answer are padded with newlines (masked)."""
 
-    exact_match = True  # a row is one problem: its accuracy is whether every counted target is right
-    counted = "answer tokens"  # what the loss is averaged over, for the log line
+    # a row is one problem: its accuracy is whether every counted target is right, so with a scratchpad
+    # whether greedy decoding writes the whole scratchpad and the answer right (stricter than the answer
+    # alone, which a wrong partial product could still reach)
+    exact_match = True
     schedule = ""  # no sampling options: every row is a problem drawn fresh (dataset.Batches has them)
     chat_template = None
 
-    def __init__(self, task, digits, reverse, block_size, batch_size, seed, device, pin_memory=False):
+    def __init__(self, task, digits, reverse, block_size, batch_size, seed, device, pin_memory=False,
+                 scratchpad=False):
         if task not in TASKS:
             raise UserError(f"dataset={task} is not a generated task; use one of {', '.join(TASKS)}", status=USAGE)
         if not 1 <= digits <= MAX_DIGITS:
             raise UserError(f"digits={digits} is out of range; use 1 to {MAX_DIGITS} digits per operand",
                             status=USAGE)
+        if scratchpad and task != "multiplication":
+            raise UserError(f"scratchpad=True writes the partial products of a multiplication; {task} has none: "
+                            f"use it with dataset=multiplication, or set scratchpad=False", status=USAGE)
         self.task, self.op, self.digits, self.reverse = task, TASKS[task], digits, reverse
-        self.prompt_format = ProblemFormat(task, digits, reverse)
+        self.prompt_format = ProblemFormat(task, digits, reverse, scratchpad)
+        self.counted = "scratchpad and answer tokens" if scratchpad else "answer tokens"  # for the log line
         self.batch_size, self.seed, self.device, self.pin_memory = batch_size, seed, device, pin_memory
         self.meta, self.vocab_size = META, None
         self.space = 10 ** digits  # values of one operand

@@ -331,7 +331,7 @@ def check_folder(data_dir, dataset):
 # reading and sampling
 
 def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memory=False, digits=3, reverse=True,
-                 sampling="random", align="none", micro_steps=1):
+                 sampling="random", align="none", micro_steps=1, scratchpad=False):
     """(batches, where they come from, for messages) of dataset=<name>: a prepared folder (data_dir, else
     data/<name> under the data root), or problems generated as they are drawn (gptkit/arithmetic.py)."""
     from gptkit import arithmetic
@@ -339,7 +339,8 @@ def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memor
         if (sampling, align) != ("random", "none"):
             raise UserError(f"sampling={sampling} and align={align} choose rows of a prepared dataset; the {name} "
                             f"problems are drawn fresh, one per row: leave them at random and none", status=USAGE)
-        problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory)
+        problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory,
+                                         scratchpad)
         return problems, f"the generated {name} problems"
     data_dir = data_dir or os.path.join(data_root(), name)
     return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory, sampling=sampling, align=align,

@@ -39,6 +39,8 @@ KEYS = [
     Key("data_dir", "", "read the dataset from this folder instead of data/<dataset>"),
     Key("digits", 3, "generated arithmetic tasks: digits of each operand", min=1, max=9),
     Key("reverse", True, "generated arithmetic tasks: the answer's digits least significant first, as carries go"),
+    Key("scratchpad", False, "generated multiplication: the partial products (the first operand times each digit of "
+        "the second) written before the answer, and counted in the loss and exact match with it"),
     Key("sampling", "random", "training rows: random (nanoGPT's windows at random offsets) or epoch (every row start "
         "once per epoch, shuffled: without replacement)", choices=("random", "epoch")),
     Key("align", "none", "where training rows start: none (any token) or doc (a document's first token, after "
