@@ -1,0 +1,335 @@
+"""
+Reinforcement learning from rewards a program computes (GRPO-style): sample a group of completions of each
+prompt, score them, and push up the tokens of those that did better than their group (docs/rl.md).
+
+    python train.py config/train_addition.py --max_iters=60 --out_dir=out-addition   # a model right half the time
+    python rl.py config/rl_addition.py                                               # ... RL makes it right
+    python rl.py --init_from=out-sft --prompts=data/gsm8k/train.jsonl --val_prompts=data/gsm8k/test.jsonl
+    torchrun --standalone --nproc_per_node=8 rl.py config/rl_gsm8k.py
+
+The rewards: exact answers of the generated arithmetic problems the starting run was trained on; for a
+JSONL file of {"prompt", "answer"}, exact match or the last number of the completion; or your own
+`def reward(prompt, completion, answer): ...` in a config file. python rl.py --help lists the keys.
+"""
+
+import configurator
+from configurator import FUNCTION, Key
+from gptkit import errors, keys, runs
+from gptkit.stopping import OutputGuard
+
+errors.install()
+
+# -----------------------------------------------------------------------------
+# knobs: train.py's where they mean the same, then the ones of this stage
+KEYS = keys.pick(
+    ["out_dir", "overwrite", "init_from", "eval_interval", "log_interval", "keep_last", "loss_png", "wandb_log",
+     "tensorboard_log", "wandb_project", "wandb_run_name", "seed", "block_size", "dropout",
+     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "gradient_accumulation_steps",
+     "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr", "warmup_iters",
+     "lr_decay_iters", "min_lr", "parallel", "backend", "device", "dtype"],
+    defaults=dict(out_dir="out-rl", init_from="out-addition", eval_interval=20, log_interval=1, wandb_project="rl",
+                  wandb_run_name="rl", gradient_accumulation_steps=1, learning_rate=1e-4, max_iters=100,
+                  weight_decay=0.0, decay_lr=False, warmup_iters=0, lr_decay_iters=100, min_lr=1e-5),
+    notes=dict(init_from=" (rl.py: the supervised model to improve; a run folder's ckpt.pt by default)",
+               block_size=" (rl.py: at most the model's; a run's own by default)",
+               gradient_accumulation_steps=" (rl.py: micro-batches of batch_prompts prompts per step)",
+               parallel=" (rl.py: ddp only)"),
+) + [
+    Key("prompts", "", "a JSONL file of {\"prompt\", \"answer\"} lines to train on; empty: the generated arithmetic "
+        "problems the starting run was trained on (their training set)"),
+    Key("val_prompts", "", "a JSONL file of held-out prompts for the evaluation; empty: the generated problems' "
+        "held-out set, or the last eval_prompts lines of prompts (then not trained on)"),
+    Key("answer_match", "exact", "the built-in reward for a prompts file: exact (the completion is the answer) or "
+        "last_number (its last number equals the answer's, as GSM8K is scored)", choices=("exact", "last_number")),
+    Key("reward", None, "your own reward, defined in a config file: def reward(prompt, completion, answer) "
+        "returning a number, 1.0 for a right completion (pass@k counts rewards >= 1)", type=FUNCTION),
+    Key("group_size", 8, "completions sampled per prompt; each is scored against its group's mean", min=2),
+    Key("batch_prompts", 16, "prompts per micro-batch per process (each brings group_size completions)", min=1),
+    Key("normalize_advantages", False, "divide each advantage by its group's reward std (GRPO's paper) instead "
+        "of the reward minus the mean alone (Dr. GRPO, nanochat)"),
+    Key("updates_per_rollout", 1, "optimizer steps taken on each batch of rollouts; past 1, PPO's ratio clipping "
+        "bounds how far the later ones move", min=1),
+    Key("clip", 0.2, "PPO's clipping range: the probability ratio counts within 1 +- clip", above=0.0),
+    Key("kl", 0.0, "weight of the KL divergence to the starting model in the loss (0: none, as nanochat; "
+        "GRPO used 0.04)", min=0.0),
+    Key("temperature", 1.0, "sampling temperature of the rollouts (and of the log-probabilities trained)",
+        above=0.0),
+    Key("top_k", 0, "sample the rollouts from the k most likely tokens (0: all)", min=0),
+    Key("max_new_tokens", 0, "longest completion in tokens (0: the generated problems' longest answer and its "
+        "end, or what the context leaves for a prompts file)", min=0),
+    Key("stop", "", "the token that ends a completion (empty: the vocabulary's end of text, or a newline where "
+        "it has none)"),
+    Key("eval_prompts", 256, "held-out prompts scored at each evaluation: pass@1 greedy, and eval_samples "
+        "sampled completions each for the mean reward and pass@k", min=1),
+    Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),
+]
+MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "device", "dtype", "backend")
+
+output = OutputGuard()
+cfg = configurator.configure(KEYS)
+runs.check_out_dir(cfg.out_dir)
+
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from gptkit import checkpoint, curves, fileio, grpo, init_from, loading, loggers, lora, optim, runtime  # noqa: E402
+from gptkit.arithmetic import ProblemFormat  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
+from gptkit.tokenizer import load_tokenizer  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# processes, device, precision
+rt = runtime.setup(cfg.device, cfg.dtype, compile=False, backend=cfg.backend)
+dist, plan, device = rt.dist, rt.plan, rt.device
+master = dist.master
+if plan.grad_scaler:
+    raise UserError("rl.py does not scale float16 losses; use --dtype=bfloat16 or --dtype=float32", status=USAGE)
+
+
+def everywhere(fn):  # fn() on every process; a UserError on any one ends them all, each with its status
+    return runtime.everywhere(fn, dist, device)
+
+
+# -----------------------------------------------------------------------------
+# where the run starts, and what it is rewarded for
+if cfg.init_from == "scratch":
+    raise UserError("init_from=scratch has nothing to reward: RL improves a model that already answers sometimes; "
+                    "give a run folder, a checkpoint, a GPT-2 name or a Hugging Face folder", status=USAGE)
+if cfg.parallel != "ddp":
+    raise UserError("rl.py runs parallel=ddp only (each process holds the whole model)", status=USAGE)
+start = everywhere(lambda: init_from.locate(cfg, KEYS, MACHINE_KEYS))
+cfg = start.cfg
+if cfg.lora_rank:
+    lora.kinds(cfg.lora_targets)  # a misspelt layer name: one sentence now, not after loading the weights
+source = start.ckpt or {}  # the run resumed, or the one whose weights start this run (None: GPT-2's)
+saved = source.get("config") or {}
+if start.resuming and isinstance(saved.get("reward"), str) and cfg.reward is None:
+    raise UserError(f"the run in {cfg.out_dir} was rewarded by {saved['reward']}; resume it with that config file "
+                    f"so the same reward goes on", status=USAGE)
+if start.kind == "checkpoint" and not cfg.is_set("block_size"):
+    cfg.block_size = checkpoint.model_args(source)["block_size"]  # the run's own context
+if cfg.gradient_accumulation_steps % dist.world_size:
+    raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
+                    f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=USAGE)
+accum_local = cfg.gradient_accumulation_steps // dist.world_size
+vocab_dir = cfg.out_dir if start.resuming else os.path.dirname(start.source) if start.ckpt else None
+meta, meta_dir = loading.find_meta(source, vocab_dir) if start.ckpt else (None, None)
+tok = load_tokenizer(meta, meta_dir)
+fmt = ProblemFormat.of_run(saved)  # the generated problems the run was trained on, if any
+if cfg.prompts:
+    pairs = grpo.read_prompts(cfg.prompts)
+    if cfg.val_prompts:
+        held = grpo.read_prompts(cfg.val_prompts)
+    elif len(pairs) <= cfg.eval_prompts:
+        raise UserError(f"{cfg.prompts} has {len(pairs)} prompts, and without val_prompts its last eval_prompts="
+                        f"{cfg.eval_prompts} are held out, leaving none to train on; lower eval_prompts or give "
+                        f"--val_prompts=FILE.jsonl", status=USAGE)
+    else:
+        pairs, held = pairs[:-cfg.eval_prompts], pairs[-cfg.eval_prompts:]
+    task = grpo.FilePrompts(pairs, held, grpo.builtin(cfg.answer_match), cfg.seed,
+                            f"the prompts of {cfg.prompts} ({len(pairs):,} to train on, {len(held):,} held out)")
+    everywhere(lambda: (grpo.encode_all(tok, pairs, cfg.prompts), grpo.encode_all(tok, held, "the held-out prompts")))
+elif fmt is not None:
+    task = everywhere(lambda: grpo.ArithmeticPrompts(fmt, cfg.block_size, cfg.seed))
+    everywhere(lambda: grpo.encode_all(tok, task.held_out(cfg.eval_prompts), "the held-out problems"))
+else:
+    raise UserError(f"init_from={cfg.init_from} was not trained on generated arithmetic problems, so there is no "
+                    f"built-in task: give --prompts=FILE.jsonl of {{\"prompt\", \"answer\"}} lines", status=USAGE)
+reward = cfg.reward or task.reward
+ids_of = {}  # prompt text -> token ids, encoded once
+
+
+def encode(prompt):
+    if prompt not in ids_of:
+        ids_of[prompt] = tok.encode(prompt)
+    return ids_of[prompt]
+
+
+if cfg.stop:
+    stop_ids = everywhere(lambda: tok.encode(cfg.stop))
+    if len(stop_ids) != 1:
+        raise UserError(f"stop={cfg.stop!r} is {len(stop_ids)} tokens in this vocabulary; give one token (e.g. a "
+                        f"newline) or leave stop empty", status=USAGE)
+    stop_token = stop_ids[0]
+else:
+    stop_token = tok.eot if tok.eot is not None else tok.encode("\n")[0]
+max_new = cfg.max_new_tokens or (task.longest_answer + 1 if task.longest_answer else cfg.block_size)
+if master:
+    print(rt.why)
+if not start.resuming:
+    remains = everywhere(lambda: runs.refuse_to_clobber(cfg.out_dir, cfg.overwrite))
+    if master and remains and not cfg.overwrite:
+        print(f"note: {cfg.out_dir} holds the remains of a run that saved no checkpoint ({', '.join(remains)}); "
+              f"this run replaces them")
+runtime.seed_everything(cfg.seed + dist.rank)
+
+# -----------------------------------------------------------------------------
+# the model, the reference it may be held near, the optimizer
+model, said = start.build_model(meta, meta_dir, device)
+if master and said:
+    print(said)
+longest = max(len(encode(p)) for p, _ in task.held_out(cfg.eval_prompts))
+if longest >= model.config.block_size:
+    raise UserError(f"a held-out prompt takes {longest} tokens, and the model's context is {model.config.block_size}: "
+                    f"no room for an answer; use shorter prompts (or a model with a longer context)", status=USAGE)
+model.to(device)
+# where the weights came from: the reference of the KL term, which a resumed run loads again
+cfg.reference = saved.get("reference") if start.resuming else (
+    os.path.abspath(start.source) if os.path.exists(start.source) else start.source)
+reference = None
+if cfg.kl > 0:  # the starting model, frozen
+    reference = loading.load_weights(cfg.reference, dropout=0.0)
+    reference.crop_block_size(model.config.block_size)
+    reference = lora.merge(reference).to(device).eval().requires_grad_(False)
+optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                       fused=plan.fused_adamw)
+raw_model = model
+train_model = model
+if dist.enabled:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
+progress = start.progress(0)
+resume_rng, note = start.restore(optimizer, None, dist, raw_model)
+if master and note:
+    print(note)
+start.ckpt = source = None  # free the memory
+if progress.iter_num >= cfg.max_iters:
+    if master:
+        print(f"nothing to do: the run is at iteration {progress.iter_num} and max_iters={cfg.max_iters}; give a "
+              f"larger --max_iters to train on")
+    runtime.shutdown(dist)
+    sys.exit(0)
+rows = cfg.gradient_accumulation_steps * cfg.batch_prompts * cfg.group_size
+if master:
+    print(f"task: {task.describe}; reward: {getattr(cfg.reward, '__name__', 'reward') + '() of the config file' if cfg.reward else 'built in'}; "
+          f"{cfg.gradient_accumulation_steps * cfg.batch_prompts} prompts x {cfg.group_size} completions = {rows} "
+          f"rollouts per step, at most {max_new} tokens each")
+
+# -----------------------------------------------------------------------------
+# committed: from here on the run writes to out_dir
+ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+run_config = {**configurator.to_dict(cfg), **checkpoint.model_entries(raw_model.config)["model_args"],
+              # a function cannot be saved safely (weights_only): its name and file stand for it
+              "reward": f"{cfg.reward.__name__}() of {cfg.reward.__code__.co_filename}" if cfg.reward else None,
+              # the problems' format travels with the run: sample.py, chat.py and a resume read it
+              **({"dataset": fmt.task, **{f.name: getattr(fmt, f.name) for f in dataclasses.fields(fmt)
+                                          if f.name != "task"}} if fmt and not cfg.prompts else {})}
+lock = everywhere(lambda: runs.commit(cfg.out_dir, run_config, meta, new_run=not start.resuming,
+                                      overwrite=cfg.overwrite, data_dir=meta_dir) if master else None)
+wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=run_config) if master and cfg.wandb_log \
+    else None
+metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
+                             last_eval_iter=progress.last_eval_iter, files=master, tensorboard=cfg.tensorboard_log,
+                             wandb=wandb)
+saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, None, run_config, None, cfg.keep_last, dist, device)
+stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
+picture = curves.LossPicture(cfg.out_dir, enabled=master and cfg.loss_png)
+if master:
+    errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
+if resume_rng is not None:
+    checkpoint.set_rng_state(resume_rng)
+
+
+def rollouts(it):
+    """This process's micro-batches of step `it`, [(X, Y, A) on the device], and the sums of their rewards,
+    right answers, completion tokens and completions. Micro-batch m of the step (numbered over all
+    processes) samples with a generator of (seed, it, m): the same rollouts on any number of processes."""
+    batches, sums = [], torch.zeros(4)
+    for j in range(accum_local):
+        m = dist.rank * accum_local + j
+        pairs = task.train(it, m, cfg.batch_prompts)
+        ids = [encode(p) for p, _ in pairs]
+        with plan.autocast_context():
+            completions = grpo.rollout(raw_model, ids, cfg.group_size, max_new, cfg.temperature, cfg.top_k or None,
+                                       stop_token, grpo.seeded(device, cfg.seed, 0, it, m))
+        r = grpo.scored(reward, tok, pairs, completions, stop_token)
+        A = grpo.group_advantages(r, cfg.normalize_advantages)
+        X, Y, A = grpo.policy_batch(ids, completions, A, pad=stop_token)
+        batches.append((X.to(device), Y.to(device), A.to(device)))
+        sums += torch.tensor([r.sum(), (r >= 1).sum(), (Y >= 0).sum(), r.numel()])
+    return batches, sums
+
+
+# -----------------------------------------------------------------------------
+# the loop
+start_iter = progress.iter_num
+progress.start_clock()
+while True:
+    it = progress.iter_num
+    lr = optim.lr_at(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    optim.set_lr(optimizer, lr)
+
+    if (it % cfg.eval_interval == 0 or it >= cfg.max_iters) and it != progress.last_eval_iter:
+        t_eval = time.perf_counter()
+        figures = everywhere(lambda: grpo.evaluate(raw_model, task, reward, tok, encode, cfg.eval_prompts,
+                                                   cfg.eval_samples, cfg.batch_prompts, max_new, cfg.temperature,
+                                                   cfg.top_k or None, stop_token, cfg.seed, it, plan, dist))
+        progress.last_eval_iter = it
+        if master:
+            k = cfg.eval_samples
+            print(f"eval {it}: held-out pass@1 (greedy) {figures['val_pass1']:.2%}, pass@{k} {figures['val_pass_k']:.2%}, "
+                  f"mean reward {figures['val_reward']:.4f}, completion {figures['val_length']:.1f} tokens "
+                  f"({cfg.eval_prompts} prompts, {time.perf_counter() - t_eval:.1f} s)")
+            metrics.log(dict(iter=it, **figures, lr=lr, elapsed_s=progress.elapsed()))
+            if it > start_iter:
+                picture.refresh()
+        if it > start_iter:
+            saver.save("ckpt.pt", progress)
+    if it >= cfg.max_iters:
+        break
+
+    t0 = time.perf_counter()
+    batches, sums = everywhere(lambda: rollouts(it))
+    sums = runtime.all_reduce_sum(sums.to(device), dist).tolist()
+    t_roll = time.perf_counter() - t0
+    loss, grad_norm, finite, (stop_votes,) = grpo.update(
+        raw_model, train_model, optimizer, batches, plan, dist, cfg.clip, cfg.kl, reference, cfg.temperature,
+        cfg.grad_clip, cfg.updates_per_rollout, flags=lambda: (bool(stop),))
+    if not finite:
+        saved_note = (f"the last checkpoint, {ckpt_path}, is intact: resume it with a lower learning_rate"
+                      if os.path.exists(ckpt_path) else "nothing was saved yet: start again with a lower learning_rate")
+        raise UserError(f"iteration {it}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, so the "
+                        f"run stopped before the update; {saved_note}")
+    progress.iter_num += 1
+    dt = time.perf_counter() - t0
+    if master and it % cfg.log_interval == 0:
+        mean_reward, right, length = sums[0] / sums[3], sums[1] / sums[3], sums[2] / sums[3]
+        print(f"iter {it}: reward {mean_reward:.4f}, right {right:.2%}, completion {length:.1f} tokens, loss "
+              f"{loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms ({t_roll / dt:.0%} sampling)")
+        metrics.log(dict(iter=it, loss=loss, reward=mean_reward, right=right, length=length, lr=lr,
+                         grad_norm=grad_norm, ms=dt * 1000, rollouts_per_s=sums[3] / dt,
+                         elapsed_s=progress.elapsed()))
+    if stop_votes > 0:
+        saver.save("ckpt.pt", progress)
+        if master:
+            print(f"stopped at iteration {progress.iter_num} and saved {ckpt_path}; continue with: python rl.py "
+                  f"--init_from=resume --out_dir={cfg.out_dir}")
+        break
+
+# -----------------------------------------------------------------------------
+# the end
+picture.close()
+metrics.close()
+if master:
+    print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ (ckpt.pt, "
+          f"metrics.jsonl, loss.png)")
+    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None)[:-1]  # its last one is train.py's
+    print("next: " + "  |  ".join(use + [f"more steps: python rl.py --init_from=resume --out_dir={cfg.out_dir} "
+                                         f"--max_iters=N"]))
+stop.close()
+output.close()
+if lock:
+    lock.release()
+runtime.shutdown(dist)
+if output.closed:
+    sys.exit(CLOSED_STATUS)
+if dist.enabled and not master:
+    sys.stdout.flush()  # as train.py: leave without the interpreter's teardown (see there)
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,171 @@
+"""Reinforcement learning (gptkit/grpo.py, rl.py): advantages and the loss against hand computations,
+rollouts from the KV cache against recomputation, the rewards and their refusals, and whole runs: RL raises
+the reward of a partly trained arithmetic model, a resumed run equals the uninterrupted one, and two
+processes equal one."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, run, script
+from launcher import run_ranks
+
+import configurator
+from gptkit import grpo
+from gptkit.arithmetic import META
+from gptkit.errors import UserError
+from gptkit.generate import sample_next
+from gptkit.tokenizer import CharTokenizer
+from model import GPT, GPTConfig
+
+
+def tiny_model(seed=0, vocab=16, block=24):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=block, vocab_size=vocab, bias=False)).eval()
+
+
+# -----------------------------------------------------------------------------
+# the algorithm, by hand
+
+def test_advantages_are_the_reward_minus_the_group_mean_and_optionally_over_its_std():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0]])
+    adv = grpo.group_advantages(rewards)
+    assert adv.tolist() == [[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [2.25, -0.75, -0.75, -0.75]]
+    # population std: group 1 is 0.5, group 3 is sqrt((2.25^2 + 3 * 0.75^2) / 4) = sqrt(27) / 4
+    normed = grpo.group_advantages(rewards, normalize=True)
+    s3 = math.sqrt(27) / 4
+    want = [[0.5 / (0.5 + 1e-6), -0.5 / (0.5 + 1e-6)] * 2, [0.0] * 4, [2.25 / (s3 + 1e-6)] + [-0.75 / (s3 + 1e-6)] * 3]
+    want[0] = [want[0][0], want[0][1], want[0][1], want[0][0]]
+    assert torch.allclose(normed, torch.tensor(want), atol=1e-6)
+
+
+def test_the_loss_is_the_clipped_surrogate_plus_k3_summed_over_completion_tokens():
+    logp = torch.tensor([[-1.0, -0.5, -2.0], [-0.2, -3.0, -1.0]])
+    old = torch.tensor([[-1.3, -0.5, -1.0], [-0.1, -3.0, -9.0]])
+    ref = torch.tensor([[-1.1, -0.4, -2.0], [-0.2, -2.0, -1.0]])
+    A = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # the last column is not a completion token
+    clip, kl = 0.2, 0.1
+    expected = 0.0
+    for b in range(2):
+        for t in range(2):
+            r = math.exp(logp[b, t].item() - old[b, t].item())
+            a = A[b].item()
+            surrogate = min(r * a, min(max(r, 1 - clip), 1 + clip) * a)
+            q = ref[b, t].item() - logp[b, t].item()
+            expected += -surrogate + kl * (math.exp(q) - q - 1)
+    got = grpo.policy_loss(logp, old, A, mask, clip, kl, ref)
+    assert abs(got.item() - expected) < 1e-6
+    # row 0, token 0: ratio e^0.3 = 1.35 clipped to 1.2 for A > 0; row 1, token 0: e^-0.1 with A < 0 unclipped
+    assert abs(grpo.policy_loss(logp[:1, :1], old[:1, :1], A[:1], mask[:1, :1]).item() + 1.2) < 1e-6
+
+
+def test_with_one_update_the_gradient_is_reinforce_with_the_group_baseline():
+    """ratio = 1 (old = the policy itself): d loss / d log p(token) = -advantage, on completion tokens only."""
+    logp = torch.tensor([[-1.0, -0.5, -2.0], [-0.2, -3.0, -1.0]], requires_grad=True)
+    A = torch.tensor([0.5, -1.5])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    grpo.policy_loss(logp, logp.detach(), A, mask).backward()
+    assert logp.grad.tolist() == [[0.0, -0.5, -0.5], [0.0, 1.5, 0.0]]
+
+
+def test_a_batch_holds_prompt_and_completion_with_only_the_completion_counted():
+    X, Y, A = grpo.policy_batch([[1, 2]], [[[3, 4], [5]]], torch.tensor([[0.25, -0.25]]), pad=9)
+    assert X.tolist() == [[1, 2, 3], [1, 2, 9]]
+    assert Y.tolist() == [[-1, 3, 4], [-1, 5, -1]]
+    assert A.tolist() == [0.25, -0.25]
+
+
+def test_token_logprobs_equal_the_log_softmax_of_each_prefix_recomputed():
+    model = tiny_model()
+    X, Y, _ = grpo.policy_batch([[1, 2, 3]], [[[4, 5, 6], [7]]], torch.zeros(1, 2), pad=0)
+    got = grpo.token_logprobs(model, X, Y, temperature=0.7)
+    for b in range(2):
+        for t in range(Y.size(1)):
+            if Y[b, t] >= 0:
+                logits, _ = model(X[b:b + 1, :t + 1])
+                want = F.log_softmax(logits[0, -1] / 0.7, dim=-1)[Y[b, t]]
+                assert abs(got[b, t].item() - want.item()) < 1e-5
+            else:
+                assert got[b, t] == 0
+
+
+def test_rollouts_from_the_kv_cache_equal_recomputation():
+    model = tiny_model()
+    stop = 15
+    # greedy, prompts of two lengths (decoded in two batches): nanoGPT's generate, recomputing everything
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
+    got = grpo.rollout(model, prompts, 1, 6, 0, None, stop, None)
+    for p, [c] in zip(prompts, got):
+        ref = model.generate(torch.tensor([p]), 6, temperature=0)[0, len(p):].tolist()
+        assert c == (ref[:ref.index(stop) + 1] if stop in ref else ref)
+    # sampled: the same draws as sampling each token from the whole context recomputed, with the same generator
+    prompts = [[1, 2, 3], [6, 7, 8]]
+    got = grpo.rollout(model, prompts, 3, 5, 1.3, 4, None, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    idx = torch.tensor(prompts).repeat_interleave(3, dim=0)
+    with torch.no_grad():
+        for _ in range(5):
+            logits, _ = model(idx)
+            idx = torch.cat([idx, sample_next(logits[:, -1], 1.3, 4, None, gen)[:, None]], dim=1)
+    assert [c for group in got for c in group] == idx[:, 3:].tolist()
+
+
+def test_pass_at_k_counts_prompts_with_one_right_completion():
+    assert grpo.pass_at_k(torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.0]])) == 0.5
+
+
+# -----------------------------------------------------------------------------
+# rewards and their refusals
+
+def test_the_built_in_rewards():
+    assert grpo.last_number_reward("so she has 1,234 apples. Then 5 - 3 = 2, so 1234", "1234") == 1.0
+    assert grpo.last_number_reward("the answer is 18.", "18") == 1.0
+    assert grpo.last_number_reward("18 and then 19", "18") == 0.0
+    assert grpo.last_number_reward("no number", "18") == 0.0
+    assert grpo.exact_reward(" 42 ", "42") == 1.0 and grpo.exact_reward("42!", "42") == 0.0
+    # arithmetic: the final answer, after a scratchpad if there is one
+    assert grpo.arithmetic_reward("975", "975") == 1.0 and grpo.arithmetic_reward("9750", "975") == 0.0
+    assert grpo.arithmetic_reward("840+0630=804", "804") == 1.0
+
+
+def test_a_reward_that_raises_or_returns_no_number_is_one_sentence_naming_the_prompt():
+    with pytest.raises(UserError, match=r"raised ZeroDivisionError: division by zero on the prompt '1\+1='"):
+        grpo.score(lambda p, c, a: 1 / 0, "1+1=", "2", "2")
+    for bad in ("1", None, float("nan"), True):
+        with pytest.raises(UserError, match=r"returned .* for the prompt '1\+1='; it must return a finite number"):
+            grpo.score(lambda p, c, a: bad, "1+1=", "2", "2")
+    assert grpo.score(lambda p, c, a: 2, "1+1=", "2", "2") == 2.0
+
+
+def test_a_prompts_file_without_answers_is_refused(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "1+1=", "answer": "2"}\n\n{"prompt": "2+2="}\n')
+    with pytest.raises(UserError, match=r'p.jsonl, line 3, has no "answer"'):
+        grpo.read_prompts(str(path))
+    path.write_text('{"prompt": "1+1=", "answer": 2}\n')
+    assert grpo.read_prompts(str(path)) == [("1+1=", "2")]
+
+
+def test_a_vocabulary_that_cannot_write_the_answers_is_refused():
+    tok = CharTokenizer(META)
+    with pytest.raises(UserError, match=r"cannot write the answer 'two' of p.jsonl \(it lacks 'otw'\)"):
+        grpo.encode_all(tok, [("1+1=", "two")], "p.jsonl")
+    assert grpo.encode_all(tok, [("1+1=", "2")], "p.jsonl") == [tok.encode("1+1=")]
+
+
+def test_a_config_file_may_define_the_reward_function_and_only_that_one(tmp_path):
+    keys = [configurator.Key("reward", None, "a function", type=configurator.FUNCTION), configurator.Key("x", 1, "")]
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("def helper(s):\n    return s.strip()\n\n"
+                        "def reward(prompt, completion, answer):\n    return float(helper(completion) == answer)\n")
+    values = configurator.parse(keys, [str(cfg_file)])
+    assert values["reward"]("p", " 4 ", "4") == 1.0 and "helper" not in values
+    with pytest.raises(configurator.ConfigError, match="reward must be a function defined in a config file"):
+        configurator.parse(keys, ["--reward=exact"])
+    cfg_file.write_text("reward = 3\n")
+    with pytest.raises(configurator.ConfigError, match="reward must be a function"):
+        configurator.parse(keys, [str(cfg_file)])
