@@ -10,11 +10,11 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run, script
+from conftest import read_metrics, run, script
 from launcher import run_ranks
 
 import configurator
-from gptkit import grpo
+from gptkit import grpo, runtime
 from gptkit.arithmetic import META
 from gptkit.errors import UserError
 from gptkit.generate import sample_next
@@ -36,9 +36,8 @@ def test_advantages_are_the_reward_minus_the_group_mean_and_optionally_over_its_
     assert adv.tolist() == [[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [2.25, -0.75, -0.75, -0.75]]
     # population std: group 1 is 0.5, group 3 is sqrt((2.25^2 + 3 * 0.75^2) / 4) = sqrt(27) / 4
     normed = grpo.group_advantages(rewards, normalize=True)
-    s3 = math.sqrt(27) / 4
-    want = [[0.5 / (0.5 + 1e-6), -0.5 / (0.5 + 1e-6)] * 2, [0.0] * 4, [2.25 / (s3 + 1e-6)] + [-0.75 / (s3 + 1e-6)] * 3]
-    want[0] = [want[0][0], want[0][1], want[0][1], want[0][0]]
+    s1, s3 = 0.5 + 1e-6, math.sqrt(27) / 4 + 1e-6
+    want = [[0.5 / s1, -0.5 / s1, -0.5 / s1, 0.5 / s1], [0.0] * 4, [2.25 / s3, -0.75 / s3, -0.75 / s3, -0.75 / s3]]
     assert torch.allclose(normed, torch.tensor(want), atol=1e-6)
 
 
@@ -169,3 +168,141 @@ def test_a_config_file_may_define_the_reward_function_and_only_that_one(tmp_path
     cfg_file.write_text("reward = 3\n")
     with pytest.raises(configurator.ConfigError, match="reward must be a function"):
         configurator.parse(keys, [str(cfg_file)])
+
+
+def test_updates_raise_a_reward_on_a_toy_task():
+    """From a random model, rewarding completions that contain token 7 makes nearly every one contain it."""
+    model = tiny_model(seed=1)
+    plan, dist = runtime.plan_for("cpu", "float32"), runtime.Dist()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    prompts, gen, rewards = [[1, 2, 3], [4, 5, 6]], torch.Generator().manual_seed(0), []
+    for _ in range(12):
+        completions = grpo.rollout(model, prompts, 8, 4, 1.0, None, None, gen)
+        r = torch.tensor([[float(7 in c) for c in group] for group in completions])
+        rewards.append(r.mean().item())
+        batch = grpo.policy_batch(prompts, completions, grpo.group_advantages(r), pad=0)
+        grpo.update(model, model, optimizer, [batch], plan, dist, 0.2, 0.0, None, 1.0, 0.0, 1)
+    assert rewards[0] < 0.5 and min(rewards[-3:]) > 0.9, rewards
+
+
+# -----------------------------------------------------------------------------
+# whole runs
+
+# 2-digit addition, trained to be right on about 80% of held-out problems: what RL starts from
+ADDER = ["config/train_addition.py", "--digits=2", "--n_layer=2", "--n_embd=64", "--n_head=2", "--batch_size=128",
+         "--max_iters=70", "--lr_decay_iters=70", "--warmup_iters=5", "--eval_interval=70", "--eval_iters=2",
+         "--block_size=16", "--learning_rate=1e-2", "--muon_lr=0.05", "--log_interval=100"]
+RL = ["--device=cpu", "--dtype=float32", "--eval_prompts=256", "--batch_prompts=32", "--learning_rate=3e-4"]
+
+
+@pytest.fixture(scope="module")
+def adder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "adder"
+    run("train.py", *ADDER, f"--out_dir={out}")
+    return out
+
+
+def evals(out):
+    return [r for r in read_metrics(out) if "val_pass1" in r]
+
+
+@pytest.mark.slow
+def test_rl_raises_the_held_out_reward_of_a_partly_trained_adder(adder, tmp_path):
+    sft = [r for r in read_metrics(adder) if "val_accuracy" in r][-1]
+    assert 0.5 <= sft["val_accuracy"] <= 0.9, sft  # right sometimes: something to learn
+    out = tmp_path / "rl"
+    p = run("rl.py", *RL, f"--init_from={adder}", f"--out_dir={out}", "--max_iters=40", "--eval_interval=40")
+    assert "task: 2-digit addition problems written 12+45=75" in p.stdout
+    first, last = evals(out)
+    # greedy completions through the KV cache get right exactly the held-out problems train.py's teacher-forced
+    # exact match counted (the same 256, in the same order)
+    assert first["val_pass1"] == sft["val_accuracy"]
+    assert last["val_reward"] > first["val_reward"] + 0.02, (first, last)
+    assert (out / "loss.png").stat().st_size > 0 and (out / "ckpt.pt").exists()
+    # the run is one of generated problems, as the one it started from: sample.py asks in that format
+    assert json.loads((out / "config.json").read_text())["dataset"] == "addition"
+    assert 'sample.py --out_dir=' in p.stdout and '--start="12+45="' in p.stdout
+
+
+def rl_run(adder, out, *extra):
+    # the KL term and two updates per batch of rollouts: a resume must bring back the reference and the ratio
+    return run("rl.py", *RL, f"--init_from={adder}", f"--out_dir={out}", "--eval_prompts=64", "--batch_prompts=8",
+               "--group_size=4", "--gradient_accumulation_steps=2", "--kl=0.05", "--updates_per_rollout=2",
+               "--eval_interval=3", *extra)
+
+
+@pytest.mark.slow
+def test_a_resumed_rl_run_equals_the_uninterrupted_one(adder, tmp_path):
+    from test_resume import assert_same, without_timing
+    ref = tmp_path / "ref"
+    rl_run(adder, ref, "--max_iters=6", "--keep_last=2")
+    out = tmp_path / "resumed"
+    shutil.copytree(ref, out)
+    shutil.copyfile(out / "ckpt_0000003.pt", out / "ckpt.pt")
+    p = run("rl.py", "--init_from=resume", f"--out_dir={out}", "--device=cpu", "--dtype=float32")
+    assert f"resuming from {out / 'ckpt.pt'} at iteration 3" in p.stdout
+    assert without_timing(read_metrics(out)) == without_timing(read_metrics(ref))
+    a, b = (torch.load(d / "ckpt.pt", weights_only=True) for d in (ref, out))
+    for c in (a, b):
+        c.pop("elapsed_s"), c["config"].pop("init_from"), c["config"].pop("out_dir")
+    assert_same(a, b)
+
+
+@pytest.mark.serial
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_same_global_batch(adder, tmp_path):
+    """The rollouts of micro-batch m come from a generator of (seed, iteration, m), whichever process
+    samples them; the loss is over every process's tokens."""
+    rl_run(adder, tmp_path / "one", "--max_iters=3")
+    ranks = run_ranks("rl.py", [*RL, f"--init_from={adder}", f"--out_dir={tmp_path / 'two'}", "--eval_prompts=64",
+                                "--batch_prompts=8", "--group_size=4", "--gradient_accumulation_steps=2", "--kl=0.05",
+                                "--updates_per_rollout=2", "--eval_interval=3", "--max_iters=3"],
+                      env={"OMP_NUM_THREADS": "1"})
+    for rank, p in enumerate(ranks):
+        assert p.returncode == 0, f"rank {rank} exited {p.returncode}:\n{p.stderr[-3000:]}"
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["iter"] for r in one] == [r["iter"] for r in two] == [0, 0, 1, 2, 3]
+    for a, b in zip(one, two):
+        for k in ("reward", "right", "length", "val_pass1", "val_reward", "val_pass_k", "val_length"):
+            assert a.get(k) == b.get(k), (k, a, b)  # the same rollouts, to the token
+        for k in ("loss", "grad_norm"):
+            assert (k in a) == (k in b) and abs(a.get(k, 0) - b.get(k, 0)) <= 1e-5, (k, a, b)
+    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"] for d in ("one", "two"))
+    assert all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
+
+
+# -----------------------------------------------------------------------------
+# a user's reward, and the refusals
+
+@pytest.mark.slow
+def test_a_reward_function_from_the_config_file_and_its_mistakes(adder, tmp_path):
+    cfg = tmp_path / "mine.py"
+    cfg.write_text("max_iters = 1\neval_interval = 1\neval_prompts = 8\nbatch_prompts = 4\n\n"
+                   "def reward(prompt, completion, answer):\n    return float(completion == answer)\n")
+    out = tmp_path / "mine"
+    p = run("rl.py", cfg, f"--init_from={adder}", f"--out_dir={out}", "--device=cpu")
+    assert "reward: reward() of the config file" in p.stdout
+    assert json.loads((out / "config.json").read_text())["reward"] == f"reward() of {cfg}"
+    # resumed without it, the run would be rewarded by something else
+    e = script("rl.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=2")
+    assert f"was rewarded by reward() of {cfg}; resume it with that config file" in str(e) and e.status == 2
+    for body, said in (("    return 1 / 0", "the reward function raised ZeroDivisionError: division by zero on the "
+                                           "prompt '"),
+                       ("    return 'yes'", "the reward function returned 'yes' (str) for the prompt '")):
+        cfg.write_text(f"eval_prompts = 8\n\ndef reward(prompt, completion, answer):\n{body}\n")
+        e = script("rl.py", cfg, f"--init_from={adder}", f"--out_dir={tmp_path / 'bad'}", "--device=cpu")
+        assert said in str(e), str(e)
+        assert not (tmp_path / "bad").exists()  # found before the run wrote anything
+
+
+@pytest.mark.slow
+def test_prompts_files_without_answers_or_beyond_the_vocabulary_are_refused(adder, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "12+34=", "answer": "64"}\n{"prompt": "11+11="}\n')
+    e = script("rl.py", f"--init_from={adder}", f"--prompts={prompts}", f"--out_dir={tmp_path / 'o'}")
+    assert 'p.jsonl, line 2, has no "answer"' in str(e)
+    prompts.write_text("".join(json.dumps(dict(prompt=f"{a:02d}+{a:02d}=", answer="even")) + "\n" for a in range(9)))
+    e = script("rl.py", f"--init_from={adder}", f"--prompts={prompts}", "--eval_prompts=4",
+               f"--out_dir={tmp_path / 'o'}")
+    assert "the model's vocabulary cannot write the answer 'even'" in str(e)
+    assert not (tmp_path / "o").exists()
