@@ -57,8 +57,8 @@ KEYS = keys.pick(
     Key("top_k", 0, "sample the rollouts from the k most likely tokens (0: all)", min=0),
     Key("max_new_tokens", 0, "longest completion in tokens (0: the generated problems' longest answer and its "
         "end, or what the context leaves for a prompts file)", min=0),
-    Key("stop", "", "the token that ends a completion (empty: the vocabulary's end of text, or a newline where "
-        "it has none)"),
+    Key("stop", "", "the text that ends a completion (empty: a chat fine-tune's end-of-turn marker, else the "
+        "vocabulary's end of text, or a newline where it has none)"),
     Key("eval_prompts", 256, "held-out prompts scored at each evaluation: pass@1 greedy, and eval_samples "
         "sampled completions each for the mean reward and pass@k", min=1),
     Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),
@@ -70,7 +70,6 @@ cfg = configurator.configure(KEYS)
 runs.check_out_dir(cfg.out_dir)
 
 import dataclasses  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -79,6 +78,7 @@ import torch  # noqa: E402
 
 from gptkit import checkpoint, curves, fileio, grpo, init_from, loading, loggers, lora, optim, runtime  # noqa: E402
 from gptkit.arithmetic import ProblemFormat  # noqa: E402
+from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.tokenizer import load_tokenizer  # noqa: E402
@@ -144,23 +144,20 @@ else:
 reward = cfg.reward or task.reward
 if cfg.reward:  # a function that fails on a right answer fails before the run writes anything
     everywhere(lambda: [grpo.score(reward, p, a, a) for p, a in task.held_out(min(cfg.eval_prompts, 8))])
+# a chat fine-tune is asked in its template, and ends its reply with the template's marker
+template = Transcript.from_dict(source["chat_template"], start.source) if source.get("chat_template") else None
 ids_of = {}  # prompt text -> token ids, encoded once
 
 
 def encode(prompt):
     if prompt not in ids_of:
-        ids_of[prompt] = tok.encode(prompt)
+        ids_of[prompt] = tok.encode(template.render([], prompt) if template else prompt)
     return ids_of[prompt]
 
 
-if cfg.stop:
-    stop_ids = everywhere(lambda: tok.encode(cfg.stop))
-    if len(stop_ids) != 1:
-        raise UserError(f"stop={cfg.stop!r} is {len(stop_ids)} tokens in this vocabulary; give one token (e.g. a "
-                        f"newline) or leave stop empty", status=USAGE)
-    stop_token = stop_ids[0]
-else:
-    stop_token = tok.eot if tok.eot is not None else tok.encode("\n")[0]
+stop_text = cfg.stop or (template.turn_end if template else "")
+stop_ids = everywhere(lambda: tok.encode(stop_text)) if stop_text else \
+    [tok.eot] if tok.eot is not None else tok.encode("\n")
 max_new = cfg.max_new_tokens or (task.longest_answer + 1 if task.longest_answer else cfg.block_size)
 if master:
     print(rt.why)
@@ -176,10 +173,10 @@ runtime.seed_everything(cfg.seed + dist.rank)
 model, said = start.build_model(meta, meta_dir, device)
 if master and said:
     print(said)
-longest = max(len(encode(p)) for p, _ in task.held_out(cfg.eval_prompts))
+longest = max(len(encode(p)) for p, _ in task.held_out(cfg.eval_prompts) + (pairs if cfg.prompts else []))
 if longest >= model.config.block_size:
-    raise UserError(f"a held-out prompt takes {longest} tokens, and the model's context is {model.config.block_size}: "
-                    f"no room for an answer; use shorter prompts (or a model with a longer context)", status=USAGE)
+    raise UserError(f"a prompt takes {longest} tokens, and the model's context is {model.config.block_size}: no room "
+                    f"for an answer; leave such prompts out (or use a model with a longer context)", status=USAGE)
 model.to(device)
 # where the weights came from: the reference of the KL term, which a resumed run loads again
 cfg.reference = saved.get("reference") if start.resuming else (
@@ -229,7 +226,8 @@ wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=run_conf
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=master, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, None, run_config, None, cfg.keep_last, dist, device)
+saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, None, run_config,
+                            template.to_dict() if template else None, cfg.keep_last, dist, device)
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 picture = curves.LossPicture(cfg.out_dir, enabled=master and cfg.loss_png)
 if master:
@@ -249,10 +247,10 @@ def rollouts(it):
         ids = [encode(p) for p, _ in pairs]
         with plan.autocast_context():
             completions = grpo.rollout(raw_model, ids, cfg.group_size, max_new, cfg.temperature, cfg.top_k or None,
-                                       stop_token, grpo.seeded(device, cfg.seed, 0, it, m))
-        r = grpo.scored(reward, tok, pairs, completions, stop_token)
+                                       stop_ids, grpo.seeded(device, cfg.seed, 0, it, m))
+        r = grpo.scored(reward, tok, pairs, completions, stop_ids)
         A = grpo.group_advantages(r, cfg.normalize_advantages)
-        X, Y, A = grpo.policy_batch(ids, completions, A, pad=stop_token)
+        X, Y, A = grpo.policy_batch(ids, completions, A, pad=stop_ids[0])
         batches.append((X.to(device), Y.to(device), A.to(device)))
         sums += torch.tensor([r.sum(), (r >= 1).sum(), (Y >= 0).sum(), r.numel()])
     return batches, sums
@@ -271,7 +269,7 @@ while True:
         t_eval = time.perf_counter()
         figures = everywhere(lambda: grpo.evaluate(raw_model, task, reward, tok, encode, cfg.eval_prompts,
                                                    cfg.eval_samples, cfg.batch_prompts, max_new, cfg.temperature,
-                                                   cfg.top_k or None, stop_token, cfg.seed, it, plan, dist))
+                                                   cfg.top_k or None, stop_ids, cfg.seed, it, plan, dist))
         progress.last_eval_iter = it
         if master:
             k = cfg.eval_samples
@@ -321,7 +319,7 @@ metrics.close()
 if master:
     print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ (ckpt.pt, "
           f"metrics.jsonl, loss.png)")
-    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None)[:-1]  # its last one is train.py's
+    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, template)[:-1]  # its last one is train.py's
     print("next: " + "  |  ".join(use + [f"more steps: python rl.py --init_from=resume --out_dir={cfg.out_dir} "
                                          f"--max_iters=N"]))
 stop.close()

@@ -189,16 +189,22 @@ class FilePrompts:
 # rollouts
 
 
+def ends_with(tokens, stop):
+    return bool(stop) and len(tokens) >= len(stop) and tokens[-len(stop):] == stop
+
+
 @torch.no_grad()
 def rollout(model, prompts, group, max_new_tokens, temperature, top_k, stop, generator):
     """`group` completions of each prompt (lists of token ids), sampled through the KV cache: prompts of
     one length are decoded together, each repeated `group` times, in one batch. A completion ends with
-    its first `stop` token (kept: the model learns to stop) or after max_new_tokens. Returns a list per
-    prompt of `group` token lists. The tokens drawn depend on the prompts, their order and the
+    the first `stop` (a list of token ids, such as a chat template's end-of-turn marker; kept, so that the
+    model learns to stop) or after max_new_tokens; decoding ends when every row has stopped. Returns a
+    list per prompt of `group` token lists. The tokens drawn depend on the prompts, their order and the
     generator only, so a (seed, iteration, micro-step) generator gives the same rollouts on any process."""
     device = model.transformer.wte.weight.device
     block = model.config.block_size
-    out = [None] * len(prompts)
+    stop = list(stop or ())
+    out = [[None] * group for _ in prompts]
     by_length = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
@@ -208,18 +214,18 @@ def rollout(model, prompts, group, max_new_tokens, temperature, top_k, stop, gen
         for length, which in by_length.items():
             idx = torch.tensor([prompts[i] for i in which], dtype=torch.long, device=device)
             idx = idx.repeat_interleave(group, dim=0)  # (P * G, length): each prompt's group side by side
+            rows, done = [[] for _ in range(len(idx))], [False] * len(idx)
             # never past the context: a sliding window would change what the completion is conditioned on
             room = min(max_new_tokens, block - length)
-            steps = list(generate_stream(model, idx, room, temperature, top_k, generator=generator,
-                                         stop_tokens=() if stop is None else (stop,)))
-            new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(len(idx))]
-            for row, tokens in enumerate(new):
-                if stop is not None and stop in tokens:
-                    tokens = tokens[:tokens.index(stop) + 1]
-                i, g = which[row // group], row % group
-                if out[i] is None:
-                    out[i] = [None] * group
-                out[i][g] = tokens
+            for nxt in generate_stream(model, idx, room, temperature, top_k, generator=generator):
+                for r, token in enumerate(nxt.tolist()):
+                    if not done[r]:
+                        rows[r].append(token)
+                        done[r] = ends_with(rows[r], stop)
+                if all(done):
+                    break
+            for r, tokens in enumerate(rows):
+                out[which[r // group]][r % group] = tokens
     finally:
         model.train(was_training)
     return out
@@ -288,10 +294,10 @@ def seeded(device, *key):
 
 
 def scored(reward, tok, pairs, completions, stop):
-    """(P, G) rewards of the completions of (prompt, answer) pairs, each decoded without its stop token."""
+    """(P, G) rewards of the completions of (prompt, answer) pairs, each decoded without its stop."""
     rows = []
     for (prompt, answer), group in zip(pairs, completions):
-        texts = [tok.decode(c[:-1] if c and c[-1] == stop else c) for c in group]
+        texts = [tok.decode(c[:-len(stop)] if ends_with(c, stop) else c) for c in group]
         rows.append([score(reward, prompt, t, answer) for t in texts])
     return torch.tensor(rows, dtype=torch.float32)
 

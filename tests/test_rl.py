@@ -94,13 +94,16 @@ def test_token_logprobs_equal_the_log_softmax_of_each_prefix_recomputed():
 
 def test_rollouts_from_the_kv_cache_equal_recomputation():
     model = tiny_model()
-    stop = 15
     # greedy, prompts of two lengths (decoded in two batches): nanoGPT's generate, recomputing everything
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
-    got = grpo.rollout(model, prompts, 1, 6, 0, None, stop, None)
-    for p, [c] in zip(prompts, got):
-        ref = model.generate(torch.tensor([p]), 6, temperature=0)[0, len(p):].tolist()
-        assert c == (ref[:ref.index(stop) + 1] if stop in ref else ref)
+    refs = [model.generate(torch.tensor([p]), 8, temperature=0)[0, len(p):].tolist() for p in prompts]
+    assert grpo.rollout(model, prompts, 1, 8, 0, None, None, None) == [[r] for r in refs]
+    # a stop of two tokens, taken from a reference: that completion ends with it, the others are cut alike
+    stop = refs[0][2:4]
+    for p, [c], ref in zip(prompts, grpo.rollout(model, prompts, 1, 8, 0, None, stop, None), refs):
+        ends = [i + 2 for i in range(len(ref) - 1) if ref[i:i + 2] == stop]
+        assert c == ref[:ends[0]] if ends else c == ref
+        assert ends or len(c) == 8
     # sampled: the same draws as sampling each token from the whole context recomputed, with the same generator
     prompts = [[1, 2, 3], [6, 7, 8]]
     got = grpo.rollout(model, prompts, 3, 5, 1.3, 4, None, torch.Generator().manual_seed(7))
