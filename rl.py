@@ -275,7 +275,7 @@ while True:
             k = cfg.eval_samples
             print(f"eval {it}: held-out pass@1 (greedy) {figures['val_pass1']:.2%}, pass@{k} {figures['val_pass_k']:.2%}, "
                   f"mean reward {figures['val_reward']:.4f}, completion {figures['val_length']:.1f} tokens "
-                  f"({cfg.eval_prompts} prompts, {time.perf_counter() - t_eval:.1f} s)")
+                  f"({len(task.held_out(cfg.eval_prompts)):,} prompts, {time.perf_counter() - t_eval:.1f} s)")
             metrics.log(dict(iter=it, **figures, lr=lr, elapsed_s=progress.elapsed()))
             if it > start_iter:
                 picture.refresh()

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_metrics, run, script
+from conftest import TINY, read_metrics, run, script
 from launcher import run_ranks
 
 import configurator
@@ -309,3 +309,48 @@ def test_prompts_files_without_answers_or_beyond_the_vocabulary_are_refused(adde
                f"--out_dir={tmp_path / 'o'}")
     assert "the model's vocabulary cannot write the answer 'even'" in str(e)
     assert not (tmp_path / "o").exists()
+
+
+# -----------------------------------------------------------------------------
+# the GSM8K recipe's files, and a chat fine-tune asked in its template
+
+GSM8K = [dict(question="Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+                       "May. How many clips did Natalia sell altogether in April and May?",
+              answer="Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                     "altogether in April and May.\n#### 72"),
+          dict(question="A shop sells 1,200 pens a week. How many does it sell in 2 weeks?",
+               answer="It sells 1,200*2 = <<1200*2=2400>>2,400 pens.\n#### 2,400")]
+
+
+@pytest.fixture(scope="module")
+def gsm8k(tmp_path_factory):
+    """GSM8K's files as data/gsm8k/prepare.py writes them, from two problems in the authors' format."""
+    folder = tmp_path_factory.mktemp("gsm8k")
+    for split in ("train", "test"):
+        (folder / "in").mkdir(exist_ok=True)
+        (folder / "in" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GSM8K))
+    run("data/gsm8k/prepare.py", f"--input={folder / 'in'}", f"--out={folder / 'out'}")
+    return folder / "out"
+
+
+def test_gsm8k_becomes_prompts_with_answers_and_worked_conversations(gsm8k):
+    rows = [json.loads(line) for line in (gsm8k / "train.jsonl").read_text().splitlines()]
+    assert rows == [dict(prompt=GSM8K[0]["question"], answer="72"), dict(prompt=GSM8K[1]["question"], answer="2400")]
+    sft = [json.loads(line) for line in (gsm8k / "sft.jsonl").read_text().splitlines()]
+    assert sft[1]["messages"] == [dict(role="user", content=GSM8K[1]["question"]),
+                                  dict(role="assistant", content="It sells 1,200*2 = 2,400 pens.\nThe answer is 2400.")]
+    # the worked solution earns the reward the RL stage gives
+    assert grpo.last_number_reward(sft[0]["messages"][1]["content"], rows[0]["answer"]) == 1.0
+
+
+@pytest.mark.slow
+def test_a_chat_fine_tune_is_asked_in_its_template_and_stays_one(gsm8k, gpt2_encoding, tmp_path):
+    run("data/chat/prepare.py", gsm8k / "sft.jsonl", f"--out={tmp_path / 'chat'}")
+    run("train.py", *TINY, "--dataset=chat", f"--data_dir={tmp_path / 'chat'}", f"--out_dir={tmp_path / 'sft'}",
+        "--max_iters=1", "--eval_iters=1", "--block_size=64", "--batch_size=2")
+    p = run("rl.py", f"--init_from={tmp_path / 'sft'}", f"--prompts={gsm8k / 'train.jsonl'}",
+            f"--val_prompts={gsm8k / 'test.jsonl'}", "--answer_match=last_number", f"--out_dir={tmp_path / 'rl'}",
+            "--max_new_tokens=6", "--max_iters=1", "--batch_prompts=2", "--group_size=2", "--device=cpu")
+    assert "2 to train on, 2 held out" in p.stdout and "next: python chat.py" in p.stdout
+    ckpt = torch.load(tmp_path / "rl" / "ckpt.pt", weights_only=True)
+    assert ckpt["chat_template"] == torch.load(tmp_path / "sft" / "ckpt.pt", weights_only=True)["chat_template"]
