@@ -7,8 +7,9 @@ Each script declares its knobs in one visible block of Key(...) lines and calls 
 files are plain Python assignments (nanoGPT's configs run unchanged), each executed in its own
 namespace; --key=value overrides are parsed as Python literals, never executed. Everything is
 applied left to right and checked against the declared types. A key declared with type=FUNCTION (rl.py's
-reward) takes a function defined in a config file; every other function there is a helper, not a setting. Whatever a user typed wrong raises
-ConfigError, one sentence that the script turns into `error: ...` and exit status 2, not a traceback.
+reward) takes a function defined in a config file; every other function there is a helper, not a setting.
+Whatever a user typed wrong raises ConfigError, one sentence that the script turns into `error: ...` and
+exit status 2, not a traceback.
 """
 
 import ast

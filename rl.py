@@ -13,57 +13,14 @@ JSONL file of {"prompt", "answer"}, exact match or the last number of the comple
 """
 
 import configurator
-from configurator import FUNCTION, Key
 from gptkit import errors, keys, runs
 from gptkit.stopping import OutputGuard
 
 errors.install()
 
 # -----------------------------------------------------------------------------
-# knobs: train.py's where they mean the same, then the ones of this stage
-KEYS = keys.pick(
-    ["out_dir", "overwrite", "init_from", "eval_interval", "log_interval", "keep_last", "loss_png", "wandb_log",
-     "tensorboard_log", "wandb_project", "wandb_run_name", "seed", "block_size", "dropout",
-     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "gradient_accumulation_steps",
-     "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr", "warmup_iters",
-     "lr_decay_iters", "min_lr", "parallel", "backend", "device", "dtype"],
-    defaults=dict(out_dir="out-rl", init_from="out-addition", eval_interval=20, log_interval=1, wandb_project="rl",
-                  wandb_run_name="rl", gradient_accumulation_steps=1, learning_rate=1e-4, max_iters=100,
-                  weight_decay=0.0, decay_lr=False, warmup_iters=0, lr_decay_iters=100, min_lr=1e-5),
-    notes=dict(init_from=" (rl.py: the supervised model to improve; a run folder's ckpt.pt by default)",
-               block_size=" (rl.py: at most the model's; a run's own by default)",
-               gradient_accumulation_steps=" (rl.py: micro-batches of batch_prompts prompts per step)",
-               parallel=" (rl.py: ddp only)"),
-) + [
-    Key("prompts", "", "a JSONL file of {\"prompt\", \"answer\"} lines to train on; empty: the generated arithmetic "
-        "problems the starting run was trained on (their training set)"),
-    Key("val_prompts", "", "a JSONL file of held-out prompts for the evaluation; empty: the generated problems' "
-        "held-out set, or the last eval_prompts lines of prompts (then not trained on)"),
-    Key("answer_match", "exact", "the built-in reward for a prompts file: exact (the completion is the answer) or "
-        "last_number (its last number equals the answer's, as GSM8K is scored)", choices=("exact", "last_number")),
-    Key("reward", None, "your own reward, defined in a config file: def reward(prompt, completion, answer) "
-        "returning a number, 1.0 for a right completion (pass@k counts rewards >= 1)", type=FUNCTION),
-    Key("group_size", 8, "completions sampled per prompt; each is scored against its group's mean", min=2),
-    Key("batch_prompts", 16, "prompts per micro-batch per process (each brings group_size completions)", min=1),
-    Key("normalize_advantages", False, "divide each advantage by its group's reward std (GRPO's paper) instead "
-        "of the reward minus the mean alone (Dr. GRPO, nanochat)"),
-    Key("updates_per_rollout", 1, "optimizer steps taken on each batch of rollouts; past 1, PPO's ratio clipping "
-        "bounds how far the later ones move", min=1),
-    Key("clip", 0.2, "PPO's clipping range: the probability ratio counts within 1 +- clip", above=0.0),
-    Key("kl", 0.0, "weight of the KL divergence to the starting model in the loss (0: none, as nanochat; "
-        "GRPO used 0.04)", min=0.0),
-    Key("temperature", 1.0, "sampling temperature of the rollouts (and of the log-probabilities trained)",
-        above=0.0),
-    Key("top_k", 0, "sample the rollouts from the k most likely tokens (0: all)", min=0),
-    Key("max_new_tokens", 0, "longest completion in tokens (0: the generated problems' longest answer and its "
-        "end, or what the context leaves for a prompts file)", min=0),
-    Key("stop", "", "the text that ends a completion (empty: a chat fine-tune's end-of-turn marker, else the "
-        "vocabulary's end of text, or a newline where it has none)"),
-    Key("eval_prompts", 256, "held-out prompts scored at each evaluation: pass@1 greedy, and eval_samples "
-        "sampled completions each for the mean reward and pass@k", min=1),
-    Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),
-]
-MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "device", "dtype", "backend")
+# knobs: train.py's where they mean the same, then the ones of this stage (gptkit/keys.py)
+KEYS, MACHINE_KEYS = keys.RL_KEYS, keys.RL_MACHINE_KEYS
 
 output = OutputGuard()
 cfg = configurator.configure(KEYS)
@@ -156,8 +113,14 @@ def encode(prompt):
 
 
 stop_text = cfg.stop or (template.turn_end if template else "")
-stop_ids = everywhere(lambda: tok.encode(stop_text)) if stop_text else \
-    [tok.eot] if tok.eot is not None else tok.encode("\n")
+if stop_text:
+    try:
+        stop_ids = tok.encode(stop_text)
+    except UserError:
+        raise UserError(f"stop={stop_text!r} has characters outside the model's vocabulary; give a stop it can "
+                        f"write (e.g. a newline)", status=USAGE) from None
+else:
+    stop_ids = [tok.eot] if tok.eot is not None else tok.encode("\n")
 max_new = cfg.max_new_tokens or (task.longest_answer + 1 if task.longest_answer else cfg.block_size)
 if master:
     print(rt.why)
@@ -206,9 +169,9 @@ if progress.iter_num >= cfg.max_iters:
     sys.exit(0)
 rows = cfg.gradient_accumulation_steps * cfg.batch_prompts * cfg.group_size
 if master:
-    print(f"task: {task.describe}; reward: {getattr(cfg.reward, '__name__', 'reward') + '() of the config file' if cfg.reward else 'built in'}; "
-          f"{cfg.gradient_accumulation_steps * cfg.batch_prompts} prompts x {cfg.group_size} completions = {rows} "
-          f"rollouts per step, at most {max_new} tokens each")
+    whose = f"{cfg.reward.__name__}() of the config file" if cfg.reward else "built in"
+    print(f"task: {task.describe}; reward: {whose}; {cfg.gradient_accumulation_steps * cfg.batch_prompts} prompts "
+          f"x {cfg.group_size} completions = {rows} rollouts per step, at most {max_new} tokens each")
 
 # -----------------------------------------------------------------------------
 # committed: from here on the run writes to out_dir
@@ -243,12 +206,12 @@ def rollouts(it):
     batches, sums = [], torch.zeros(4)
     for j in range(accum_local):
         m = dist.rank * accum_local + j
-        pairs = task.train(it, m, cfg.batch_prompts)
-        ids = [encode(p) for p, _ in pairs]
+        asked = task.train(it, m, cfg.batch_prompts)
+        ids = [encode(p) for p, _ in asked]
         with plan.autocast_context():
             completions = grpo.rollout(raw_model, ids, cfg.group_size, max_new, cfg.temperature, cfg.top_k or None,
                                        stop_ids, grpo.seeded(device, cfg.seed, 0, it, m))
-        r = grpo.scored(reward, tok, pairs, completions, stop_ids)
+        r = grpo.scored(reward, tok, asked, completions, stop_ids)
         A = grpo.group_advantages(r, cfg.normalize_advantages)
         X, Y, A = grpo.policy_batch(ids, completions, A, pad=stop_ids[0])
         batches.append((X.to(device), Y.to(device), A.to(device)))
@@ -273,8 +236,9 @@ while True:
         progress.last_eval_iter = it
         if master:
             k = cfg.eval_samples
-            print(f"eval {it}: held-out pass@1 (greedy) {figures['val_pass1']:.2%}, pass@{k} {figures['val_pass_k']:.2%}, "
-                  f"mean reward {figures['val_reward']:.4f}, completion {figures['val_length']:.1f} tokens "
+            print(f"eval {it}: held-out pass@1 (greedy) {figures['val_pass1']:.2%}, pass@{k} "
+                  f"{figures['val_pass_k']:.2%}, mean reward {figures['val_reward']:.4f}, completion "
+                  f"{figures['val_length']:.1f} tokens "
                   f"({len(task.held_out(cfg.eval_prompts)):,} prompts, {time.perf_counter() - t_eval:.1f} s)")
             metrics.log(dict(iter=it, **figures, lr=lr, elapsed_s=progress.elapsed()))
             if it > start_iter:
