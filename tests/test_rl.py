@@ -354,3 +354,14 @@ def test_a_chat_fine_tune_is_asked_in_its_template_and_stays_one(gsm8k, gpt2_enc
     assert "2 to train on, 2 held out" in p.stdout and "next: python chat.py" in p.stdout
     ckpt = torch.load(tmp_path / "rl" / "ckpt.pt", weights_only=True)
     assert ckpt["chat_template"] == torch.load(tmp_path / "sft" / "ckpt.pt", weights_only=True)["chat_template"]
+
+
+@pytest.mark.slow
+def test_lora_trains_the_adapters_alone_and_resumes(adder, tmp_path):
+    out = tmp_path / "lora"
+    rl_run(adder, out, "--lora_rank=4", "--lora_targets=c_attn", "--max_iters=3")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert sorted(ckpt["model"]) == [f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB"]
+    assert all(ckpt["model"][f"transformer.h.{i}.attn.c_attn.lora_B"].abs().max() > 0 for i in (0, 1))
+    p = run("rl.py", "--init_from=resume", f"--out_dir={out}", "--max_iters=4", "--device=cpu")
+    assert "LoRA rank 4" in p.stdout and [r["iter"] for r in read_metrics(out)][-2:] == [3, 4]
