@@ -6,8 +6,10 @@ Typed configuration for the flat scripts.
 Each script declares its knobs in one visible block of Key(...) lines and calls configure(). Config
 files are plain Python assignments (nanoGPT's configs run unchanged), each executed in its own
 namespace; --key=value overrides are parsed as Python literals, never executed. Everything is
-applied left to right and checked against the declared types. Whatever a user typed wrong raises
-ConfigError, one sentence that the script turns into `error: ...` and exit status 2, not a traceback.
+applied left to right and checked against the declared types. A key declared with type=FUNCTION (rl.py's
+reward) takes a function defined in a config file; every other function there is a helper, not a setting.
+Whatever a user typed wrong raises ConfigError, one sentence that the script turns into `error: ...` and
+exit status 2, not a traceback.
 """
 
 import ast
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gptkit.errors import USAGE, UserError
+
+FUNCTION = types.FunctionType  # the type of a key whose value is a function defined in a config file
 
 
 class ConfigError(UserError):
@@ -63,6 +67,9 @@ class Key:
             value = int(value)
         elif t is tuple and isinstance(value, list):
             value = tuple(value)
+        if t is FUNCTION and type(value) is not t:
+            raise ConfigError(f"{source}: {self.name} must be a function defined in a config file "
+                              f"(def {self.name}(...): ...), not {value!r}")
         if type(value) is not t:
             raise ConfigError(
                 f"{source}: {self.name} must be {_type_name(t)} but got {value!r}; "
@@ -118,8 +125,9 @@ def _parse_literal(text):
         return text
 
 
-def _run_file(path):
-    """Execute a config file in a fresh namespace and return its public assignments."""
+def _run_file(path, functions=()):
+    """Execute a config file in a fresh namespace and return its public assignments, and the functions
+    it defines under one of the names in `functions`."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist; check the path (configs live in config/)")
     with open(path) as f:
@@ -135,7 +143,7 @@ def _run_file(path):
         k: v for k, v in namespace.items()
         if not k.startswith("_")
         # imports and helper functions a config file may use are not settings
-        and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+        and (k in functions or not isinstance(v, (types.ModuleType, types.FunctionType, type)))
     }
 
 
@@ -165,7 +173,7 @@ def parse(keys, argv, explicit=None, ignored=None):
             values[name] = by_name[name].check(raw, source)
             explicit.add(name)
         elif arg.endswith(".py") or os.path.sep in arg:
-            for name, raw in _run_file(arg).items():
+            for name, raw in _run_file(arg, [k.name for k in keys if k.type is FUNCTION]).items():
                 if name not in by_name and ignored is not None:
                     ignored.add(name)
                     continue
@@ -206,7 +214,7 @@ def configure(keys, argv=None, script=None, announce=True, foreign_file_keys=Fal
     ignored = set() if foreign_file_keys else None
     values = parse(keys, [a for a in argv if a != "--print-config"], explicit, ignored)
     if show_only:
-        print(json.dumps(values, indent=1))
+        print(json.dumps(values, indent=1, default=str))  # a function: its repr
         raise SystemExit(0)
     cfg = Config(**values)
     cfg._explicit = frozenset(explicit)

@@ -27,7 +27,8 @@ KEYS = [
     Key("x", "iter", "x axis: iter, tokens (seen so far), or time (wall time since the run started)",
         choices=("iter", "tokens", "time")),
     Key("y", "val_loss", "any metric in metrics.jsonl: val_loss, val_bpb, train_loss, loss, lr, grad_norm, ms, tok_s, "
-        "mfu, val_accuracy (generated tasks), hellaswag_acc_norm (with GPT-2's and GPT-3's levels), ..."),
+        "mfu, val_accuracy (generated tasks), hellaswag_acc_norm (with GPT-2's and GPT-3's levels), val_pass1, "
+        "val_pass_k, val_reward, reward (rl.py), ..."),
     Key("logx", False, "logarithmic x axis"),
     Key("logy", False, "logarithmic y axis"),
     Key("smooth", None, "EMA weight for per-step metrics, 0 (raw) to 0.999 (default: an average over ~2% of "

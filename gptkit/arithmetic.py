@@ -308,3 +308,7 @@ class Arithmetic:
                 a, b = a[k * self.batch_size:], b[k * self.batch_size:]
             self._eval_cache[key] = self._tensors(a, b)
         return self._eval_cache[key]
+
+    def training_problems(self, rng, n):
+        """n problems (a, b) drawn with rng from the training set: never a held-out one (rl.py's prompts)."""
+        return self._draw(rng, n, False)

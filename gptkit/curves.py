@@ -9,7 +9,8 @@ Loss curves of training runs: metrics.jsonl read into arrays, and drawn to PNG f
 
 metrics.jsonl holds one JSON object per line: step rows (iter, loss, lr, grad_norm, ms, tok_s, mfu,
 tokens) and evaluation rows (iter, train_loss, val_loss, train_bpb, val_bpb, lr, elapsed_s, and the
-figures of multiple-choice sets such as hellaswag_acc_norm). A file may be read while train.py appends
+figures of multiple-choice sets such as hellaswag_acc_norm); rl.py's step rows have reward, right and length,
+its evaluation rows val_pass1, val_pass_k, val_reward and val_length. A file may be read while train.py appends
 to it, after a crash, or after a resume; whatever cannot be read is skipped. HellaSwag's figures are
 drawn beside the published GPT-2 and GPT-3 levels.
 
@@ -63,7 +64,8 @@ def _parse(line):
             values[k] = math.nan
         elif type(v) in (int, float):
             values[k] = float(v)
-    kind = EVAL if ("val_loss" in row or "train_loss" in row) else STEP
+    # an evaluation's figures are named for their split: train_loss, val_loss, val_pass1 (rl.py) ...
+    kind = EVAL if any(k.startswith(("val_", "train_")) for k in row) else STEP
     return kind, it, values
 
 
@@ -305,11 +307,56 @@ def task_metrics(evals):
     return [k for k in evals if k.endswith("_acc_norm") and np.isfinite(evals[k]).any()]
 
 
+def draw_rl_run(run, smooth=None):
+    """rl.py's picture: the rollouts' mean reward per step (raw and smoothed) with the held-out pass@1
+    (greedy), pass@k and mean reward of each evaluation, the completions' length below, then the
+    learning rate."""
+    fig = _figure(FIGSIZE)
+    ax, ax_len, ax_lr = fig.subplots(3, 1, sharex=True, height_ratios=(3, 1, 1))
+    steps, evals = run.steps, run.evals
+    for a, name, label in ((ax, "reward", "reward (rollouts)"), (ax_len, "length", "completion tokens (rollouts)")):
+        if name in steps:
+            its, values = steps["iter"], steps[name]
+            weight = auto_weight(len(values)) if smooth is None else smooth
+            a.plot(its, values, color="C0", **(dict(alpha=0.35, lw=0.8) if weight > 0 else dict(lw=1.2)), label=label)
+            if weight > 0:
+                a.plot(its, ema(values, weight), color="C0", lw=1.6, label=f"{label}, EMA {weight:.2f}")
+    for name, color, label in (("val_pass1", "C3", "held-out pass@1 (greedy)"), ("val_pass_k", "C1", "held-out pass@k"),
+                               ("val_reward", "C2", "held-out mean reward")):
+        if name in evals:
+            ax.plot(evals["iter"], evals[name], eval_style(len(evals["iter"])), color=color, ms=4.5, lw=1.2,
+                    label=label)
+    if "val_length" in evals:
+        ax_len.plot(evals["iter"], evals["val_length"], eval_style(len(evals["iter"])), color="C2", ms=4.5, lw=1.2,
+                    label="held-out")
+    lr_its, lr, _ = run.series("lr")
+    if len(lr):
+        ax_lr.plot(lr_its, lr, color="C2", lw=1.2)
+    ax.set_ylabel("reward, pass rate")
+    ax_len.set_ylabel("tokens")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("iteration")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for a in (ax, ax_len, ax_lr):
+        a.grid(alpha=0.3)
+    for a in (ax, ax_len):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="lower right", fontsize="small")
+    best = evals.get("val_pass1", np.zeros(0))
+    title = f"{run.name}: {run.iterations()} iterations"
+    if np.isfinite(best).any():
+        title += f", held-out pass@1 {best[np.isfinite(best)][-1]:.2%} (best {np.nanmax(best):.2%})"
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
 def draw_run(run, smooth=None):
     """The standard picture of one run against iteration: train loss per step (raw and smoothed)
     with the evaluations' train and val loss above, the learning rate below, and between them the
     acc_norm of the multiple-choice sets scored during training (eval_tasks), if any, beside the
-    published levels."""
+    published levels. An RL run (rl.py) gets draw_rl_run's picture."""
+    if "reward" in run.steps or "val_pass1" in run.evals:
+        return draw_rl_run(run, smooth)
     fig = _figure(FIGSIZE)
     tasks = task_metrics(run.evals)
     if tasks:

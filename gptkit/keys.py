@@ -1,6 +1,6 @@
 """
 The keys of a training run, declared once with their checks: train.py takes them all, bench.py and
-the ablation the ones that shape a step.
+the ablation the ones that shape a step, rl.py those that mean the same there beside its own (RL_KEYS).
 
 Defaults are nanoGPT's (GPT-2 124M on OpenWebText), so its config files mean what they meant there;
 the architecture options default to GPTConfig's, which are GPT-2's network. `python train.py --help`
@@ -9,7 +9,7 @@ lists them all. Nothing here imports torch, so --help and a mistyped key answer 
 
 import dataclasses
 
-from configurator import Key
+from configurator import FUNCTION, Key
 from gptkit.errors import USAGE, UserError
 
 KEYS = [
@@ -144,6 +144,52 @@ def pick(names, defaults=None, notes=None):
     defaults, notes = defaults or {}, notes or {}
     return [dataclasses.replace(by_name[n], default=defaults.get(n, by_name[n].default),
                                 help=by_name[n].help + notes.get(n, "")) for n in names]
+
+
+# rl.py's keys (docs/rl.md): train.py's where they mean the same, then the ones of the RL stage
+RL_KEYS = pick(
+    ["out_dir", "overwrite", "init_from", "eval_interval", "log_interval", "keep_last", "loss_png", "wandb_log",
+     "tensorboard_log", "wandb_project", "wandb_run_name", "seed", "block_size", "dropout",
+     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "gradient_accumulation_steps",
+     "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr", "warmup_iters",
+     "lr_decay_iters", "min_lr", "parallel", "backend", "device", "dtype"],
+    defaults=dict(out_dir="out-rl", init_from="out-addition", eval_interval=20, log_interval=1, wandb_project="rl",
+                  wandb_run_name="rl", gradient_accumulation_steps=1, learning_rate=1e-4, max_iters=100,
+                  weight_decay=0.0, decay_lr=False, warmup_iters=0, lr_decay_iters=100, min_lr=1e-5),
+    notes=dict(init_from=" (rl.py: the supervised model to improve; a run folder's ckpt.pt by default)",
+               block_size=" (rl.py: at most the model's; a run's own by default)",
+               gradient_accumulation_steps=" (rl.py: micro-batches of batch_prompts prompts per step)",
+               parallel=" (rl.py: ddp only)"),
+) + [
+    Key("prompts", "", "a JSONL file of {\"prompt\", \"answer\"} lines to train on; empty: the generated arithmetic "
+        "problems the starting run was trained on (their training set)"),
+    Key("val_prompts", "", "a JSONL file of held-out prompts for the evaluation; empty: the generated problems' "
+        "held-out set, or the last eval_prompts lines of prompts (then not trained on)"),
+    Key("answer_match", "exact", "the built-in reward for a prompts file: exact (the completion is the answer) or "
+        "last_number (its last number equals the answer's, as GSM8K is scored)", choices=("exact", "last_number")),
+    Key("reward", None, "your own reward, defined in a config file: def reward(prompt, completion, answer) "
+        "returning a number, 1.0 for a right completion (pass@k counts rewards >= 1)", type=FUNCTION),
+    Key("group_size", 8, "completions sampled per prompt; each is scored against its group's mean", min=2),
+    Key("batch_prompts", 16, "prompts per micro-batch per process (each brings group_size completions)", min=1),
+    Key("normalize_advantages", False, "divide each advantage by its group's reward std (GRPO's paper) instead "
+        "of the reward minus the mean alone (Dr. GRPO, nanochat)"),
+    Key("updates_per_rollout", 1, "optimizer steps taken on each batch of rollouts; past 1, PPO's ratio clipping "
+        "bounds how far the later ones move", min=1),
+    Key("clip", 0.2, "PPO's clipping range: the probability ratio counts within 1 +- clip", above=0.0),
+    Key("kl", 0.0, "weight of the KL divergence to the starting model in the loss (0: none, as nanochat; "
+        "GRPO used 0.04)", min=0.0),
+    Key("temperature", 1.0, "sampling temperature of the rollouts (and of the log-probabilities trained)",
+        above=0.0),
+    Key("top_k", 0, "sample the rollouts from the k most likely tokens (0: all)", min=0),
+    Key("max_new_tokens", 0, "longest completion in tokens (0: the generated problems' longest answer and its "
+        "end, or what the context leaves for a prompts file)", min=0),
+    Key("stop", "", "the text that ends a completion (empty: a chat fine-tune's end-of-turn marker, else the "
+        "vocabulary's end of text, or a newline where it has none)"),
+    Key("eval_prompts", 256, "held-out prompts scored at each evaluation: pass@1 greedy, and eval_samples "
+        "sampled completions each for the mean reward and pass@k", min=1),
+    Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),
+]
+RL_MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "device", "dtype", "backend")
 
 
 def model_args(cfg):

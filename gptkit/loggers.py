@@ -61,7 +61,8 @@ class MetricsLog:
                         continue  # a line cut short by a crash
                     if not isinstance(row, dict) or not isinstance(row.get("iter"), int):
                         continue
-                    if row["iter"] < start_iter or ("val_loss" in row and row["iter"] == start_iter == last_eval_iter):
+                    evaluation = any(k.startswith(("val_", "train_")) for k in row)  # val_loss, val_pass1 ...
+                    if row["iter"] < start_iter or (evaluation and row["iter"] == start_iter == last_eval_iter):
                         kept.append(line if line.endswith("\n") else line + "\n")
         return kept
 
