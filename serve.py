@@ -48,7 +48,7 @@ import sys  # noqa: E402
 try:
     import uvicorn  # noqa: E402
 
-    from gptkit.openai_api import Service, make_app  # noqa: E402
+    from gptkit.openai_api import Service, is_loopback, listen, make_app  # noqa: E402
 except ImportError as e:
     raise errors.UserError(f"serving needs {e.name}, which is not installed; pip install -r "
                            f"requirements-serve.txt") from None
@@ -60,6 +60,7 @@ from gptkit.serving import Engine  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # setup
+sock = listen(cfg.host, cfg.port)  # first: a port in use is said at once, not after loading the weights
 rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
 plan, device = rt.plan, rt.device
 if cfg.quantize == "int8":
@@ -74,7 +75,7 @@ model_id = cfg.model_id or os.path.basename(os.path.abspath(cfg.out_dir if cfg.i
 engine = Engine(model, tok, max_batch=cfg.max_batch, max_queue=cfg.max_queue, autocast=plan.autocast_context)
 service = Service(engine, tok, model_id, transcript, api_key=cfg.api_key, max_tokens=cfg.max_tokens)
 app = make_app(service)
-if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
+if not is_loopback(cfg.host) and cfg.api_key is None:
     print(f"warning: listening on {cfg.host} without --api_key: anyone who can reach this machine can use the "
           f"model", file=sys.stderr)
 int8 = "; int8 weights" if cfg.quantize == "int8" else ""
@@ -87,12 +88,9 @@ print(f"serving {desc} as {model_id!r}; {rt.why}{int8}; {style} style for chats;
 # again for the handlers it found: these make that a plain exit with status 0
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda *_: None)
-server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                       timeout_graceful_shutdown=5))
+server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
 with decode_layout(model):  # the weights in the memory order this CPU multiplies fastest, while serving
     print(f"listening on http://{cfg.host}:{cfg.port}/ (the chat page; the API under /v1)", file=sys.stderr,
           flush=True)
-    server.run()
-if not server.started:  # the port was taken, or the address cannot be bound: uvicorn has said why
-    raise UserError(f"could not listen on {cfg.host}:{cfg.port}; choose another --port or --host")
+    server.run(sockets=[sock])
 print("stopped", file=sys.stderr)

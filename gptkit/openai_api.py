@@ -7,7 +7,9 @@ decoding itself is the engine's.
 
 import asyncio
 import hmac
+import ipaddress
 import json
+import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from gptkit.errors import UserError
 from gptkit.serving import NotRunning, Params, QueueFull
 
 PAGE = Path(__file__).with_name("chat.html")
@@ -286,3 +289,24 @@ def make_app(service, page=PAGE):
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ], lifespan=lifespan)
+
+
+def listen(host, port):
+    """A socket bound to host:port (for uvicorn.Server.run(sockets=...)), or a UserError saying why not."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server need not wait for TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port, or a --host "
+                        f"of this machine") from None
+    return sock
+
+
+def is_loopback(host):
+    """Whether host is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -73,7 +73,7 @@ class Request:
 
 
 class Engine:
-    """Decodes up to max_batch requests together; up to max_queue more wait for a row."""
+    """Decodes up to max_batch requests together; up to max_queue more wait for a free row."""
 
     def __init__(self, model, tok, max_batch=8, max_queue=32, autocast=nullcontext):
         self.model, self.tok, self.autocast = model, tok, autocast
@@ -102,7 +102,7 @@ class Engine:
         with self.lock:
             if not self.accepting:
                 raise NotRunning("the server is stopping")
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) >= self.max_queue + self.max_batch - len(self.live):  # no free row, a full queue
                 raise QueueFull(f"{len(self.live)} requests are being answered and {len(self.waiting)} are waiting, "
                                 f"the most this server queues")
             self.waiting.append(request)
