@@ -286,3 +286,54 @@ def test_a_port_in_use_is_one_sentence(tiny_gpt2):
         s.listen()
         p = run("serve.py", f"--init_from={tiny_gpt2}", f"--port={s.getsockname()[1]}", check=False)
     assert_clean_error(p, status=1, words=["cannot listen on 127.0.0.1:", "--port"])
+
+
+def browser():
+    """A headless Chromium driven by selenium (Debian's chromium and chromium-driver), or a skip saying why."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the chat page is tested with selenium")
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no Chromium and chromedriver to test the chat page in (Debian: apt-get install chromium "
+                    "chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,700"):
+        options.add_argument(flag)
+    # the driver named explicitly: selenium would otherwise look for one online
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_the_chat_page_streams_an_answer_and_stops_it_in_a_real_browser(tiny_gpt2):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver = browser()
+    try:
+        with live_server(tiny_gpt2, slow=0.03, max_tokens=100) as s:
+            full = chat(s.client, "Hello there", max_tokens=100)[0]
+            driver.get(s.url + "/")
+            wait = WebDriverWait(driver, 20, poll_frequency=0.02)
+            for field, value in (("api_key", KEY), ("temperature", "0"), ("max_tokens", "100")):
+                driver.find_element(By.ID, field).clear()
+                driver.find_element(By.ID, field).send_keys(value, Keys.TAB)
+            wait.until(lambda d: d.find_element(By.ID, "model").text == "tiny")  # it read /v1/models with the key
+            driver.find_element(By.ID, "input").send_keys("Hello there", Keys.ENTER)
+            reply = lambda: driver.find_elements(By.CSS_SELECTOR, ".assistant")[-1].text  # noqa: E731
+            wait.until(lambda d: len(reply()) > 5)  # streamed: part of the answer is shown before the rest
+            assert driver.find_element(By.ID, "stop").is_enabled() and len(reply()) < len(full.strip())
+            driver.find_element(By.ID, "stop").click()
+            wait.until(lambda d: d.find_element(By.ID, "stats").text == "stopped")
+            shown = reply()
+            assert full.strip().startswith(shown.strip()) and len(shown) < len(full.strip())
+            assert driver.find_element(By.ID, "send").is_enabled()
+            assert wait_for_idle(s)  # stopping in the page freed the request's slot
+            driver.find_element(By.ID, "new").click()
+            assert driver.find_elements(By.CSS_SELECTOR, ".msg") == []
+            driver.find_element(By.ID, "input").send_keys("Hello there", Keys.ENTER)  # a whole answer now
+            wait.until(lambda d: "tokens/s" in d.find_element(By.ID, "stats").text and not
+                       d.find_element(By.ID, "stop").is_enabled())
+            assert reply() == full.strip()
+    finally:
+        driver.quit()
