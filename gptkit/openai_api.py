@@ -177,6 +177,10 @@ def make_app(service, page=PAGE):
                     pieces.append(text)
             finally:
                 handle.cancel()  # a no-op once finished; frees the row of a request whose handler was cancelled
+            if finish in ("cancelled", "error"):  # the server is stopping, or the engine failed
+                raise APIError(503 if finish == "cancelled" else 500, "the server stopped before the reply was "
+                               "finished" if finish == "cancelled" else "decoding failed; see the server's log",
+                               type="server_error")
             text = "".join(pieces)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if kind == "chat"
                       else {"index": 0, "text": text})

@@ -17,6 +17,7 @@ the engine's thread.
 
 import secrets
 import threading
+import traceback
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Params:
 class Request:
     """One prompt's generation. on_event(text, finish_reason) is called on the engine's thread with each
     piece of new text (finish_reason None), and once at the end with the last piece and 'stop',
-    'length' or 'cancelled'. tokens holds the generated ids (a stop token included)."""
+    'length', 'cancelled' or 'error'. tokens holds the generated ids (a stop token included)."""
 
     def __init__(self, ids, params, tok, device, on_event):
         self.ids, self.params, self.on_event = list(ids), params, on_event
@@ -181,14 +182,24 @@ class Engine:
                     self.live.pop()
 
     def run(self):
-        """Step until stop() is called and no request is left."""
+        """Step until stop() is called and no request is left. A step that fails (out of memory, say) ends
+        the requests under way with finish_reason 'error', and the engine goes on with the next ones."""
         while True:
             with self.lock:
                 while not self.live and not self.waiting:
                     if not self.accepting:
                         return
                     self.lock.wait()
-            self.step()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001  one failing step must not leave every waiting client hanging
+                traceback.print_exc()
+                for r in self.live:
+                    r.finish_reason = "error"
+                    r._emit("", "error")
+                with self.lock:
+                    self.live.clear()
+                self.slots.n = 0
 
     def start(self):
         self.thread = threading.Thread(target=self.run, name="serving-engine", daemon=True)

@@ -26,6 +26,8 @@ from gptkit.openai_api import Service, is_loopback, listen, make_app  # noqa: E4
 from gptkit.serving import Engine  # noqa: E402
 
 KEY = "test-key"
+pytestmark = pytest.mark.slow  # every test serves on a port, and some start the scripts as processes
+
 PROMPTS = ["Once upon a time", "The cat", "In the beginning was", "Hello", "A list of things:", "Why is the sky",
            "1 2 3", "She said"]
 
@@ -258,6 +260,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.serial
 def test_serve_py_stops_on_sigterm_within_seconds_with_status_0(tiny_gpt2):
     port = free_port()
     p = start("serve.py", f"--init_from={tiny_gpt2}", f"--port={port}", "--device=cpu", "--max_tokens=100000")
