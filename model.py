@@ -33,13 +33,14 @@ def norm_layer(config, dim):
 
 def rope_tables(head_size, theta, start, length, device):
     """cos and sin, each (length, head_size), of rotary position embeddings (Su et al. 2021, RoFormer)
-    for positions start .. start + length - 1 (start an int, or a (B,) tensor of each row's own). Frequency i of head_size / 2 turns by theta^(-2i / hs)
-    per position. The layout is the one of transformers' Llama ("rotate half": frequency i rotates
-    the pair (x[i], x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
+    for positions start .. start + length - 1; with start a (B,) tensor, each row from its own start,
+    (B, 1, length, head_size). Frequency i of head_size / 2 turns by theta^(-2i / hs) per position.
+    The layout is the one of transformers' Llama ("rotate half": frequency i rotates the pair (x[i],
+    x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
     Computed afresh for each forward, in fp32: a few tiny ops, and no buffer that loading weights on
     the meta device (GPT.with_weights) would leave empty."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, device=device, dtype=torch.int64).float() / head_size))
-    if torch.is_tensor(start):  # each row of a batch at its own position: start (B,), tables (B, 1, T, hs)
+    if torch.is_tensor(start):  # each row of a batch at its own position (a batch of independent requests)
         pos = (start[:, None] + torch.arange(length, device=device)).float()  # (B, T)
         emb = torch.cat((pos[..., None] * inv_freq, pos[..., None] * inv_freq), dim=-1)[:, None]
         return emb.cos(), emb.sin()

@@ -71,7 +71,8 @@ if tok.prompt_format is not None:
     raise UserError(f"{desc} is a model of {tok.prompt_format.describe()}, not a chat model; ask it with "
                     f"{tok.prompt_format.sample_command(cfg.out_dir)}", status=USAGE)
 transcript, style = conversation.transcript_for(tok, cfg.style)
-model_id = cfg.model_id or os.path.basename(os.path.abspath(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from))
+source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+model_id = cfg.model_id or os.path.basename(os.path.abspath(source))
 engine = Engine(model, tok, max_batch=cfg.max_batch, max_queue=cfg.max_queue, autocast=plan.autocast_context)
 service = Service(engine, tok, model_id, transcript, api_key=cfg.api_key, max_tokens=cfg.max_tokens)
 app = make_app(service)
