@@ -121,3 +121,16 @@ def test_the_engine_thread_answers_and_stops():
     r = engine.submit(PROMPTS[0], Params(max_tokens=5, temperature=0), lambda text, finish: done.append(finish))
     engine.stop(grace=10.0)
     assert r.finish_reason == "length" and done[-1] == "length" and not engine.thread.is_alive()
+
+
+@pytest.mark.slow
+def test_bench_serve_mode_reports_every_client_count():
+    import json
+
+    from conftest import run
+    p = run("bench.py", "--mode=serve", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+            "--vocab_size=97", "--prompt_len=4", "--new_tokens=8", "--repeats=1", "--warmup=0", "--clients=(1, 3)",
+            "--client_requests=2")
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [r["clients"] for r in report["results"]] == [1, 3] and report["results"][0]["vs_one_client"] == 1.0
+    assert all(r["tok_s"] > 0 and 0 < r["ttft_p50_s"] <= r["ttft_p90_s"] for r in report["results"])
