@@ -569,20 +569,25 @@ def bench_serve():
         for _ in range(cfg.warmup):
             round_of(min(2, max(cfg.clients)))
             alone()
-        for n in cfg.clients:
-            rates, ttft, per_token = [], [], []
-            for r in range(cfg.repeats):
+        # the client counts take turns within each repeat, so a change in the load from other processes
+        # hits them all alike
+        rates, ttft, per_token, single = {n: [] for n in cfg.clients}, {n: [] for n in cfg.clients}, \
+            {n: [] for n in cfg.clients}, []
+        for r in range(cfg.repeats):
+            for n in cfg.clients:
                 rate, firsts, steps = round_of(n)
-                rates.append(rate)
-                ttft += firsts
-                per_token += steps
+                rates[n].append(rate)
+                ttft[n] += firsts
+                per_token[n] += steps
                 print(f"  {n} clients run {r + 1}: {rate:.1f} tok/s", flush=True)
-            results.append(dict(clients=n, runs=len(rates), tok_s=round(statistics.median(rates), 2),
-                                ttft_p50_s=round(pct(ttft, 0.5), 3), ttft_p90_s=round(pct(ttft, 0.9), 3),
-                                per_token_p50_ms=round(pct(per_token, 0.5) * 1e3, 1),
-                                per_token_p90_ms=round(pct(per_token, 0.9) * 1e3, 1)))
-        single = statistics.median(alone() for _ in range(cfg.repeats))
+            single.append(alone())
         engine.stop()
+        single = statistics.median(single)
+        for n in cfg.clients:
+            results.append(dict(clients=n, runs=len(rates[n]), tok_s=round(statistics.median(rates[n]), 2),
+                                ttft_p50_s=round(pct(ttft[n], 0.5), 3), ttft_p90_s=round(pct(ttft[n], 0.9), 3),
+                                per_token_p50_ms=round(pct(per_token[n], 0.5) * 1e3, 1),
+                                per_token_p90_ms=round(pct(per_token[n], 0.9) * 1e3, 1)))
 
     # -------------------------------------------------------------------------
     # report
