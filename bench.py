@@ -5,6 +5,7 @@ line with every figure.
 
     python bench.py                                   # training step, GPT-2 124M shape
     python bench.py --mode=generate                   # decoding speed
+    python bench.py --mode=serve --new_tokens=128     # serve.py's batching: 1 to 16 concurrent clients
     python bench.py --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --dataset=shakespeare_char
                                                       # the CPU recipe's baby model on real data
 """
@@ -23,7 +24,8 @@ errors.install()
 # as out_dir, are skipped)
 KEYS = [
     Key("mode", "train", "train: the training step; generate: decoding speed; process: sample.py against "
-        "transformers, whole processes (needs init_from)", choices=("train", "generate", "process")),
+        "transformers, whole processes (needs init_from); serve: serve.py's engine under concurrent clients",
+        choices=("train", "generate", "process", "serve")),
     *keys.pick(keys.STEP_KEYS, defaults=dict(gradient_accumulation_steps=1, dataset=""),
                notes=dict(dataset="; empty: random tokens")),
     Key("vocab_size", 50304, "vocabulary size (with dataset=..., the dataset's)", min=1),
@@ -45,6 +47,11 @@ KEYS = [
         choices=("none", "int8")),
     Key("llama_cpp", False, "generate: also time llama.cpp (llama-cpp-python) on the same weights as GGUF Q8_0, "
         "batch 1"),
+
+    # --- serve-mode keys (with prompt_len, new_tokens, repeats, quantize, threads) ---
+    Key("clients", (1, 2, 4, 8, 16), "serve: numbers of concurrent clients to measure, each sending requests "
+        "back to back; the engine decodes up to the largest number together"),
+    Key("client_requests", 1, "serve: requests each client sends in a timed run", min=1),
 
     # --- process-mode keys ---
     Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
@@ -475,5 +482,128 @@ def bench_process():
                           else None)))
 
 
+# -----------------------------------------------------------------------------
+# serving
+
+
+def bench_serve():
+    # serve.py's engine (gptkit/serving.py) without HTTP in front: N client threads each submit a request,
+    # wait for its last token, and submit the next; every request is prompt_len random tokens and exactly
+    # new_tokens greedy ones. One client is decoding one request at a time (the engine's rows are filled
+    # one), the reference the others are compared with; generate_stream (sample.py's loop) is timed beside
+    # it, to show what the engine's bookkeeping costs.
+    import json
+    import statistics
+    import threading
+    import time
+
+    import torch
+
+    from gptkit import quantize, runtime
+    from gptkit.errors import UserError
+    from gptkit.generate import decode_layout, generate_stream
+    from gptkit.serving import Engine, Params
+    from model import GPT
+
+    rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
+    device = rt.device
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
+        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
+                        f"{cfg.block_size}; lower one of them")
+    if not cfg.clients or not all(isinstance(n, int) and n >= 1 for n in cfg.clients):
+        raise UserError(f"clients={cfg.clients!r} must be a tuple of positive counts, e.g. --clients='(1, 8)'")
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_config()).eval().to(device)
+    if cfg.quantize == "int8":
+        quantize.check_supported(device, rt.plan.dtype)
+    model = quantize.for_decoding(model, cfg.quantize)
+
+    class Ids:  # the engine passes text on; here each token is one character, whatever it is
+        def decode(self, ids):
+            return "x" * len(ids)
+
+    engine = Engine(model, Ids(), max_batch=max(cfg.clients), max_queue=max(cfg.clients),
+                    autocast=rt.plan.autocast_context)
+    params = Params(max_tokens=cfg.new_tokens, temperature=0)
+    print(f"serving: {rt.why}, {torch.get_num_threads()} threads, {model_config().n_layer} layers, n_embd "
+          f"{model_config().n_embd}{', int8 weights' if cfg.quantize == 'int8' else ''}, prompt {cfg.prompt_len}, "
+          f"{cfg.new_tokens} new tokens a request, {cfg.client_requests} request(s) a client")
+
+    def client(stats):
+        for _ in range(cfg.client_requests):
+            done, times = threading.Event(), []
+            ids = torch.randint(0, model.config.vocab_size, (cfg.prompt_len,)).tolist()
+            t0 = time.perf_counter()
+            engine.submit(ids, params, lambda text, finish: (times.append(time.perf_counter()),
+                                                             finish and done.set()))
+            done.wait()
+            stats.append((times[0] - t0, (times[-1] - times[0]) / max(len(times) - 1, 1), len(times)))
+
+    def round_of(n):
+        stats = []
+        threads = [threading.Thread(target=client, args=(stats,)) for _ in range(n)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        return sum(s[2] for s in stats) / wall, [s[0] for s in stats], [s[1] for s in stats]
+
+    def alone():  # sample.py's loop, for one request
+        x = torch.randint(0, model.config.vocab_size, (1, cfg.prompt_len))
+        t0 = time.perf_counter()
+        for _ in generate_stream(model, x, cfg.new_tokens, temperature=0):
+            pass
+        return cfg.new_tokens / (time.perf_counter() - t0)
+
+    def pct(values, q):
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    results = []
+    with decode_layout(model), torch.inference_mode():
+        engine.start()
+        for _ in range(cfg.warmup):
+            round_of(min(2, max(cfg.clients)))
+            alone()
+        # the client counts take turns within each repeat, so a change in the load from other processes
+        # hits them all alike
+        rates, ttft, per_token, single = {n: [] for n in cfg.clients}, {n: [] for n in cfg.clients}, \
+            {n: [] for n in cfg.clients}, []
+        for r in range(cfg.repeats):
+            for n in cfg.clients:
+                rate, firsts, steps = round_of(n)
+                rates[n].append(rate)
+                ttft[n] += firsts
+                per_token[n] += steps
+                print(f"  {n} clients run {r + 1}: {rate:.1f} tok/s", flush=True)
+            single.append(alone())
+        engine.stop()
+        single = statistics.median(single)
+        for n in cfg.clients:
+            results.append(dict(clients=n, runs=len(rates[n]), tok_s=round(statistics.median(rates[n]), 2),
+                                ttft_p50_s=round(pct(ttft[n], 0.5), 3), ttft_p90_s=round(pct(ttft[n], 0.9), 3),
+                                per_token_p50_ms=round(pct(per_token[n], 0.5) * 1e3, 1),
+                                per_token_p90_ms=round(pct(per_token[n], 0.9) * 1e3, 1)))
+
+    # -------------------------------------------------------------------------
+    # report
+    base = results[0]["tok_s"] if results[0]["clients"] == 1 else None
+    print(f"{'clients':>8}{'tok/s':>10}{'vs 1':>7}{'TTFT p50':>10}{'p90':>8}{'ms/token p50':>14}{'p90':>8}")
+    for r in results:
+        ratio = f"{r['tok_s'] / base:.2f}x" if base else "-"
+        r["vs_one_client"] = round(r["tok_s"] / base, 2) if base else None
+        print(f"{r['clients']:>8}{r['tok_s']:>10.1f}{ratio:>7}{r['ttft_p50_s']:>9.2f}s{r['ttft_p90_s']:>7.2f}s"
+              f"{r['per_token_p50_ms']:>14.1f}{r['per_token_p90_ms']:>8.1f}")
+    print(f"generate_stream alone (sample.py's loop): {single:.1f} tok/s")
+    print(json.dumps(dict(mode="serve", device=device, threads=torch.get_num_threads(), quantize=cfg.quantize,
+                          n_layer=cfg.n_layer, n_embd=cfg.n_embd, prompt_len=cfg.prompt_len,
+                          new_tokens=cfg.new_tokens, client_requests=cfg.client_requests, results=results,
+                          generate_stream_tok_s=round(single, 2))))
+
+
 if __name__ == "__main__":
-    {"train": bench_train, "generate": bench_generate, "process": bench_process}[cfg.mode]()
+    {"train": bench_train, "generate": bench_generate, "process": bench_process, "serve": bench_serve}[cfg.mode]()

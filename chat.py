@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from gptkit import conversation, loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.generate import decode_layout, generate_stream  # noqa: E402
-from gptkit.tokenizer import CharTokenizer, StopText, StreamDecoder  # noqa: E402
+from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
 
@@ -94,9 +94,7 @@ if tok.prompt_format is not None:  # no conversation to continue: it knows probl
 if cfg.style == "template" and tok.chat_template is None:
     raise UserError(f"{desc} was not fine-tuned on conversations, so it has no chat template; use --style=auto",
                     status=USAGE)
-style = cfg.style if cfg.style != "auto" else (
-    "template" if tok.chat_template else "play" if isinstance(tok, CharTokenizer) else "chat")
-transcript = {"template": tok.chat_template, "play": conversation.PLAY, "chat": conversation.CHAT}[style]
+transcript, style = conversation.transcript_for(tok, cfg.style)
 
 
 def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backslash and an n

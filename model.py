@@ -33,12 +33,17 @@ def norm_layer(config, dim):
 
 def rope_tables(head_size, theta, start, length, device):
     """cos and sin, each (length, head_size), of rotary position embeddings (Su et al. 2021, RoFormer)
-    for positions start .. start + length - 1. Frequency i of head_size / 2 turns by theta^(-2i / hs)
-    per position. The layout is the one of transformers' Llama ("rotate half": frequency i rotates
-    the pair (x[i], x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
+    for positions start .. start + length - 1; with start a (B,) tensor, each row from its own start,
+    (B, 1, length, head_size). Frequency i of head_size / 2 turns by theta^(-2i / hs) per position.
+    The layout is the one of transformers' Llama ("rotate half": frequency i rotates the pair (x[i],
+    x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
     Computed afresh for each forward, in fp32: a few tiny ops, and no buffer that loading weights on
     the meta device (GPT.with_weights) would leave empty."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, device=device, dtype=torch.int64).float() / head_size))
+    if torch.is_tensor(start):  # each row of a batch at its own position (a batch of independent requests)
+        pos = (start[:, None] + torch.arange(length, device=device)).float()  # (B, T)
+        emb = torch.cat((pos[..., None] * inv_freq, pos[..., None] * inv_freq), dim=-1)[:, None]
+        return emb.cos(), emb.sin()
     pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)  # (T, hs/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
@@ -97,7 +102,11 @@ class CausalSelfAttention(nn.Module):
         # (Decided by branches, so that under torch.compile with dynamic shapes is_causal is a plain
         # bool, which SDPA requires, rather than a symbolic one.)
         mask, causal = None, False
-        if T > 1 and past > 0:
+        if torch.is_tensor(past):  # each row at its own position (a batch of independent requests):
+            # row b's query i sees keys 0 .. past[b] + i; keys past a row's length belong to nothing
+            mask = (torch.arange(S, device=x.device) <= past[:, None, None]
+                    + torch.arange(T, device=x.device)[:, None])[:, None]  # (B, 1, T, S)
+        elif T > 1 and past > 0:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
         elif T > 1:
             causal = True
@@ -111,7 +120,7 @@ class CausalSelfAttention(nn.Module):
             if nkv < nh:  # each key/value head repeated for its group of query heads
                 k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-            if mask is None and past == 0:
+            if mask is None and T > 1:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
@@ -358,12 +367,14 @@ class GPT(nn.Module):
         only ones generation needs) unless all_logits; with hidden, none: the final hidden states
         (b, t, n_embd) come back instead, for a caller that runs self.logits only where it needs
         them. With a cache, idx continues the cached sequence: positions start at cache.pos, and
-        the cache advances by idx's length."""
+        the cache advances by idx's length. cache.pos is an int, or a (b,) tensor where each row
+        continues a sequence of its own length (a batch of independent requests)."""
         device = idx.device
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
-        assert start + t <= self.config.block_size, (
-            f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
+        longest = int(start.max()) if torch.is_tensor(start) else start
+        assert longest + t <= self.config.block_size, (
+            f"cannot forward a sequence of length {longest + t}, block size is only {self.config.block_size}"
         )
         rope = None
         if self.config.pos_emb == "rope":
@@ -371,7 +382,8 @@ class GPT(nn.Module):
             rope = rope_tables(self.config.head_size, self.config.rope_theta, start, t, device)
             x = self.transformer.drop(self.transformer.wte(idx))  # (b, t, n_embd)
         else:
-            pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # (t,)
+            pos = (start[:, None] if torch.is_tensor(start) else start) \
+                + torch.arange(t, dtype=torch.long, device=device)  # (t,), or (b, t) for per-row starts
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (b, t, n_embd)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, layer)

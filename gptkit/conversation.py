@@ -9,7 +9,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from gptkit.errors import UserError
+from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import CharTokenizer
 
 ROLES = ("system", "user", "assistant")
 
@@ -115,3 +116,15 @@ CHAT = Transcript(user="User: ", bot="Assistant: ", sep="\n",
 # replies hold newlines and blank lines; the model learns to write it, and chat.py stops there.
 SFT = Transcript(user="<|im_start|>user\n", bot="<|im_start|>assistant\n", sep="<|im_end|>\n", preamble="",
                  system="<|im_start|>system\n", turn_end="<|im_end|>")
+
+
+def transcript_for(tok, style="auto"):
+    """(transcript, style) to talk to a model with tokenizer tok: for style 'auto', the chat template it was
+    fine-tuned in (tok.chat_template), else a play for a character model, else a chat; or the style named
+    ('template', 'play', 'chat'). Raises UserError for 'template' where the model has none."""
+    if style == "template" and tok.chat_template is None:
+        raise UserError("this model was not fine-tuned on conversations, so it has no chat template; use "
+                        "style=auto", status=USAGE)
+    if style == "auto":
+        style = "template" if tok.chat_template else "play" if isinstance(tok, CharTokenizer) else "chat"
+    return {"template": tok.chat_template, "play": PLAY, "chat": CHAT}[style], style

@@ -41,6 +41,14 @@ class KVCache:
         end = self.pos + T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    @classmethod
+    def over(cls, k, v):
+        """A cache, empty (pos 0), that keeps its keys and values in the given tensors (views of another
+        cache's storage, say), each (n_layer, B, nh, block_size, hs)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.pos = k, v, 0
+        return cache
+
     def rows(self, index, room, length=None):
         """A new cache holding the rows `index` picks (a tensor; a row may be picked again), their first
         `length` positions (default: all so far), with room for `room` more: several continuations of
@@ -54,6 +62,62 @@ class KVCache:
         picked.v[:, :, :, :length] = self.v[:, :, :, :length].index_select(1, index)
         picked.pos = length
         return picked
+
+
+class SlotCache:
+    """Keys and values of up to `slots` independent sequences, one a row, each at its own length: the
+    cache that decodes many requests in one forward (gptkit/serving.py). A forward continues each of
+    rows 0 .. n-1 from its own length (pos is their (n,) tensor, which the model reads as per-row
+    positions and an attention mask per row). The rows in use are kept at the front, so a forward's
+    keys and values are views of the storage, never copies; remove() moves the last row into the gap."""
+
+    def __init__(self, model, slots):
+        self.storage = KVCache.for_model(model, slots)
+        self.k, self.v = self.storage.k, self.storage.v  # (n_layer, slots, nh, block_size, hs)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=self.k.device)
+        self.n = 0  # rows in use
+
+    @property
+    def pos(self):
+        return self.lengths[:self.n]
+
+    @pos.setter
+    def pos(self, value):  # the model's `cache.pos += t` after a forward
+        self.lengths[:self.n] = value
+
+    def update(self, layer, k, v):
+        """Store k, v (n, nh, T, hs) after each row's own length; return every row's keys and values up
+        to the longest row's end (the positions past a shorter row's end are masked by the model)."""
+        B, _, T, _ = k.size()
+        at = self.pos[:, None] + torch.arange(T, device=k.device)  # (n, T)
+        rows = torch.arange(B, device=k.device)[:, None]
+        self.k[layer][rows, :, at] = k.transpose(1, 2)  # (n, T, nh, hs)
+        self.v[layer][rows, :, at] = v.transpose(1, 2)
+        end = int(at.max()) + 1
+        return self.k[layer, :B, :, :end], self.v[layer, :B, :, :end]
+
+    def add(self):
+        """Take the next free row; returns it and a KVCache over that row alone, empty, to prefill it
+        with exactly the forward a single sequence gets (then set_length(row, its length))."""
+        assert self.n < self.lengths.numel(), "no free row"
+        row = self.n
+        self.n += 1
+        self.lengths[row] = 0
+        return row, KVCache.over(self.k[:, row:row + 1], self.v[:, row:row + 1])
+
+    def set_length(self, row, length):
+        self.lengths[row] = length
+
+    def remove(self, row):
+        """Free a row: the last row in use moves into it (returns the index it came from)."""
+        last = self.n - 1
+        if row != last:
+            n = int(self.lengths[last])
+            self.k[:, row, :, :n] = self.k[:, last, :, :n]
+            self.v[:, row, :, :n] = self.v[:, last, :, :n]
+            self.lengths[row] = n
+        self.n = last
+        return last
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

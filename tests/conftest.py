@@ -203,6 +203,22 @@ def gpt2_encoding():
                     f"offline, point TIKTOKEN_CACHE_DIR at a folder holding them")
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, gpt2_encoding):
+    """A tiny random GPT-2 (2 layers, 128 positions) in GPT-2's vocabulary, saved as transformers saves
+    GPT-2: the scripts load it with --init_from=<folder>, and read it with GPT-2's tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=2))
+    with torch.no_grad():
+        for p in hf.parameters():  # weights away from their init, so the text is not one token repeated
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("tiny-gpt2") / "tiny"
+    hf.save_pretrained(folder)
+    return folder
+
+
 def nanogpt_checkpoint(path, vocab_size=None, n_layer=2, n_head=2, n_embd=32, block_size=32, dataset="play_char",
                        iter_num=100, compiled=True):
     """Write a checkpoint the way nanoGPT's train.py does: its six keys only, state-dict names of its
