@@ -80,7 +80,7 @@ class Start:
                 said = f"starting a new run from the weights of {self.source} (iteration {it})"
                 self.ckpt = None  # a new run: the source's optimizer, iteration and random state stay behind
             else:
-                model = loading.load_pretrained(self.source, dropout=cfg.dropout)
+                model, _ = loading.load_pretrained(self.source, dropout=cfg.dropout)
                 self._refuse_other_architecture(vars(model.config))
                 said = f"starting a new run from the weights of {self.source}"
             # a LoRA run's base: where its weights come from, and a checksum of them as loaded from there

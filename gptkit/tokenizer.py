@@ -38,6 +38,7 @@ class CharTokenizer:
         self.stoi, self.itos = meta["stoi"], meta["itos"]
         self.vocab_size = meta["vocab_size"]
         self.eot = None
+        self.stop_ids = []  # the tokens that end a sample
         self.name = "char"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
         self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
@@ -79,6 +80,7 @@ class BPETokenizer:
                             f"holding its files") from None
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
+        self.stop_ids = [self.eot]  # the tokens that end a sample
         self.name = self.id = "gpt2"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
         self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
@@ -173,6 +175,7 @@ class TrainedTokenizer:
         if self.eot is None:
             raise UserError(f"{source} has no {SPECIAL_TOKENS[0]} token, so it was not made by a prepare script; "
                             f"prepare the dataset again")
+        self.stop_ids = [self.eot]  # the tokens that end a sample
         self.name = "bpe"
         self.id = f"bpe:{self.sha256[:16]}"  # what dataset.json and every shard record as their tokenizer
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
