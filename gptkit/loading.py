@@ -71,6 +71,12 @@ def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
 def load_pretrained(name_or_path, dropout=0.0, dtype=torch.float32):
     """(model, description) of a Hugging Face model, a local folder or a hub id, its floating-point weights
     in dtype; a sentence on failure."""
+    check_source(name_or_path)
+    return hf_models.load(name_or_path, dropout=dropout, dtype=dtype)
+
+
+def check_source(name_or_path):
+    """Refuse, with a sentence, what can be neither a Hugging Face folder nor a hub id."""
     if not os.path.isdir(name_or_path):
         if os.sep in name_or_path and (os.path.isabs(name_or_path) or name_or_path.startswith(".")
                                        or os.path.exists(os.path.dirname(name_or_path))):
@@ -80,7 +86,6 @@ def load_pretrained(name_or_path, dropout=0.0, dtype=torch.float32):
             raise UserError(f"init_from={name_or_path} is not a folder, a checkpoint file or a GPT-2 name; use "
                             f"scratch, resume, a path to a ckpt.pt, a Hugging Face folder, one of "
                             f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as HuggingFaceTB/SmolLM2-135M")
-    return hf_models.load(name_or_path, dropout=dropout, dtype=dtype)
 
 
 def find_meta(ckpt, out_dir):
@@ -154,6 +159,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dt
             template = Transcript.from_dict(ckpt["chat_template"], path)
         prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
+        check_source(init_from)
         if hf_models.architecture(hf_models.read_config(init_from), init_from) != "gpt2":
             from gptkit import hf_tokenizer
             tok = hf_tokenizer.load(init_from)  # before the weights: a folder without one is told at once

@@ -229,7 +229,7 @@ def test_a_lora_checkpoint_holds_the_adapters_their_optimizer_and_the_base_ident
     n_adapters = sum(t.numel() for t in ckpt["model"].values())
     moments = [t for s in ckpt["optimizer"]["state"].values() for k, t in s.items() if k != "step"]
     assert len(moments) == 2 * len(ckpt["model"]) and sum(t.numel() for t in moments) == 2 * n_adapters
-    base = loading.load_pretrained(str(hf_base))
+    base, _ = loading.load_pretrained(str(hf_base))
     assert ckpt["lora"] == dict(rank=4, alpha=8.0, dropout=0.1, targets=["attn.c_attn", "mlp.c_proj", "lm_head"],
                                 base=dict(source=str(hf_base), sha256=lora.fingerprint(base)))
     assert checkpoint.model_args(ckpt)["block_size"] == 32 and ckpt["config"]["lora_rank"] == 4
