@@ -312,14 +312,15 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @classmethod
-    def with_weights(cls, config, state_dict, dtype=torch.float32):
+    def with_weights(cls, config, state_dict, dtype=torch.float32, owned=False):
         """A GPT holding state_dict's tensors (this project's names), built without the random
         initialisation that would be thrown away: loading costs the read, not an init of every weight
         (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit.
         state_dict is emptied as its tensors are copied: a dict freshly read from a file and handed over
         is released tensor by tensor, so loading never holds the weights twice. Floating-point weights are
         stored in dtype: float32 to train (autocast picks the compute dtype), bfloat16 to run a large model
-        in half the memory."""
+        in half the memory. owned: the tensors are memory of the caller's, already in dtype (read straight
+        from a file into place), taken as they are rather than copied."""
         # made on the meta device (shapes without memory), then given the tensors, as transformers does
         with torch.device("meta"):
             model = cls(config, init_weights=False)
@@ -336,12 +337,12 @@ class GPT(nn.Module):
         # the tensors' own memory order: memory-mapped weights would be read from the file page by page
         # during the first steps (skewing every timing there), and training must never write into a file.
         tied = {"lm_head.weight": "transformer.wte.weight"} if config.tie_embeddings else {}
-        owned = {}
+        given = {}
         for k in sorted(state_dict, key=lambda k: k in tied):  # a tied head last: it is the embedding's copy
             v = state_dict.pop(k)
-            owned[k] = owned[tied[k]] if k in tied else \
-                torch.empty_like(v, dtype=dtype if v.is_floating_point() else v.dtype).copy_(v)
-        model.load_state_dict(owned, assign=True)
+            given[k] = given[tied[k]] if k in tied else v if owned and (v.dtype == dtype or not v.is_floating_point()) \
+                else torch.empty_like(v, dtype=dtype if v.is_floating_point() else v.dtype).copy_(v)
+        model.load_state_dict(given, assign=True)
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
         return model

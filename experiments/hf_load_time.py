@@ -2,7 +2,9 @@
 Loading a Hugging Face model: this project's reader (gptkit.hf_models) against transformers'
 AutoModelForCausalLM.from_pretrained, each as a whole process (imports included), wall time and peak
 resident memory, medians of --repeats runs. The model is random weights in Qwen2.5-0.5B's shape, saved
-once as a local folder in --dtype (Qwen2.5-0.5B ships bfloat16), and both load it in that dtype.
+once as a local folder in --dtype (Qwen2.5-0.5B ships bfloat16), and both load it in that dtype, then run
+one forward of 8 tokens: transformers 5 leaves the weights in the file's memory map, read from disk on
+first use, so a load alone would not count their memory (nor the time to read them) on its side.
 
     python experiments/hf_load_time.py --folder=/tmp/qwen2.5-0.5b-shape --repeats=3
 """
@@ -30,9 +32,11 @@ def make(folder, dtype):
 
 
 LOADERS = {
-    "gptkit": "import torch; from gptkit import loading; loading.load_pretrained({folder!r}, dtype=torch.{dtype})",
+    "gptkit": "import torch; from gptkit import loading; "
+              "m, _ = loading.load_pretrained({folder!r}, dtype=torch.{dtype}); m(torch.zeros(1, 8, dtype=torch.long))",
     "transformers": "import torch; from transformers import AutoModelForCausalLM; "
-                    "AutoModelForCausalLM.from_pretrained({folder!r}, dtype=torch.{dtype})",
+                    "m = AutoModelForCausalLM.from_pretrained({folder!r}, dtype=torch.{dtype}); "
+                    "m(torch.zeros(1, 8, dtype=torch.long))",
 }
 
 

@@ -119,48 +119,116 @@ def sliding_window(c, kind, n_layer):
     return None
 
 
-def state_dict(sd, config, dtype):
-    """transformers' Llama / Qwen / Mistral tensors (sd, emptied as it goes) in this model's names: q, k, v
-    fused into c_attn and gate, up into c_fc, each fused matrix made once in dtype, its sources let go
-    before the next layer's are read."""
+# safetensors' dtype names
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+          "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class Safetensors:
+    """The tensors of a folder's model.safetensors (or its shards, listed by model.safetensors.index.json),
+    read from the files' headers: name -> (file, dtype, shape, where the bytes lie). read_into copies one
+    tensor's bytes from the file straight into the caller's tensor, so the weights are held once, in the
+    caller's memory, with no file page kept mapped or copied twice."""
+
+    def __init__(self, name_or_path):
+        index = hf.local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
+        if index:
+            try:
+                with open(index) as f:
+                    names = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                                f"again") from None
+            files = [hf.local_or_hub(name_or_path, n) for n in names]
+        else:
+            files = [hf.local_or_hub(name_or_path, "model.safetensors", required=False)]
+        self.entries = {}
+        for path in files:
+            if path is None:
+                raise UserError(f"{name_or_path} has no model.safetensors; it needs the weights as safetensors")
+            try:
+                with open(path, "rb") as f:
+                    n = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(n))
+                for name, e in header.items():
+                    if name != "__metadata__":
+                        begin, end = e["data_offsets"]
+                        self.entries[name] = (path, DTYPES[e["dtype"]], tuple(e["shape"]), 8 + n + begin, end - begin)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{path} cannot be read: it is truncated or damaged ({type(e).__name__}); download it "
+                                f"again") from None
+
+    def __contains__(self, name):
+        return name in self.entries
+
+    def shape(self, name):
+        return self.entries[name][2]
+
+    def read_into(self, name, out):
+        """The tensor's values into out (contiguous, of its shape; converted where out's dtype differs)."""
+        path, dtype, shape, offset, size = self.entries[name]
+        buf = out if out.dtype == dtype else torch.empty(shape, dtype=dtype)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            got = f.readinto(memoryview(buf.view(-1).view(torch.uint8).numpy()))
+        if got != size:
+            raise UserError(f"{path} is truncated ({name} is cut short); download it again")
+        if buf is not out:
+            out.copy_(buf)
+        return out
+
+    def read(self, name, dtype):
+        return self.read_into(name, torch.empty(self.shape(name), dtype=dtype))
+
+
+def state_dict(files, config, dtype):
+    """The tensors of transformers' Llama / Qwen / Mistral files (a Safetensors) in this model's names and
+    dtype, each read once into its place: q, k and v into the rows of one fused c_attn, gate and up into
+    c_fc's."""
     out = {}
 
     def fuse(names):
-        parts = [sd.pop(n) for n in names]
-        fused = torch.empty((sum(p.size(0) for p in parts), *parts[0].shape[1:]), dtype=dtype)
-        torch.cat(parts, out=fused)
+        fused = torch.empty((sum(files.shape(n)[0] for n in names), *files.shape(names[0])[1:]), dtype=dtype)
+        row = 0
+        for n in names:
+            rows = files.shape(n)[0]
+            files.read_into(n, fused[row:row + rows])  # a block of whole rows: contiguous
+            row += rows
         return fused
 
     renamed = {"input_layernorm.weight": "ln_1.weight", "post_attention_layernorm.weight": "ln_2.weight",
                "self_attn.q_norm.weight": "attn.q_norm.weight", "self_attn.k_norm.weight": "attn.k_norm.weight",
                "self_attn.o_proj.weight": "attn.c_proj.weight", "self_attn.o_proj.bias": "attn.c_proj.bias",
                "mlp.down_proj.weight": "mlp.c_proj.weight", "mlp.down_proj.bias": "mlp.c_proj.bias"}
+    fused = {"attn.c_attn": [f"self_attn.{p}_proj" for p in "qkv"], "mlp.c_fc": ["mlp.gate_proj", "mlp.up_proj"]}
+    taken = set()
     for i in range(config.n_layer):
         theirs, ours = f"model.layers.{i}.", f"transformer.h.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [f"{theirs}self_attn.{p}_proj.{kind}" for p in "qkv"]
-            if all(n in sd for n in qkv):
-                out[f"{ours}attn.c_attn.{kind}"] = fuse(qkv)
-            gate_up = [f"{theirs}mlp.gate_proj.{kind}", f"{theirs}mlp.up_proj.{kind}"]
-            if all(n in sd for n in gate_up):
-                out[f"{ours}mlp.c_fc.{kind}"] = fuse(gate_up)
+        for mine, parts in fused.items():
+            for kind in ("weight", "bias"):
+                names = [f"{theirs}{p}.{kind}" for p in parts]
+                if all(n in files for n in names):
+                    out[f"{ours}{mine}.{kind}"] = fuse(names)
+                    taken.update(names)
         for name, mine in renamed.items():
-            if theirs + name in sd:
-                out[ours + mine] = sd.pop(theirs + name)
-    out["transformer.wte.weight"] = sd.pop("model.embed_tokens.weight")
-    out["transformer.ln_f.weight"] = sd.pop("model.norm.weight")
-    head = sd.pop("lm_head.weight", None)
+            if theirs + name in files:
+                out[ours + mine] = files.read(theirs + name, dtype)
+                taken.add(theirs + name)
+    for name, mine in (("model.embed_tokens.weight", "transformer.wte.weight"), ("model.norm.weight", "transformer.ln_f.weight")):
+        if name in files:
+            out[mine] = files.read(name, dtype)
+            taken.add(name)
     if config.tie_embeddings:
-        out["lm_head.weight"] = out["transformer.wte.weight"]
-    elif head is not None:  # (missing, GPT.with_weights names it)
-        out["lm_head.weight"] = head
-    if config.tie_embeddings and head is not None and not torch.equal(head, out["transformer.wte.weight"]):
-        raise UserError("config.json sets tie_word_embeddings=true but lm_head.weight differs from the embedding; "
-                        "the files do not belong together")
-    sd.pop("model.rotary_emb.inv_freq", None)  # a buffer some older files hold, recomputed here
-    for k in [k for k in sd if k.endswith(".self_attn.rotary_emb.inv_freq")]:
-        sd.pop(k)
-    out.update(sd)  # anything left is unexpected: GPT.with_weights names it
+        out["lm_head.weight"] = out.get("transformer.wte.weight")
+        if "lm_head.weight" in files:  # some tied models store the head too: it must be the embedding
+            if not torch.equal(files.read("lm_head.weight", dtype), out["lm_head.weight"]):
+                raise UserError("config.json sets tie_word_embeddings=true but lm_head.weight differs from the "
+                                "embedding; the files do not belong together")
+            taken.add("lm_head.weight")
+    buffers = ("rotary_emb.inv_freq",)  # a buffer some older files hold, recomputed here
+    for name in files.entries:
+        if name not in taken and not name.endswith(buffers):
+            out[name] = files.read(name, dtype) if name == "lm_head.weight" else torch.empty(0)  # unexpected: named
     return out
 
 
@@ -173,7 +241,7 @@ def load(name_or_path, dropout=0.0, dtype=torch.float32):
         return hf.load_gpt2(name_or_path, dropout=dropout, dtype=dtype), f"{name_or_path} (GPT-2)"
     config = gpt_config(c, kind, dropout)
     try:
-        model = GPT.with_weights(config, state_dict(hf.read_weights(name_or_path), config, dtype), dtype=dtype)
+        model = GPT.with_weights(config, state_dict(Safetensors(name_or_path), config, dtype), dtype=dtype, owned=True)
     except (ValueError, KeyError) as e:
         raise UserError(f"the weights of {where} do not fit its config.json ({e}); download the model "
                         f"again") from None
