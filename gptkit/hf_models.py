@@ -9,6 +9,7 @@ Llama 3's rope scaling. Every config.json field that changes what they compute i
 this network cannot compute is refused with a sentence naming the field, never ignored.
 """
 
+import hashlib
 import json
 import os
 
@@ -230,6 +231,18 @@ def state_dict(files, config, dtype):
         if name not in taken and not name.endswith(buffers):
             out[name] = files.read(name, dtype) if name == "lm_head.weight" else torch.empty(0)  # unexpected: named
     return out
+
+
+def tokenizer_sha256(name_or_path):
+    """sha256 of a model's tokenizer.json, what data prepared in it records; None for GPT-2 (whose data is in
+    tiktoken's GPT-2 BPE), "" when the folder has none."""
+    if architecture(read_config(name_or_path), name_or_path) == "gpt2":
+        return None
+    path = hf.local_or_hub(name_or_path, "tokenizer.json", required=False)
+    if path is None:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return hashlib.sha256(f.read().encode("utf-8")).hexdigest()
 
 
 def load(name_or_path, dropout=0.0, dtype=torch.float32):

@@ -32,7 +32,7 @@ class HFTokenizer:
     input_ids (BOS added where the tokenizer's post-processor adds it), decode(ids) is
     `tokenizer.decode(ids)` (special tokens kept; transformers 5 does no space clean-up on BPE)."""
 
-    def __init__(self, json_text, config, generation, template, source):
+    def __init__(self, json_text, special, eos_ids, template, source):
         from tokenizers import Tokenizer
         try:
             self.tok = Tokenizer.from_str(json_text)
@@ -42,21 +42,30 @@ class HFTokenizer:
         self.plain = Tokenizer.from_str(json_text)
         self.plain.encode_special_tokens = True  # documents: special markers are text
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        self.id = "hf:" + hashlib.sha256(json_text.encode("utf-8")).hexdigest()[:16]
+        self.json, self.sha256 = json_text, hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+        self.id = f"bpe:{self.sha256[:16]}"  # what dataset.json and every shard record (dataset.tokenizer_id)
         self.name = "hf"
-        self.source = source
-        self.special = {k: _token(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
-                        if _token(config.get(k)) is not None}
-        self.bos = self.tok.token_to_id(self.special["bos_token"]) if "bos_token" in self.special else None
-        eos = self.tok.token_to_id(self.special["eos_token"]) if "eos_token" in self.special else None
-        ids = generation.get("eos_token_id")
-        ids = ids if isinstance(ids, list) else [] if ids is None else [ids]
-        # generation stops at any of generation_config's eos ids (an instruct model's end of turn and end
-        # of text) and at the tokenizer's own eos, as transformers' generate does
-        self.stop_ids = list(dict.fromkeys([*ids, *([eos] if eos is not None else [])]))
+        self.special, self.template = special, template
+        eos = self.tok.token_to_id(special["eos_token"]) if "eos_token" in special else None
+        # generation stops at any of generation_config's eos ids (eos_ids: an instruct model's end of turn and
+        # end of text) and at the tokenizer's own eos, as transformers' generate does
+        self.stop_ids = list(dict.fromkeys([*eos_ids, *([eos] if eos is not None else [])]))
         self.eot = eos if eos is not None else (self.stop_ids[0] if self.stop_ids else None)
-        self.chat_template = ChatTemplate(template, self.special, source) if template else None
+        self.chat_template = ChatTemplate(template, special, source) if template else None
         self.prompt_format = None
+
+    def meta(self):
+        """The meta.pkl of data prepared in this tokenizer: what train.py sizes the model by, copies into the
+        run beside tokenizer.json, and what sample.py and chat.py rebuild the tokenizer from."""
+        from gptkit.tokenizer import TOKENIZER_FILE
+        return {"vocab_size": self.vocab_size, "tokenizer": TOKENIZER_FILE, "tokenizer_sha256": self.sha256,
+                "eot": self.eot, "hf": {"special": self.special, "stop_ids": self.stop_ids,
+                                        "chat_template": self.template}}
+
+    @classmethod
+    def from_meta(cls, json_text, meta, source):
+        hf_meta = meta["hf"]
+        return cls(json_text, hf_meta["special"], hf_meta["stop_ids"], hf_meta["chat_template"], source)
 
     def encode(self, text, add_special_tokens=True):
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -64,6 +73,14 @@ class HFTokenizer:
     def encode_ordinary(self, text):
         """A training document's ids: special markers in it are plain text, and no BOS is added."""
         return self.plain.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts, num_threads=None):
+        return [e.ids for e in self.plain.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def encode_with_starts(self, texts):
+        """[(ids, start)] of rendered conversations (special tokens are tokens, no BOS added: the template
+        writes it): start[i] is the character where token i begins."""
+        return [(e.ids, [a for a, _ in e.offsets]) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids):
         return self.tok.decode(list(map(int, ids)), skip_special_tokens=False)
@@ -104,7 +121,11 @@ def load(name_or_path):
         template = config.get("chat_template")
         if isinstance(template, list):  # several named templates: the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    return HFTokenizer(json_text, config, generation, template, where)
+    special = {k: _token(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+               if _token(config.get(k)) is not None}
+    ids = generation.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [] if ids is None else [ids]
+    return HFTokenizer(json_text, special, ids, template, where)
 
 
 class ChatTemplate:
@@ -160,6 +181,26 @@ class ChatTemplate:
             history.pop(0)
             ids = encode(self.render(history, line), add_special_tokens=False)
         return ids[-budget:]
+
+    def segments(self, messages):
+        """A conversation as (text, is_reply) pieces adding up to its rendering, for fine-tuning with the
+        loss on the replies alone (data/chat/prepare.py): each message's piece is what rendering it adds to
+        the conversation before it, and an assistant message's reply piece is what follows the generation
+        prompt, its end-of-turn marker included, so the model learns to end its turn. A template that renders
+        an earlier turn differently once a later one follows (one that drops past replies' reasoning) is
+        refused: its pieces would not be the text chat.py shows the model."""
+        out, done = [], ""
+        for i, m in enumerate(messages):
+            steps = [(self.apply(messages[:i], add_generation_prompt=True), False)] if m["role"] == "assistant" else []
+            steps.append((self.apply(messages[:i + 1], add_generation_prompt=False), m["role"] == "assistant"))
+            for text, reply in steps:
+                if not text.startswith(done):
+                    raise UserError(f"the chat template of {self.where} renders a conversation's earlier turns "
+                                    f"differently once later ones follow, so the replies cannot be marked out for "
+                                    f"fine-tuning in it; prepare the conversations with another model's template")
+                out.append((text[len(done):], reply))
+                done = text
+        return [(text, reply) for text, reply in out if text]
 
     def stops(self):
         return []

@@ -154,7 +154,8 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dt
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))}" + (
             f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")")
         model = lora.merge(model)  # one matrix per layer again: generation costs what the base's does
-        if ckpt.get("chat_template") is not None:
+        if ckpt.get("chat_template") is not None and "jinja" not in ckpt["chat_template"]:  # (a Jinja one comes with
+            # the Hugging Face tokenizer of the run's meta.pkl)
             from gptkit.conversation import Transcript
             template = Transcript.from_dict(ckpt["chat_template"], path)
         prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
@@ -167,7 +168,9 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dt
         meta, folder = None, None
     if tok is None:
         tok = load_tokenizer(meta, folder)
-        tok.chat_template, tok.prompt_format = template, prompt_format
+        if template is not None:  # (a Hugging Face tokenizer brings its own)
+            tok.chat_template = template
+        tok.prompt_format = prompt_format
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

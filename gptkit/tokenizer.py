@@ -22,7 +22,7 @@ def vocab_mismatch(vocab_size, meta):
     exactly its vocabulary, and other data needs every id it holds to have a row."""
     if meta is not None and "stoi" in meta and meta["vocab_size"] != vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the character vocabulary has {meta['vocab_size']}"
-    if meta is not None and meta.get("tokenizer") and meta["vocab_size"] != vocab_size:
+    if meta is not None and meta.get("tokenizer") and not meta.get("hf") and meta["vocab_size"] != vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the trained tokenizer has {meta['vocab_size']}"
     if meta is not None and meta.get("vocab_size", 0) > vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the data uses {meta['vocab_size']}"
@@ -183,6 +183,11 @@ class TrainedTokenizer:
     @classmethod
     def load(cls, path, sha256=None):
         """The tokenizer in path; with sha256 (what meta.pkl recorded), refused unless it is that file."""
+        return cls(cls.read(path, sha256), path)
+
+    @staticmethod
+    def read(path, sha256=None):
+        """The text of the tokenizer.json in path; with sha256, refused unless it is that file."""
         if not os.path.isfile(path):
             raise UserError(f"{path} is missing: the vocabulary in its folder names a trained tokenizer; copy the "
                             f"dataset's {TOKENIZER_FILE} there, or prepare the dataset again")
@@ -192,7 +197,7 @@ class TrainedTokenizer:
             raise UserError(f"{path} is not the tokenizer the dataset was prepared with (its hash differs from the "
                             f"one meta.pkl records), so token ids would mean other text; copy the dataset's "
                             f"{TOKENIZER_FILE} there, or prepare the dataset again")
-        return cls(text, path)
+        return text
 
     def meta(self):
         """The meta.pkl that names this tokenizer: how train.py sizes the model and copies the tokenizer
@@ -225,6 +230,10 @@ def load_tokenizer(meta, folder=None):
     or, without meta.pkl, GPT-2 BPE."""
     if meta and "stoi" in meta:
         return CharTokenizer(meta)
+    if meta and meta.get("hf"):  # a Hugging Face model's tokenizer (hf_tokenizer), with its special tokens
+        from gptkit.hf_tokenizer import HFTokenizer
+        path = os.path.join(folder or ".", meta["tokenizer"])
+        return HFTokenizer.from_meta(TrainedTokenizer.read(path, meta["tokenizer_sha256"]), meta, path)
     if meta and meta.get("tokenizer"):
         return TrainedTokenizer.load(os.path.join(folder or ".", meta["tokenizer"]), meta.get("tokenizer_sha256"))
     return BPETokenizer()
