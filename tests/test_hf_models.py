@@ -234,3 +234,48 @@ def test_a_folder_without_tokenizer_or_template_is_one_sentence(folders, tmp_pat
     (base / "chat_template.jinja").unlink()
     p = run("chat.py", f"--init_from={base}", "--prompt=hi", "--device=cpu", check=False)
     assert_clean_error(p, words=["chat template", "sample.py", "--style=chat"])
+
+
+@pytest.fixture(scope="module")
+def chat_data(folders, tmp_path_factory):
+    """Conversations prepared in the tiny Qwen3's template and tokenizer (data/chat/prepare.py --tokenizer)."""
+    folder = tmp_path_factory.mktemp("qwen-chat")
+    convs = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                           {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(40)]
+    (folder / "convs.jsonl").write_text("\n".join(json.dumps(c) for c in convs), encoding="utf-8")
+    run("data/chat/prepare.py", folder / "convs.jsonl", f"--tokenizer={folders['qwen3']}", f"--out={folder / 'data'}")
+    return folder / "data", convs
+
+
+def test_sft_data_is_the_template_with_the_loss_on_replies(folders, chat_data):
+    """Checked by hand on the first conversation: the tokens are apply_chat_template's, and the counted ones
+    are the reply and the end-of-turn marker the template writes after it."""
+    import numpy as np
+    data, convs = chat_data
+    tok = transformers.AutoTokenizer.from_pretrained(folders["qwen3"])
+    messages = convs[0]["messages"]
+    expected = tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    ids = np.fromfile(data / "train.bin", dtype=np.uint16)[:len(expected)].tolist()
+    mask = np.fromfile(data / "train_mask.bin", dtype=np.uint8)[:len(expected)]
+    assert ids == expected
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "It is 0.<|im_end|>\n"
+    assert tok.decode(ids[:int(np.argmax(mask))]) == tok.apply_chat_template(messages[:1], tokenize=False,
+                                                                             add_generation_prompt=True)
+
+
+@pytest.mark.slow
+def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
+    """train.py --init_from=FOLDER with LoRA on the model's own chat data; the run chats in the model's
+    template (its tokenizer and template kept with the run); data in another tokenizer is refused."""
+    data, _ = chat_data
+    out = tmp_path / "run"
+    p = run("train.py", f"--init_from={folders['qwen3']}", f"--data_dir={data}", f"--out_dir={out}", "--lora_rank=4",
+            "--block_size=64", "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu",
+            "--compile=False", "--dtype=float32")
+    assert "warning" not in p.stdout
+    p = run("chat.py", f"--out_dir={out}", "--prompt=What is 3 plus 3?", "--temperature=0", "--max_new_tokens=4")
+    assert "template style" in p.stderr and p.stdout.startswith("Assistant: ")
+    p = run("train.py", f"--init_from={folders['llama-untied']}", f"--data_dir={data}", f"--out_dir={tmp_path / 'no'}",
+            "--block_size=64", "--device=cpu", "--compile=False", check=False)
+    assert_clean_error(p, words=["another model's tokenizer", f"--tokenizer={folders['llama-untied']}"])
+    assert not (tmp_path / "no").exists()
