@@ -86,13 +86,8 @@ class HFTokenizer:
         return self.tok.decode(list(map(int, ids)), skip_special_tokens=False)
 
     def token_bytes(self):
-        """Bytes of text each id stands for (bits per byte divides by them); 0 for special tokens."""
-        special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
-        out = []
-        for i in range(self.vocab_size):
-            piece = self.tok.id_to_token(i)
-            out.append(0 if piece is None or piece in special else len(self.tok.decode([i]).encode("utf-8")))
-        return out
+        from gptkit.tokenizer import token_bytes
+        return token_bytes(self.tok, self.vocab_size)
 
 
 def load(name_or_path):

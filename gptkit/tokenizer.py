@@ -223,6 +223,20 @@ class TrainedTokenizer:
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_bytes(self):
+        return token_bytes(self.tok, self.vocab_size)
+
+
+def token_bytes(tok, vocab_size):
+    """Bytes of text each id of a Hugging Face tokenizers.Tokenizer stands for (bits per byte divides by
+    them); 0 for special tokens, which stand for none."""
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    out = []
+    for i in range(vocab_size):
+        piece = tok.id_to_token(i)
+        out.append(0 if piece is None or piece in special else len(tok.decode([i]).encode("utf-8")))
+    return out
+
 
 def load_tokenizer(meta, folder=None):
     """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the
