@@ -90,6 +90,15 @@ class HFTokenizer:
         return token_bytes(self.tok, self.vocab_size)
 
 
+def to_transformers(tok, model_max_length):
+    """transformers' PreTrainedTokenizerFast of an HFTokenizer: the same tokenizer.json, special tokens and
+    chat template, no clean-up of spaces on decoding (what the model's own folder loads as)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.json), chat_template=tok.template,
+                                   clean_up_tokenization_spaces=False, model_max_length=model_max_length, **tok.special)
+
+
 def load(name_or_path):
     """The tokenizer of a Hugging Face folder or hub id; a sentence saying what still works when the
     folder has weights but no tokenizer.json."""

@@ -275,7 +275,42 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     assert "warning" not in p.stdout
     p = run("chat.py", f"--out_dir={out}", "--prompt=What is 3 plus 3?", "--temperature=0", "--max_new_tokens=4")
     assert "template style" in p.stderr and p.stdout.startswith("Assistant: ")
+    # exported: PEFT's adapters over the original folder compute the run's model; the merged export keeps the
+    # model's tokenizer, template and stop ids
+    from conftest import export
+    peft = pytest.importorskip("peft")
+    export(f"--out_dir={out}", "--peft=True")
+    export(f"--out_dir={out}")
+    model, _, _ = loading.load_for_inference("resume", str(out))
+    adapted = peft.PeftModel.from_pretrained(reference(folders["qwen3"]), str(out / "peft")).eval()
+    merged = reference(out / "hf")
+    idx = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = model(idx, all_logits=True)[0]
+        assert (adapted(idx).logits - ours).abs().max() <= 1e-5 and (merged(idx).logits - ours).abs().max() <= 1e-5
+    theirs, exported = (transformers.AutoTokenizer.from_pretrained(f) for f in (folders["qwen3"], out / "hf"))
+    messages = [{"role": "user", "content": "ünï  x <|im_end|>"}]
+    assert exported.apply_chat_template(messages, tokenize=False) == theirs.apply_chat_template(messages, tokenize=False)
+    assert exported(TEXTS[2])["input_ids"] == theirs(TEXTS[2])["input_ids"]
+    assert merged.generation_config.eos_token_id == hf_tokenizer.load(str(folders["qwen3"])).stop_ids
     p = run("train.py", f"--init_from={folders['llama-untied']}", f"--data_dir={data}", f"--out_dir={tmp_path / 'no'}",
             "--block_size=64", "--device=cpu", "--compile=False", check=False)
     assert_clean_error(p, words=["another model's tokenizer", f"--tokenizer={folders['llama-untied']}"])
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3"])
+def test_export_round_trip_gives_the_original_tensors(folders, name):
+    """Loaded, then written back as transformers' class of the same name: every tensor is the original's."""
+    from gptkit import hf as hf_io
+    model, _ = loading.load_pretrained(str(folders[name]))
+    back = hf_io.to_transformers(model)
+    original = reference(folders[name])
+    assert type(back) is type(original)
+    theirs, ours = original.state_dict(), back.state_dict()
+    assert theirs.keys() == ours.keys()
+    for k in theirs:
+        assert torch.equal(theirs[k], ours[k]), k
+    idx = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(back(idx).logits, original(idx).logits)
