@@ -49,17 +49,22 @@ MODELS = {  # name: (class, config class, config, tokenizer style)
     "mistral": ("MistralForCausalLM", "MistralConfig", dict(head_dim=16, sliding_window=None), "llama3"),
 }
 TEXTS = ["Hello  world!\n\n  tabs\tand   runs of spaces   ", "ünïcödé 日本語 and emoji 🙂 mixed in",
-         "ROMEO: <|im_end|> a marker <|eot_id|> in text", "", "   leading spaces, and a trailing newline\n"]
+         "ROMEO: <|im_end|> a marker <|eot_id|> in text", "", "   leading spaces, and a trailing newline\n",
+         "decomposed e\u0301 and 2024-12-05, 3.14159"]
 
 
 def save_tokenizer(folder, style):
     """A byte-level BPE of VOCAB tokens trained here, saved as transformers saves one, with the style's
     special tokens, BOS/EOS, template, and generation_config's eos ids (end of text and of turn)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast
     special, bos, eos, end_turn, cls, add_bos, template = STYLES[style]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+    pattern = SPLIT_PATTERN
+    if style == "qwen":  # as Qwen's tokenizer.json: NFC, and the split that transformers' Qwen2Tokenizer builds
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as pattern
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator([CORPUS.read_text(encoding="utf-8")[:50000]], trainers.BpeTrainer(
