@@ -230,11 +230,16 @@ class TrainedTokenizer:
 def token_bytes(tok, vocab_size):
     """Bytes of text each id of a Hugging Face tokenizers.Tokenizer stands for (bits per byte divides by
     them); 0 for special tokens, which stand for none."""
+    from tokenizers import decoders
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    # byte-level BPE writes each byte as one printable character, so a token's length is its bytes, also for
+    # a token holding part of a character (which decodes alone to a 3-byte replacement character)
+    byte_level = isinstance(tok.decoder, decoders.ByteLevel)
     out = []
     for i in range(vocab_size):
         piece = tok.id_to_token(i)
-        out.append(0 if piece is None or piece in special else len(tok.decode([i]).encode("utf-8")))
+        out.append(0 if piece is None or piece in special else
+                   len(piece) if byte_level else len(tok.decode([i]).encode("utf-8")))
     return out
 
 

@@ -319,3 +319,14 @@ def test_export_round_trip_gives_the_original_tensors(folders, name):
     idx = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(back(idx).logits, original(idx).logits)
+
+
+def test_token_bytes_add_up_to_the_text(folders):
+    """Bits per byte divides by these: over any text, the tokens' bytes are the text's UTF-8 bytes (after the
+    tokenizer's NFC), partial characters included."""
+    import unicodedata
+    tok = hf_tokenizer.load(str(folders["qwen2"]))
+    lengths = tok.token_bytes()
+    for text in TEXTS:
+        nfc = unicodedata.normalize("NFC", text)
+        assert sum(lengths[i] for i in tok.encode_ordinary(text)) == len(nfc.encode("utf-8")), text
