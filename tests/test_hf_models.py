@@ -275,9 +275,11 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     data, _ = chat_data
     out = tmp_path / "run"
     p = run("train.py", f"--init_from={folders['qwen3']}", f"--data_dir={data}", f"--out_dir={out}", "--lora_rank=4",
+            "--lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",  # PEFT's names
             "--block_size=64", "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu",
             "--compile=False", "--dtype=float32")
     assert "warning" not in p.stdout
+    assert "on 8 layers (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)" in p.stdout
     p = run("chat.py", f"--out_dir={out}", "--prompt=What is 3 plus 3?", "--temperature=0", "--max_new_tokens=4")
     assert "template style" in p.stderr and p.stdout.startswith("Assistant: ")
     # exported: PEFT's adapters over the original folder compute the run's model; the merged export keeps the
