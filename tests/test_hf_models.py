@@ -14,7 +14,7 @@ from conftest import CORPUS, assert_clean_error, run
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("jinja2")
 
-from gptkit import hf_models, hf_tokenizer, loading  # noqa: E402
+from gptkit import hf_tokenizer, loading  # noqa: E402
 from gptkit.errors import UserError  # noqa: E402
 from gptkit.tokenizer import SPLIT_PATTERN  # noqa: E402
 
