@@ -66,7 +66,9 @@ def hub_file(repo, filename, required=True):
             return None
         raise UserError(f"could not fetch {filename} of {repo!r} from the Hugging Face hub "
                         f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
-                        f"check the name ({', '.join(GPT2_NAMES)}) and the connection, or give a local folder") from None
+                        f"check the name ({', '.join(GPT2_NAMES)}, or a hub id such as Qwen/Qwen2.5-0.5B; a gated model "
+                        f"such as meta-llama's needs `hf auth login` with access granted) and the connection, or give a "
+                        f"local folder") from None
 
 
 def local_or_hub(name_or_path, filename, required=True):
