@@ -85,7 +85,8 @@ def check_source(name_or_path):
         if "/" not in name_or_path and name_or_path not in hf.GPT2_NAMES:
             raise UserError(f"init_from={name_or_path} is not a folder, a checkpoint file or a GPT-2 name; use "
                             f"scratch, resume, a path to a ckpt.pt, a Hugging Face folder, one of "
-                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as HuggingFaceTB/SmolLM2-135M")
+                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2 or "
+                            f"HuggingFaceTB/SmolLM2-135M")
 
 
 def find_meta(ckpt, out_dir):
