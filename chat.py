@@ -27,7 +27,8 @@ errors.install()
 # -----------------------------------------------------------------------------
 # knobs
 KEYS = [
-    Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
+    Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face "
+        "folder or hub id (Llama, Qwen2, Qwen3, Mistral: an instruct model chats in its own template)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("style", "auto", "auto (the run's chat template if it was fine-tuned on conversations, else play for "
@@ -81,7 +82,8 @@ rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
 plan, device = rt.plan, rt.device
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
-model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device)
+model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device,
+                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32)
 model = quantize.for_decoding(model, cfg.quantize)
 block_size = model.config.block_size
 if tok.prompt_format is not None:  # no conversation to continue: it knows problems and their answers
@@ -94,6 +96,10 @@ if tok.prompt_format is not None:  # no conversation to continue: it knows probl
 if cfg.style == "template" and tok.chat_template is None:
     raise UserError(f"{desc} was not fine-tuned on conversations, so it has no chat template; use --style=auto",
                     status=USAGE)
+if cfg.style == "auto" and tok.name == "hf" and tok.chat_template is None:
+    raise UserError(f"{desc} has no chat template (a base model, not an instruct one); chat with its instruct "
+                    f"release, continue text with python sample.py --init_from={init_from}, or give --style=chat for "
+                    f"plain 'User:' / 'Assistant:' lines", status=USAGE)
 transcript, style = conversation.transcript_for(tok, cfg.style)
 
 
@@ -101,10 +107,12 @@ def unescape(text):  # --user='ROMEO:\n' typed in a shell arrives with a backsla
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-transcript = dataclasses.replace(transcript, **{k: unescape(getattr(cfg, k)) for k in ("user", "bot", "sep", "preamble")
-                                                if getattr(cfg, k) is not None})
-user, bot, sep = transcript.user, transcript.bot, transcript.sep
-if not user.strip() or not bot.strip():
+given = {k: unescape(getattr(cfg, k)) for k in ("user", "bot", "sep", "preamble") if getattr(cfg, k) is not None}
+if given and not dataclasses.is_dataclass(transcript):  # a Hugging Face model's own Jinja template
+    raise UserError(f"--{next(iter(given))} changes the chat or play style's prefixes, but {desc} is talked to in "
+                    f"its own chat template; drop it, or give --style=chat", status=USAGE)
+transcript = dataclasses.replace(transcript, **given) if given else transcript
+if style != "template" and (not transcript.user.strip() or not transcript.bot.strip()):
     raise UserError("the speaker prefixes user and bot must contain some text, e.g. --user='ROMEO:\\n'", status=USAGE)
 unspellable = transcript.unspellable(tok)
 if unspellable:
@@ -113,8 +121,10 @@ if unspellable:
                     f"--preamble=), or continue text with python sample.py --out_dir={cfg.out_dir}", status=USAGE)
 if style == "template":  # what the model reads is markup; what you read is named lines
     user, bot, sep = conversation.CHAT.user, conversation.CHAT.bot, conversation.CHAT.sep
+else:
+    user, bot, sep = transcript.user, transcript.bot, transcript.sep
 stops = [*transcript.stops(), *map(unescape, cfg.stop)]
-stop_tokens = [tok.eot] if tok.eot is not None else []
+stop_tokens = tok.stop_ids
 # keep room for a whole reply within the context; older turns are dropped first
 reserve = min(cfg.max_new_tokens, block_size // 2)
 

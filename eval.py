@@ -20,7 +20,8 @@ errors.install()
 # -----------------------------------------------------------------------------
 # knobs
 KEYS = [
-    Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
+    Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face folder or "
+        "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("tasks", "hellaswag", "comma-separated: hellaswag, FILE.jsonl (multiple choice), val, train, text:FILE "

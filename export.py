@@ -173,7 +173,10 @@ dataset = (ckpt.get("config") or {}).get("dataset")
 loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{dataset}")  # as sample.py checks it
 char_level = bool(meta and "stoi" in meta)
 trained = bool(meta and meta.get("tokenizer"))  # a BPE trained on the data: its tokenizer.json becomes the export's
-if char_level or trained:
+model_tokenizer = bool(meta and meta.get("hf"))  # a Hugging Face model's own tokenizer (a run started from it)
+if model_tokenizer:
+    vocab_size = model.config.vocab_size  # the model's rows as its release has them, unused ones included
+elif char_level or trained:
     vocab_size = meta["vocab_size"]
 else:
     vocab_size = GPT2_VOCAB  # drop the rows padding 50257 up to 50304: no token ever maps to them
@@ -184,11 +187,14 @@ adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) e
 model = lora.merge(model)
 
 tokenizer = None
-if trained and not cfg.skip_tokenizer:
+if model_tokenizer and not cfg.skip_tokenizer:  # with its special tokens and chat template
+    from gptkit import hf_tokenizer
+    tokenizer = hf_tokenizer.to_transformers(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
+elif trained and not cfg.skip_tokenizer:
     tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
 elif not char_level and not cfg.skip_tokenizer:
     tokenizer = hf.gpt2_tokenizer(cfg.tokenizer_dir or None, model_max_length=model.config.block_size)
-if tokenizer is not None and ckpt.get("chat_template") is not None:  # a chat fine-tune: apply_chat_template
+if tokenizer is not None and ckpt.get("chat_template") is not None and not model_tokenizer:  # a chat fine-tune:
     tokenizer.chat_template = Transcript.from_dict(ckpt["chat_template"], path).jinja()  # writes its training text
 
 # -----------------------------------------------------------------------------
@@ -199,6 +205,8 @@ hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there).
 # Half the context (256 tokens at most, a pipeline's own default) leaves the other half for the prompt. A
 # max_length here instead would make every generate(max_new_tokens=...) call warn that both are set.
+if hf_model is not None and model_tokenizer:
+    hf_model.generation_config.eos_token_id = load_tokenizer(meta, meta_dir).stop_ids  # end of text and of turn
 if hf_model is not None:
     hf_model.generation_config.max_new_tokens = max(1, min(256, model.config.block_size // 2))
 

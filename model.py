@@ -31,15 +31,18 @@ def norm_layer(config, dim):
     return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
 
 
-def rope_tables(head_size, theta, start, length, device):
+def rope_tables(head_size, theta, start, length, device, scaling=None):
     """cos and sin, each (length, head_size), of rotary position embeddings (Su et al. 2021, RoFormer)
     for positions start .. start + length - 1; with start a (B,) tensor, each row from its own start,
     (B, 1, length, head_size). Frequency i of head_size / 2 turns by theta^(-2i / hs) per position.
     The layout is the one of transformers' Llama ("rotate half": frequency i rotates the pair (x[i],
     x[i + hs/2]), not neighbouring pairs), so exported weights need no permutation.
     Computed afresh for each forward, in fp32: a few tiny ops, and no buffer that loading weights on
-    the meta device (GPT.with_weights) would leave empty."""
+    the meta device (GPT.with_weights) would leave empty. scaling: Llama 3's (factor, low_freq_factor,
+    high_freq_factor, original context), or None."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, device=device, dtype=torch.int64).float() / head_size))
+    if scaling is not None:
+        inv_freq = llama3_scaled(inv_freq, *scaling)
     if torch.is_tensor(start):  # each row of a batch at its own position (a batch of independent requests)
         pos = (start[:, None] + torch.arange(length, device=device)).float()  # (B, T)
         emb = torch.cat((pos[..., None] * inv_freq, pos[..., None] * inv_freq), dim=-1)[:, None]
@@ -48,6 +51,15 @@ def rope_tables(head_size, theta, start, length, device):
     freqs = torch.outer(pos, inv_freq)  # (T, hs/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
     return emb.cos(), emb.sin()
+
+
+def llama3_scaled(inv_freq, factor, low, high, context):
+    """Llama 3.1's longer context (Meta's llama3 reference code, "apply_scaling"): frequencies whose
+    wavelength exceeds context / low turn `factor` times slower, those shorter than context / high keep
+    their speed, and those between are blended linearly in context / wavelength."""
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((context / wavelen - low) / (high - low)).clamp(0, 1)  # 0: long wavelengths, 1: short ones
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
 def apply_rope(x, cos, sin):
@@ -63,8 +75,9 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         # q, k, v fused: n_head query heads, then n_kv_head key and as many value heads
-        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size,
+                                bias=config.bias or config.qkv_bias)
+        self.c_proj = nn.Linear(self.n_head * self.head_size, config.n_embd, bias=config.bias)
         # QK-norm (Henry et al. 2020; Dehghani et al. 2023 for its stability at scale): each head's
         # query and key RMS-normalised, with a learnt scale, before the rotation, as Qwen3 does it.
         # The attention logits stay bounded however large the weights grow.
@@ -127,7 +140,7 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -194,6 +207,12 @@ class GPTConfig:
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
     tie_embeddings: bool = True  # the output head is the token embedding (Press & Wolf 2017)
     logit_softcap: float = 0.0  # cap * tanh(logits / cap) when > 0
+    head_dim: int = 0  # size of each attention head; 0: n_embd / n_head (Qwen3 sets its own, larger)
+    qkv_bias: bool = False  # biases on the query, key and value projections alone, as Qwen2 has them
+    rope_scale: float = 0.0  # Llama 3's rotary frequency scaling factor (llama3_scaled); 0: none
+    rope_scale_low: float = 1.0  # its low_freq_factor
+    rope_scale_high: float = 4.0  # its high_freq_factor
+    rope_scale_context: int = 8192  # its original_max_position_embeddings
 
     def __post_init__(self):
         problem = self.problem()
@@ -208,7 +227,7 @@ class GPTConfig:
                 return f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}"
         if self.n_layer < 1 or self.n_head < 1 or self.n_embd < 1:
             return f"n_layer={self.n_layer}, n_head={self.n_head} and n_embd={self.n_embd} must all be positive"
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.head_dim:
             return (f"n_embd={self.n_embd} does not divide into n_head={self.n_head} heads; make n_embd a multiple "
                     f"of n_head")
         if not 0 <= self.n_kv_head <= self.n_head or self.n_head % self.kv_heads:
@@ -219,6 +238,10 @@ class GPTConfig:
                     f"{self.head_size} is odd; choose n_embd and n_head with an even quotient")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             return f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive"
+        if self.head_dim < 0 or self.rope_scale < 0 or (self.rope_scale and not
+                                                        0 < self.rope_scale_low < self.rope_scale_high):
+            return (f"head_dim={self.head_dim} and rope_scale={self.rope_scale} must be >= 0, and rope_scale_low="
+                    f"{self.rope_scale_low} positive and below rope_scale_high={self.rope_scale_high}")
         if self.mlp_hidden < 0 or self.logit_softcap < 0:
             return (f"mlp_hidden={self.mlp_hidden} and logit_softcap={self.logit_softcap} must be >= 0 (0 means the "
                     f"default width, and no cap)")
@@ -231,7 +254,13 @@ class GPTConfig:
 
     @property
     def head_size(self):
-        return self.n_embd // self.n_head
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def rope_scaling(self):
+        """rope_tables' scaling argument: None, or Llama 3's four numbers."""
+        return (self.rope_scale, self.rope_scale_low, self.rope_scale_high, self.rope_scale_context) \
+            if self.rope_scale else None
 
     @property
     def kv_heads(self):
@@ -292,12 +321,15 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @classmethod
-    def with_weights(cls, config, state_dict):
+    def with_weights(cls, config, state_dict, dtype=torch.float32, owned=False):
         """A GPT holding state_dict's tensors (this project's names), built without the random
         initialisation that would be thrown away: loading costs the read, not an init of every weight
         (seconds for GPT-2 124M, minutes for 1.5B). Raises ValueError naming what does not fit.
         state_dict is emptied as its tensors are copied: a dict freshly read from a file and handed over
-        is released tensor by tensor, so loading never holds the weights twice."""
+        is released tensor by tensor, so loading never holds the weights twice. Floating-point weights are
+        stored in dtype: float32 to train (autocast picks the compute dtype), bfloat16 to run a large model
+        in half the memory. owned: the tensors are memory of the caller's, already in dtype (read straight
+        from a file into place), taken as they are rather than copied."""
         # made on the meta device (shapes without memory), then given the tensors, as transformers does
         with torch.device("meta"):
             model = cls(config, init_weights=False)
@@ -310,16 +342,16 @@ class GPT(nn.Module):
             if v.shape != own[k].shape:
                 raise ValueError(f"{k} has shape {tuple(v.shape)} in the weights but {tuple(own[k].shape)} in the "
                                  f"model (a different vocabulary or size?)")
-        # Owned fp32 copies, whatever the file holds (fp16/bf16 files; autocast picks compute dtypes), in
+        # Owned copies in dtype, whatever the file holds (fp16/bf16 files; autocast picks compute dtypes), in
         # the tensors' own memory order: memory-mapped weights would be read from the file page by page
         # during the first steps (skewing every timing there), and training must never write into a file.
         tied = {"lm_head.weight": "transformer.wte.weight"} if config.tie_embeddings else {}
-        owned = {}
+        given = {}
         for k in sorted(state_dict, key=lambda k: k in tied):  # a tied head last: it is the embedding's copy
             v = state_dict.pop(k)
-            owned[k] = owned[tied[k]] if k in tied else \
-                torch.empty_like(v, dtype=torch.float32 if v.is_floating_point() else v.dtype).copy_(v)
-        model.load_state_dict(owned, assign=True)
+            given[k] = given[tied[k]] if k in tied else v if owned and (v.dtype == dtype or not v.is_floating_point()) \
+                else torch.empty_like(v, dtype=dtype if v.is_floating_point() else v.dtype).copy_(v)
+        model.load_state_dict(given, assign=True)
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight  # assign made two parameters of the tied pair
         return model
@@ -379,7 +411,7 @@ class GPT(nn.Module):
         rope = None
         if self.config.pos_emb == "rope":
             # positions go on where the cache left off; the same tables serve every layer
-            rope = rope_tables(self.config.head_size, self.config.rope_theta, start, t, device)
+            rope = rope_tables(self.config.head_size, self.config.rope_theta, start, t, device, self.config.rope_scaling)
             x = self.transformer.drop(self.transformer.wte(idx))  # (b, t, n_embd)
         else:
             pos = (start[:, None] if torch.is_tensor(start) else start) \
@@ -430,7 +462,7 @@ class GPT(nn.Module):
         if not cfg.tie_embeddings:
             tables.append(self.transformer.wte.weight)
         frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad and all(p is not t for t in tables))
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_size, cfg.block_size
         return 6 * N - 2 * frozen + 12 * L * H * Q * T
 
     # -------------------------------------------------------------------------

@@ -16,7 +16,8 @@ errors.install()
 # -----------------------------------------------------------------------------
 # knobs
 KEYS = [
-    Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
+    Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), a Hugging Face folder or "
+        "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
     Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
     Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
@@ -27,7 +28,8 @@ KEYS = [
     Key("top_p", 1.0, "nucleus sampling: the smallest set of tokens whose probability reaches p (1.0: off)",
         above=0.0, max=1.0),
     Key("stop", (), "strings that end a sample, e.g. ('\\n\\n',); the stop string itself is not printed", type=tuple),
-    Key("stop_at_eot", True, "end a sample at GPT-2's <|endoftext|> token (BPE models)"),
+    Key("stop_at_eot", True, "end a sample at the model's end-of-text tokens (GPT-2's <|endoftext|>, a Hugging Face "
+        "model's eos ids)"),
     Key("seed", 1337, "random seed; the same seed gives the same samples"),
     Key("stream", True, "print tokens as they are generated"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
@@ -58,7 +60,8 @@ rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False
 plan, device = rt.plan, rt.device
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
-model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
+model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device,
+                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32)
 model = quantize.for_decoding(model, cfg.quantize)
 print(f"sampling from {desc}; {rt.why}{'; int8 weights' if cfg.quantize == 'int8' else ''}", file=sys.stderr)
 num_samples = cfg.num_samples if cfg.temperature > 0 or cfg.is_set("num_samples") else 1  # greedy: all alike
@@ -81,7 +84,7 @@ if not ids:
         raise UserError("the prompt is empty; give some text with --start=...")
     ids = [tok.eot]
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
-stop_tokens = [tok.eot] if cfg.stop_at_eot and tok.eot is not None else []
+stop_tokens = tok.stop_ids if cfg.stop_at_eot else []
 generator = torch.Generator(device=device).manual_seed(cfg.seed)
 torch.manual_seed(cfg.seed)
 

@@ -20,11 +20,14 @@ class KVCache:
     model's attention calls update(); model.forward advances pos."""
 
     @classmethod
-    def for_model(cls, model, batch_size, device=None, dtype=None):
+    def for_model(cls, model, batch_size, device=None, dtype=None, length=None):
+        """A cache for up to `length` positions (default and at most: block_size; a model with a context
+        of 128k tokens would otherwise reserve gigabytes for a reply of a hundred)."""
         cfg = model.config
         ref = model.transformer.wte.weight  # an embedding stays floating-point in an int8 model
+        length = cfg.block_size if length is None else min(length, cfg.block_size)
         # key/value heads only: with grouped-query attention the cache is n_head / n_kv_head times smaller
-        return cls(cfg.n_layer, batch_size, cfg.kv_heads, cfg.block_size, cfg.head_size,
+        return cls(cfg.n_layer, batch_size, cfg.kv_heads, length, cfg.head_size,
                    device or ref.device, dtype or ref.dtype)
 
     def __init__(self, n_layer, batch_size, n_head, block_size, head_size, device, dtype):
@@ -217,7 +220,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     # made here, so every forward below gets inference tensors alike (a compiled model would
     # otherwise compile the sliding window's prefill a second time, for the tensor kind alone)
     idx = idx.clone()
-    cache = KVCache.for_model(model, idx.size(0))
+    cache = KVCache.for_model(model, idx.size(0), length=idx.size(1) + max_new_tokens)
     # a copy with the strides of a fresh tensor (a view's row stride is the whole sequence's, even
     # for one row), so that one compiled graph serves every prefill
     logits, _ = model(idx[:, -block:].clone(memory_format=torch.contiguous_format), cache=cache)

@@ -66,7 +66,9 @@ def hub_file(repo, filename, required=True):
             return None
         raise UserError(f"could not fetch {filename} of {repo!r} from the Hugging Face hub "
                         f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
-                        f"check the name ({', '.join(GPT2_NAMES)}) and the connection, or give a local folder") from None
+                        f"check the name ({', '.join(GPT2_NAMES)}, or a hub id such as Qwen/Qwen2.5-0.5B; a gated model "
+                        f"such as meta-llama's needs `hf auth login` with access granted) and the connection, or give a "
+                        f"local folder") from None
 
 
 def local_or_hub(name_or_path, filename, required=True):
@@ -138,10 +140,10 @@ def _read_file(path):
 # -----------------------------------------------------------------------------
 # GPT-2 in
 
-def load_gpt2(name_or_path, dropout=0.0):
+def load_gpt2(name_or_path, dropout=0.0, dtype=torch.float32):
     """A GPT with the weights of a Hugging Face GPT-2: a hub name (gpt2, gpt2-medium, gpt2-large,
     gpt2-xl) or a local folder with config.json and model.safetensors or pytorch_model.bin. Only
-    dropout may differ from the source."""
+    dropout may differ from the source; the weights are stored in dtype."""
     where = name_or_path if os.path.isdir(name_or_path) else repr(name_or_path)
     config_path = local_or_hub(name_or_path, "config.json")
     if config_path is None:
@@ -150,7 +152,7 @@ def load_gpt2(name_or_path, dropout=0.0):
     try:
         with open(config_path) as f:
             config = gpt2_config(json.load(f), dropout)
-        return GPT.with_weights(config, from_gpt2_state_dict(read_weights(name_or_path)))
+        return GPT.with_weights(config, from_gpt2_state_dict(read_weights(name_or_path)), dtype=dtype)
     except (ValueError, json.JSONDecodeError) as e:
         raise UserError(f"{where} is not a GPT-2 this tool can load ({e}); it needs a GPT-2 config.json and "
                         f"model.safetensors or pytorch_model.bin") from None
@@ -250,7 +252,9 @@ def export_architecture(config, target="transformers class"):
         raise refuse(f"mlp={c.mlp} with pos_emb=rope", "Llama and Qwen3 have SwiGLU MLPs, and GPT-2 learned positions")
     if c.qk_norm and c.bias:
         raise refuse("qk_norm=True with bias=True", "Qwen3's MLP has no biases, and Llama no QK-norm")
-    return "qwen3" if c.qk_norm else "llama"
+    if c.qkv_bias and (c.qk_norm or c.bias):
+        raise refuse("qkv_bias=True with qk_norm or bias", "Qwen2 has biases on q, k and v alone, and no QK-norm")
+    return "qwen3" if c.qk_norm else "qwen2" if c.qkv_bias else "llama"
 
 
 def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
@@ -265,7 +269,8 @@ def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
         sd = gpt2_state_dict(model, vocab_size)
     else:
         import transformers
-        cls = transformers.Qwen3ForCausalLM if arch == "qwen3" else transformers.LlamaForCausalLM
+        cls = dict(qwen3=transformers.Qwen3ForCausalLM, qwen2=transformers.Qwen2ForCausalLM,
+                   llama=transformers.LlamaForCausalLM)[arch]
         hf = cls(llama_config_for(model, vocab_size, eot))
         sd = llama_state_dict(model, vocab_size)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
@@ -324,20 +329,25 @@ def gpt2_config_for(model, vocab_size=None, eot=GPT2_EOT):
 
 
 def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
-    """The transformers LlamaConfig (Qwen3Config with qk_norm) that computes what the model computes."""
-    from transformers import LlamaConfig, Qwen3Config
+    """The transformers LlamaConfig (Qwen3Config with qk_norm, Qwen2Config with qkv_bias) that computes what
+    the model computes."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
     c = model.config
     vocab_size = vocab_size or c.vocab_size
     args = dict(
         vocab_size=vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_width, num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads, head_dim=c.head_size, hidden_act="silu",
         max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
-        rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta), attention_bias=c.bias,
+        rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta) if not c.rope_scale else dict(
+            rope_type="llama3", rope_theta=c.rope_theta, factor=c.rope_scale, low_freq_factor=c.rope_scale_low,
+            high_freq_factor=c.rope_scale_high, original_max_position_embeddings=c.rope_scale_context),
         attention_dropout=c.dropout, tie_word_embeddings=c.tie_embeddings, **special_tokens(vocab_size, eot),
     )
     if c.qk_norm:
-        return Qwen3Config(**args)  # its MLP has no biases (export_architecture refuses bias=True)
-    return LlamaConfig(**args, mlp_bias=c.bias)
+        return Qwen3Config(**args, attention_bias=c.bias)  # its MLP has no biases (export_architecture refuses bias)
+    if c.qkv_bias:
+        return Qwen2Config(**args)  # biases on q, k, v alone, always
+    return LlamaConfig(**args, attention_bias=c.bias, mlp_bias=c.bias)
 
 
 def llama_state_dict(model, vocab_size=None):
@@ -358,12 +368,14 @@ def llama_state_dict(model, vocab_size=None):
         if c.qk_norm:
             out[theirs + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
             out[theirs + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
-        for kind in ("weight", "bias") if c.bias else ("weight",):
-            q, k, v = sd[f"{ours}attn.c_attn.{kind}"].split([c.n_embd, kv, kv])
-            gate, up = sd[f"{ours}mlp.c_fc.{kind}"].chunk(2)
+        for kind in ("weight", "bias") if c.bias or c.qkv_bias else ("weight",):
+            q, k, v = sd[f"{ours}attn.c_attn.{kind}"].split([c.n_head * c.head_size, kv, kv])
             out.update({f"{theirs}self_attn.q_proj.{kind}": q, f"{theirs}self_attn.k_proj.{kind}": k,
-                        f"{theirs}self_attn.v_proj.{kind}": v,
-                        f"{theirs}self_attn.o_proj.{kind}": sd[f"{ours}attn.c_proj.{kind}"],
+                        f"{theirs}self_attn.v_proj.{kind}": v})
+            if kind == "bias" and not c.bias:
+                continue  # Qwen2: the o_proj and the MLP have none
+            gate, up = sd[f"{ours}mlp.c_fc.{kind}"].chunk(2)
+            out.update({f"{theirs}self_attn.o_proj.{kind}": sd[f"{ours}attn.c_proj.{kind}"],
                         f"{theirs}mlp.gate_proj.{kind}": gate, f"{theirs}mlp.up_proj.{kind}": up,
                         f"{theirs}mlp.down_proj.{kind}": sd[f"{ours}mlp.c_proj.{kind}"]})
     return {k: v.contiguous() for k, v in out.items()}
@@ -406,7 +418,7 @@ def peft_adapter(model, vocab_size=None, base_name=None):
         if arch == "gpt2":
             add(name, A, B)
             continue
-        rows = {"attn.c_attn": [c.n_embd, kv, kv], "mlp.c_fc": [c.mlp_width] * 2}.get(kind, [B.size(0)])
+        rows = {"attn.c_attn": [c.n_head * c.head_size, kv, kv], "mlp.c_fc": [c.mlp_width] * 2}.get(kind, [B.size(0)])
         for theirs, part in zip(LLAMA_LORA[kind], B.split(rows)):
             add(f"model.layers.{i}.{theirs}", A, part)
     # PEFT adapts every module whose name ends with a target: GPT-2's attention and MLP both have a

@@ -80,7 +80,8 @@ class Start:
                 said = f"starting a new run from the weights of {self.source} (iteration {it})"
                 self.ckpt = None  # a new run: the source's optimizer, iteration and random state stay behind
             else:
-                model = loading.load_pretrained(self.source, dropout=cfg.dropout)
+                self._refuse_other_tokenizer(meta, data_dir)  # before minutes of reading weights
+                model, _ = loading.load_pretrained(self.source, dropout=cfg.dropout)
                 self._refuse_other_architecture(vars(model.config))
                 said = f"starting a new run from the weights of {self.source}"
             # a LoRA run's base: where its weights come from, and a checksum of them as loaded from there
@@ -121,6 +122,22 @@ class Start:
                "prepare the data with the weights' vocabulary (data/corpus/prepare.py --vocab_from=THE_RUN'S_DATASET)")
         raise UserError(f"{data_dir} has {other}, not the vocabulary {self.source} was trained with, so its token ids "
                         f"would mean other text; {fix}", status=USAGE)
+
+    def _refuse_other_tokenizer(self, data_meta, data_dir):
+        """A Hugging Face model's token ids are those of its own tokenizer: data prepared in it (the very
+        tokenizer.json, by hash) fits, other data does not; GPT-2's weights fit GPT-2's BPE (vocab_mismatch)."""
+        from gptkit import hf_models
+        theirs = hf_models.tokenizer_sha256(self.source)  # None: GPT-2's BPE; "": the folder has no tokenizer.json
+        in_hf = bool(data_meta and data_meta.get("hf"))
+        if (theirs is None and not in_hf) or (in_hf and theirs in ("", data_meta["tokenizer_sha256"])):
+            return
+        other = ("another model's tokenizer" if in_hf else "GPT-2's BPE" if data_meta is None else
+                 "a trained tokenizer" if data_meta.get("tokenizer") else "a character vocabulary")
+        fix = ("prepare it with GPT-2's (data/corpus/prepare.py --tokenizer=gpt2)" if theirs is None else
+               f"prepare it in the model's: data/corpus/prepare.py --tokenizer={self.source} (conversations: "
+               f"data/chat/prepare.py --tokenizer={self.source})")
+        raise UserError(f"{data_dir} was prepared in {other}, not in the tokenizer of {self.source}, so its token ids "
+                        f"would mean other text to the model; {fix}", status=USAGE)
 
     def _refuse_other_architecture(self, weights_args):
         """The architecture is the weights'; a setting given now that contradicts it is a mistake, not a

@@ -80,7 +80,8 @@ KEYS = [
         min=0.0, below=1.0),
     Key("lora_targets", "c_attn", "LoRA: comma-separated layers to adapt: c_attn (the attention's query/key/value, "
         "PEFT's default for GPT-2), attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj (both), attn, mlp, all-linear "
-        "(every block matrix), lm_head"),
+        "(every block matrix), lm_head; or PEFT's names for Llama and Qwen: q_proj,k_proj,v_proj (together), o_proj, "
+        "gate_proj,up_proj (together), down_proj"),
     # optimizer
     Key("learning_rate", 6e-4, "peak learning rate", above=0.0),
     Key("max_iters", 600000, "total optimizer steps", min=0),

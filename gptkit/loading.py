@@ -1,13 +1,15 @@
 """
-Models built from saved weights: a run folder or checkpoint file of this project or nanoGPT, or GPT-2
-from Hugging Face, with the vocabulary that goes with it; what sample.py, chat.py, export.py and
+Models built from saved weights: a run folder or checkpoint file of this project or nanoGPT, or a
+Hugging Face model (GPT-2, Llama, Qwen2, Qwen3, Mistral: hf_models), with the vocabulary that goes with it; what sample.py, chat.py, export.py and
 train.py's init_from use. A LoRA run's checkpoint holds adapters only: its model is its base, loaded
 from where it came from and checked against its checksum, with the adapters on top.
 """
 
 import os
 
-from gptkit import checkpoint, hf, lora
+import torch
+
+from gptkit import checkpoint, hf, hf_models, lora
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
@@ -36,10 +38,10 @@ def build_model(ckpt, path, dropout=None, lora_dropout=None):
 
 def load_weights(source, dropout=None):
     """The model a run's weights come from: a checkpoint file (a LoRA run's: its base and adapters) or
-    GPT-2 weights (a hub name or a Hugging Face folder)."""
+    a Hugging Face model (a hub id or a folder)."""
     if os.path.isfile(source):
         return build_model(checkpoint.load(source), source, dropout)
-    return load_pretrained(source, dropout=0.0 if dropout is None else dropout)
+    return load_pretrained(source, dropout=0.0 if dropout is None else dropout)[0]
 
 
 def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
@@ -66,18 +68,25 @@ def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
     return model
 
 
-def load_pretrained(name_or_path, dropout=0.0):
-    """GPT-2 weights from a local Hugging Face folder or the hub, with a sentence on failure."""
+def load_pretrained(name_or_path, dropout=0.0, dtype=torch.float32):
+    """(model, description) of a Hugging Face model, a local folder or a hub id, its floating-point weights
+    in dtype; a sentence on failure."""
+    check_source(name_or_path)
+    return hf_models.load(name_or_path, dropout=dropout, dtype=dtype)
+
+
+def check_source(name_or_path):
+    """Refuse, with a sentence, what can be neither a Hugging Face folder nor a hub id."""
     if not os.path.isdir(name_or_path):
         if os.sep in name_or_path and (os.path.isabs(name_or_path) or name_or_path.startswith(".")
                                        or os.path.exists(os.path.dirname(name_or_path))):
-            raise UserError(f"init_from={name_or_path}: no such folder; give a Hugging Face GPT-2 folder "
-                            f"(config.json and model.safetensors) or a hub name ({', '.join(hf.GPT2_NAMES)})")
+            raise UserError(f"init_from={name_or_path}: no such folder; give a Hugging Face model folder "
+                            f"(config.json and model.safetensors) or a hub id (gpt2, Qwen/Qwen2.5-0.5B, ...)")
         if "/" not in name_or_path and name_or_path not in hf.GPT2_NAMES:
             raise UserError(f"init_from={name_or_path} is not a folder, a checkpoint file or a GPT-2 name; use "
                             f"scratch, resume, a path to a ckpt.pt, a Hugging Face folder, one of "
-                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2")
-    return hf.load_gpt2(name_or_path, dropout=dropout)
+                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2 or "
+                            f"HuggingFaceTB/SmolLM2-135M")
 
 
 def find_meta(ckpt, out_dir):
@@ -126,15 +135,16 @@ def check_vocab(model, meta, path, folder_hint):
                         f"put the meta.pkl of the dataset it was trained on next to the checkpoint")
 
 
-def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
+def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dtype=torch.float32):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
-    or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
+    or from a Hugging Face model (a hub id or a local folder; its weights stored in dtype, its own
+    tokenizer and chat template, GPT-2's through tiktoken). The tokenizer carries the chat
     template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
     tokenizer), None for runs on data without one; a run trained on generated problems, the format
     they are written in as tok.prompt_format (else None)."""
     from gptkit.arithmetic import ProblemFormat
     from gptkit.tokenizer import load_tokenizer
-    template = prompt_format = None
+    template = prompt_format = tok = None
     if init_from == "resume":
         path = os.path.join(out_dir, ckpt_name)
         ckpt = checkpoint.load(path)
@@ -145,15 +155,23 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))}" + (
             f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")")
         model = lora.merge(model)  # one matrix per layer again: generation costs what the base's does
-        if ckpt.get("chat_template") is not None:
+        if ckpt.get("chat_template") is not None and "jinja" not in ckpt["chat_template"]:  # (a Jinja one comes with
+            # the Hugging Face tokenizer of the run's meta.pkl)
             from gptkit.conversation import Transcript
             template = Transcript.from_dict(ckpt["chat_template"], path)
         prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
-        model = load_pretrained(init_from, dropout=0.0)
-        meta, folder, desc = None, None, init_from
-    tok = load_tokenizer(meta, folder)
-    tok.chat_template, tok.prompt_format = template, prompt_format
+        check_source(init_from)
+        if hf_models.architecture(hf_models.read_config(init_from), init_from) != "gpt2":
+            from gptkit import hf_tokenizer
+            tok = hf_tokenizer.load(init_from)  # before the weights: a folder without one is told at once
+        model, desc = load_pretrained(init_from, dropout=0.0, dtype=dtype)
+        meta, folder = None, None
+    if tok is None:
+        tok = load_tokenizer(meta, folder)
+        if template is not None:  # (a Hugging Face tokenizer brings its own)
+            tok.chat_template = template
+        tok.prompt_format = prompt_format
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

@@ -47,7 +47,12 @@ NAMES = {
     "mlp": ("mlp.c_fc", "mlp.c_proj"),
     "all-linear": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),  # PEFT's name: every block matrix
     "lm_head": ("lm_head",),
+    # PEFT's names for Llama, Qwen and Mistral; q, k and v (gate and up) are one fused matrix here, so they
+    # come together (kinds refuses one without the others: its adapter would reach its neighbours)
+    "q_proj": ("attn.c_attn",), "k_proj": ("attn.c_attn",), "v_proj": ("attn.c_attn",),
+    "o_proj": ("attn.c_proj",), "gate_proj": ("mlp.c_fc",), "up_proj": ("mlp.c_fc",), "down_proj": ("mlp.c_proj",),
 }
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def kinds(targets):
@@ -59,6 +64,12 @@ def kinds(targets):
         raise UserError(f"lora_targets={targets!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not a layer "
                         f"LoRA can adapt; give comma-separated names from {', '.join(NAMES)} (e.g. "
                         f"--lora_targets=c_attn,c_proj)", status=USAGE)
+    for group in FUSED:
+        given = [t for t in group if t in names]
+        if given and len(given) < len(group):
+            raise UserError(f"lora_targets={targets!r}: {', '.join(group)} are one fused matrix in this model, so an "
+                            f"adapter on {', '.join(given)} alone would reach the others too; name all of "
+                            f"{', '.join(group)}", status=USAGE)
     chosen = {k for t in names for k in NAMES[t]}
     return tuple(k for k in KINDS if k in chosen)
 

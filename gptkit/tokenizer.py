@@ -22,7 +22,7 @@ def vocab_mismatch(vocab_size, meta):
     exactly its vocabulary, and other data needs every id it holds to have a row."""
     if meta is not None and "stoi" in meta and meta["vocab_size"] != vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the character vocabulary has {meta['vocab_size']}"
-    if meta is not None and meta.get("tokenizer") and meta["vocab_size"] != vocab_size:
+    if meta is not None and meta.get("tokenizer") and not meta.get("hf") and meta["vocab_size"] != vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the trained tokenizer has {meta['vocab_size']}"
     if meta is not None and meta.get("vocab_size", 0) > vocab_size:
         return f"a vocabulary of {vocab_size} tokens but the data uses {meta['vocab_size']}"
@@ -38,6 +38,7 @@ class CharTokenizer:
         self.stoi, self.itos = meta["stoi"], meta["itos"]
         self.vocab_size = meta["vocab_size"]
         self.eot = None
+        self.stop_ids = []  # the tokens that end a sample
         self.name = "char"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
         self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
@@ -79,6 +80,7 @@ class BPETokenizer:
                             f"holding its files") from None
         self.vocab_size = self.enc.n_vocab
         self.eot = self.enc.eot_token
+        self.stop_ids = [self.eot]  # the tokens that end a sample
         self.name = self.id = "gpt2"
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
         self.prompt_format = None  # a run's arithmetic.ProblemFormat, where it was trained on generated problems
@@ -173,6 +175,7 @@ class TrainedTokenizer:
         if self.eot is None:
             raise UserError(f"{source} has no {SPECIAL_TOKENS[0]} token, so it was not made by a prepare script; "
                             f"prepare the dataset again")
+        self.stop_ids = [self.eot]  # the tokens that end a sample
         self.name = "bpe"
         self.id = f"bpe:{self.sha256[:16]}"  # what dataset.json and every shard record as their tokenizer
         self.chat_template = None  # a fine-tuned run's conversation.Transcript (loading.load_for_inference)
@@ -180,6 +183,11 @@ class TrainedTokenizer:
     @classmethod
     def load(cls, path, sha256=None):
         """The tokenizer in path; with sha256 (what meta.pkl recorded), refused unless it is that file."""
+        return cls(cls.read(path, sha256), path)
+
+    @staticmethod
+    def read(path, sha256=None):
+        """The text of the tokenizer.json in path; with sha256, refused unless it is that file."""
         if not os.path.isfile(path):
             raise UserError(f"{path} is missing: the vocabulary in its folder names a trained tokenizer; copy the "
                             f"dataset's {TOKENIZER_FILE} there, or prepare the dataset again")
@@ -189,7 +197,7 @@ class TrainedTokenizer:
             raise UserError(f"{path} is not the tokenizer the dataset was prepared with (its hash differs from the "
                             f"one meta.pkl records), so token ids would mean other text; copy the dataset's "
                             f"{TOKENIZER_FILE} there, or prepare the dataset again")
-        return cls(text, path)
+        return text
 
     def meta(self):
         """The meta.pkl that names this tokenizer: how train.py sizes the model and copies the tokenizer
@@ -215,6 +223,25 @@ class TrainedTokenizer:
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_bytes(self):
+        return token_bytes(self.tok, self.vocab_size)
+
+
+def token_bytes(tok, vocab_size):
+    """Bytes of text each id of a Hugging Face tokenizers.Tokenizer stands for (bits per byte divides by
+    them); 0 for special tokens, which stand for none."""
+    from tokenizers import decoders
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    # byte-level BPE writes each byte as one printable character, so a token's length is its bytes, also for
+    # a token holding part of a character (which decodes alone to a 3-byte replacement character)
+    byte_level = isinstance(tok.decoder, decoders.ByteLevel)
+    out = []
+    for i in range(vocab_size):
+        piece = tok.id_to_token(i)
+        out.append(0 if piece is None or piece in special else
+                   len(piece) if byte_level else len(tok.decode([i]).encode("utf-8")))
+    return out
+
 
 def load_tokenizer(meta, folder=None):
     """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the
@@ -222,6 +249,10 @@ def load_tokenizer(meta, folder=None):
     or, without meta.pkl, GPT-2 BPE."""
     if meta and "stoi" in meta:
         return CharTokenizer(meta)
+    if meta and meta.get("hf"):  # a Hugging Face model's tokenizer (hf_tokenizer), with its special tokens
+        from gptkit.hf_tokenizer import HFTokenizer
+        path = os.path.join(folder or ".", meta["tokenizer"])
+        return HFTokenizer.from_meta(TrainedTokenizer.read(path, meta["tokenizer_sha256"]), meta, path)
     if meta and meta.get("tokenizer"):
         return TrainedTokenizer.load(os.path.join(folder or ".", meta["tokenizer"]), meta.get("tokenizer_sha256"))
     return BPETokenizer()

@@ -71,7 +71,7 @@ def test_import_matches_hf_logits(hf_dir):
     with torch.no_grad():
         assert (back.eval()(idx).logits - reference).abs().max().item() <= TOL
     # the same through the entry point train/sample use, with dropout overridden
-    assert loading.load_pretrained(str(hf_dir), dropout=0.1).config.dropout == 0.1
+    assert loading.load_pretrained(str(hf_dir), dropout=0.1)[0].config.dropout == 0.1
 
 
 @pytest.mark.slow

@@ -115,9 +115,13 @@ def test_lora_targets_pick_layers_and_a_misspelt_one_is_a_sentence():
     assert lora.kinds("mlp,attn.c_proj") == ("attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     model = adapted(tiny(), "attn.c_proj")
     assert [n for n, _ in lora.adapted(model)] == ["transformer.h.0.attn.c_proj", "transformer.h.1.attn.c_proj"]
-    for bad in ("q_proj", "c_attn,wte", ""):
+    for bad in ("qproj", "c_attn,wte", ""):
         with pytest.raises(UserError, match="lora_targets=.*c_attn, attn.c_attn"):
             lora.kinds(bad)
+    # PEFT's names for Llama and Qwen: q, k, v (gate, up) are one fused matrix here, named together
+    assert lora.kinds("q_proj,k_proj,v_proj,down_proj") == ("attn.c_attn", "mlp.c_proj")
+    with pytest.raises(UserError, match="fused matrix.*name all of q_proj, k_proj, v_proj"):
+        lora.kinds("q_proj,v_proj")
 
 
 def test_only_the_adapters_get_gradients_and_optimizer_state():
@@ -229,7 +233,7 @@ def test_a_lora_checkpoint_holds_the_adapters_their_optimizer_and_the_base_ident
     n_adapters = sum(t.numel() for t in ckpt["model"].values())
     moments = [t for s in ckpt["optimizer"]["state"].values() for k, t in s.items() if k != "step"]
     assert len(moments) == 2 * len(ckpt["model"]) and sum(t.numel() for t in moments) == 2 * n_adapters
-    base = loading.load_pretrained(str(hf_base))
+    base, _ = loading.load_pretrained(str(hf_base))
     assert ckpt["lora"] == dict(rank=4, alpha=8.0, dropout=0.1, targets=["attn.c_attn", "mlp.c_proj", "lm_head"],
                                 base=dict(source=str(hf_base), sha256=lora.fingerprint(base)))
     assert checkpoint.model_args(ckpt)["block_size"] == 32 and ckpt["config"]["lora_rank"] == 4

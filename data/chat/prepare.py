@@ -14,7 +14,10 @@ Hugging Face dataset (a hub name, or a builder such as json with --data_files=) 
 Every conversation is written in conversation.SFT's template (ChatML's markers as plain text in
 GPT-2's BPE) and followed by <|endoftext|>. --vocab_from=data/NAME encodes them instead with the
 tokenizer trained for that dataset (prepare.py --tokenizer=bpe), copied along, in which the markers
-are special tokens: for fine-tuning a model pretrained on that data. Only the assistant's messages
+are special tokens: for fine-tuning a model pretrained on that data. --tokenizer=FOLDER_OR_HUB_ID writes
+them instead in a Hugging Face model's own chat template and tokenizer (an instruct model's folder or hub
+id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct), for fine-tuning that model (train.py
+--init_from=FOLDER_OR_HUB_ID), which then chats in its own template. Only the assistant's messages
 and their end-of-turn marker count in the loss, so the model learns to reply and to stop, never to
 write the user's lines. The template goes into dataset.json; train.py records it in the run, and
 chat.py talks to the run in it. Conversations without an assistant message are left out (they would
@@ -34,7 +37,7 @@ from gptkit import conversation, dataprep, errors  # noqa: E402
 from gptkit.dataset import data_root  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
-ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "out"]
+ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "tokenizer", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
 MIN_VAL_TOKENS = 1025  # one evaluation sequence of GPT-2's whole context (config/sft_gpt2.py), and so of any shorter
 
@@ -127,7 +130,17 @@ def main(argv):
     column = args.get("column", "messages")
     source = (local_conversations(args["input"], column) if args.get("input") else hub_conversations(args, column))
 
-    template = conversation.SFT
+    if args.get("vocab_from") and args.get("tokenizer"):
+        raise UserError("--vocab_from and --tokenizer each name the tokenizer; give one", status=USAGE)
+    hf_tok = None
+    if args.get("tokenizer"):  # a Hugging Face model's own tokenizer and chat template
+        from gptkit import hf_tokenizer
+        hf_tok = hf_tokenizer.load(args["tokenizer"])
+        if hf_tok.chat_template is None:
+            raise UserError(f"--tokenizer={args['tokenizer']} has no chat template (a base model); give the folder or "
+                            f"hub id of its instruct release, whose template the conversations are written in",
+                            status=USAGE)
+    template = hf_tok.chat_template if hf_tok else conversation.SFT
     convs, skipped = [], 0
     for messages, where in source:
         messages = checked(messages, where)
@@ -143,8 +156,13 @@ def main(argv):
     asked = max(1, round(n * val_fraction))
 
     out = dataprep.out_folder(args, "chat")
-    info = {"counted": "assistant tokens", "chat_template": template.to_dict()}
-    if args.get("vocab_from"):
+    info = {"counted": "assistant tokens",
+            "chat_template": {"jinja": hf_tok.template} if hf_tok else template.to_dict()}
+    if hf_tok:
+        # each conversation is whole in the template (a BOS or role marker opens the next): no end of text after it
+        encoder, vocab_size, eot = dataprep.MaskedEncoder(hf_tok), hf_tok.vocab_size, None
+        writer = dataprep.DatasetWriter(out, vocab_size, info=info, tokenizer=hf_tok)
+    elif args.get("vocab_from"):
         tok = trained_tokenizer(args["vocab_from"])
         encoder, vocab_size, eot = dataprep.MaskedEncoder(tok), tok.vocab_size, tok.eot
         writer = dataprep.DatasetWriter(out, vocab_size, info=info, tokenizer=tok)
@@ -154,7 +172,8 @@ def main(argv):
         encoder, vocab_size, eot = dataprep.MaskedEncoder(enc), enc.n_vocab, enc.eot_token
         writer = dataprep.DatasetWriter(out, vocab_size, info=info)
     import numpy as np
-    eot_ids, eot_mask = np.array([eot], writer.dtype), np.zeros(1, np.uint8)  # the EOT is not a reply
+    eot_ids = np.array([eot] if eot is not None else [], writer.dtype)
+    eot_mask = np.zeros(len(eot_ids), np.uint8)  # the EOT is not a reply
 
     def write(n_val):
         """Write the splits with n_val evenly spaced conversations in val; (tokens, counted) per split."""
@@ -170,7 +189,7 @@ def main(argv):
                     eot_ids.tofile(ids_f)
                     mask.tofile(mask_f)
                     eot_mask.tofile(mask_f)
-                    tokens[split] += len(ids) + 1
+                    tokens[split] += len(ids) + len(eot_ids)
                     counted[split] += int(mask.sum())
         return tokens, counted
 
@@ -196,7 +215,10 @@ def main(argv):
     dataprep.report_split(out, counts, vocab_size)
     name = os.path.relpath(out, data_root())
     use = f"dataset={name}" if not name.startswith("..") and os.sep not in name else f"data_dir={out}"
-    if args.get("vocab_from"):  # GPT-2's weights do not know this tokenizer: a run pretrained in it does
+    if hf_tok:
+        print(f"fine-tune the model on it with: python train.py config/sft_gpt2_cpu.py --init_from={args['tokenizer']} "
+              f"--{use} (--lora_rank=8 for LoRA adapters), then chat with the run in the model's template")
+    elif args.get("vocab_from"):  # GPT-2's weights do not know this tokenizer: a run pretrained in it does
         print(f"fine-tune a run pretrained on {args['vocab_from']} with: python train.py config/sft_gpt2.py "
               f"--init_from=RUN_FOLDER --{use}")
     else:

@@ -18,6 +18,10 @@ every .txt and .md file under it, in sorted order. The first 90% of the tokens (
 with --tokenizer=bpe and char, of the text) are train, the rest val. The corpus is read into memory;
 for one larger than memory use data/openwebtext/prepare.py --input=FOLDER, which streams.
 
+--tokenizer=FOLDER_OR_HUB_ID prepares the text in a Hugging Face model's own tokenizer (its tokenizer.json,
+e.g. --tokenizer=HuggingFaceTB/SmolLM2-135M), each file ended by the model's end-of-sequence token, for
+fine-tuning that model (train.py --init_from=FOLDER_OR_HUB_ID).
+
 --vocab_from=FOLDER uses the vocabulary of another prepared dataset instead: with --tokenizer=char its
 characters, dropping those it lacks (their count is printed); with --tokenizer=bpe its trained
 tokenizer, copied along. A model pretrained on one dataset then fits the other, for pretraining on a
@@ -79,8 +83,10 @@ def prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok=None):
         tok = train_bpe((piece for text, _ in parts["train"] for piece in text_pieces(text)), vocab_size)
         made = (f"a byte-level BPE of {vocab_size:,} tokens trained on the train text in "
                 f"{time.perf_counter() - t0:.1f} s")
-    else:
+    elif args.get("vocab_from"):
         made = f"the trained tokenizer of {args['vocab_from']} ({tok.vocab_size:,} tokens)"
+    else:
+        made = f"the tokenizer of {args['tokenizer']} ({tok.vocab_size:,} tokens)"
     writer = dataprep.DatasetWriter(out, tok.vocab_size, tokenizer=tok)
     for split, pieces in parts.items():
         ids = []
@@ -92,7 +98,7 @@ def prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok=None):
     counts = writer.finish()
     val_bytes = sum(len(text.encode("utf-8")) for text, _ in parts["val"])
     print(f"{len(files)} file(s), {total:,} characters; {made} ({out}/tokenizer.json), {val_bytes / counts['val']:.2f} "
-          f"bytes per token on val (<|endoftext|> = {tok.eot} after each file)")
+          f"bytes per token on val (end of text = {tok.eot} after each file)")
     print(f"split: first {1 - val_fraction:.0%} of the text train, the rest val")
     dataprep.report_split(out, counts, tok.vocab_size)
     print_use(out)
@@ -110,9 +116,10 @@ def main(argv):
     if not args.get("input"):
         raise UserError("give the corpus as a path (or --input=FILE_OR_FOLDER)", status=USAGE)
     kind = args.get("tokenizer", "gpt2")
-    if kind not in ("char", "gpt2", "bpe"):
-        raise UserError(f"--tokenizer={kind} is not known; use --tokenizer=char, gpt2 or bpe (with --vocab_size=N)",
-                        status=USAGE)
+    model_tokenizer = kind not in ("char", "gpt2", "bpe") and (os.path.isdir(kind) or "/" in kind)
+    if kind not in ("char", "gpt2", "bpe") and not model_tokenizer:
+        raise UserError(f"--tokenizer={kind} is not known; use --tokenizer=char, gpt2, bpe (with --vocab_size=N), or a "
+                        f"Hugging Face model's folder or hub id", status=USAGE)
     try:
         val_fraction = float(args.get("val_fraction", "0.1"))
     except ValueError:
@@ -120,6 +127,16 @@ def main(argv):
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val_fraction={args.get('val_fraction')} must be a number between 0 and 1, e.g. 0.1",
                         status=USAGE)
+    if model_tokenizer:  # a Hugging Face model's own tokenizer
+        if args.get("vocab_from") or args.get("vocab_size"):
+            raise UserError(f"--tokenizer={kind} is a model's own tokenizer; drop --vocab_from and --vocab_size",
+                            status=USAGE)
+        from gptkit import hf_tokenizer
+        tok = hf_tokenizer.load(kind)
+        out = dataprep.out_folder(args, "corpus")
+        files = corpus_files(args["input"])
+        prepare_bpe(args, read_docs(files), files, tok.vocab_size, val_fraction, out, tok)
+        return
     if args.get("vocab_size") and kind != "bpe":
         raise UserError("--vocab_size is the size of a trained tokenizer; use it with --tokenizer=bpe", status=USAGE)
     try:
