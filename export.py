@@ -28,11 +28,12 @@ same architectures (llama.cpp's gpt2, llama, qwen3) and GPT-2's tokenizer, weigh
     python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
 """
 
-import configurator
-from configurator import Key
 from gptkit import errors
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

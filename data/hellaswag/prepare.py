@@ -16,7 +16,12 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import benchmarks, dataprep, errors, fileio  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was written, run it again to finish")
+
+from gptkit import benchmarks, dataprep, fileio  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
 
@@ -76,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    main(sys.argv[1:])
