@@ -14,7 +14,7 @@ import urllib.request
 
 import numpy as np
 
-from gptkit import fileio
+from gptkit import fileio, runs
 from gptkit.dataset import (HEADER_BYTES, MANIFEST, SPLITS, data_root, file_sha256, mask_file, shard_header,
                             shard_name, token_dtype, tokenizer_id, write_meta)
 from gptkit.errors import USAGE, UserError
@@ -22,6 +22,7 @@ from gptkit.tokenizer import TOKENIZER_FILE
 
 # what a prepare writes besides dataset.json, meta.pkl and tokenizer.json: one-file splits, shards,
 # their unfinished .partial files and loss masks; a new preparation removes those of an earlier one
+LOCK = "prepare.lock"
 OUTPUT_FILE = re.compile(r"^(train|val)(_\d{6})?\.bin(\.partial)?$|^(train|val)_mask\.bin$")
 
 
@@ -29,6 +30,14 @@ def remove_outputs(folder, keep=()):
     for name in os.listdir(folder):
         if OUTPUT_FILE.match(name) and name not in keep:
             fileio.remove(os.path.join(folder, name))
+
+
+def claim(folder):
+    """Create folder if needed and take its one-writer lock (prepare.lock, the lock train.py takes on a run
+    folder), held until the writer finishes or the process ends: two prepares writing one dataset at once
+    would mix their files (and both say they finished), so the second is refused, told who holds it."""
+    return runs.RunLock(folder, LOCK, who="another prepare script",
+                        instead="choose another --out folder").acquire()
 
 
 def parse_args(argv, allowed, doc, positional="input"):
@@ -123,7 +132,7 @@ class DatasetWriter:
         self.dtype = np.dtype(token_dtype(vocab_size))
         if self.dtype == np.uint32:
             self.meta = dict(meta or {"vocab_size": vocab_size}, dtype="uint32")  # Batches reads the dtype here
-        os.makedirs(folder, exist_ok=True)
+        self.lock = claim(folder)
         fileio.remove_stale_temps(folder)
         for f in os.listdir(folder):
             if f.endswith(".tmp"):  # fixed temporary names of earlier versions
@@ -166,6 +175,7 @@ class DatasetWriter:
             files["meta.pkl"] = {"sha256": file_sha256(meta_path)}
         files.update(write_tokenizer(self.tokenizer, self.folder))
         self._manifest(complete=True, files=files)
+        self.lock.release()  # finished: the folder is free for the next writer
         return {s: files[f"{s}.bin"]["bytes"] // self.dtype.itemsize for s in SPLITS}
 
     def _manifest(self, complete, files=None):
@@ -412,6 +422,7 @@ class ShardWriter:
         self.folder, self.shard_tokens = os.path.abspath(folder), shard_tokens
         self.settings = json.loads(json.dumps(settings))  # as it reads back from dataset.json
         self.files = {}
+        self.lock = claim(self.folder)  # before reading the progress another prepare may be writing
         self.progress = self._unfinished()
         self.tokenizer = None  # the tokenizer of the prepare being continued
         if self.progress is not None:
@@ -581,6 +592,7 @@ class ShardWriter:
         else:
             body.update(files={**files, **{f"{s}.bin": {"bytes": counts[s] * self.dtype.itemsize} for s in SPLITS}})
         self._manifest(body)
+        self.lock.release()  # finished: the folder is free for the next writer
         return counts
 
 

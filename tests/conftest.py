@@ -137,12 +137,13 @@ def offline(tmp_path):
             "NO_PROXY": "", "no_proxy": ""}
 
 
-def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None):
-    """Run one of the project's scripts as a fresh process (`input`: text on its stdin); return the
+def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None, closed=()):
+    """Run one of the project's scripts as a fresh process (`input`: text on its stdin; `closed`: the
+    streams it starts without, "stdin", "stdout", "stderr", as after `>&-`); return the
     CompletedProcess. The process is forked from a server that has imported torch and the project
     (tests/launcher.py), so it starts in milliseconds; it shares nothing with this one. It runs with one
     intra-op thread: the tiny models gain nothing from a second, and the test processes share the cores."""
-    p = launcher.run(script, [str(a) for a in args], env=env, cwd=cwd, input=input, timeout=timeout)
+    p = launcher.run(script, [str(a) for a in args], env=env, cwd=cwd, input=input, timeout=timeout, closed=closed)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p

@@ -41,7 +41,7 @@ def main(argv):
     problems = arithmetic.Arithmetic(task, digits, reverse == "true", block_size=64, batch_size=1, seed=seed, device="cpu")
     a, b = problems.held_out_problems(count)
     out = dataprep.out_folder(args, "addition")
-    os.makedirs(out, exist_ok=True)
+    dataprep.claim(out)  # one writer at a time
     with fileio.atomic_open(os.path.join(out, "val.txt"), "w") as f:
         for x, y in zip(a.tolist(), b.tolist()):
             f.write("".join(problems.problem(x, y)) + "\n")

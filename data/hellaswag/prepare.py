@@ -74,7 +74,7 @@ def main(argv):
         if n != expected:
             raise UserError(f"{url} gave {n:,} examples where HellaSwag's {split} split has {expected:,}; the download "
                             f"is incomplete or the file changed: run again, or use --input=a copy you trust")
-    os.makedirs(out, exist_ok=True)
+    dataprep.claim(out)  # one writer at a time
     with fileio.atomic_open(dest, "w", advice="choose a writable --out folder") as f:
         f.write(text)
     print(f"{dest}: {n:,} examples of HellaSwag's {split} split")
