@@ -84,6 +84,12 @@ def choice_example(row, where):
     if type(label) is not int or not 0 <= label < len(choices):
         raise UserError(f"{where}: label {label!r} is not the index of one of its {len(choices)} choices "
                         f"(0 to {len(choices) - 1}); labels count from 0")
+    twice = [c for i, c in enumerate(choices) if c in choices[:i]]
+    if twice:
+        # a repeated choice scores exactly as its twin, so a line with the answer twice is a coin toss between
+        # them (and one with a wrong choice twice counts it double)
+        raise UserError(f"{where}: the choice {twice[0]!r:.60} appears {choices.count(twice[0])} times; each choice of "
+                        f"a line must differ from the others")
     return context, choices, label
 
 

@@ -446,6 +446,14 @@ class Batches:
                                 f"{block_size + 1} tokens, so align=doc has no row to start; use a smaller block_size "
                                 f"or align=none", status=USAGE)
         self.rows = len(self._starts) if self._starts is not None else last // block_size + 1
+        if (align == "doc" or sampling == "epoch") and self.rows < batch_size:
+            # rows are drawn from these alone, so every batch repeats the same few, step after step
+            what = (f"{self.rows} document(s) long enough for a row" if align == "doc"
+                    else f"{self.rows} block_size window(s)")
+            raise UserError(f"{data_dir}'s train split holds {what}, fewer than batch_size={batch_size}, so with "
+                            f"{'align=doc' if align == 'doc' else 'sampling=epoch'} every batch would repeat the same "
+                            f"rows; use batch_size={self.rows} or less, prepare more data, or use align=none and "
+                            f"sampling=random", status=USAGE)
         if sampling == "epoch":
             per_iter = micro_steps * batch_size
             self.schedule = (f"epochs of {self.rows:,} rows ({self.rows / per_iter:,.1f} iterations), "

@@ -402,3 +402,18 @@ def test_aligned_epochs_train_the_same_in_two_processes_and_across_a_resume(shar
         assert abs(one[i] - split[i]) <= 1e-5, (i, one[i], split[i])
     with open(tmp_path / "split" / "meta.pkl", "rb") as f:
         assert pickle.load(f)["tokenizer"] == "tokenizer.json"
+
+
+def test_aligned_or_epoch_rows_fewer_than_a_batch_are_refused_with_the_count(sharded):
+    """With align=doc or sampling=epoch a batch draws from the split's rows alone: fewer rows than a batch
+    would repeat the same few every step. The count said is the reference scan's."""
+    folder, T = str(sharded[1]), 64
+    data = tokens(sharded[1], "train")
+    eot = dataset.read_meta(folder)["eot"]
+    docs = sum(1 for i in range(len(data) - T) if i == 0 or data[i - 1] == eot)
+    windows = len(range(0, len(data) - T, T))
+    for options, rows in ((dict(align="doc"), docs), (dict(sampling="epoch"), windows)):
+        dataset.Batches(folder, "x", T, rows, 5, "cpu", **options)  # a batch of every row: accepted
+        with pytest.raises(UserError) as e:
+            dataset.Batches(folder, "x", T, rows + 1, 5, "cpu", **options)
+        assert e.value.status == 2 and f"holds {rows} " in str(e.value) and f"batch_size={rows + 1}" in str(e.value)

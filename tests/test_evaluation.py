@@ -178,6 +178,8 @@ GOOD = json.dumps({"context": "ROMEO: Good night", "choices": ["sweet lord.", "t
     (json.dumps({"context": "ROMEO: Good", "choices": ["night", "day"]}), ["line 2", "'label'"]),
     (json.dumps({"context": "ROMEO: Good", "choices": "night", "label": 0}), ["line 2", "at least two"]),
     (json.dumps(["ROMEO: Good", ["night", "day"], 0]), ["line 2", "not a JSON object"]),
+    (json.dumps({"context": "ROMEO: Good", "choices": ["night", "day", "night"], "label": 1}),
+     ["line 2", "'night' appears 2 times"]),
     (json.dumps({"context": "ROMEO: caf\u00e9 au lait", "choices": ["night", "n\u00e0 night"], "label": 0}),
      ["characters outside", "'\u00e0\u00e9'", "line 2"]),
     (json.dumps({"context": "ROMEO: " + "the " * 70, "choices": ["night", "day"], "label": 0}),
