@@ -40,6 +40,16 @@ def claim(folder):
                         instead="choose another --out folder").acquire()
 
 
+def vocab_from(folder):
+    """The meta.pkl of the prepared dataset --vocab_from names (None when it holds none), or one sentence when
+    there is no such folder."""
+    from gptkit.dataset import read_meta
+    if not os.path.isdir(folder):
+        raise UserError(f"--vocab_from={folder} is not a folder; give the folder of a prepared dataset "
+                        f"(e.g. {os.path.join(data_root(), 'NAME')})", status=USAGE)
+    return read_meta(folder)
+
+
 def parse_args(argv, allowed, doc, positional="input"):
     """A prepare script's --name=value flags as a dict of strings. A bare argument is the value of
     `positional` (`prepare.py book.txt` means --input=book.txt); --help prints the script's doc."""
@@ -76,12 +86,13 @@ def read_utf8(path):
 
 
 def utf8_lines(path):
-    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8."""
+    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8. A byte
+    order mark that some editors put at the start (Windows Notepad) is not part of the first line."""
     lineno = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{path}, line {lineno}, is not UTF-8 text; convert the file (e.g. iconv -t utf-8) or "
                                 f"leave it out") from None

@@ -234,8 +234,10 @@ def read_manifest(data_dir):
         with open(path) as f:
             manifest = json.load(f)
         complete = bool(manifest.get("complete"))
-    except (OSError, ValueError, AttributeError):
-        complete = False
+    except (OSError, ValueError, AttributeError) as e:
+        why = fileio.reason(e) if isinstance(e, OSError) else "not the JSON a prepare script writes"
+        raise UserError(f"{path} is damaged ({why}), so which files belong to the dataset is unknown; prepare the "
+                        f"dataset again") from None
     if not complete:
         raise UserError(f"{data_dir} was left half-prepared (its prepare.py stopped before it finished, so its "
                         f"files may mix two versions); run the prepare script again (a sharded prepare continues "
@@ -341,6 +343,9 @@ def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memor
                             f"problems are drawn fresh, one per row: leave them at random and none", status=USAGE)
         problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory)
         return problems, f"the generated {name} problems"
+    if data_dir and not os.path.isdir(data_dir):
+        raise UserError(f"data_dir={data_dir} is not a folder; give the folder a data/<name>/prepare.py script wrote "
+                        f"(its --out)", status=USAGE)
     data_dir = data_dir or os.path.join(data_root(), name)
     return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory, sampling=sampling, align=align,
                    micro_steps=micro_steps), data_dir

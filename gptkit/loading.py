@@ -7,8 +7,8 @@ from where it came from and checked against its checksum, with the adapters on t
 
 import os
 
-from gptkit import checkpoint, hf, lora
-from gptkit.errors import UserError
+from gptkit import checkpoint, hf, lora, runs
+from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
@@ -126,6 +126,20 @@ def check_vocab(model, meta, path, folder_hint):
                         f"put the meta.pkl of the dataset it was trained on next to the checkpoint")
 
 
+def refuse_a_run_as_weights(init_from):
+    """The scripts that read a model read a run through out_dir (init_from=resume, with its vocabulary and
+    settings): a run folder or a run's checkpoint file given as init_from is answered with that command."""
+    path = os.path.abspath(init_from)
+    if os.path.isfile(path) and path.endswith(".pt"):
+        folder, name = os.path.split(path)
+        named = "" if name == "ckpt.pt" else f" --ckpt_name={name}"
+        raise UserError(f"init_from={init_from} is a run's checkpoint, which these scripts read through the run "
+                        f"folder: use --out_dir={folder}{named} (and no init_from)", status=USAGE)
+    if os.path.isdir(path) and runs.checkpoints(path):
+        raise UserError(f"init_from={init_from} is a run folder, which these scripts read with --out_dir: use "
+                        f"--out_dir={init_from} (and no init_from)", status=USAGE)
+
+
 def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from GPT-2 weights (a hub name or a local Hugging Face folder). The tokenizer carries the chat
@@ -150,6 +164,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu"):
             template = Transcript.from_dict(ckpt["chat_template"], path)
         prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
+        refuse_a_run_as_weights(init_from)
         model = load_pretrained(init_from, dropout=0.0)
         meta, folder, desc = None, None, init_from
     tok = load_tokenizer(meta, folder)

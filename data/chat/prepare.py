@@ -106,9 +106,8 @@ def hub_conversations(args, column):
 
 def trained_tokenizer(folder):
     """The trained tokenizer of a prepared dataset (its meta.pkl names it), or a sentence."""
-    from gptkit.dataset import read_meta
     from gptkit.tokenizer import load_tokenizer
-    meta = read_meta(folder) if os.path.isdir(folder) else None
+    meta = dataprep.vocab_from(folder)
     if not meta or not meta.get("tokenizer"):
         raise UserError(f"--vocab_from={folder} holds no trained tokenizer (a meta.pkl naming tokenizer.json); "
                         f"give the folder of a dataset prepared with --tokenizer=bpe", status=USAGE)

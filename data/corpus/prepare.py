@@ -34,7 +34,7 @@ if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one lin
     errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
 
 from gptkit import dataprep  # noqa: E402
-from gptkit.dataset import data_root, read_meta  # noqa: E402
+from gptkit.dataset import data_root  # noqa: E402
 from gptkit.tokenizer import load_tokenizer  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
@@ -140,7 +140,7 @@ def main(argv):
         if args.get("vocab_size"):
             raise UserError("--vocab_from's tokenizer has its own size; give --vocab_size or --vocab_from, not both",
                             status=USAGE)
-        vocab = read_meta(args["vocab_from"]) if os.path.isdir(args["vocab_from"]) else None
+        vocab = dataprep.vocab_from(args["vocab_from"])
         if vocab is None or ("stoi" if kind == "char" else "tokenizer") not in vocab:
             what = ("character vocabulary (meta.pkl with stoi)" if kind == "char"
                     else "trained tokenizer (tokenizer.json)")
