@@ -106,11 +106,9 @@ if cfg.format == "gguf":
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
                         "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
-    try:
-        os.makedirs(os.path.dirname(gguf_file), exist_ok=True)
-    except OSError as e:
-        raise UserError(f"could not create {os.path.dirname(gguf_file)} ({fileio.reason(e)}); choose another "
-                        f"--gguf_file") from None
+    if not os.path.isdir(os.path.dirname(gguf_file)):  # a mistyped path is said, not made into folders
+        raise UserError(f"gguf_file={gguf_file}: the folder {os.path.dirname(gguf_file)} does not exist; create it "
+                        f"first or choose another --gguf_file", status=USAGE)
     iteration = int(ckpt.get("iter_num", 0))
     arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, cfg.tokenizer_dir or None,
                                   name=os.path.basename(run_dir), source=f"{os.path.abspath(path)} (iteration {iteration})")
@@ -204,10 +202,9 @@ if hf_model is not None:
     hf_model.generation_config.max_new_tokens = max(1, min(256, model.config.block_size // 2))
 
 parent = os.path.dirname(export_dir)
-try:
-    os.makedirs(parent, exist_ok=True)
-except OSError as e:
-    raise UserError(f"could not create {parent} ({fileio.reason(e)}); choose another --export_dir") from None
+if not os.path.isdir(parent):  # a mistyped path is said, not made into a tree of folders
+    raise UserError(f"export_dir={export_dir}: the folder {parent} does not exist; create it first or choose another "
+                    f"--export_dir", status=USAGE)
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
     if adapter is None:
@@ -226,8 +223,12 @@ try:
                        **(dict(peft=True, base=base) if adapter is not None else {})), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
     fileio.publish_folder(tmp, export_dir, owned=earlier)  # a model card a user added stays
-except BaseException:
+except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    # a full disk or an unwritable folder: an OSError, or safetensors' own error type wrapping one
+    if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+        raise UserError(f"could not write {export_dir} ({fileio.reason(e)}); free some disk space or choose a "
+                        f"writable --export_dir") from None
     raise
 
 # -----------------------------------------------------------------------------

@@ -693,6 +693,20 @@ def prepare_documents(argv, doc, name, dataset, config=None):
                     shard_tokens=shard_tokens)
     out = out_folder(args, name)
     writer = ShardWriter(out, settings, shard_tokens)
+    try:
+        counts, docs, tok = _prepare_shards(writer, source, is_val, kind, vocab_size, tokenizer_chars, batch_chars,
+                                            num_proc)
+    finally:
+        writer.lock.release()  # now, not when the process ends: a caller that goes on may prepare again
+    done = {s: len(writer.progress["splits"][s]["done"]) for s in ("train", "val")}
+    shards = f" in {done['train']} and {done['val']} shards" if shard_tokens else ""
+    print(f"{out}: {docs:,} documents; train {counts['train']:,} tokens, val {counts['val']:,} tokens{shards}; "
+          f"vocabulary {tok.vocab_size:,} ({'trained BPE' if kind == 'bpe' else 'GPT-2 BPE'}, "
+          f"{np.dtype(token_dtype(tok.vocab_size)).name})")
+
+
+def _prepare_shards(writer, source, is_val, kind, vocab_size, tokenizer_chars, batch_chars, num_proc):
+    """The documents tokenized into the writer's shards: (token counts, documents, tokenizer)."""
     tok = writer.tokenizer
     if tok is None and kind == "bpe":
         import time
@@ -706,9 +720,4 @@ def prepare_documents(argv, doc, name, dataset, config=None):
         tok = BPETokenizer()
     start, state = writer.open(tok)
     docs = write_documents(source, writer, tok, is_val, batch_chars, num_proc, start, state)
-    counts = writer.finish(docs, source.state())
-    done = {s: len(writer.progress["splits"][s]["done"]) for s in ("train", "val")}
-    shards = f" in {done['train']} and {done['val']} shards" if shard_tokens else ""
-    print(f"{out}: {docs:,} documents; train {counts['train']:,} tokens, val {counts['val']:,} tokens{shards}; "
-          f"vocabulary {tok.vocab_size:,} ({'trained BPE' if kind == 'bpe' else 'GPT-2 BPE'}, "
-          f"{np.dtype(token_dtype(tok.vocab_size)).name})")
+    return writer.finish(docs, source.state()), docs, tok

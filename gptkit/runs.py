@@ -169,6 +169,7 @@ class RunLock:
 
     def release(self):
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder: the file is the same after every finished writer
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 

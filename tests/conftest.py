@@ -204,6 +204,29 @@ def gpt2_encoding():
                     f"offline, point TIKTOKEN_CACHE_DIR at a folder holding them")
 
 
+@pytest.fixture
+def prepare_inputs(tmp_path, gpt2_encoding):
+    """{name: arguments} that make each data/<name>/prepare.py prepare something small in a moment (GPT-2's
+    BPE where it needs one), all but --out; a new prepare script must be added here."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = CORPUS.read_text(encoding="utf-8")[:20_000]
+    for i in range(4):
+        (docs / f"{i}.txt").write_text(text[i * 5000:(i + 1) * 5000], encoding="utf-8")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                                      {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                             for i in range(4)), encoding="utf-8")
+    hellaswag = tmp_path / "hellaswag_val.jsonl"
+    hellaswag.write_text(json.dumps({"ctx": "A man", "endings": ["runs", "sits", "eats", "reads"], "label": 0}) + "\n",
+                         encoding="utf-8")
+    inputs = {"shakespeare_char": [CORPUS], "shakespeare": [CORPUS], "corpus": [f"--input={docs}"],
+              "openwebtext": [f"--input={docs}", "--num_proc=1"], "fineweb_edu": [f"--input={docs}", "--num_proc=1"],
+              "chat": [chats], "hellaswag": [f"--input={hellaswag}"], "addition": ["--count=10"]}
+    assert set(inputs) == {p.parent.name for p in (ROOT / "data").glob("*/prepare.py")}, "a prepare script is missing"
+    return inputs
+
+
 def nanogpt_checkpoint(path, vocab_size=None, n_layer=2, n_head=2, n_embd=32, block_size=32, dataset="play_char",
                        iter_num=100, compiled=True):
     """Write a checkpoint the way nanoGPT's train.py does: its six keys only, state-dict names of its

@@ -33,7 +33,11 @@ def choice_file(path, n, seed=0, max_chars=None):
     with open(path, "w", encoding="utf-8") as f:
         for _ in range(n):
             k = rng.randrange(len(LINES) - 1)
-            choices = [cut(LINES[k + 1])] + [cut(line) for line in rng.sample(LINES, 3)]
+            choices = [cut(LINES[k + 1])]
+            while len(choices) < 4:  # three others, each unlike the rest (a choice twice is refused)
+                other = cut(rng.choice(LINES))
+                if other not in choices:
+                    choices.append(other)
             rng.shuffle(choices)
             f.write(json.dumps({"context": cut(LINES[k]), "choices": choices, "label": choices.index(cut(LINES[k + 1]))})
                     + "\n")

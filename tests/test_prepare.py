@@ -1,6 +1,5 @@
 """The prepare scripts: bins that decode back to the corpus, nanoGPT's meta.pkl layout, clear failures."""
 
-import json
 import os
 import pickle
 
@@ -48,42 +47,21 @@ def test_failed_download_says_what_to_do(tmp_path):
     assert not list(tmp_path.iterdir())  # no partial download left
 
 
-def lock_inputs(tmp_path):
-    """Each prepare script with an input small enough to prepare in a moment (GPT-2's BPE where it needs
-    one: its tokenizer files come from TIKTOKEN_CACHE_DIR)."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    text = CORPUS.read_text(encoding="utf-8")[:20_000]
-    for i in range(4):
-        (docs / f"{i}.txt").write_text(text[i * 5000:(i + 1) * 5000], encoding="utf-8")
-    chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
-                                                      {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
-                             for i in range(4)), encoding="utf-8")
-    hellaswag = tmp_path / "hellaswag_val.jsonl"
-    hellaswag.write_text(json.dumps({"ctx": "A man", "endings": ["runs", "sits", "eats", "reads"], "label": 0}) + "\n",
-                         encoding="utf-8")
-    return {"shakespeare_char": [CORPUS], "shakespeare": [CORPUS], "corpus": [f"--input={docs}"],
-            "openwebtext": [f"--input={docs}", "--num_proc=1"], "fineweb_edu": [f"--input={docs}", "--num_proc=1"],
-            "chat": [chats], "hellaswag": [f"--input={hellaswag}"], "addition": ["--count=10"]}
-
-
 @pytest.mark.slow
-def test_every_prepare_script_refuses_a_folder_another_prepare_is_writing(tmp_path, gpt2_encoding):
+def test_every_prepare_script_refuses_a_folder_another_prepare_is_writing(tmp_path, prepare_inputs):
     """Each prepare script, run while another process holds its output folder's lock, says which process
     it is and leaves the folder as it was, byte for byte."""
-    from conftest import ROOT, digests, script
-    inputs = lock_inputs(tmp_path)
-    assert set(inputs) == {p.parent.name for p in (ROOT / "data").glob("*/prepare.py")}, "a prepare script is untested"
-    for name, args in inputs.items():
+    from conftest import digests, script
+    for name, args in prepare_inputs.items():
         out = tmp_path / f"out-{name}"
         out.mkdir()
         (out / "notes.txt").write_text("mine", encoding="utf-8")
         holder = dataprep.claim(str(out))  # what a prepare under way holds (a second descriptor conflicts)
-        before = digests(out)
+        before = digests(out)  # the lock file included: the refused script must not touch it either
         try:
             e = script(f"data/{name}/prepare.py", *args, f"--out={out}")
+            after = digests(out)
         finally:
             holder.release()
         assert "in use by another prepare script" in str(e) and f"PID {os.getpid()}" in str(e), (name, str(e))
-        assert digests(out) == before, name
+        assert after == before, name

@@ -146,3 +146,34 @@ SCRIPTS = ["train.py", "sample.py", "chat.py", "eval.py", "export.py", "bench.py
 def test_every_script_answers_a_mistyped_argument_with_one_sentence_and_status_2(script):
     p = real(script, "--no_such_setting=1")
     assert_clean_error(p, 2, ["no_such_setting"])
+
+
+def no_room():
+    """A disk that is full for this process: files may not grow past 64 bytes (writes fail with EFBIG; Python
+    ignores the signal that would otherwise come with it)."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+
+def temporaries(folder):
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def test_every_write_path_answers_a_full_disk_and_an_unwritable_folder_with_one_sentence(prepare_inputs, char_run,
+                                                                                        tmp_path):
+    """Every prepare script, plot.py and export.py, run with no room on the disk, and with a destination in a
+    folder nobody may write to (/sys): one sentence, never a traceback, and no temporary left behind."""
+    writers = {f"data/{name}/prepare.py": (args, "--out={}") for name, args in prepare_inputs.items()}
+    writers["plot.py"] = ([char_run], "--out={}.png")
+    writers["export.py"] = ([f"--out_dir={char_run}"], "--export_dir={}")
+    unwritable = "/sys/gpt-test-output"  # even root may not create files there
+    for script, (args, dest) in writers.items():
+        full = tmp_path / "full" / script.replace("/", "-")
+        full.parent.mkdir(exist_ok=True)
+        p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args), dest.format(full)], cwd=ROOT, env=ENV,
+                           text=True, capture_output=True, stdin=subprocess.DEVNULL, preexec_fn=no_room, timeout=300)
+        assert_clean_error(p, words=["could not "])
+        assert not temporaries(full.parent), (script, temporaries(full.parent))
+        if os.path.isdir("/sys"):
+            p = run(script, *args, dest.format(unwritable), check=False)  # the launcher: no real process needed
+            assert p.returncode != 0 and "Traceback" not in p.stderr and len(errors_of(p)) == 1, (script, p.stderr)
