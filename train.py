@@ -119,7 +119,7 @@ step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local,
 # bits per byte and the eval_tasks sets, scored at each evaluation beside the loss (every set read and checked now)
 scoring = everywhere(lambda: evaluation.DuringTraining(meta, cfg.eval_tasks, cfg.eval_tasks_limit,
                                                        model.config.block_size, model.config.vocab_size, device,
-                                                       warn=print if master else None))
+                                                       warn=print if master else None, data_dir=data_dir))
 scaler = step.scaler if plan.grad_scaler else None
 # a resumed run's random state is restored just before the loop: setup below (the timing probe) draws some
 resume_rng, note = start.restore(optimizer, scaler, dist, raw_model)

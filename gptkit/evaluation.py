@@ -231,7 +231,8 @@ class DuringTraining:
     here, before training starts. Without GPT-2's tokenizer files (a BPE run on a machine that never
     had them) bits per byte is left out, with a warning, unless sets need the tokenizer too."""
 
-    def __init__(self, meta, tasks, limit, block_size, vocab_size, device, warn=None):
+    def __init__(self, meta, tasks, limit, block_size, vocab_size, device, warn=None, data_dir=None):
+        """data_dir: the prepared dataset's folder, where a trained tokenizer (meta's tokenizer.json) lies."""
         from gptkit.tokenizer import load_tokenizer
         specs = [s.strip() for s in tasks.split(",") if s.strip()]
         for spec in specs:
@@ -240,7 +241,7 @@ class DuringTraining:
                                 f"multiple-choice sets (hellaswag, FILE.jsonl), and every evaluation logs train_bpb and "
                                 f"val_bpb already", status=USAGE)
         try:
-            tok = load_tokenizer(meta)
+            tok = load_tokenizer(meta, data_dir)
         except UserError as e:
             if specs:
                 raise

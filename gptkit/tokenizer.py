@@ -215,6 +215,13 @@ class TrainedTokenizer:
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_bytes(self):
+        """Bytes of text each id stands for (bits per byte divides by them): a byte-level token spells each
+        of its bytes as one character (GPT-2's byte-to-unicode map), so its length is its size in bytes; the
+        special tokens stand for no text (0)."""
+        special = {self.tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        return [0 if i in special else len(self.tok.id_to_token(i)) for i in range(self.vocab_size)]
+
 
 def load_tokenizer(meta, folder=None):
     """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the

@@ -417,3 +417,23 @@ def test_aligned_or_epoch_rows_fewer_than_a_batch_are_refused_with_the_count(sha
         with pytest.raises(UserError) as e:
             dataset.Batches(folder, "x", T, rows + 1, 5, "cpu", **options)
         assert e.value.status == 2 and f"holds {rows} " in str(e.value) and f"batch_size={rows + 1}" in str(e.value)
+
+
+def test_a_trained_tokenizers_token_bytes_add_up_to_the_texts_utf8_bytes(bpe_data):
+    """Bits per byte divides by the bytes each token stands for: over any text, the encoded tokens' sizes
+    add up to the text's UTF-8 length (the reference, counted by Python), special tokens counting none."""
+    tok = load_tokenizer(dataset.read_meta(str(bpe_data)), str(bpe_data))
+    sizes = tok.token_bytes()
+    assert len(sizes) == tok.vocab_size and sizes[tok.eot] == 0
+    for text in (CORPUS.read_text(encoding="utf-8")[:5000], "naïve café 東京 — ünïcödé\n\n  tabs\tand 🙂"):
+        assert sum(sizes[i] for i in tok.encode_ordinary(text)) == len(text.encode("utf-8"))
+    assert sum(sizes[i] for i in tok.encode("<|endoftext|>ROMEO:")) == len("ROMEO:")
+
+
+@pytest.mark.slow
+def test_a_trained_tokenizer_run_logs_bits_per_byte_and_eval_py_scores_it(bpe_run):
+    """The run found its tokenizer in its dataset's folder (not the working directory) for val_bpb, and eval.py
+    scores bits per byte through the run's copy of it."""
+    assert any("val_bpb" in r for r in read_metrics(bpe_run))
+    p = run("eval.py", f"--out_dir={bpe_run}", "--tasks=val", "--limit=200", "--device=cpu")
+    assert '"bpb"' in p.stdout.splitlines()[-1], p.stdout
