@@ -180,6 +180,7 @@ else:
 # PEFT's adapter, over the base exported as this model is; otherwise the adapters are folded in
 base = ckpt["lora"]["base"]["source"] if cfg.peft else None
 adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) else base) if cfg.peft else None
+tied_head = model.config.tie_embeddings  # the base's (merging the adapters unties an adapted head)
 model = lora.merge(model)
 
 tokenizer = None
@@ -235,6 +236,12 @@ except BaseException as e:
 # say what was written and how to use it
 if adapter is not None:
     print(hf.peft_usage(path, int(ckpt.get("iter_num", 0)), export_dir, base, adapter))
+    if "lm_head" in adapter[0]["target_modules"] and tied_head:
+        # PEFT adds a merged update to the weight the head shares with the embedding, so the inputs change too
+        print("note: these adapters change lm_head, which the base shares with its token embedding: use them "
+              "unmerged, as above; PEFT's merge_and_unload() would add the head's update to the embedding as well "
+              "and change the outputs. For a merged model, export without --peft (it writes the head untied)",
+              file=sys.stderr)
     sys.exit(0)
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "
