@@ -12,11 +12,13 @@ line with every figure.
 
 import os
 
-import configurator
-from configurator import Key
-from gptkit import errors, keys
+from gptkit import errors
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
+from gptkit import keys  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs: the model, optimizer and step keys are train.py's own (gptkit/keys.py, with their checks), so a

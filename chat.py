@@ -17,12 +17,13 @@ is talked to in exactly that template.
 
 import sys
 
-import configurator
-from configurator import Key
 from gptkit import errors
-from gptkit.stopping import require_stdout
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
+from gptkit.stopping import require_stdout  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

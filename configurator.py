@@ -125,13 +125,26 @@ def _parse_literal(text):
         return text
 
 
+def _line_at(path, offset):
+    """The line number of byte `offset` of a file."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
 def _run_file(path, functions=()):
     """Execute a config file in a fresh namespace and return its public assignments, and the functions
     it defines under one of the names in `functions`."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist; check the path (configs live in config/)")
-    with open(path) as f:
-        source = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:  # Python's own rule for source files, whatever the locale
+            source = f.read()
+    except UnicodeDecodeError as e:
+        line = _line_at(path, e.start)
+        raise ConfigError(f"config file {path}, line {line}, is not UTF-8 text (byte {e.start} cannot be decoded); "
+                          f"save it as UTF-8 (e.g. iconv -t utf-8)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}); check the path") from None
     namespace = {"__file__": os.path.abspath(path), "__name__": "__config__"}
     try:
         exec(compile(source, path, "exec"), namespace)

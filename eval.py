@@ -11,11 +11,12 @@ lines, val or train (bits per byte of that split of the run's dataset, or of --d
 per byte of a text file). Prints a table, then one JSON line mapping each task to its figures.
 """
 
-import configurator
-from configurator import Key
 from gptkit import errors
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

@@ -28,11 +28,12 @@ same architectures (llama.cpp's gpt2, llama, qwen3) and GPT-2's tokenizer, weigh
     python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
 """
 
-import configurator
-from configurator import Key
 from gptkit import errors
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -105,11 +106,9 @@ if cfg.format == "gguf":
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
                         "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
-    try:
-        os.makedirs(os.path.dirname(gguf_file), exist_ok=True)
-    except OSError as e:
-        raise UserError(f"could not create {os.path.dirname(gguf_file)} ({fileio.reason(e)}); choose another "
-                        f"--gguf_file") from None
+    if not os.path.isdir(os.path.dirname(gguf_file)):  # a mistyped path is said, not made into folders
+        raise UserError(f"gguf_file={gguf_file}: the folder {os.path.dirname(gguf_file)} does not exist; create it "
+                        f"first or choose another --gguf_file", status=USAGE)
     iteration = int(ckpt.get("iter_num", 0))
     arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, cfg.tokenizer_dir or None,
                                   name=os.path.basename(run_dir), source=f"{os.path.abspath(path)} (iteration {iteration})")
@@ -184,6 +183,7 @@ else:
 # PEFT's adapter, over the base exported as this model is; otherwise the adapters are folded in
 base = ckpt["lora"]["base"]["source"] if cfg.peft else None
 adapter = hf.peft_adapter(model, vocab_size, None if os.path.isfile(str(base)) else base) if cfg.peft else None
+tied_head = model.config.tie_embeddings  # the base's (merging the adapters unties an adapted head)
 model = lora.merge(model)
 
 tokenizer = None
@@ -211,10 +211,9 @@ if hf_model is not None:
     hf_model.generation_config.max_new_tokens = max(1, min(256, model.config.block_size // 2))
 
 parent = os.path.dirname(export_dir)
-try:
-    os.makedirs(parent, exist_ok=True)
-except OSError as e:
-    raise UserError(f"could not create {parent} ({fileio.reason(e)}); choose another --export_dir") from None
+if not os.path.isdir(parent):  # a mistyped path is said, not made into a tree of folders
+    raise UserError(f"export_dir={export_dir}: the folder {parent} does not exist; create it first or choose another "
+                    f"--export_dir", status=USAGE)
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
     if adapter is None:
@@ -233,14 +232,24 @@ try:
                        **(dict(peft=True, base=base) if adapter is not None else {})), f, indent=1)
     fileio.normal_permissions(tmp)  # some writers (safetensors) create their files private to the owner
     fileio.publish_folder(tmp, export_dir, owned=earlier)  # a model card a user added stays
-except BaseException:
+except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    # a full disk or an unwritable folder: an OSError, or safetensors' own error type wrapping one
+    if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+        raise UserError(f"could not write {export_dir} ({fileio.reason(e)}); free some disk space or choose a "
+                        f"writable --export_dir") from None
     raise
 
 # -----------------------------------------------------------------------------
 # say what was written and how to use it
 if adapter is not None:
     print(hf.peft_usage(path, int(ckpt.get("iter_num", 0)), export_dir, base, adapter))
+    if "lm_head" in adapter[0]["target_modules"] and tied_head:
+        # PEFT adds a merged update to the weight the head shares with the embedding, so the inputs change too
+        print("note: these adapters change lm_head, which the base shares with its token embedding: use them "
+              "unmerged, as above; PEFT's merge_and_unload() would add the head's update to the embedding as well "
+              "and change the outputs. For a merged model, export without --peft (it writes the head untied)",
+              file=sys.stderr)
     sys.exit(0)
 n = sum(p.numel() for p in hf_model.parameters())
 print(f"exported {path} (iteration {int(ckpt.get('iter_num', 0))}, {n / 1e6:.2f}M parameters, vocabulary "

@@ -14,12 +14,13 @@ length, hold NaN rows, still be training, or come from DDP. No display is needed
 
 import sys
 
-import configurator
-from configurator import Key
 from gptkit import errors
-from gptkit.errors import USAGE, UserError
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
+from gptkit.errors import USAGE, UserError  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

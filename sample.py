@@ -6,12 +6,13 @@ Sample text from a trained run or from GPT-2, streaming it as it is generated.
     python sample.py --start=FILE:prompt.txt
 """
 
-import configurator
-from configurator import Key
 from gptkit import errors
-from gptkit.stopping import require_stdout
 
-errors.install()
+errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
+
+import configurator  # noqa: E402
+from configurator import Key  # noqa: E402
+from gptkit.stopping import require_stdout  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

@@ -9,11 +9,15 @@ Defaults are nanoGPT's (GPT-2 124M on OpenWebText) so its config files mean what
 The keys are declared in gptkit/keys.py; python train.py --help lists them.
 """
 
-import configurator
-from gptkit import errors, keys, runs
-from gptkit.stopping import OutputGuard
+from gptkit import errors
 
-errors.install()  # a mistake a user can fix ends in one sentence, on every process
+# first: a mistake a user can fix ends in one sentence, on every process, and Ctrl-C while the rest
+# loads in one line and status 130
+errors.install()
+
+import configurator  # noqa: E402
+from gptkit import keys, runs  # noqa: E402
+from gptkit.stopping import OutputGuard  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs: config files and --key=value, checked before anything heavy is imported

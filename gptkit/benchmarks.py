@@ -84,6 +84,12 @@ def choice_example(row, where):
     if type(label) is not int or not 0 <= label < len(choices):
         raise UserError(f"{where}: label {label!r} is not the index of one of its {len(choices)} choices "
                         f"(0 to {len(choices) - 1}); labels count from 0")
+    twice = [c for i, c in enumerate(choices) if c in choices[:i]]
+    if twice:
+        # a repeated choice scores exactly as its twin, so a line with the answer twice is a coin toss between
+        # them (and one with a wrong choice twice counts it double)
+        raise UserError(f"{where}: the choice {twice[0]!r:.60} appears {choices.count(twice[0])} times; each choice of "
+                        f"a line must differ from the others")
     return context, choices, label
 
 
@@ -110,7 +116,7 @@ def parse_lines(lines, name, parse, limit=0):
 def read_lines(path, parse, limit=0):
     """parse_lines of a file, with a sentence for one that cannot be read."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte order mark (Windows Notepad) is no character
             return parse_lines(f, path, parse, limit)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
@@ -194,6 +200,9 @@ def load_choices(spec, tok, block_size, split="val", limit=0):
                             f"data/hellaswag/prepare.py{' --split=' + split if split != 'val' else ''}")
         rows = read_lines(path, hellaswag_example, limit)
         return tokenise_choices(spec, rows, tok, block_size)
+    if os.path.isdir(spec):
+        raise UserError(f"task {spec} is a folder; give the path of a .jsonl file of multiple-choice examples",
+                        status=USAGE)
     if not spec.endswith(".jsonl") and not os.path.isfile(spec):
         raise UserError(f"task {spec!r} is unknown; give hellaswag, a .jsonl file of multiple-choice examples, "
                         f"val or train (bits per byte of the run's dataset) or text:FILE", status=USAGE)
@@ -239,6 +248,11 @@ def _text_set(name, ids, tok, counted=None):
 
 def load_text(path, tok):
     """A UTF-8 text file as one document."""
+    if not path:
+        raise UserError("text: names no file; give the path of a text file after it, e.g. --tasks=text:notes.txt",
+                        status=USAGE)
+    if os.path.isdir(path):
+        raise UserError(f"text:{path} is a folder; give the path of a text file after text:", status=USAGE)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

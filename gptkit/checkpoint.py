@@ -89,6 +89,11 @@ def read(path, map_location="cpu"):
             raise UserError(f"no checkpoint at {path}, only the sharded one of a parallel=fsdp run ({sharded}); "
                             f"write {os.path.basename(path)} from it with: python -m gptkit.sharding "
                             f"--out_dir={os.path.dirname(path) or '.'}")
+        from gptkit import runs
+        others = [n for n in runs.checkpoints(os.path.dirname(path) or ".") if n.endswith(".pt")]
+        if others:  # e.g. best.pt alone, or numbered copies: the run is there, under another name
+            raise UserError(f"no checkpoint at {path}, but its folder holds {', '.join(others)}; choose one with "
+                            f"--ckpt_name={others[0]}")
         raise UserError(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at "
                         f"the run folder")
     if os.path.isdir(path):

@@ -14,7 +14,7 @@ import urllib.request
 
 import numpy as np
 
-from gptkit import fileio
+from gptkit import fileio, runs
 from gptkit.dataset import (HEADER_BYTES, MANIFEST, SPLITS, data_root, file_sha256, mask_file, shard_header,
                             shard_name, token_dtype, tokenizer_id, write_meta)
 from gptkit.errors import USAGE, UserError
@@ -22,6 +22,7 @@ from gptkit.tokenizer import TOKENIZER_FILE
 
 # what a prepare writes besides dataset.json, meta.pkl and tokenizer.json: one-file splits, shards,
 # their unfinished .partial files and loss masks; a new preparation removes those of an earlier one
+LOCK = "prepare.lock"
 OUTPUT_FILE = re.compile(r"^(train|val)(_\d{6})?\.bin(\.partial)?$|^(train|val)_mask\.bin$")
 
 
@@ -29,6 +30,24 @@ def remove_outputs(folder, keep=()):
     for name in os.listdir(folder):
         if OUTPUT_FILE.match(name) and name not in keep:
             fileio.remove(os.path.join(folder, name))
+
+
+def claim(folder):
+    """Create folder if needed and take its one-writer lock (prepare.lock, the lock train.py takes on a run
+    folder), held until the writer finishes or the process ends: two prepares writing one dataset at once
+    would mix their files (and both say they finished), so the second is refused, told who holds it."""
+    return runs.RunLock(folder, LOCK, who="another prepare script",
+                        instead="choose another --out folder").acquire()
+
+
+def vocab_from(folder):
+    """The meta.pkl of the prepared dataset --vocab_from names (None when it holds none), or one sentence when
+    there is no such folder."""
+    from gptkit.dataset import read_meta
+    if not os.path.isdir(folder):
+        raise UserError(f"--vocab_from={folder} is not a folder; give the folder of a prepared dataset "
+                        f"(e.g. {os.path.join(data_root(), 'NAME')})", status=USAGE)
+    return read_meta(folder)
 
 
 def parse_args(argv, allowed, doc, positional="input"):
@@ -67,12 +86,13 @@ def read_utf8(path):
 
 
 def utf8_lines(path):
-    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8."""
+    """(line number, line) of a text file, or one sentence naming the first line that is not UTF-8. A byte
+    order mark that some editors put at the start (Windows Notepad) is not part of the first line."""
     lineno = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{path}, line {lineno}, is not UTF-8 text; convert the file (e.g. iconv -t utf-8) or "
                                 f"leave it out") from None
@@ -123,7 +143,7 @@ class DatasetWriter:
         self.dtype = np.dtype(token_dtype(vocab_size))
         if self.dtype == np.uint32:
             self.meta = dict(meta or {"vocab_size": vocab_size}, dtype="uint32")  # Batches reads the dtype here
-        os.makedirs(folder, exist_ok=True)
+        self.lock = claim(folder)
         fileio.remove_stale_temps(folder)
         for f in os.listdir(folder):
             if f.endswith(".tmp"):  # fixed temporary names of earlier versions
@@ -166,6 +186,7 @@ class DatasetWriter:
             files["meta.pkl"] = {"sha256": file_sha256(meta_path)}
         files.update(write_tokenizer(self.tokenizer, self.folder))
         self._manifest(complete=True, files=files)
+        self.lock.release()  # finished: the folder is free for the next writer
         return {s: files[f"{s}.bin"]["bytes"] // self.dtype.itemsize for s in SPLITS}
 
     def _manifest(self, complete, files=None):
@@ -412,6 +433,7 @@ class ShardWriter:
         self.folder, self.shard_tokens = os.path.abspath(folder), shard_tokens
         self.settings = json.loads(json.dumps(settings))  # as it reads back from dataset.json
         self.files = {}
+        self.lock = claim(self.folder)  # before reading the progress another prepare may be writing
         self.progress = self._unfinished()
         self.tokenizer = None  # the tokenizer of the prepare being continued
         if self.progress is not None:
@@ -581,6 +603,7 @@ class ShardWriter:
         else:
             body.update(files={**files, **{f"{s}.bin": {"bytes": counts[s] * self.dtype.itemsize} for s in SPLITS}})
         self._manifest(body)
+        self.lock.release()  # finished: the folder is free for the next writer
         return counts
 
 
@@ -670,6 +693,20 @@ def prepare_documents(argv, doc, name, dataset, config=None):
                     shard_tokens=shard_tokens)
     out = out_folder(args, name)
     writer = ShardWriter(out, settings, shard_tokens)
+    try:
+        counts, docs, tok = _prepare_shards(writer, source, is_val, kind, vocab_size, tokenizer_chars, batch_chars,
+                                            num_proc)
+    finally:
+        writer.lock.release()  # now, not when the process ends: a caller that goes on may prepare again
+    done = {s: len(writer.progress["splits"][s]["done"]) for s in ("train", "val")}
+    shards = f" in {done['train']} and {done['val']} shards" if shard_tokens else ""
+    print(f"{out}: {docs:,} documents; train {counts['train']:,} tokens, val {counts['val']:,} tokens{shards}; "
+          f"vocabulary {tok.vocab_size:,} ({'trained BPE' if kind == 'bpe' else 'GPT-2 BPE'}, "
+          f"{np.dtype(token_dtype(tok.vocab_size)).name})")
+
+
+def _prepare_shards(writer, source, is_val, kind, vocab_size, tokenizer_chars, batch_chars, num_proc):
+    """The documents tokenized into the writer's shards: (token counts, documents, tokenizer)."""
     tok = writer.tokenizer
     if tok is None and kind == "bpe":
         import time
@@ -683,9 +720,4 @@ def prepare_documents(argv, doc, name, dataset, config=None):
         tok = BPETokenizer()
     start, state = writer.open(tok)
     docs = write_documents(source, writer, tok, is_val, batch_chars, num_proc, start, state)
-    counts = writer.finish(docs, source.state())
-    done = {s: len(writer.progress["splits"][s]["done"]) for s in ("train", "val")}
-    shards = f" in {done['train']} and {done['val']} shards" if shard_tokens else ""
-    print(f"{out}: {docs:,} documents; train {counts['train']:,} tokens, val {counts['val']:,} tokens{shards}; "
-          f"vocabulary {tok.vocab_size:,} ({'trained BPE' if kind == 'bpe' else 'GPT-2 BPE'}, "
-          f"{np.dtype(token_dtype(tok.vocab_size)).name})")
+    return writer.finish(docs, source.state()), docs, tok

@@ -234,8 +234,10 @@ def read_manifest(data_dir):
         with open(path) as f:
             manifest = json.load(f)
         complete = bool(manifest.get("complete"))
-    except (OSError, ValueError, AttributeError):
-        complete = False
+    except (OSError, ValueError, AttributeError) as e:
+        why = fileio.reason(e) if isinstance(e, OSError) else "not the JSON a prepare script writes"
+        raise UserError(f"{path} is damaged ({why}), so which files belong to the dataset is unknown; prepare the "
+                        f"dataset again") from None
     if not complete:
         raise UserError(f"{data_dir} was left half-prepared (its prepare.py stopped before it finished, so its "
                         f"files may mix two versions); run the prepare script again (a sharded prepare continues "
@@ -342,6 +344,9 @@ def open_batches(name, data_dir, block_size, batch_size, seed, device, pin_memor
         problems = arithmetic.Arithmetic(name, digits, reverse, block_size, batch_size, seed, device, pin_memory,
                                          scratchpad)
         return problems, f"the generated {name} problems"
+    if data_dir and not os.path.isdir(data_dir):
+        raise UserError(f"data_dir={data_dir} is not a folder; give the folder a data/<name>/prepare.py script wrote "
+                        f"(its --out)", status=USAGE)
     data_dir = data_dir or os.path.join(data_root(), name)
     return Batches(data_dir, name, block_size, batch_size, seed, device, pin_memory, sampling=sampling, align=align,
                    micro_steps=micro_steps), data_dir
@@ -447,6 +452,14 @@ class Batches:
                                 f"{block_size + 1} tokens, so align=doc has no row to start; use a smaller block_size "
                                 f"or align=none", status=USAGE)
         self.rows = len(self._starts) if self._starts is not None else last // block_size + 1
+        if (align == "doc" or sampling == "epoch") and self.rows < batch_size:
+            # rows are drawn from these alone, so every batch repeats the same few, step after step
+            what = (f"{self.rows} document(s) long enough for a row" if align == "doc"
+                    else f"{self.rows} block_size window(s)")
+            raise UserError(f"{data_dir}'s train split holds {what}, fewer than batch_size={batch_size}, so with "
+                            f"{'align=doc' if align == 'doc' else 'sampling=epoch'} every batch would repeat the same "
+                            f"rows; use batch_size={self.rows} or less, prepare more data, or use align=none and "
+                            f"sampling=random", status=USAGE)
         if sampling == "epoch":
             per_iter = micro_steps * batch_size
             self.schedule = (f"epochs of {self.rows:,} rows ({self.rows / per_iter:,.1f} iterations), "

@@ -27,9 +27,29 @@ def first_on_node():
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
 
 
+def say(text, stream):
+    """Print a line on stream, if there is one: a script started with a stream closed (`>&-`, `2>&-`) has
+    None in its place, and one whose reader left (`| head`) has a pipe that refuses writes."""
+    if stream is None:
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def flush_stdout():
+    """Flush what is printed so far, if stdout is there and its reader has not left."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def report(e, stream=None):
     if first_on_node():
-        print(f"error: {e}", file=stream or sys.stderr, flush=True)
+        say(f"error: {e}", stream or sys.stderr)
 
 
 _before_exit = []
@@ -60,14 +80,15 @@ def _hook(kind, value, tb):
         # the real stderr: torch.distributed wraps the excepthook and buffers what it prints, to
         # prefix each line with the rank, and an os._exit below would lose that buffer
         report(value, sys.__stderr__)
-        sys.stdout.flush()
+        flush_stdout()
         # os._exit (in exit_now) because an excepthook cannot choose the exit status; stdio is flushed
         # above, and what must run after a refused start or a failed save is in before_exit
         exit_now(value.status)
     if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
         os._exit(0)
     if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
-        print(f"\n{_interrupted}", file=sys.__stderr__, flush=True)
+        flush_stdout()
+        say(f"\n{_interrupted}", sys.__stderr__)
         exit_now(130)
     sys.__excepthook__(kind, value, tb)
 

@@ -141,7 +141,7 @@ def fsync_folder(folder):
 def remove(path):
     try:
         os.remove(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a path through a file names nothing)
         pass
 
 

@@ -179,6 +179,7 @@ def gpt2_bpe_files(tokenizer_dir=None):
         for name in TIKTOKEN_GPT2:
             with open(os.path.join(tokenizer_dir, name), "rb") as f:
                 files[name] = f.read()
+        check_gpt2_ids(files["vocab.json"], tokenizer_dir)
         return files
     from tiktoken.load import read_file_cached
     try:
@@ -189,6 +190,36 @@ def gpt2_bpe_files(tokenizer_dir=None):
                         f"TIKTOKEN_CACHE_DIR at tiktoken's files, or pass --tokenizer_dir=FOLDER with "
                         f"vocab.json and merges.txt, or export the weights alone with "
                         f"--skip_tokenizer") from None
+
+
+def check_gpt2_ids(vocab_json, tokenizer_dir):
+    """One sentence unless a folder's vocab.json numbers its tokens as GPT-2's, whose ids the model's
+    embedding rows mean: 50,257 tokens, <|endoftext|> last, and, where tiktoken's copy of GPT-2's file is
+    at hand (its cache), the very same id for every token. A tokenizer of the same size whose ids differ
+    would turn the exported model's output into other text without a word."""
+    where = f"--tokenizer_dir={tokenizer_dir}"
+    try:
+        vocab = json.loads(vocab_json)
+    except ValueError as e:
+        raise UserError(f"{where}: vocab.json is not JSON ({e}); give GPT-2's vocab.json and merges.txt") from None
+    ids = sorted(vocab.values()) if isinstance(vocab, dict) else None
+    if ids != list(range(GPT2_VOCAB)) or vocab.get("<|endoftext|>") != GPT2_EOT:
+        raise UserError(f"{where}: vocab.json numbers {len(vocab) if isinstance(vocab, dict) else 0:,} tokens "
+                        f"(<|endoftext|> = {vocab.get('<|endoftext|>') if isinstance(vocab, dict) else None}), and "
+                        f"the model's ids are GPT-2's {GPT2_VOCAB:,} (<|endoftext|> = {GPT2_EOT}), so its text would "
+                        f"come out as other text; give GPT-2's vocab.json and merges.txt, or leave --tokenizer_dir out")
+    from tiktoken.load import read_file_cached
+    try:
+        reference = json.loads(read_file_cached(TIKTOKEN_GPT2["vocab.json"]))
+    except Exception:  # offline without tiktoken's cache: the structure checked above is all there is
+        return
+    differ = [(token, i) for token, i in vocab.items() if reference.get(token) != i]
+    if differ:
+        token, i = min(differ, key=lambda d: d[1])
+        raise UserError(f"{where}: vocab.json gives id {i} to {token!r}, which GPT-2 (the model's vocabulary) numbers "
+                        f"{reference.get(token)}, and {len(differ):,} tokens in all differ, so the exported model's "
+                        f"text would come out as other text; give GPT-2's vocab.json and merges.txt, or leave "
+                        f"--tokenizer_dir out")
 
 
 def gpt2_tokenizer(tokenizer_dir=None, model_max_length=1024):

@@ -102,6 +102,7 @@ class Start:
             raise UserError(f"block_size={cfg.block_size} is longer than the model's context of "
                             f"{model.config.block_size}; use block_size <= {model.config.block_size}", status=USAGE)
         if not self.resuming and cfg.lora_rank:
+            lora.check_rank(model, cfg.lora_rank, cfg.lora_targets)
             lora.apply(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base)
         if hasattr(model, "lora"):
             said += "\n" + lora.describe(model)

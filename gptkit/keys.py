@@ -229,6 +229,15 @@ def check(cfg, world_size=1):
                             "adapters alone, over a base it does not shard; train adapters with --parallel=ddp "
                             "(the frozen base needs no gradient or optimizer state, so it fits where its forward "
                             "pass does)", status=USAGE)
+    if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
+        raise UserError(f"min_lr={cfg.min_lr:g} is above learning_rate={cfg.learning_rate:g}, so the decay would raise "
+                        f"the learning rate {cfg.min_lr / cfg.learning_rate:.3g}x after the warmup; set min_lr to about "
+                        f"learning_rate / 10 (--min_lr={cfg.learning_rate / 10:g}), or --decay_lr=False for a constant "
+                        f"rate", status=USAGE)
+    if cfg.fsdp_shard_size and cfg.parallel != "fsdp":
+        raise UserError(f"fsdp_shard_size={cfg.fsdp_shard_size} shapes a parallel=fsdp run, and this run is "
+                        f"parallel={cfg.parallel}, which would ignore it; add --parallel=fsdp, or leave "
+                        f"fsdp_shard_size out", status=USAGE)
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                         f"{world_size} processes; make it a multiple of {world_size}", status=USAGE)

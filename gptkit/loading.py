@@ -9,8 +9,8 @@ import os
 
 import torch
 
-from gptkit import checkpoint, hf, hf_models, lora
-from gptkit.errors import UserError
+from gptkit import checkpoint, hf, hf_models, lora, runs
+from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
@@ -135,6 +135,20 @@ def check_vocab(model, meta, path, folder_hint):
                         f"put the meta.pkl of the dataset it was trained on next to the checkpoint")
 
 
+def refuse_a_run_as_weights(init_from):
+    """The scripts that read a model read a run through out_dir (init_from=resume, with its vocabulary and
+    settings): a run folder or a run's checkpoint file given as init_from is answered with that command."""
+    path = os.path.abspath(init_from)
+    if os.path.isfile(path) and path.endswith(".pt"):
+        folder, name = os.path.split(path)
+        named = "" if name == "ckpt.pt" else f" --ckpt_name={name}"
+        raise UserError(f"init_from={init_from} is a run's checkpoint, which these scripts read through the run "
+                        f"folder: use --out_dir={folder}{named} (and no init_from)", status=USAGE)
+    if os.path.isdir(path) and runs.checkpoints(path):
+        raise UserError(f"init_from={init_from} is a run folder, which these scripts read with --out_dir: use "
+                        f"--out_dir={init_from} (and no init_from)", status=USAGE)
+
+
 def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dtype=torch.float32):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from a Hugging Face model (a hub id or a local folder; its weights stored in dtype, its own
@@ -161,6 +175,7 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dt
             template = Transcript.from_dict(ckpt["chat_template"], path)
         prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
     else:
+        refuse_a_run_as_weights(init_from)
         check_source(init_from)
         if hf_models.architecture(hf_models.read_config(init_from), init_from) != "gpt2":
             from gptkit import hf_tokenizer

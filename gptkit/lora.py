@@ -117,14 +117,31 @@ def _parent(model, name):
     return (model.get_submodule(parent) if parent else model), attr
 
 
+def _targeted(model, chosen):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and any(n == k or n.endswith("." + k) for k in chosen)]
+
+
+def check_rank(model, rank, targets):
+    """One sentence when rank is not below the width of a layer it would adapt: a rank-r update B @ A of an
+    m x n matrix with r >= min(m, n) is no longer low-rank, so the adapters would train as many numbers as
+    the weight itself and save nothing."""
+    for name, m in _targeted(model, kinds(targets)):
+        width = min(m.in_features, m.out_features)
+        if rank >= width:
+            raise UserError(f"lora_rank={rank} is not below the width of the layers it adapts ({name} is "
+                            f"{m.out_features} x {m.in_features}, so {width}): such an update is not low-rank and "
+                            f"trains as many numbers as the weight; use a rank well below {width} (8 is common), or "
+                            f"lora_rank=0 to train every weight", status=USAGE)
+
+
 def apply(model, rank, alpha, dropout, targets, base):
     """Freeze every weight of the (plain) GPT and put a rank-`rank` adapter around each Linear layer
     that `targets` (a lora_targets value) names. base: what identifies the weights adapted (identify()).
     The settings travel with the model as model.lora, which checkpoints record."""
     assert not adapted(model), "the model already has adapters: merge() them first"
     chosen = kinds(targets)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-             and any(n == k or n.endswith("." + k) for k in chosen)]
+    names = [n for n, _ in _targeted(model, chosen)]
     model.requires_grad_(False)
     for name in names:
         parent, attr = _parent(model, name)

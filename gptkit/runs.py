@@ -139,10 +139,13 @@ def check_out_dir(out_dir):
 
 
 class RunLock:
-    """The one-writer lock of a run folder, held until release() or the end of the process."""
+    """The one-writer lock of a folder, held until release() or the end of the process: a run's (train.lock),
+    or a dataset's (a prepare script's, gptkit/dataprep.py). `who` and `instead` finish the sentence that
+    refuses a second writer: who holds it, and what to do."""
 
-    def __init__(self, out_dir):
-        self.path = os.path.join(out_dir, LOCK)
+    def __init__(self, out_dir, name=LOCK, who="another training process", instead="choose another out_dir"):
+        self.path = os.path.join(out_dir, name)
+        self.who, self.instead = who, instead
         self.fd = None
 
     def acquire(self):
@@ -150,15 +153,15 @@ class RunLock:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise UserError(f"could not create {self.path} ({fileio.reason(e)}); set out_dir to a writable "
-                            f"folder") from None
+            raise UserError(f"could not create {self.path} ({fileio.reason(e)}); {self.instead} (a writable "
+                            f"folder)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"{os.path.dirname(self.path)} is in use by another training process (PID {holder}); "
-                            f"wait for it to end or stop it, or choose another out_dir") from None
+            raise UserError(f"{os.path.dirname(self.path)} is in use by {self.who} (PID {holder}); wait for it to "
+                            f"end or stop it, or {self.instead}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -166,6 +169,7 @@ class RunLock:
 
     def release(self):
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder: the file is the same after every finished writer
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 

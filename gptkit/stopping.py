@@ -91,7 +91,7 @@ class StopRequests:
                 last = (f"{self.last_save} holds the last save" if os.path.exists(self.last_save)
                         else "nothing was saved")
                 print(f"\nsecond SIGINT: quitting without saving; {last}", file=sys.stderr, flush=True)
-                sys.stdout.flush()
+                errors.flush_stdout()
             errors.exit_now(130)
         self.requested, self.at = signum, time.monotonic()
         if self.dist.master:

@@ -137,12 +137,13 @@ def offline(tmp_path):
             "NO_PROXY": "", "no_proxy": ""}
 
 
-def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None):
-    """Run one of the project's scripts as a fresh process (`input`: text on its stdin); return the
+def run(script, *args, check=True, timeout=600, env=None, cwd=ROOT, input=None, closed=()):
+    """Run one of the project's scripts as a fresh process (`input`: text on its stdin; `closed`: the
+    streams it starts without, "stdin", "stdout", "stderr", as after `>&-`); return the
     CompletedProcess. The process is forked from a server that has imported torch and the project
     (tests/launcher.py), so it starts in milliseconds; it shares nothing with this one. It runs with one
     intra-op thread: the tiny models gain nothing from a second, and the test processes share the cores."""
-    p = launcher.run(script, [str(a) for a in args], env=env, cwd=cwd, input=input, timeout=timeout)
+    p = launcher.run(script, [str(a) for a in args], env=env, cwd=cwd, input=input, timeout=timeout, closed=closed)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p
@@ -217,6 +218,29 @@ def tiny_gpt2(tmp_path_factory, gpt2_encoding):
     folder = tmp_path_factory.mktemp("tiny-gpt2") / "tiny"
     hf.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def prepare_inputs(tmp_path, gpt2_encoding):
+    """{name: arguments} that make each data/<name>/prepare.py prepare something small in a moment (GPT-2's
+    BPE where it needs one), all but --out; a new prepare script must be added here."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = CORPUS.read_text(encoding="utf-8")[:20_000]
+    for i in range(4):
+        (docs / f"{i}.txt").write_text(text[i * 5000:(i + 1) * 5000], encoding="utf-8")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                                      {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                             for i in range(4)), encoding="utf-8")
+    hellaswag = tmp_path / "hellaswag_val.jsonl"
+    hellaswag.write_text(json.dumps({"ctx": "A man", "endings": ["runs", "sits", "eats", "reads"], "label": 0}) + "\n",
+                         encoding="utf-8")
+    inputs = {"shakespeare_char": [CORPUS], "shakespeare": [CORPUS], "corpus": [f"--input={docs}"],
+              "openwebtext": [f"--input={docs}", "--num_proc=1"], "fineweb_edu": [f"--input={docs}", "--num_proc=1"],
+              "chat": [chats], "hellaswag": [f"--input={hellaswag}"], "addition": ["--count=10"]}
+    assert set(inputs) == {p.parent.name for p in (ROOT / "data").glob("*/prepare.py")}, "a prepare script is missing"
+    return inputs
 
 
 def nanogpt_checkpoint(path, vocab_size=None, n_layer=2, n_head=2, n_embd=32, block_size=32, dataset="play_char",

@@ -58,8 +58,13 @@ def _detach(dup):
     return dup.detach()
 
 
-def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path):
-    """Runs in the forked process: become `python script argv...` and exit with its status."""
+STREAMS = ("stdin", "stdout", "stderr")  # file descriptors 0, 1 and 2
+
+
+def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path, closed=()):
+    """Runs in the forked process: become `python script argv...` and exit with its status. The streams
+    named in `closed` are closed, as `<&-`, `>&-` or `2>&-` start a process: the descriptor is not open and
+    the interpreter's sys.stdin, sys.stdout or sys.stderr is None."""
     os.chdir(cwd)
     os.umask(umask)
     os.environ.clear()
@@ -78,6 +83,10 @@ def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path):
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", line_buffering=True,
                                   write_through=True)
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    for name in closed:
+        os.close(STREAMS.index(name))
+        setattr(sys, name, None)
+        setattr(sys, f"__{name}__", None)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import torch
@@ -96,8 +105,9 @@ def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path):
         status = 1
     try:
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
     finally:
         os._exit(status)
 
@@ -106,7 +116,7 @@ class Child:
     """A running script, with the parts of subprocess.Popen the tests use: pid, stdout (text, read as
     it is written, when started with pipe_stdout), poll, wait, send_signal, communicate."""
 
-    def __init__(self, script, args, env, cwd, input=None, pipe_stdout=False):
+    def __init__(self, script, args, env, cwd, input=None, pipe_stdout=False, closed=()):
         self._files = tempfile.TemporaryDirectory(prefix="script-")
         stdin_path = None
         if input is not None:
@@ -123,7 +133,7 @@ class Child:
         umask = os.umask(0o022)  # this process's umask, which a subprocess would inherit
         os.umask(umask)
         self.process = _server().Process(target=_child, args=(script, list(args), env, cwd, umask, stdin_path,
-                                                              _Fd(write), self._stderr_path))
+                                                              _Fd(write), self._stderr_path, tuple(closed)))
         self.process.start()
         os.close(write)
         self.pid = self.process.pid
@@ -184,20 +194,23 @@ def needs_plain_process(env):
     return any(k.startswith(("HF_", "PYTHON")) and k != "PYTHONUNBUFFERED" for k in env or {})
 
 
-def start(script, args, env, cwd=ROOT, input=None, pipe_stdout=True):
-    """A script started as a child; a plain subprocess where the environment must be read at import."""
+def start(script, args, env, cwd=ROOT, input=None, pipe_stdout=True, closed=()):
+    """A script started as a child; a plain subprocess where the environment must be read at import.
+    `closed`: the streams ("stdin", "stdout", "stderr") it starts without, as after `>&-`."""
     script = os.path.join(ROOT, script) if not os.path.isabs(script) else script
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if needs_plain_process(env):
         return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=cwd, env=full_env, text=True,
                                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return Child(script, [str(a) for a in args], full_env, str(cwd), input=input, pipe_stdout=pipe_stdout)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=(lambda: [os.close(STREAMS.index(n)) for n in closed]) if closed else None)
+    return Child(script, [str(a) for a in args], full_env, str(cwd), input=input, pipe_stdout=pipe_stdout,
+                 closed=closed)
 
 
-def run(script, args, env=None, cwd=ROOT, input=None, timeout=600):
+def run(script, args, env=None, cwd=ROOT, input=None, timeout=600, closed=()):
     """A script run to its end: subprocess.CompletedProcess with its status, stdout and stderr."""
-    child = start(script, args, env, cwd, input=input, pipe_stdout=False)
+    child = start(script, args, env, cwd, input=input, pipe_stdout=False, closed=closed)
     if isinstance(child, subprocess.Popen):
         out, err = child.communicate(input=input, timeout=timeout)
     else:

@@ -402,3 +402,38 @@ def test_aligned_epochs_train_the_same_in_two_processes_and_across_a_resume(shar
         assert abs(one[i] - split[i]) <= 1e-5, (i, one[i], split[i])
     with open(tmp_path / "split" / "meta.pkl", "rb") as f:
         assert pickle.load(f)["tokenizer"] == "tokenizer.json"
+
+
+def test_aligned_or_epoch_rows_fewer_than_a_batch_are_refused_with_the_count(sharded):
+    """With align=doc or sampling=epoch a batch draws from the split's rows alone: fewer rows than a batch
+    would repeat the same few every step. The count said is the reference scan's."""
+    folder, T = str(sharded[1]), 64
+    data = tokens(sharded[1], "train")
+    eot = dataset.read_meta(folder)["eot"]
+    docs = sum(1 for i in range(len(data) - T) if i == 0 or data[i - 1] == eot)
+    windows = len(range(0, len(data) - T, T))
+    for options, rows in ((dict(align="doc"), docs), (dict(sampling="epoch"), windows)):
+        dataset.Batches(folder, "x", T, rows, 5, "cpu", **options)  # a batch of every row: accepted
+        with pytest.raises(UserError) as e:
+            dataset.Batches(folder, "x", T, rows + 1, 5, "cpu", **options)
+        assert e.value.status == 2 and f"holds {rows} " in str(e.value) and f"batch_size={rows + 1}" in str(e.value)
+
+
+def test_a_trained_tokenizers_token_bytes_add_up_to_the_texts_utf8_bytes(bpe_data):
+    """Bits per byte divides by the bytes each token stands for: over any text, the encoded tokens' sizes
+    add up to the text's UTF-8 length (the reference, counted by Python), special tokens counting none."""
+    tok = load_tokenizer(dataset.read_meta(str(bpe_data)), str(bpe_data))
+    sizes = tok.token_bytes()
+    assert len(sizes) == tok.vocab_size and sizes[tok.eot] == 0
+    for text in (CORPUS.read_text(encoding="utf-8")[:5000], "naïve café 東京 — ünïcödé\n\n  tabs\tand 🙂"):
+        assert sum(sizes[i] for i in tok.encode_ordinary(text)) == len(text.encode("utf-8"))
+    assert sum(sizes[i] for i in tok.encode("<|endoftext|>ROMEO:")) == len("ROMEO:")
+
+
+@pytest.mark.slow
+def test_a_trained_tokenizer_run_logs_bits_per_byte_and_eval_py_scores_it(bpe_run):
+    """The run found its tokenizer in its dataset's folder (not the working directory) for val_bpb, and eval.py
+    scores bits per byte through the run's copy of it."""
+    assert any("val_bpb" in r for r in read_metrics(bpe_run))
+    p = run("eval.py", f"--out_dir={bpe_run}", "--tasks=val", "--limit=200", "--device=cpu")
+    assert '"bpb"' in p.stdout.splitlines()[-1], p.stdout

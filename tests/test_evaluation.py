@@ -33,7 +33,11 @@ def choice_file(path, n, seed=0, max_chars=None):
     with open(path, "w", encoding="utf-8") as f:
         for _ in range(n):
             k = rng.randrange(len(LINES) - 1)
-            choices = [cut(LINES[k + 1])] + [cut(line) for line in rng.sample(LINES, 3)]
+            choices = [cut(LINES[k + 1])]
+            while len(choices) < 4:  # three others, each unlike the rest (a choice twice is refused)
+                other = cut(rng.choice(LINES))
+                if other not in choices:
+                    choices.append(other)
             rng.shuffle(choices)
             f.write(json.dumps({"context": cut(LINES[k]), "choices": choices, "label": choices.index(cut(LINES[k + 1]))})
                     + "\n")
@@ -178,6 +182,8 @@ GOOD = json.dumps({"context": "ROMEO: Good night", "choices": ["sweet lord.", "t
     (json.dumps({"context": "ROMEO: Good", "choices": ["night", "day"]}), ["line 2", "'label'"]),
     (json.dumps({"context": "ROMEO: Good", "choices": "night", "label": 0}), ["line 2", "at least two"]),
     (json.dumps(["ROMEO: Good", ["night", "day"], 0]), ["line 2", "not a JSON object"]),
+    (json.dumps({"context": "ROMEO: Good", "choices": ["night", "day", "night"], "label": 1}),
+     ["line 2", "'night' appears 2 times"]),
     (json.dumps({"context": "ROMEO: caf\u00e9 au lait", "choices": ["night", "n\u00e0 night"], "label": 0}),
      ["characters outside", "'\u00e0\u00e9'", "line 2"]),
     (json.dumps({"context": "ROMEO: " + "the " * 70, "choices": ["night", "day"], "label": 0}),

@@ -318,3 +318,28 @@ def test_tokenizer_made_from_tiktoken_is_gpt2s(gpt2_encoding, tmp_path):
     (tmp_path / "vocab.json").write_text("{}")
     with pytest.raises(UserError):  # a folder without merges.txt
         hf_io.gpt2_tokenizer(str(tmp_path))
+
+
+def test_a_tokenizer_folder_numbering_tokens_unlike_gpt2_is_refused_with_the_first_difference(gpt2_encoding,
+                                                                                              tmp_path):
+    """--tokenizer_dir goes into the exported model (HF folder or GGUF file) beside weights whose rows mean
+    GPT-2's ids: a folder whose vocab.json numbers the same tokens otherwise is refused, naming the id."""
+    files = hf_io.gpt2_bpe_files()  # GPT-2's own, from tiktoken's cache
+    vocab = json.loads(files["vocab.json"])
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "merges.txt").write_bytes(files["merges.txt"])
+
+    def given(v):
+        (folder / "vocab.json").write_text(json.dumps(v), encoding="utf-8")
+        return hf_io.gpt2_bpe_files(str(folder))
+
+    assert given(vocab)["vocab.json"] == (folder / "vocab.json").read_bytes()  # GPT-2's own: accepted
+    swapped = dict(vocab, **{"Ġthe": vocab["Ġand"], "Ġand": vocab["Ġthe"]})
+    with pytest.raises(UserError) as e:
+        given(swapped)
+    first = min(vocab["Ġthe"], vocab["Ġand"])
+    assert f"gives id {first}" in str(e.value) and "2 tokens in all differ" in str(e.value), str(e.value)
+    smaller = {t: i for t, i in vocab.items() if i < 1000}
+    with pytest.raises(UserError, match="numbers 1,000 tokens .*GPT-2's 50,257"):
+        given(smaller)

@@ -161,6 +161,16 @@ def test_muon_scratch_and_fsdp_are_refused_with_lora(tmp_path):
     assert "--parallel=ddp" in check("--init_from=gpt2", "--parallel=fsdp")
 
 
+def test_a_rank_not_below_a_target_layers_width_is_refused_with_the_width():
+    model = tiny(n_embd=32, n_head=4)  # c_attn is 96 x 32: rank 31 is low-rank, 32 is not
+    lora.check_rank(model, 31, "c_attn")
+    with pytest.raises(UserError) as e:
+        lora.check_rank(model, 32, "c_attn")
+    assert e.value.status == 2 and "lora_rank=32" in str(e.value) and "96 x 32, so 32" in str(e.value), str(e.value)
+    with pytest.raises(UserError, match="lm_head is 97 x 32"):  # the head too (its width is n_embd)
+        lora.check_rank(model, 40, "lm_head")
+
+
 def test_the_lora_recipes_resolve_and_pass_the_checks():
     for name, targets in (("lora_shakespeare", ("attn.c_attn",)),
                           ("lora_sft", ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))):
@@ -356,7 +366,10 @@ def test_export_writes_the_merged_model_and_the_adapters_for_peft(lora_run, hf_b
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["target_modules"] == ["c_attn", "lm_head", "mlp.c_proj"]
     assert config["base_model_name_or_path"] == str(hf_base) and config["r"] == 4 and config["lora_alpha"] == 8
-    assert f"AutoModelForCausalLM.from_pretrained('{hf_base}'), '{folder}')" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"AutoModelForCausalLM.from_pretrained('{hf_base}'), '{folder}')" in said.out
+    # lm_head adapted over GPT-2's tied head: merging in PEFT would change the embedding too, and that is said
+    assert "merge_and_unload() would add the head's update" in said.err
     theirs = peft_model(transformers.AutoModelForCausalLM.from_pretrained(hf_base), folder)
     with torch.no_grad():
         assert (theirs(idx).logits - ours).abs().max().item() <= TOL

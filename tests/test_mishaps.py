@@ -280,3 +280,58 @@ def test_a_model_too_big_for_the_machine_is_refused_before_it_is_allocated(char_
         p = run("train.py", *BASE, *extra, "--out_dir=unused", check=False)
         assert_clean_error(p, status=2, words=words)
     assert not os.path.exists(ROOT / "unused")
+
+
+def test_messages_send_users_the_right_way(char_run, char_data, tmp_path):
+    """A command aimed slightly wrong is answered with the command that works, each sentence naming it."""
+    from conftest import script
+    sample = ["--device=cpu", "--num_samples=1", "--max_new_tokens=4"]
+    said = lambda *args: str(script(*args))  # noqa: E731
+    # a run given where Hugging Face weights go: read it through its folder
+    assert f"--out_dir={char_run} (and no init_from)" in said("sample.py", f"--init_from={char_run}", *sample)
+    assert f"--out_dir={char_run} --ckpt_name=best.pt" in said("sample.py", f"--init_from={char_run / 'best.pt'}",
+                                                               *sample)
+    assert f"--out_dir={char_run} (and no init_from)" in said("eval.py", f"--init_from={char_run / 'ckpt.pt'}",
+                                                              "--tasks=val", "--device=cpu")
+    # a folder holding best.pt but no ckpt.pt
+    best_only = tmp_path / "best-only"
+    best_only.mkdir()
+    for name in ("best.pt", "meta.pkl"):
+        shutil.copyfile(char_run / name, best_only / name)
+    assert "--ckpt_name=best.pt" in said("sample.py", f"--out_dir={best_only}", *sample)
+    # eval.py's tasks: text: with no file, a folder for a file
+    run_args = [f"--out_dir={char_run}", "--device=cpu"]
+    assert "text: names no file" in said("eval.py", *run_args, "--tasks=text:")
+    assert f"text:{tmp_path} is a folder" in said("eval.py", *run_args, f"--tasks=text:{tmp_path}")
+    assert f"task {tmp_path} is a folder" in said("eval.py", *run_args, f"--tasks={tmp_path}")
+    # data and vocabulary folders that are not there, or damaged
+    missing = tmp_path / "no-such-folder"
+    assert f"--vocab_from={missing} is not a folder" in said("data/corpus/prepare.py", f"--input={CORPUS}",
+                                                             "--tokenizer=char", f"--vocab_from={missing}",
+                                                             f"--out={tmp_path / 'c'}")
+    assert f"data_dir={missing} is not a folder" in said("train.py", *BASE, f"--data_dir={missing}",
+                                                         f"--out_dir={tmp_path / 'r'}")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(char_data, damaged)
+    (damaged / "dataset.json").write_text('{"complete": tru', encoding="utf-8")
+    before = digests(damaged)
+    assert "dataset.json is damaged" in said("train.py", *BASE, f"--data_dir={damaged}", f"--out_dir={tmp_path / 'r'}")
+    assert digests(damaged) == before
+
+
+def test_jsonl_files_saved_with_a_byte_order_mark_read_as_without_one(char_data, tmp_path):
+    """Windows Notepad starts UTF-8 files with a byte order mark: the multiple-choice sets and the local
+    documents of a prepare read the same with it as without it."""
+    import json
+
+    from gptkit import benchmarks, dataprep
+    from gptkit.dataset import read_meta
+    from gptkit.tokenizer import load_tokenizer
+    tok = load_tokenizer(read_meta(char_data))
+    line = json.dumps({"context": "ROMEO: Good", "choices": [" night", " day"], "label": 0}) + "\n"
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    plain.write_text(line * 2, encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + (line * 2).encode("utf-8"))
+    a, b = benchmarks.load_choices(str(marked), tok, 64), benchmarks.load_choices(str(plain), tok, 64)
+    assert a.examples == b.examples and len(a.examples) == 2
+    assert list(dataprep.utf8_lines(str(marked))) == list(dataprep.utf8_lines(str(plain)))

@@ -1,5 +1,6 @@
 """The prepare scripts: bins that decode back to the corpus, nanoGPT's meta.pkl layout, clear failures."""
 
+import os
 import pickle
 
 import numpy as np
@@ -44,3 +45,23 @@ def test_failed_download_says_what_to_do(tmp_path):
     with pytest.raises(UserError, match="could not download .*--input="):
         dataprep.read_text(None, "http://127.0.0.1:9/input.txt", str(tmp_path / "input.txt"))
     assert not list(tmp_path.iterdir())  # no partial download left
+
+
+@pytest.mark.slow
+def test_every_prepare_script_refuses_a_folder_another_prepare_is_writing(tmp_path, prepare_inputs):
+    """Each prepare script, run while another process holds its output folder's lock, says which process
+    it is and leaves the folder as it was, byte for byte."""
+    from conftest import digests, script
+    for name, args in prepare_inputs.items():
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine", encoding="utf-8")
+        holder = dataprep.claim(str(out))  # what a prepare under way holds (a second descriptor conflicts)
+        before = digests(out)  # the lock file included: the refused script must not touch it either
+        try:
+            e = script(f"data/{name}/prepare.py", *args, f"--out={out}")
+            after = digests(out)
+        finally:
+            holder.release()
+        assert "in use by another prepare script" in str(e) and f"PID {os.getpid()}" in str(e), (name, str(e))
+        assert after == before, name

@@ -199,6 +199,23 @@ def test_every_numeric_key_is_range_checked(arg, words):
     assert e.value.status == 2 and all(w in str(e.value) for w in words), str(e.value)
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--learning_rate=5e-5"], ["min_lr=6e-05 is above learning_rate=5e-05", "1.2x", "--min_lr=5e-06"]),
+    (["--learning_rate=1e-3", "--min_lr=4e-3"], ["4x after the warmup", "--decay_lr=False"]),
+    (["--fsdp_shard_size=4"], ["fsdp_shard_size=4", "parallel=ddp", "--parallel=fsdp"]),
+])
+def test_settings_that_would_train_on_nonsense_are_refused_with_the_figures(args, words):
+    import configurator
+    from gptkit import keys
+    cfg = configurator.configure(keys.KEYS, argv=[*BASE, *args], announce=False)
+    with pytest.raises(UserError) as e:
+        keys.check(cfg)
+    assert e.value.status == 2 and all(w in str(e.value) for w in words), str(e.value)
+    # the same rate as a constant is what was asked for: accepted
+    keys.check(configurator.configure(keys.KEYS, argv=[*BASE, "--learning_rate=5e-5", "--decay_lr=False"],
+                                      announce=False))
+
+
 @pytest.mark.slow
 def test_cross_key_checks(char_data, tmp_path):
     p = run("train.py", *BASE, "--n_head=3", f"--out_dir={tmp_path}", check=False)

@@ -21,7 +21,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import arithmetic, dataprep, dataset, errors, fileio  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+
+from gptkit import arithmetic, dataprep, dataset, fileio  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
 
@@ -40,7 +45,7 @@ def main(argv):
                                      device="cpu", scratchpad=scratchpad == "true")
     a, b = problems.held_out_problems(count)
     out = dataprep.out_folder(args, "addition")
-    os.makedirs(out, exist_ok=True)
+    dataprep.claim(out)  # one writer at a time
     with fileio.atomic_open(os.path.join(out, "val.txt"), "w") as f:
         for x, y in zip(a.tolist(), b.tolist()):
             f.write("".join(problems.problem(x, y)) + "\n")
@@ -52,5 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
     main(sys.argv[1:])

@@ -33,7 +33,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import conversation, dataprep, errors  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+
+from gptkit import conversation, dataprep  # noqa: E402
 from gptkit.dataset import data_root  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
@@ -104,9 +109,8 @@ def hub_conversations(args, column):
 
 def trained_tokenizer(folder):
     """The trained tokenizer of a prepared dataset (its meta.pkl names it), or a sentence."""
-    from gptkit.dataset import read_meta
     from gptkit.tokenizer import load_tokenizer
-    meta = read_meta(folder) if os.path.isdir(folder) else None
+    meta = dataprep.vocab_from(folder)
     if not meta or not meta.get("tokenizer"):
         raise UserError(f"--vocab_from={folder} holds no trained tokenizer (a meta.pkl naming tokenizer.json); "
                         f"give the folder of a dataset prepared with --tokenizer=bpe", status=USAGE)
@@ -227,5 +231,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
     main(sys.argv[1:])

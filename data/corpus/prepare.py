@@ -32,8 +32,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import dataprep, errors  # noqa: E402
-from gptkit.dataset import data_root, read_meta  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+
+from gptkit import dataprep  # noqa: E402
+from gptkit.dataset import data_root  # noqa: E402
 from gptkit.tokenizer import load_tokenizer  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
@@ -152,7 +157,7 @@ def main(argv):
         if args.get("vocab_size"):
             raise UserError("--vocab_from's tokenizer has its own size; give --vocab_size or --vocab_from, not both",
                             status=USAGE)
-        vocab = read_meta(args["vocab_from"]) if os.path.isdir(args["vocab_from"]) else None
+        vocab = dataprep.vocab_from(args["vocab_from"])
         if vocab is None or ("stoi" if kind == "char" else "tokenizer") not in vocab:
             what = ("character vocabulary (meta.pkl with stoi)" if kind == "char"
                     else "trained tokenizer (tokenizer.json)")
@@ -208,5 +213,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
     main(sys.argv[1:])

@@ -16,7 +16,12 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import benchmarks, dataprep, errors, fileio  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was written, run it again to finish")
+
+from gptkit import benchmarks, dataprep, fileio  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 
 
@@ -69,11 +74,11 @@ def main(argv):
         if n != expected:
             raise UserError(f"{url} gave {n:,} examples where HellaSwag's {split} split has {expected:,}; the download "
                             f"is incomplete or the file changed: run again, or use --input=a copy you trust")
-    os.makedirs(out, exist_ok=True)
+    dataprep.claim(out)  # one writer at a time
     with fileio.atomic_open(dest, "w", advice="choose a writable --out folder") as f:
         f.write(text)
     print(f"{dest}: {n:,} examples of HellaSwag's {split} split")
 
 
 if __name__ == "__main__":
-    errors.run(main)
+    main(sys.argv[1:])

@@ -27,7 +27,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import dataprep, errors  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
+
+from gptkit import dataprep  # noqa: E402
 
 
 def main(argv):
@@ -35,5 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
     main(sys.argv[1:])

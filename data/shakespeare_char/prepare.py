@@ -14,7 +14,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import dataprep, errors  # noqa: E402
+from gptkit import errors  # noqa: E402
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+
+from gptkit import dataprep  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -36,5 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
     main(sys.argv[1:])
