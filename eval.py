@@ -15,8 +15,8 @@ from gptkit import errors
 
 errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
 
-import configurator  # noqa: E402
-from configurator import Key  # noqa: E402
+from gptkit import configurator  # noqa: E402
+from gptkit.configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs

@@ -12,7 +12,7 @@ JSONL file of {"prompt", "answer"}, exact match or the last number of the comple
 `def reward(prompt, completion, answer): ...` in a config file. python rl.py --help lists the keys.
 """
 
-import configurator
+from gptkit import configurator
 from gptkit import errors, keys, runs
 from gptkit.stopping import OutputGuard
 

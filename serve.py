@@ -7,11 +7,11 @@ Serve a model over OpenAI's API, with a chat page: many requests decoded togethe
 
 Any OpenAI client talks to it (base_url http://127.0.0.1:8000/v1); docs/serving.md has the details.
 Ctrl-C or SIGTERM stops it: no new requests, those in flight get a few seconds to finish, exit 0.
-Needs the serving extras: pip install -r requirements-serve.txt
+Needs the serving extras: pip install -e '.[serve]'
 """
 
-import configurator
-from configurator import Key
+from gptkit import configurator
+from gptkit.configurator import Key
 from gptkit import errors
 
 errors.install()
@@ -50,8 +50,7 @@ try:
 
     from gptkit.openai_api import Service, is_loopback, listen, make_app  # noqa: E402
 except ImportError as e:
-    raise errors.UserError(f"serving needs {e.name}, which is not installed; pip install -r "
-                           f"requirements-serve.txt") from None
+    raise errors.UserError(f"serving needs {e.name}, which is not installed; pip install -e '.[serve]'") from None
 
 from gptkit import conversation, loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402

@@ -15,7 +15,7 @@ from gptkit import errors
 # loads in one line and status 130
 errors.install()
 
-import configurator  # noqa: E402
+from gptkit import configurator  # noqa: E402
 from gptkit import keys, runs  # noqa: E402
 from gptkit.stopping import OutputGuard  # noqa: E402
 

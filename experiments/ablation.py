@@ -26,10 +26,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # train.py and bench.py live there
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-from configurator import Key  # noqa: E402
-from gptkit import errors, keys  # noqa: E402
+from gptkit import configurator
+from gptkit.configurator import Key
+from gptkit import errors, keys
 
 errors.install()
 
@@ -50,13 +49,13 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS, script="experiments/ablation.py")
 
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import json
+import statistics
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
-from gptkit import fileio, runs  # noqa: E402
-from gptkit.errors import UserError  # noqa: E402
+from gptkit import fileio, runs
+from gptkit.errors import UserError
 
 # GPT-2's network (every architecture key at its default) and the learning rates the recipe had for
 # it, whatever the recipe sets now

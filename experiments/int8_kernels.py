@@ -9,14 +9,11 @@ eager mode as sample.py runs them. Why gptkit/quantize.py uses PyTorch's dynamic
 Each path runs the 49 products in turn; the median of `repeats` passes is reported with its spread.
 """
 
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-from configurator import Key  # noqa: E402
-from gptkit import errors  # noqa: E402
+from gptkit import configurator
+from gptkit.configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -29,13 +26,13 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
-import copy  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
+import copy
+import statistics
+import time
+import warnings
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+import torch
+import torch.nn as nn
 
 if cfg.threads:
     torch.set_num_threads(cfg.threads)
@@ -46,7 +43,7 @@ fp32 = nn.ModuleList([nn.Linear(i, o) for i, o in shapes]).eval()
 paths = {"fp32": fp32}
 
 warnings.simplefilter("ignore")
-from gptkit.quantize import quantize_int8  # noqa: E402
+from gptkit.quantize import quantize_int8
 paths["int8 dynamic (torch.ao, gptkit.quantize)"] = quantize_int8(fp32)
 
 

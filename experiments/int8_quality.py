@@ -12,13 +12,10 @@ continues its own text, so the length of the shared start is reported too.
 """
 
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-from configurator import Key  # noqa: E402
-from gptkit import errors  # noqa: E402
+from gptkit import configurator
+from gptkit.configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -34,15 +31,15 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
+import json
+import math
+import statistics
 
-import torch  # noqa: E402
+import torch
 
-from gptkit import checkpoint, loading, quantize  # noqa: E402
-from gptkit.dataset import Batches, data_root  # noqa: E402
-from gptkit.generate import generate  # noqa: E402
+from gptkit import checkpoint, loading, quantize
+from gptkit.dataset import Batches, data_root
+from gptkit.generate import generate
 
 model, tok, desc = loading.load_for_inference("resume", cfg.out_dir, cfg.ckpt_name, "cpu")
 int8 = quantize.quantize_int8(model)

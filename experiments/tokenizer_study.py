@@ -28,10 +28,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # train.py and data/ live there
-sys.path.insert(0, ROOT)
-import configurator  # noqa: E402
-from configurator import Key  # noqa: E402
-from gptkit import errors  # noqa: E402
+from gptkit import configurator
+from gptkit.configurator import Key
+from gptkit import errors
 
 errors.install()
 
@@ -47,9 +46,9 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
-from gptkit.dataprep import text_pieces  # noqa: E402
-from gptkit.errors import UserError  # noqa: E402
-from gptkit.tokenizer import BPETokenizer, train_bpe  # noqa: E402
+from gptkit.dataprep import text_pieces
+from gptkit.errors import UserError
+from gptkit.tokenizer import BPETokenizer, train_bpe
 
 SUFFIXES = (".py", ".md", ".rst", ".txt")
 

@@ -10,7 +10,7 @@ checkpoint's or GPT-2's weights; the network each gives, and what each refuses.
 import os
 from dataclasses import dataclass, field
 
-import configurator
+from gptkit import configurator
 from gptkit import checkpoint, keys, loading, lora, runtime, sharding
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch

@@ -9,7 +9,7 @@ lists them all. Nothing here imports torch, so --help and a mistyped key answer 
 
 import dataclasses
 
-from configurator import FUNCTION, Key
+from gptkit.configurator import FUNCTION, Key
 from gptkit.errors import USAGE, UserError
 
 KEYS = [

@@ -308,8 +308,8 @@ class ShardedSaver(checkpoint.RunSaver):
 # python -m gptkit.sharding --out_dir=OUT: a run folder's ckpt.pt and best.pt from its sharded checkpoints
 
 def main():
-    import configurator
-    from configurator import Key
+    from gptkit import configurator
+    from gptkit.configurator import Key
     from gptkit import runs
     cfg = configurator.configure([Key("out_dir", "out", "the run folder of a parallel=fsdp run (holding ckpt.dcp)")],
                                  script="-m gptkit.sharding")

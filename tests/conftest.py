@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import launcher  # noqa: E402  (tests/launcher.py: scripts as fresh processes that start at once)
-from gptkit.errors import UserError  # noqa: E402
+import launcher  # (tests/launcher.py: scripts as fresh processes that start at once)
+from gptkit.errors import UserError
 
 # Every dataset the tests prepare goes to a temporary data root (dataset=<name> looks there, in the
 # scripts the tests start too), never into the checkout; the CPU peaks they measure go to a temporary

@@ -5,13 +5,11 @@ writes the figures as JSON to the file named on the command line. Also holds the
 hand-computed loss that test uses."""
 
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig
 
 
 def tiny_model(vocab_size, seed=0, block_size=16):

@@ -12,13 +12,11 @@ and compares it with the run's consolidated ckpt.pt. Rank 0 writes the figures a
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gptkit import arithmetic, checkpoint, loading, optim, runtime, sharding, training  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from gptkit import arithmetic, checkpoint, loading, optim, runtime, sharding, training
+from model import GPT, GPTConfig
 
 STEPS = 3
 

@@ -1,11 +1,11 @@
 """Config files and --key=value overrides: nanoGPT's configs run unchanged, bad input is one sentence."""
 
 
-import configurator
+from gptkit import configurator
 
 import pytest
 
-from configurator import ConfigError, Key, parse
+from gptkit.configurator import ConfigError, Key, parse
 from conftest import ROOT, assert_clean_error, run
 
 KEYS = [

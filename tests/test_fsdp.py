@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import configurator
+from gptkit import configurator
 from conftest import ROOT, read_metrics, run, script
 from gptkit import keys, runtime, sharding
 from gptkit.errors import UserError

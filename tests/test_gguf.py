@@ -30,7 +30,7 @@ def llama_cpp():
         import llama_cpp
     except ImportError:
         pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python compiles llama.cpp, which takes "
-                    "over ten minutes, so it is not in requirements-dev.txt)")
+                    "over ten minutes, so it is not in the dev extra)")
     return llama_cpp
 
 

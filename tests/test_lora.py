@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import configurator
+from gptkit import configurator
 from conftest import CORPUS_VOCAB, ROOT, TINY, export, nanogpt_checkpoint, read_metrics, run, script
 from launcher import run_ranks
 from test_arch import OPTIONS  # each architecture option at least once

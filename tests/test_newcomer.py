@@ -46,7 +46,7 @@ def test_the_first_screen_of_the_readme_says_how_to_install_torch_without_cuda()
     first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:40])
     cpu_route = first_screen.find("pip install torch --index-url https://download.pytorch.org/whl/cpu")
     # said before the command a newcomer pastes, which would otherwise fetch the CUDA build first
-    assert 0 <= cpu_route < first_screen.find("pip install -r requirements.txt")
+    assert 0 <= cpu_route < first_screen.find("pip install -e .")
 
 
 @pytest.mark.parametrize("script", ["data/shakespeare_char/prepare.py", "data/shakespeare/prepare.py",

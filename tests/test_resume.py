@@ -322,7 +322,7 @@ def test_a_new_run_from_a_nanogpt_checkpoint_and_what_is_refused(char_data, tmp_
 
 def resumed_settings(saved, *argv, iter_num):
     """(settings, changed, note) of `train.py --init_from=resume *argv` on a run saved with `saved`."""
-    import configurator
+    from gptkit import configurator
     from gptkit import init_from, keys
     cfg = configurator.configure(keys.KEYS, argv=["--init_from=resume", *argv], announce=False)
     base, changed = configurator.rebase(cfg, keys.KEYS, saved, keep=keys.MACHINE_KEYS)

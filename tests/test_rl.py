@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import TINY, read_metrics, run, script
 from launcher import run_ranks
 
-import configurator
+from gptkit import configurator
 from gptkit import grpo, runtime
 from gptkit.arithmetic import META
 from gptkit.errors import UserError

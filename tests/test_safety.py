@@ -191,7 +191,7 @@ def test_meta_pkl_is_read_without_running_code(char_data, tmp_path):
     ("--out_dir=", ["out_dir is empty"]),
 ])
 def test_every_numeric_key_is_range_checked(arg, words):
-    import configurator
+    from gptkit import configurator
     from gptkit import keys, runs
     with pytest.raises(UserError) as e:
         cfg = configurator.parse(keys.KEYS, [*BASE, arg])
@@ -205,7 +205,7 @@ def test_every_numeric_key_is_range_checked(arg, words):
     (["--fsdp_shard_size=4"], ["fsdp_shard_size=4", "parallel=ddp", "--parallel=fsdp"]),
 ])
 def test_settings_that_would_train_on_nonsense_are_refused_with_the_figures(args, words):
-    import configurator
+    from gptkit import configurator
     from gptkit import keys
     cfg = configurator.configure(keys.KEYS, argv=[*BASE, *args], announce=False)
     with pytest.raises(UserError) as e:

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-pytest.importorskip("starlette", reason="serving needs starlette (pip install -r requirements-serve.txt)")
-uvicorn = pytest.importorskip("uvicorn", reason="serving needs uvicorn (pip install -r requirements-serve.txt)")
+pytest.importorskip("starlette", reason="serving needs starlette (pip install -e '.[serve]')")
+uvicorn = pytest.importorskip("uvicorn", reason="serving needs uvicorn (pip install -e '.[serve]')")
 openai = pytest.importorskip("openai", reason="the API is tested with the official openai client")
 
 from conftest import assert_clean_error, run, start  # noqa: E402

@@ -20,14 +20,13 @@ draw one; the seed only orders them.
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
 
-from gptkit import arithmetic, dataprep, dataset, fileio  # noqa: E402
-from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit import arithmetic, dataprep, dataset, fileio
+from gptkit.errors import USAGE, UserError
 
 
 def main(argv):

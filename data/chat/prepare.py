@@ -32,15 +32,14 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
 
-from gptkit import conversation, dataprep  # noqa: E402
-from gptkit.dataset import data_root  # noqa: E402
-from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit import conversation, dataprep
+from gptkit.dataset import data_root
+from gptkit.errors import USAGE, UserError
 
 ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "tokenizer", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)

@@ -31,16 +31,15 @@ large corpus and fine-tuning on a small one.
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
 
-from gptkit import dataprep  # noqa: E402
-from gptkit.dataset import data_root  # noqa: E402
-from gptkit.tokenizer import load_tokenizer  # noqa: E402
-from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit import dataprep
+from gptkit.dataset import data_root
+from gptkit.tokenizer import load_tokenizer
+from gptkit.errors import USAGE, UserError
 
 SUFFIXES = (".txt", ".md")
 

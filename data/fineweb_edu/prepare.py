@@ -18,16 +18,14 @@ train documents, saved as the dataset's tokenizer.json (docs/data.md). Every 200
 (--val_fraction=0.0005) is val, about 5M tokens. The arguments are those of data/openwebtext/prepare.py.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
 
-from gptkit import dataprep  # noqa: E402
+from gptkit import dataprep
 
 
 def main(argv):

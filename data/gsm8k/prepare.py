@@ -22,9 +22,8 @@ import re
 import sys
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import dataprep, errors, fileio  # noqa: E402
-from gptkit.errors import UserError  # noqa: E402
+from gptkit import dataprep, errors, fileio
+from gptkit.errors import UserError
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
 SIZES = {"train": 7473, "test": 1319}

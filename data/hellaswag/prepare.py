@@ -15,14 +15,13 @@ import os
 import sys
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; nothing was written, run it again to finish")
 
-from gptkit import benchmarks, dataprep, fileio  # noqa: E402
-from gptkit.errors import USAGE, UserError  # noqa: E402
+from gptkit import benchmarks, dataprep, fileio
+from gptkit.errors import USAGE, UserError
 
 
 def check(text, name, split):

@@ -23,16 +23,14 @@ Every 2000th document (--val_fraction=0.0005), evenly spaced, is val. --dataset,
 --num_proc: tokenizer threads for GPT-2's BPE (a trained one uses every core).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
 
-from gptkit import dataprep  # noqa: E402
+from gptkit import dataprep
 
 
 def main(argv):

@@ -12,14 +12,13 @@ The first 90% of the text is train, the rest val.
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from gptkit import errors  # noqa: E402
+from gptkit import errors
 
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
 
-from gptkit import dataprep  # noqa: E402
-from gptkit.tokenizer import BPETokenizer  # noqa: E402
+from gptkit import dataprep
+from gptkit.tokenizer import BPETokenizer
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
