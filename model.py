@@ -471,15 +471,9 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
         """GPT-2's weights from Hugging Face: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a
-        local folder. Only dropout may be overridden. Inside this project gptkit.hf reads the files
-        directly (no transformers model is built); this file alone goes through transformers."""
+        local folder. Only dropout may be overridden. This goes through transformers, so model.py works
+        copied alone; the scripts read the files directly instead (gptkit.hf, no transformers model built)."""
         dropout = (override_args or {}).get("dropout", 0.0)
-        try:
-            from gptkit import hf
-        except ImportError:
-            hf = None
-        if hf is not None:
-            return hf.load_gpt2(model_type, dropout=dropout)
         from transformers import GPT2LMHeadModel
         source = GPT2LMHeadModel.from_pretrained(model_type)
         return cls.with_weights(gpt2_config(source.config.to_dict(), dropout), from_gpt2_state_dict(source.state_dict()))

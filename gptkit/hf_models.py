@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from gptkit import hf
+from gptkit import hf, hub
 from gptkit.errors import UserError
 from model import GPT, GPTConfig
 
@@ -28,7 +28,7 @@ SUPPORTED = "GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausal
 def read_config(name_or_path):
     """config.json of a folder or hub repository, as a dict; a sentence when there is none."""
     where = name_or_path if os.path.isdir(name_or_path) else repr(name_or_path)
-    path = hf.local_or_hub(name_or_path, "config.json")
+    path = hub.local_or_hub(name_or_path, "config.json")
     if path is None:
         raise UserError(f"{where} is not a Hugging Face model folder: it has no config.json (it needs config.json "
                         f"and model.safetensors)")
@@ -132,7 +132,7 @@ class Safetensors:
     caller's memory, with no file page kept mapped or copied twice."""
 
     def __init__(self, name_or_path):
-        index = hf.local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
+        index = hub.local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
         if index:
             try:
                 with open(index) as f:
@@ -140,9 +140,9 @@ class Safetensors:
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
                                 f"again") from None
-            files = [hf.local_or_hub(name_or_path, n) for n in names]
+            files = [hub.local_or_hub(name_or_path, n) for n in names]
         else:
-            files = [hf.local_or_hub(name_or_path, "model.safetensors", required=False)]
+            files = [hub.local_or_hub(name_or_path, "model.safetensors", required=False)]
         self.entries = {}
         for path in files:
             if path is None:
@@ -238,7 +238,7 @@ def tokenizer_sha256(name_or_path):
     tiktoken's GPT-2 BPE), "" when the folder has none."""
     if architecture(read_config(name_or_path), name_or_path) == "gpt2":
         return None
-    path = hf.local_or_hub(name_or_path, "tokenizer.json", required=False)
+    path = hub.local_or_hub(name_or_path, "tokenizer.json", required=False)
     if path is None:
         return ""
     with open(path, encoding="utf-8") as f:

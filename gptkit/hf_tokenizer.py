@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 
-from gptkit import hf
+from gptkit import hub
 from gptkit.errors import UserError
+
+TOKENIZER_FILE = "tokenizer.json"  # the tokenizers library's file, as a dataset or run folder keeps it
 
 
 def _token(value):
@@ -57,7 +59,6 @@ class HFTokenizer:
     def meta(self):
         """The meta.pkl of data prepared in this tokenizer: what train.py sizes the model by, copies into the
         run beside tokenizer.json, and what sample.py and chat.py rebuild the tokenizer from."""
-        from gptkit.tokenizer import TOKENIZER_FILE
         return {"vocab_size": self.vocab_size, "tokenizer": TOKENIZER_FILE, "tokenizer_sha256": self.sha256,
                 "eot": self.eot, "hf": {"special": self.special, "stop_ids": self.stop_ids,
                                         "chat_template": self.template}}
@@ -86,7 +87,6 @@ class HFTokenizer:
         return self.tok.decode(list(map(int, ids)), skip_special_tokens=False)
 
     def token_bytes(self):
-        from gptkit.tokenizer import token_bytes
         return token_bytes(self.tok, self.vocab_size)
 
 
@@ -103,21 +103,21 @@ def load(name_or_path):
     """The tokenizer of a Hugging Face folder or hub id; a sentence saying what still works when the
     folder has weights but no tokenizer.json."""
     where = name_or_path if os.path.isdir(name_or_path) else repr(name_or_path)
-    path = hf.local_or_hub(name_or_path, "tokenizer.json", required=False)
+    path = hub.local_or_hub(name_or_path, "tokenizer.json", required=False)
     if path is None:
         raise UserError(f"{where} has no tokenizer.json, so its text cannot be turned into tokens: training from it "
                         f"on data prepared in its tokenizer works, sample.py and chat.py do not; put the model's "
                         f"tokenizer.json (and tokenizer_config.json) in the folder")
     with open(path, encoding="utf-8") as f:
         json_text = f.read()
-    config = _read_json(hf.local_or_hub(name_or_path, "tokenizer_config.json", required=False), "tokenizer_config")
+    config = _read_json(hub.local_or_hub(name_or_path, "tokenizer_config.json", required=False), "tokenizer_config")
     if not any(k in config for k in ("bos_token", "eos_token")):  # older folders keep them here
-        config = {**_read_json(hf.local_or_hub(name_or_path, "special_tokens_map.json", required=False),
+        config = {**_read_json(hub.local_or_hub(name_or_path, "special_tokens_map.json", required=False),
                                "special_tokens_map"), **config}
-    generation = _read_json(hf.local_or_hub(name_or_path, "generation_config.json", required=False),
+    generation = _read_json(hub.local_or_hub(name_or_path, "generation_config.json", required=False),
                             "generation_config")
     # the template: chat_template.jinja (transformers 5 writes it apart), else tokenizer_config.json's
-    template_path = hf.local_or_hub(name_or_path, "chat_template.jinja", required=False)
+    template_path = hub.local_or_hub(name_or_path, "chat_template.jinja", required=False)
     if template_path is not None:
         with open(template_path, encoding="utf-8") as f:
             template = f.read()
@@ -130,6 +130,22 @@ def load(name_or_path):
     ids = generation.get("eos_token_id")
     ids = ids if isinstance(ids, list) else [] if ids is None else [ids]
     return HFTokenizer(json_text, special, ids, template, where)
+
+
+def token_bytes(tok, vocab_size):
+    """Bytes of text each id of a Hugging Face tokenizers.Tokenizer stands for (bits per byte divides by
+    them); 0 for special tokens, which stand for none."""
+    from tokenizers import decoders
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    # byte-level BPE writes each byte as one printable character, so a token's length is its bytes, also for
+    # a token holding part of a character (which decodes alone to a 3-byte replacement character)
+    byte_level = isinstance(tok.decoder, decoders.ByteLevel)
+    out = []
+    for i in range(vocab_size):
+        piece = tok.id_to_token(i)
+        out.append(0 if piece is None or piece in special else
+                   len(piece) if byte_level else len(tok.decode([i]).encode("utf-8")))
+    return out
 
 
 class ChatTemplate:

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from gptkit import checkpoint, hf, hf_models, lora, runs
+from gptkit import checkpoint, hf_models, hub, lora, runs
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
@@ -82,10 +82,10 @@ def check_source(name_or_path):
                                        or os.path.exists(os.path.dirname(name_or_path))):
             raise UserError(f"init_from={name_or_path}: no such folder; give a Hugging Face model folder "
                             f"(config.json and model.safetensors) or a hub id (gpt2, Qwen/Qwen2.5-0.5B, ...)")
-        if "/" not in name_or_path and name_or_path not in hf.GPT2_NAMES:
+        if "/" not in name_or_path and name_or_path not in hub.GPT2_NAMES:
             raise UserError(f"init_from={name_or_path} is not a folder, a checkpoint file or a GPT-2 name; use "
                             f"scratch, resume, a path to a ckpt.pt, a Hugging Face folder, one of "
-                            f"{', '.join(hf.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2 or "
+                            f"{', '.join(hub.GPT2_NAMES)}, or a hub repository id such as openai-community/gpt2 or "
                             f"HuggingFaceTB/SmolLM2-135M")
 
 

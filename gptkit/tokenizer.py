@@ -8,6 +8,7 @@ import hashlib
 import os
 
 from gptkit.errors import USAGE, UserError
+from gptkit.hf_tokenizer import TOKENIZER_FILE, HFTokenizer, token_bytes
 
 GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
 GPT2_EOT = 50256  # <|endoftext|>, GPT-2's last token
@@ -115,7 +116,6 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte is a token, so any text can be encoded
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def sha256_text(text):
@@ -227,21 +227,6 @@ class TrainedTokenizer:
         return token_bytes(self.tok, self.vocab_size)
 
 
-def token_bytes(tok, vocab_size):
-    """Bytes of text each id of a Hugging Face tokenizers.Tokenizer stands for (bits per byte divides by
-    them); 0 for special tokens, which stand for none."""
-    from tokenizers import decoders
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    # byte-level BPE writes each byte as one printable character, so a token's length is its bytes, also for
-    # a token holding part of a character (which decodes alone to a 3-byte replacement character)
-    byte_level = isinstance(tok.decoder, decoders.ByteLevel)
-    out = []
-    for i in range(vocab_size):
-        piece = tok.id_to_token(i)
-        out.append(0 if piece is None or piece in special else
-                   len(piece) if byte_level else len(tok.decode([i]).encode("utf-8")))
-    return out
-
 
 def load_tokenizer(meta, folder=None):
     """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the
@@ -250,7 +235,6 @@ def load_tokenizer(meta, folder=None):
     if meta and "stoi" in meta:
         return CharTokenizer(meta)
     if meta and meta.get("hf"):  # a Hugging Face model's tokenizer (hf_tokenizer), with its special tokens
-        from gptkit.hf_tokenizer import HFTokenizer
         path = os.path.join(folder or ".", meta["tokenizer"])
         return HFTokenizer.from_meta(TrainedTokenizer.read(path, meta["tokenizer_sha256"]), meta, path)
     if meta and meta.get("tokenizer"):

@@ -235,9 +235,15 @@ def prepare_inputs(tmp_path, gpt2_encoding):
     hellaswag = tmp_path / "hellaswag_val.jsonl"
     hellaswag.write_text(json.dumps({"ctx": "A man", "endings": ["runs", "sits", "eats", "reads"], "label": 0}) + "\n",
                          encoding="utf-8")
+    gsm8k = tmp_path / "gsm8k"
+    gsm8k.mkdir()
+    for split in ("train", "test"):
+        (gsm8k / f"{split}.jsonl").write_text(json.dumps({"question": "What is 3 times 4?",
+                                                          "answer": "3 * 4 = <<3*4=12>>12\n#### 12"}) + "\n",
+                                              encoding="utf-8")
     inputs = {"shakespeare_char": [CORPUS], "shakespeare": [CORPUS], "corpus": [f"--input={docs}"],
               "openwebtext": [f"--input={docs}", "--num_proc=1"], "fineweb_edu": [f"--input={docs}", "--num_proc=1"],
-              "chat": [chats], "hellaswag": [f"--input={hellaswag}"], "addition": ["--count=10"]}
+              "chat": [chats], "hellaswag": [f"--input={hellaswag}"], "addition": ["--count=10"], "gsm8k": [f"--input={gsm8k}"]}
     assert set(inputs) == {p.parent.name for p in (ROOT / "data").glob("*/prepare.py")}, "a prepare script is missing"
     return inputs
 

@@ -22,7 +22,12 @@ import re
 import sys
 import urllib.request
 
-from gptkit import dataprep, errors, fileio
+from gptkit import errors
+
+if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
+    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
+
+from gptkit import dataprep, fileio
 from gptkit.errors import UserError
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
@@ -76,7 +81,7 @@ def write_jsonl(path, rows):
 def main(argv):
     args = dataprep.parse_args(argv, ["input", "out"], __doc__)
     out = dataprep.out_folder(args, "gsm8k")
-    os.makedirs(out, exist_ok=True)
+    dataprep.claim(out)  # one writer at a time
     for split in ("train", "test"):
         text, where = read(split, args.get("input"))
         rows = problems(text, where)
@@ -93,5 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.install(interrupted="interrupted; nothing was half-written, run it again to finish")
     main(sys.argv[1:])
