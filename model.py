@@ -88,7 +88,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         # SDPA dispatches to flash / memory-efficient kernels; the manual path is the reference
         # it is tested against, and the fallback when a kernel misbehaves.
-        self.sdpa = hasattr(F, "scaled_dot_product_attention")
+        self.sdpa = True
 
     def forward(self, x, rope=None, cache=None, layer=0):
         B, T, C = x.size()
@@ -126,9 +126,7 @@ class CausalSelfAttention(nn.Module):
         if self.sdpa:
             # grouped-query attention (Ainslie et al. 2023): query head i reads key/value head i // (nh / nkv)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                **({"enable_gqa": True} if nkv < nh else {}),  # (torch >= 2.5)
-            )
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, enable_gqa=nkv < nh)
         else:
             if nkv < nh:  # each key/value head repeated for its group of query heads
                 k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)

@@ -150,7 +150,7 @@ chosen = [(name, args) for name, args in VARIANTS.items() if cfg.only in name]
 if not chosen:
     raise UserError(f"only={cfg.only!r} is in no variant's name; the variants are: {'; '.join(VARIANTS)}", status=2)
 runs.check_out_dir(cfg.out_root)
-taken = [out_dir(args) for _, args in chosen if runs.run_files(out_dir(args))]
+taken = [out_dir(args) for _, args in chosen if runs.checkpoints(out_dir(args))]
 if taken and not cfg.overwrite:
     raise UserError(f"{taken[0]} already holds a run{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}; "
                     f"choose another --out_root, or add --overwrite=True to run those variants again (deleting "

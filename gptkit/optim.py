@@ -3,7 +3,6 @@ Optimizers and the learning-rate schedule: AdamW with weight decay on matrices o
 hidden matrices (with AdamW for the rest), and linear warmup then cosine decay.
 """
 
-import inspect
 import math
 
 import torch
@@ -50,7 +49,7 @@ def configure_optimizers(model, weight_decay, learning_rate, betas, fused=False,
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if fused and "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+    extra = {"fused": True} if fused else {}
     adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
     if optimizer == "adamw":
         return adamw

@@ -43,11 +43,6 @@ def checkpoints(folder):
     return sorted(n for n in names if n in ("ckpt.pt", "best.pt", *SHARDED) or NUMBERED.match(n))
 
 
-def run_files(folder):
-    """The files in folder that show it holds a run (its checkpoints; empty when it holds none)."""
-    return checkpoints(folder)
-
-
 def _our_config(path):
     """Whether path is the config.json a run writes (not, say, a Hugging Face model's)."""
     try:
