@@ -16,7 +16,7 @@ import torch
 
 from gptkit.errors import UserError
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
-from gptkit.hub import local_or_hub
+from gptkit.hub import local_or_hub, weight_shards
 from model import CONV1D, GPT, from_gpt2_state_dict, gpt2_config
 
 
@@ -42,17 +42,11 @@ def read_weights(name_or_path):
     """A folder's (or hub repository's) tensors, by name: model.safetensors (memory-mapped, possibly
     sharded with an index) or pytorch_model.bin (weights_only; memory-mapped when it is in torch's zip
     format, read whole when it is in the format torch wrote before 1.6). A damaged file is one sentence."""
-    index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
-    if index:
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
-                            f"again") from None
+    shards = weight_shards(name_or_path)
+    if shards:
         sd = {}
         for shard in shards:
-            sd.update(_read_file(local_or_hub(name_or_path, shard)))
+            sd.update(_read_file(shard))
         return sd
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = local_or_hub(name_or_path, name, required=False)

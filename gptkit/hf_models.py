@@ -132,17 +132,7 @@ class Safetensors:
     caller's memory, with no file page kept mapped or copied twice."""
 
     def __init__(self, name_or_path):
-        index = hub.local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
-        if index:
-            try:
-                with open(index) as f:
-                    names = sorted(set(json.load(f)["weight_map"].values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
-                                f"again") from None
-            files = [hub.local_or_hub(name_or_path, n) for n in names]
-        else:
-            files = [hub.local_or_hub(name_or_path, "model.safetensors", required=False)]
+        files = hub.weight_shards(name_or_path) or [hub.local_or_hub(name_or_path, "model.safetensors", required=False)]
         self.entries = {}
         for path in files:
             if path is None:

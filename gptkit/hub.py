@@ -2,6 +2,7 @@
 when they are not there, and a machine that cannot reach the hub told so in seconds, not after minutes of
 retries."""
 
+import json
 import os
 import socket
 from urllib.parse import urlparse
@@ -60,3 +61,17 @@ def local_or_hub(name_or_path, filename, required=True):
         path = os.path.join(name_or_path, filename)
         return path if os.path.isfile(path) else None
     return hub_file(name_or_path, filename, required)
+
+
+def weight_shards(name_or_path):
+    """Paths of the safetensors shards a model.safetensors.index.json lists, or None without an index."""
+    index = local_or_hub(name_or_path, "model.safetensors.index.json", required=False)
+    if not index:
+        return None
+    try:
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{index} is not a readable shard index ({type(e).__name__}); download the model "
+                        f"again") from None
+    return [local_or_hub(name_or_path, n) for n in names]
