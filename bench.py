@@ -98,8 +98,8 @@ def bench_train():
     # data: the real sampler (its cost is part of a step), or random tokens made once up front
     vocab_size = cfg.vocab_size
     if cfg.dataset:
-        from gptkit.dataset import open_batches
-        batches, _ = open_batches(cfg.dataset, "", T, B, cfg.seed, device, plan.pin_memory)
+        from gptkit.batches import open_source
+        batches = open_source(cfg.dataset, "", T, B, cfg.seed, device, plan.pin_memory)
         T = batches.seq_len  # a generated problem is as long as it is
         if batches.meta and not cfg.is_set("vocab_size"):
             vocab_size = batches.meta["vocab_size"]

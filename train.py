@@ -36,8 +36,9 @@ if cfg.omp_passive:  # read once, when torch loads OpenMP: so it must be set bef
 
 import torch  # noqa: E402
 
-from gptkit import (checkpoint, curves, dataset, evaluation, fileio, init_from, loggers, optim,  # noqa: E402
+from gptkit import (checkpoint, curves, evaluation, fileio, init_from, loggers, optim,  # noqa: E402
                     runtime, sharding)
+from gptkit.batches import open_source  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.training import Step, evaluate, expectations  # noqa: E402
@@ -77,11 +78,10 @@ runtime.seed_everything(cfg.seed + dist.rank)  # dropout differs per process; th
 
 # -----------------------------------------------------------------------------
 # data
-batches, data_dir = everywhere(lambda: dataset.open_batches(cfg.dataset, cfg.data_dir, cfg.block_size, cfg.batch_size,
-                                                            cfg.seed, device, plan.pin_memory, cfg.digits, cfg.reverse,
-                                                            cfg.sampling, cfg.align, cfg.gradient_accumulation_steps,
-                                                            cfg.scratchpad))
-meta = batches.meta
+batches = everywhere(lambda: open_source(cfg.dataset, cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed, device,
+                                         plan.pin_memory, cfg.digits, cfg.reverse, cfg.sampling, cfg.align,
+                                         cfg.gradient_accumulation_steps, cfg.scratchpad))
+meta, data_dir = batches.meta, batches.origin  # (origin: its folder, or the generated problems, for messages)
 # rows can be shorter than block_size (a generated problem is as long as it is)
 tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * batches.seq_len
 # where targets are masked, every loss figure is the mean over the counted ones only
@@ -101,7 +101,6 @@ if master and said:
 model, said = sharding.place(model, cfg.parallel, cfg.fsdp_shard_size, cfg.activation_checkpointing, dist, plan)
 if master and said:
     print(said)
-batches.vocab_size = model.config.vocab_size  # an id past the embedding is refused when drawn
 progress = start.progress(tokens_per_iter)
 
 optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
@@ -203,12 +202,10 @@ while True:
         if improved:
             progress.best_val_loss = losses["val"]
         if master:
-            accuracy = {k: v for k, v in losses.items() if k.endswith("_accuracy")}  # generated problems
             print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
                   + (" (best)" if improved else "")
                   + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
-                  + (f"; exact match (greedy): train {accuracy['train_accuracy']:.2%}, held-out "
-                     f"{accuracy['val_accuracy']:.2%} of {cfg.eval_iters * cfg.batch_size:,}" if accuracy else "")
+                  + batches.eval_summary(losses, cfg.eval_iters * cfg.batch_size)  # exact match of problems
                   + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
             figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
             metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures, lr=lr,

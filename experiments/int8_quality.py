@@ -38,7 +38,8 @@ import statistics
 import torch
 
 from gptkit import checkpoint, loading, quantize
-from gptkit.dataset import Batches, data_root
+from gptkit.batches import Batches
+from gptkit.dataset import data_root
 from gptkit.generate import generate
 
 model, tok, desc = loading.load_for_inference("resume", cfg.out_dir, cfg.ckpt_name, "cpu")

@@ -23,12 +23,12 @@ Only what the model writes counts in the loss: the answer (with its scratchpad) 
 targets of the problem's own characters are -1 (they are given, not predicted), and the newline teaches
 the model where an answer ends.
 
-Batches have the interface of dataset.Batches (train_batch(iteration, micro_step), eval_batch(split,
-k)) and are, like those, a pure function of (seed, iteration, micro-step). Which problems are held out
+Arithmetic is a source.DataSource, like batches.Batches, and its batches are, like those, a pure
+function of (seed, iteration, micro-step). Which problems are held out
 is decided by a fixed hash of the problem alone, not by the seed: training rejects held-out problems
 whatever the seed, so no run, resumed or not, can train on the problems its accuracy is measured on.
 The exact-match accuracy (greedy decoding of the whole answer) comes from the evaluation's forward
-pass: see training.evaluate.
+pass: see Arithmetic.eval_counts.
 """
 
 import re
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptkit.errors import USAGE, UserError
+from gptkit.source import DataSource
 
 TASKS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
 CHARS = sorted("0123456789+-*=\n")  # one vocabulary for every task, so their meta.pkl files agree
@@ -164,7 +165,7 @@ class ProblemFormat:
                 f"{d}-digit {self.task} problems, {self._rules()}; ask --start=\"{asked}\"{shown}")
 
 
-class Arithmetic:
+class Arithmetic(DataSource):
     """Problems of one task as batches: inputs (B, seq_len) and targets that are -1 everywhere but at
     the answer and its newline. Every row is one problem starting at position 0, as at evaluation and
     in sample.py; rows shorter than the longest answer are padded with newlines (masked)."""
@@ -172,8 +173,8 @@ class Arithmetic:
     # a row is one problem: its accuracy is whether every counted target is right, so with a scratchpad
     # whether greedy decoding writes the whole scratchpad and the answer right (stricter than the answer
     # alone, which a wrong partial product could still reach)
-    exact_match = True
-    schedule = ""  # no sampling options: every row is a problem drawn fresh (dataset.Batches has them)
+    eval_figures = ("accuracy",)
+    schedule = ""  # no sampling options: every row is a problem drawn fresh (batches.Batches has them)
     chat_template = None
 
     def __init__(self, task, digits, reverse, block_size, batch_size, seed, device, pin_memory=False,
@@ -190,7 +191,8 @@ class Arithmetic:
         self.prompt_format = ProblemFormat(task, digits, reverse, scratchpad)
         self.counted = "scratchpad and answer tokens" if scratchpad else "answer tokens"  # for the log line
         self.batch_size, self.seed, self.device, self.pin_memory = batch_size, seed, device, pin_memory
-        self.meta, self.vocab_size = META, None
+        self.meta, self.vocab_size = META, META["vocab_size"]  # its ids are drawn from META: always in range
+        self.origin = f"the generated {task} problems"
         self.space = 10 ** digits  # values of one operand
         self.prompt_len = 2 * digits + 2  # "123+456="
         self.seq_len = self.prompt_len + self.prompt_format.longest_answer  # the problem, less its final newline
@@ -282,7 +284,7 @@ class Arithmetic:
         return x.to(self.device, non_blocking=self.pin_memory), y.to(self.device, non_blocking=self.pin_memory)
 
     # -------------------------------------------------------------------------
-    # the batch interface of dataset.Batches
+    # the batches and the evaluation of a DataSource
 
     def _train_problems(self, iteration, micro_step):
         return self._draw(np.random.default_rng([self.seed, 0, iteration, micro_step]), self.batch_size, False)
@@ -308,6 +310,19 @@ class Arithmetic:
                 a, b = a[k * self.batch_size:], b[k * self.batch_size:]
             self._eval_cache[key] = self._tensors(a, b)
         return self._eval_cache[key]
+
+    def eval_counts(self, logits, Y):
+        """(rows exactly right, rows) of an evaluation batch, as [[hits, trials]]. Greedy decoding gets a
+        row's whole answer right exactly when, given the right answer so far, the most likely next token
+        is the right one at every counted position: by induction the greedy prefix is then the right
+        prefix. So the evaluation's one teacher-forced pass decides it, with no token-by-token generation."""
+        import torch
+        right = ((logits.argmax(dim=-1) == Y) | (Y < 0)).all(dim=1)  # (B,)
+        return torch.stack([right.sum().float(), right.new_full((), right.numel(), dtype=torch.float32)])[None]
+
+    def eval_summary(self, figures, rows):
+        return (f"; exact match (greedy): train {figures['train_accuracy']:.2%}, held-out "
+                f"{figures['val_accuracy']:.2%} of {rows:,}")
 
     def training_problems(self, rng, n):
         """n problems (a, b) drawn with rng from the training set: never a held-out one (rl.py's prompts)."""

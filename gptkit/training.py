@@ -161,9 +161,9 @@ class Step:
 @torch.no_grad()
 def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_bytes=None):
     """Mean loss on the fixed evaluation batches of each split, shared out over all processes: the
-    mean over every counted target (of all batches) where the data masks targets. Where each row is
-    one problem (batches.exact_match), also the share of rows whose every counted target is the
-    model's most likely token, as '<split>_accuracy'. With token_bytes (the bytes of text each token
+    mean over every counted target (of all batches) where the data masks targets, and each of the
+    source's eval_figures as '<split>_<name>' (generated problems: the share of rows exactly right, as
+    '<split>_accuracy'; source.DataSource). With token_bytes (the bytes of text each token
     id stands for, a tensor on the device), also bits per byte as '<split>_bpb': the counted targets'
     summed loss in bits over the bytes they stand for, comparable across tokenizers (a target that
     stands for no text, <|endoftext|>, counts in neither). Returns None, on every process alike, as
@@ -173,10 +173,12 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
     shards = sharded(model)
     try:
         for split in ("train", "val"):
-            # weighted loss sum, weight sum, rows exactly right, rows. A batch's weight is the share of
-            # its targets that count: exactly 1.0 for data that masks nothing, so its mean is the plain
-            # mean of the batches' means; the weights' common denominator cancels.
-            total = torch.zeros(6, device=plan.device)  # and for bits per byte: nats, bytes
+            # weighted loss sum, weight sum, then for bits per byte: nats, bytes; then each of the source's
+            # figures: hits, trials. A batch's weight is the share of its targets that count: exactly 1.0
+            # for data that masks nothing, so its mean is the plain mean of the batches' means; the
+            # weights' common denominator cancels.
+            figures = batches.eval_figures
+            total = torch.zeros(4 + 2 * len(figures), device=plan.device)
             for k in range(dist.rank, eval_iters + (-eval_iters) % dist.world_size, dist.world_size):
                 if runtime.any_process(stop(), dist, plan.device):
                     return None
@@ -194,23 +196,16 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
                 total[1] += weight
                 if token_bytes is not None:
                     nbytes = torch.where(counted, token_bytes[Y.clamp(min=0)], 0)  # (B, T)
-                    total[4] += F.cross_entropy(logits.flatten(0, 1).float(), Y.masked_fill(nbytes == 0, -1).flatten(),
+                    total[2] += F.cross_entropy(logits.flatten(0, 1).float(), Y.masked_fill(nbytes == 0, -1).flatten(),
                                                 ignore_index=-1, reduction="sum")
-                    total[5] += nbytes.sum()
-                if batches.exact_match:
-                    # Greedy decoding gets a row's whole answer right exactly when, given the right
-                    # answer so far, the most likely next token is the right one at every counted
-                    # position: by induction the greedy prefix is then the right prefix. So this one
-                    # teacher-forced pass decides it, with no token-by-token generation.
-                    right = ((logits.argmax(dim=-1) == Y) | ~counted).all(dim=1)  # (B,)
-                    total[2] += right.sum()
-                    total[3] += right.numel()
+                    total[3] += nbytes.sum()
+                total[4:] += batches.eval_counts(logits, Y).flatten()
             total = runtime.all_reduce_sum(total, dist)
             out[split] = (total[0] / total[1]).item()
-            if batches.exact_match:
-                out[f"{split}_accuracy"] = (total[2] / total[3]).item()
+            for i, name in enumerate(figures):
+                out[f"{split}_{name}"] = (total[4 + 2 * i] / total[5 + 2 * i]).item()
             if token_bytes is not None:
-                out[f"{split}_bpb"] = (total[4] / total[5]).item() / math.log(2)
+                out[f"{split}_bpb"] = (total[2] / total[3]).item() / math.log(2)
     finally:
         model.train()
     return out

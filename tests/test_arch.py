@@ -369,7 +369,7 @@ def test_options_through_train_resume_sample_chat_export(name, char_data, tmp_pa
 
     from conftest import CORPUS_VOCAB, TINY, assert_clean_error, read_metrics, run
     from gptkit import checkpoint, conversation, loading
-    from gptkit.dataset import Batches
+    from gptkit.batches import Batches
     from gptkit.tokenizer import StopText, load_tokenizer
 
     options = [f"--{k}={v}" for k, v in E2E[name].items()]

@@ -242,6 +242,7 @@ def test_a_scratchpad_run_records_its_format_and_sample_asks_in_it(tmp_path):
     p = run("train.py", "--dataset=multiplication", "--digits=2", "--scratchpad=True", *TINY, "--max_iters=4",
             "--eval_interval=4", "--eval_iters=1", f"--out_dir={out}")
     assert "the loss counts only the scratchpad and answer tokens" in p.stdout
+    assert "; exact match (greedy): train " in p.stdout and ", held-out " in p.stdout  # its evaluation's figures
     # the command train.py ends with asks a problem in the run's format and lets the whole scratchpad through
     command = 'python sample.py --out_dir={} --start="12*45=" --temperature=0 --max_new_tokens=14 --stop="(\'\\n\',)"'
     assert command.format(out) in p.stdout.splitlines()[-1]

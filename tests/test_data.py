@@ -16,6 +16,7 @@ import torch
 
 from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
 from gptkit import dataprep, dataset, loading
+from gptkit.batches import Batches
 from gptkit.errors import UserError
 from gptkit.generate import generate
 from gptkit.tokenizer import MIN_VOCAB, SPECIAL_TOKENS, TrainedTokenizer, load_tokenizer, train_bpe
@@ -228,7 +229,7 @@ def test_shards_hold_the_documents_and_the_tokens_of_the_single_file_bins(sharde
 @pytest.mark.parametrize("sampling,align", [("random", "none"), ("epoch", "none"), ("random", "doc"), ("epoch", "doc")])
 def test_sharded_data_draws_the_batches_of_the_single_file(sharded, sampling, align):
     shards, one = sharded
-    a, b = (dataset.Batches(str(f), "x", 64, 4, 7, "cpu", sampling=sampling, align=align, micro_steps=2)
+    a, b = (Batches(str(f), "x", 64, 4, 7, "cpu", sampling=sampling, align=align, micro_steps=2)
             for f in (shards, one))
     assert len(b.data["train"].parts) == 1 and len(a.data["train"].parts) > 10
     crossed = 0
@@ -263,7 +264,7 @@ def test_a_prepare_stopped_after_a_shard_continues_to_the_same_bytes(docs_folder
     with pytest.raises(KeyboardInterrupt):
         prepare("data/openwebtext/prepare.py", *args)
     with pytest.raises(UserError, match="half-prepared"):
-        dataset.Batches(str(out), "x", 64, 4, 7, "cpu")
+        Batches(str(out), "x", 64, 4, 7, "cpu")
     monkeypatch.setattr(dataprep.ShardWriter, "_close", close)
     prepare("data/openwebtext/prepare.py", *args)
     assert snapshot(out) == snapshot(sharded[0])
@@ -316,7 +317,7 @@ def test_damaged_shards_and_a_foreign_tokenizer_are_one_sentence(sharded, docs_f
 
     def refused(words):
         with pytest.raises(UserError, match=words):
-            dataset.Batches(str(shards), "x", 64, 4, 7, "cpu")
+            Batches(str(shards), "x", 64, 4, 7, "cpu")
 
     first = shards / "train_000001.bin"
     original = first.read_bytes()
@@ -330,7 +331,7 @@ def test_damaged_shards_and_a_foreign_tokenizer_are_one_sentence(sharded, docs_f
     shutil.copyfile(first, shards / "train_000999.bin")
     refused("train_000999.bin is not one of the")
     (shards / "train_000999.bin").unlink()
-    dataset.Batches(str(shards), "x", 64, 4, 7, "cpu")  # whole again
+    Batches(str(shards), "x", 64, 4, 7, "cpu")  # whole again
     # a tokenizer.json that is not the one the dataset was prepared with, in the dataset and in a run
     shutil.copyfile(other / "tokenizer.json", shards / "tokenizer.json")
     refused("is not the tokenizer the dataset was prepared with")
@@ -342,7 +343,7 @@ def test_damaged_shards_and_a_foreign_tokenizer_are_one_sentence(sharded, docs_f
 
 def test_align_doc_on_character_data_is_one_sentence(char_data):
     with pytest.raises(UserError, match="character data has no end-of-text token") as e:
-        dataset.Batches(str(char_data), "play_char", 32, 4, 0, "cpu", align="doc")
+        Batches(str(char_data), "play_char", 32, 4, 0, "cpu", align="doc")
     assert e.value.status == 2
 
 
@@ -358,7 +359,7 @@ def test_epochs_visit_every_window_or_document_once_and_batches_depend_on_seed_i
     doc_starts = [i for i in range(len(data) - T) if i == 0 or data[i - 1] == eot]
     windows = list(range(0, len(data) - T, T))  # block_size windows, every target once
     for align, starts in (("none", windows), ("doc", doc_starts)):
-        batches = dataset.Batches(folder, "x", T, B, 5, "cpu", sampling="epoch", align=align, micro_steps=G)
+        batches = Batches(folder, "x", T, B, 5, "cpu", sampling="epoch", align=align, micro_steps=G)
         assert batches.rows == len(starts)
         per_epoch = -(-len(starts) // (B * G))
         seen = np.concatenate([batches._train_offsets(it, m) for it in range(2 * per_epoch + 1) for m in range(G)])
@@ -367,13 +368,13 @@ def test_epochs_visit_every_window_or_document_once_and_batches_depend_on_seed_i
         assert list(epoch) != starts and sorted(seen[len(starts):2 * len(starts)]) == starts
         assert list(seen[len(starts):2 * len(starts)]) != list(epoch)  # the next epoch in another order
         # a fresh instance (a resumed run, another process) draws the same rows at any (iteration, micro-step)
-        again = dataset.Batches(folder, "x", T, B, 5, "cpu", sampling="epoch", align=align, micro_steps=G)
+        again = Batches(folder, "x", T, B, 5, "cpu", sampling="epoch", align=align, micro_steps=G)
         for it, m in [(per_epoch + 3, 2), (0, 1), (2 * per_epoch, 0)]:
             assert torch.equal(again.train_batch(it, m)[0], batches.train_batch(it, m)[0])
-    random_doc = dataset.Batches(folder, "x", T, B, 5, "cpu", align="doc")
+    random_doc = Batches(folder, "x", T, B, 5, "cpu", align="doc")
     assert set(np.concatenate([random_doc._train_offsets(it, 0) for it in range(50)])) <= set(doc_starts)
     # the default is nanoGPT's windows: offsets uniform over the split, from (seed, 0, iteration, micro-step)
-    default = dataset.Batches(folder, "x", T, B, 5, "cpu")
+    default = Batches(folder, "x", T, B, 5, "cpu")
     x, _ = default.train_batch(9, 2)
     offsets = np.random.default_rng([5, 0, 9, 2]).integers(0, len(data) - T, size=B)
     assert torch.equal(x, torch.from_numpy(np.stack([data[i:i + T] for i in offsets]).astype(np.int64)))
@@ -413,9 +414,9 @@ def test_aligned_or_epoch_rows_fewer_than_a_batch_are_refused_with_the_count(sha
     docs = sum(1 for i in range(len(data) - T) if i == 0 or data[i - 1] == eot)
     windows = len(range(0, len(data) - T, T))
     for options, rows in ((dict(align="doc"), docs), (dict(sampling="epoch"), windows)):
-        dataset.Batches(folder, "x", T, rows, 5, "cpu", **options)  # a batch of every row: accepted
+        Batches(folder, "x", T, rows, 5, "cpu", **options)  # a batch of every row: accepted
         with pytest.raises(UserError) as e:
-            dataset.Batches(folder, "x", T, rows + 1, 5, "cpu", **options)
+            Batches(folder, "x", T, rows + 1, 5, "cpu", **options)
         assert e.value.status == 2 and f"holds {rows} " in str(e.value) and f"batch_size={rows + 1}" in str(e.value)
 
 

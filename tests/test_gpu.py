@@ -119,9 +119,9 @@ def test_fused_adamw_equals_the_per_tensor_loop():
 
 
 def test_pinned_non_blocking_batches_equal_plain_ones(char_data):
-    from gptkit.dataset import open_batches
-    pinned, _ = open_batches("play_char", "", 32, 8, 1337, "cuda", True)
-    plain, _ = open_batches("play_char", "", 32, 8, 1337, "cuda", False)
+    from gptkit.batches import open_source
+    pinned = open_source("play_char", "", 32, 8, 1337, "cuda", True)
+    plain = open_source("play_char", "", 32, 8, 1337, "cuda", False)
     for it in range(3):
         for micro in range(2):
             (xp, yp), (x, y) = pinned.train_batch(it, micro), plain.train_batch(it, micro)

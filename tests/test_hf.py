@@ -262,7 +262,7 @@ def test_finetune_from_a_local_folder_then_resume(hf_dir, bpe_data, tmp_path):
     assert args["bias"] is True and args["gelu_approximate"] == "tanh" and args["vocab_size"] == 50257
     assert args["block_size"] == 32 and args["dropout"] == 0.1  # cropped from 64; dropout overridden
     # the first evaluation scored the imported weights themselves: compare with transformers' loss
-    from gptkit.dataset import Batches
+    from gptkit.batches import Batches
     batches = Batches(str(bpe_data), "bpe", 32, 8, 1337, "cpu")  # TINY's block and batch, the default seed
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     with torch.no_grad():

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import CORPUS, ROOT, TINY, assert_clean_error, digests, read_metrics, run, script, start
 from gptkit import checkpoint, dataprep, dataset
+from gptkit.batches import Batches
 from gptkit.errors import UserError
 
 BASE = ["--dataset=play_char", *TINY, "--eval_iters=2"]
@@ -106,23 +107,23 @@ def test_a_half_rewritten_dataset_is_refused(tmp_path):
     writer.write("train", ids)
     writer.write("val", ids[:100])
     writer.finish()
-    assert dataset.Batches(str(folder), "x", 8, 2, 0, "cpu").train_batch(0, 0)[0].shape == (2, 8)
+    assert Batches(str(folder), "x", 8, 2, 0, "cpu").train_batch(0, 0)[0].shape == (2, 8)
     # prepare.py killed after the new train.bin: the folder mixes two preparations
     writer = dataprep.DatasetWriter(str(folder), 4, dict(vocab, vocab_size=4, stoi={**vocab["stoi"], "d": 3},
                                                          itos={**vocab["itos"], 3: "d"}))
     writer.write("train", np.arange(500) % 4)
     with pytest.raises(UserError, match="half-prepared"):
-        dataset.Batches(str(folder), "x", 8, 2, 0, "cpu")
+        Batches(str(folder), "x", 8, 2, 0, "cpu")
     # a file swapped by hand after a finished preparation
     writer.write("val", np.arange(120) % 4)
     writer.finish()
     (folder / "val.bin").write_bytes(np.zeros(50, dtype=np.uint16).tobytes())
     with pytest.raises(UserError, match="mixes two preparations"):
-        dataset.Batches(str(folder), "x", 8, 2, 0, "cpu")
+        Batches(str(folder), "x", 8, 2, 0, "cpu")
     # folders prepared by nanoGPT (no dataset.json) train as before; leftover temporaries are cleared
     writer.write("val", np.arange(120) % 4)
     (folder / "dataset.json").unlink()
-    dataset.Batches(str(folder), "x", 8, 2, 0, "cpu")
+    Batches(str(folder), "x", 8, 2, 0, "cpu")
     (folder / "train.bin.tmp").write_bytes(b"left by an older version")
     (folder / "val.bin.tmp999999999").write_bytes(b"left by a killed process")
     dataprep.DatasetWriter(str(folder), 4)
@@ -255,11 +256,14 @@ def test_damaged_data_is_one_sentence(tmp_path):
     for content, words in [(b"\x00\x01\x02", "not a whole number of uint16"), (b"", "nothing")]:
         (folder / "train.bin").write_bytes(content)
         with pytest.raises(UserError, match=words):
-            dataset.Batches(str(folder), "x", 8, 2, 0, "cpu")
+            Batches(str(folder), "x", 8, 2, 0, "cpu")
     (folder / "train.bin").write_bytes(np.arange(100, dtype=np.uint16).tobytes())
-    batches = dataset.Batches(str(folder), "x", 8, 2, 0, "cpu", vocab_size=10)  # ids up to 99
-    with pytest.raises(UserError, match="holds token id [1-9][0-9] but the model has only 10 tokens"):
+    batches = Batches(str(folder), "x", 8, 2, 0, "cpu", vocab_size=10)  # ids up to 99
+    with pytest.raises(UserError, match="holds token id [1-9][0-9] but its vocabulary has only 10 tokens"):
         batches.train_batch(0, 0)
+    (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 10}))  # the vocabulary the ids should be in
+    with pytest.raises(UserError, match="holds token id [1-9][0-9] but its vocabulary has only 10 tokens"):
+        Batches(str(folder), "x", 8, 2, 0, "cpu").train_batch(0, 0)
     for content, words in [(pickle.dumps({"vocab_size": 3})[:10], "truncated or not a pickle"),
                            (b"vocab_size = 65\n", "truncated or not a pickle"),
                            (pickle.dumps([1, 2, 3]), "not a vocabulary file"),

@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY, assert_clean_error, run
 from gptkit import conversation, loading
-from gptkit.dataset import Batches
+from gptkit.batches import Batches
 from gptkit.generate import generate
 
 WORDS = "cat dog sun moon tree bird fish star rain snow".split()
