@@ -24,11 +24,11 @@ targets of the problem's own characters are -1 (they are given, not predicted), 
 the model where an answer ends.
 
 Arithmetic is a source.DataSource, like batches.Batches, and its batches are, like those, a pure
-function of (seed, iteration, micro-step). Which problems are held out
-is decided by a fixed hash of the problem alone, not by the seed: training rejects held-out problems
-whatever the seed, so no run, resumed or not, can train on the problems its accuracy is measured on.
-The exact-match accuracy (greedy decoding of the whole answer) comes from the evaluation's forward
-pass: see Arithmetic.eval_counts.
+function of (seed, iteration, micro-step). Which problems are held out is decided by a fixed hash of
+the problem alone, not by the seed: training rejects held-out problems whatever the seed, so no run,
+resumed or not, can train on the problems its accuracy is measured on. The exact-match accuracy
+(greedy decoding of the whole answer) comes from the evaluation's forward pass: see
+Arithmetic.eval_counts.
 """
 
 import re
