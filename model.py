@@ -403,13 +403,26 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.sdpa = impl == "sdpa"
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False, hidden=False):
-        """Logits and loss. Without targets, only the last position's logits are computed (the
-        only ones generation needs) unless all_logits; with hidden, none: the final hidden states
-        (b, t, n_embd) come back instead, for a caller that runs self.logits only where it needs
-        them. With a cache, idx continues the cached sequence: positions start at cache.pos, and
-        the cache advances by idx's length. cache.pos is an int, or a (b,) tensor where each row
-        continues a sequence of its own length (a batch of independent requests)."""
+    def forward(self, idx, targets=None, cache=None):
+        """nanoGPT's (logits, loss). With targets (-1 where not counted), every position's logits and the
+        mean cross-entropy; without, only the last position's logits (b, 1, vocab_size), all that sampling
+        needs, and loss None. With a cache, idx continues the cached sequence (hidden_states). Training
+        calls this one, through the module, so that DDP and FSDP wrappers see every pass."""
+        x = self.hidden_states(idx, cache)
+        if targets is None:
+            return self.logits(x[:, [-1], :]), None  # list index keeps the time dim
+        logits = self.logits(x)  # (b, t, vocab_size)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def all_logits(self, idx, cache=None):
+        """Every position's logits (b, t, vocab_size), without a loss: to score a whole text."""
+        return self.logits(self.hidden_states(idx, cache))
+
+    def hidden_states(self, idx, cache=None):
+        """The final hidden states (b, t, n_embd), for a caller that runs the head (self.logits) only where it
+        needs logits. With a cache, idx continues the cached sequence from cache.pos, and the cache advances by
+        t; cache.pos is an int, or a (b,) tensor of each row's own length (a batch of independent requests)."""
         device = idx.device
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
@@ -431,17 +444,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += t
-
-        if hidden:
-            return x, None
-        if targets is not None:
-            logits = self.logits(x)  # (b, t, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        elif all_logits:
-            logits, loss = self.logits(x), None
-        else:
-            logits, loss = self.logits(x[:, [-1], :]), None  # list index keeps the time dim
-        return logits, loss
+        return x
 
     def logits(self, x):
         """Logits of the final hidden states; soft-capped to (-cap, cap) with logit_softcap, as in
