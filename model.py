@@ -16,7 +16,8 @@ and GPT.generate.
 """
 
 import math
-from dataclasses import dataclass, fields
+import operator
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -183,34 +184,49 @@ class Block(nn.Module):
         return x
 
 
+def option(default, help, choices=None, **bounds):
+    """A GPTConfig field with its help and the values it may take (choices; bounds min, above, max, below).
+    gptkit/keys.py reads these from this file's text: write `name: type = option(literal, "help", ...)`."""
+    return field(default=default, metadata=dict(help=help, choices=choices, **bounds))
+
+
+BOUNDS = dict(min=(operator.ge, "at least"), above=(operator.gt, "greater than"), max=(operator.le, "at most"),
+              below=(operator.lt, "less than"))
+
+
 @dataclass
 class GPTConfig:
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257 tokens padded up to a multiple of 64, for faster matmuls
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    gelu_approximate: str = "none"  # "none" (exact, nanoGPT) or "tanh" (GPT-2's own weights)
-    # Architecture options after GPT-2. Each default is GPT-2's, so a checkpoint saved before they
-    # existed (nanoGPT's) builds the network it was trained as.
-    pos_emb: str = "learned"  # "learned" (a table of block_size vectors) or "rope" (rotary)
-    rope_theta: float = 10000.0  # RoPE's base: the slowest frequency turns once per 2 pi theta positions
-    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    norm_eps: float = 1e-5  # epsilon of every norm (GPT-2's LayerNorm: 1e-5)
-    qk_norm: bool = False  # RMSNorm of each head's query and key
-    mlp: str = "gelu"  # "gelu", "relu2" or "swiglu"
-    mlp_hidden: int = 0  # hidden width; 0: 4 * n_embd, or for swiglu the parameter-matched 8/3 * n_embd
-    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0: n_head
-    tie_embeddings: bool = True  # the output head is the token embedding (Press & Wolf 2017)
-    logit_softcap: float = 0.0  # cap * tanh(logits / cap) when > 0
-    head_dim: int = 0  # size of each attention head; 0: n_embd / n_head (Qwen3 sets its own, larger)
-    qkv_bias: bool = False  # biases on the query, key and value projections alone, as Qwen2 has them
-    rope_scale: float = 0.0  # Llama 3's rotary frequency scaling factor (llama3_scaled); 0: none
-    rope_scale_low: float = 1.0  # its low_freq_factor
-    rope_scale_high: float = 4.0  # its high_freq_factor
-    rope_scale_context: int = 8192  # its original_max_position_embeddings
+    block_size: int = option(1024, "context length in tokens", min=1)
+    vocab_size: int = option(50304, "vocabulary size (GPT-2's 50257 padded to a multiple of 64: faster matmuls)", min=1)
+    n_layer: int = option(12, "transformer blocks", min=1)
+    n_head: int = option(12, "attention heads (must divide n_embd, unless head_dim is set)", min=1)
+    n_embd: int = option(768, "embedding width", min=1)
+    dropout: float = option(0.0, "dropout probability (0 for pretraining, 0.1+ for fine-tuning)", min=0.0, below=1.0)
+    bias: bool = option(True, "biases in Linear and LayerNorm layers, like GPT-2; False is a bit better and faster")
+    gelu_approximate: str = option("none", "GELU: none (exact, as nanoGPT trains) or tanh (GPT-2's own weights)",
+                                   choices=("none", "tanh"))
+    # Architecture options after GPT-2, from pos_emb on (docs/architecture.md). Each default is GPT-2's,
+    # so a checkpoint saved before they existed (nanoGPT's) builds the network it was trained as.
+    pos_emb: str = option("learned", "positions: learned (GPT-2's table) or rope (rotary, as in Llama)",
+                          choices=("learned", "rope"))
+    rope_theta: float = option(10000.0, "RoPE's base period (Llama 2: 10000; long-context models use more)", above=0.0)
+    norm: str = option("layernorm", "layernorm (GPT-2) or rmsnorm (Llama)", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = option(1e-5, "epsilon of every norm (GPT-2's LayerNorm: 1e-5)", above=0.0)
+    qk_norm: bool = option(False, "RMS-normalise each head's queries and keys (as Qwen3)")
+    mlp: str = option("gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (Llama)",
+                      choices=("gelu", "relu2", "swiglu"))
+    mlp_hidden: int = option(0, "MLP hidden width (0: 4 * n_embd; swiglu: 8/3 * n_embd, to a multiple of 32)", min=0)
+    n_kv_head: int = option(0, "key/value heads, a divisor of n_head: grouped-query attention, a smaller KV cache "
+                            "(0: n_head)", min=0)
+    tie_embeddings: bool = option(True, "the output head is the token embedding (False: a separate matrix)")
+    logit_softcap: float = option(0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; Gemma 2 "
+                                  "used 30)", min=0.0)
+    head_dim: int = option(0, "size of each attention head (0: n_embd / n_head; Qwen3 sets its own, larger)", min=0)
+    qkv_bias: bool = option(False, "biases on the query, key and value projections alone, as Qwen2 has them")
+    rope_scale: float = option(0.0, "Llama 3.1's rotary frequency scaling, for longer contexts (0: none)", min=0.0)
+    rope_scale_low: float = option(1.0, "rope_scale's low_freq_factor", above=0.0)
+    rope_scale_high: float = option(4.0, "rope_scale's high_freq_factor (above rope_scale_low)", above=0.0)
+    rope_scale_context: int = option(8192, "rope_scale's original_max_position_embeddings", min=1)
 
     def __post_init__(self):
         problem = self.problem()
@@ -219,30 +235,25 @@ class GPTConfig:
 
     def problem(self):
         """A sentence saying what makes these settings impossible, or None."""
-        choices = dict(pos_emb=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("gelu", "relu2", "swiglu"))
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                return f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}"
-        if self.n_layer < 1 or self.n_head < 1 or self.n_embd < 1:
-            return f"n_layer={self.n_layer}, n_head={self.n_head} and n_embd={self.n_embd} must all be positive"
+        for f in fields(self):
+            value, allowed = getattr(self, f.name), f.metadata
+            if allowed["choices"] is not None and value not in allowed["choices"]:
+                return f"{f.name}={value!r} is not one of {', '.join(allowed['choices'])}"
+            bounds = [(b, allowed[b]) for b in BOUNDS if b in allowed]
+            if not all(BOUNDS[b][0](value, limit) for b, limit in bounds):
+                return f"{f.name}={value!r} must be {' and '.join(f'{BOUNDS[b][1]} {limit}' for b, limit in bounds)}"
         if self.n_embd % self.n_head and not self.head_dim:
-            return (f"n_embd={self.n_embd} does not divide into n_head={self.n_head} heads; make n_embd a multiple "
-                    f"of n_head")
-        if not 0 <= self.n_kv_head <= self.n_head or self.n_head % self.kv_heads:
+            return (f"n_embd={self.n_embd} does not divide into n_head={self.n_head} heads: each head takes n_embd "
+                    f"/ n_head dimensions, so make n_embd a multiple of n_head (such as n_head=6 with n_embd=384)")
+        if self.n_kv_head > self.n_head or self.n_head % self.kv_heads:
             return (f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (each key/value head serves an "
                     f"equal group of query heads); use a divisor such as 1, or 0 for one per query head")
         if self.pos_emb == "rope" and self.head_size % 2:
             return (f"pos_emb=rope rotates pairs of dimensions, but the head size n_embd / n_head = "
                     f"{self.head_size} is odd; choose n_embd and n_head with an even quotient")
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
-            return f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive"
-        if self.head_dim < 0 or self.rope_scale < 0 or (self.rope_scale and not
-                                                        0 < self.rope_scale_low < self.rope_scale_high):
-            return (f"head_dim={self.head_dim} and rope_scale={self.rope_scale} must be >= 0, and rope_scale_low="
-                    f"{self.rope_scale_low} positive and below rope_scale_high={self.rope_scale_high}")
-        if self.mlp_hidden < 0 or self.logit_softcap < 0:
-            return (f"mlp_hidden={self.mlp_hidden} and logit_softcap={self.logit_softcap} must be >= 0 (0 means the "
-                    f"default width, and no cap)")
+        if self.rope_scale and self.rope_scale_low >= self.rope_scale_high:
+            return (f"rope_scale_low={self.rope_scale_low} must be below rope_scale_high={self.rope_scale_high} "
+                    f"(frequencies between them are blended)")
         return None
 
     def options(self):
@@ -392,13 +403,26 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.sdpa = impl == "sdpa"
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False, hidden=False):
-        """Logits and loss. Without targets, only the last position's logits are computed (the
-        only ones generation needs) unless all_logits; with hidden, none: the final hidden states
-        (b, t, n_embd) come back instead, for a caller that runs self.logits only where it needs
-        them. With a cache, idx continues the cached sequence: positions start at cache.pos, and
-        the cache advances by idx's length. cache.pos is an int, or a (b,) tensor where each row
-        continues a sequence of its own length (a batch of independent requests)."""
+    def forward(self, idx, targets=None, cache=None):
+        """nanoGPT's (logits, loss). With targets (-1 where not counted), every position's logits and the
+        mean cross-entropy; without, only the last position's logits (b, 1, vocab_size), all that sampling
+        needs, and loss None. With a cache, idx continues the cached sequence (hidden_states). Training
+        calls this one, through the module, so that DDP and FSDP wrappers see every pass."""
+        x = self.hidden_states(idx, cache)
+        if targets is None:
+            return self.logits(x[:, [-1], :]), None  # list index keeps the time dim
+        logits = self.logits(x)  # (b, t, vocab_size)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def all_logits(self, idx, cache=None):
+        """Every position's logits (b, t, vocab_size), without a loss: to score a whole text."""
+        return self.logits(self.hidden_states(idx, cache))
+
+    def hidden_states(self, idx, cache=None):
+        """The final hidden states (b, t, n_embd), for a caller that runs the head (self.logits) only where it
+        needs logits. With a cache, idx continues the cached sequence from cache.pos, and the cache advances by
+        t; cache.pos is an int, or a (b,) tensor of each row's own length (a batch of independent requests)."""
         device = idx.device
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
@@ -420,17 +444,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += t
-
-        if hidden:
-            return x, None
-        if targets is not None:
-            logits = self.logits(x)  # (b, t, vocab_size)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        elif all_logits:
-            logits, loss = self.logits(x), None
-        else:
-            logits, loss = self.logits(x[:, [-1], :]), None  # list index keeps the time dim
-        return logits, loss
+        return x
 
     def logits(self, x):
         """Logits of the final hidden states; soft-capped to (-cap, cap) with logit_softcap, as in

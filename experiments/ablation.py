@@ -59,7 +59,7 @@ from gptkit.errors import UserError
 
 # GPT-2's network (every architecture key at its default) and the learning rates the recipe had for
 # it, whatever the recipe sets now
-GPT2 = [f"--{k.name}={k.default}" for k in keys.pick(keys.ARCH_KEYS)] + [
+GPT2 = [f"--{k.name}={k.default}" for k in keys.pick(keys.OPTION_KEYS)] + [
     "--learning_rate=3e-3", "--min_lr=3e-4", "--warmup_iters=50", "--muon_lr=0.02"]
 VARIANTS = {
     "GPT-2: learned positions, LayerNorm, GELU": [],

@@ -108,7 +108,7 @@ def choice_losses(model, examples):
     for g, ex in enumerate(examples):
         context[g, :len(ex.context)] = torch.tensor(ex.context)
     cache = KVCache(cfg.n_layer, len(examples), cfg.kv_heads, T, cfg.head_size, device, model.lm_head.weight.dtype)
-    hidden, _ = model(context.to(device), cache=cache, hidden=True)  # (G, T, n_embd)
+    hidden = model.hidden_states(context.to(device), cache)  # (G, T, n_embd)
     # each choice's first token is predicted at its context's last position
     states = [hidden[torch.arange(len(examples), device=device), ctx_len - 1].index_select(0, owner)]  # (R, n_embd)
     targets = [torch.tensor([c[0] for c in endings], device=device)]
@@ -124,7 +124,7 @@ def choice_losses(model, examples):
                 tokens[i, :len(endings[r]) - 1] = torch.tensor(endings[r][:-1])
                 target[i, :len(endings[r]) - 1] = torch.tensor(endings[r][1:])
             mine = torch.tensor(mine, device=device)
-            hidden, _ = model(tokens.to(device), cache=cache.rows(owner[mine], room=M - 1, length=L), hidden=True)
+            hidden = model.hidden_states(tokens.to(device), cache.rows(owner[mine], room=M - 1, length=L))
             keep = target.to(device) >= 0
             states.append(hidden[keep])
             targets.append(target.to(device)[keep])
@@ -209,7 +209,7 @@ def bits_per_byte(model, text, plan, dist, batch_tokens=4096, limit=0, stop=lamb
                 nbytes += int(text.nbytes[first:start + n][text.counted[first:start + n]].sum())
             x, y = x.to(plan.device), y.to(plan.device)
             with plan.autocast_context():
-                logits, _ = model(x, all_logits=True)  # (rows, length, V)
+                logits = model.all_logits(x)  # (rows, length, V)
             total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
             total[1] += (y >= 0).sum()
             total[2] += nbytes

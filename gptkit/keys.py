@@ -2,15 +2,49 @@
 The keys of a training run, declared once with their checks: train.py takes them all, bench.py and
 the ablation the ones that shape a step, rl.py those that mean the same there beside its own (RL_KEYS).
 
-Defaults are nanoGPT's (GPT-2 124M on OpenWebText), so its config files mean what they meant there;
-the architecture options default to GPTConfig's, which are GPT-2's network. `python train.py --help`
+Defaults are nanoGPT's (GPT-2 124M on OpenWebText), so its config files mean what they meant there.
+The network's keys are model.GPTConfig's fields, declared there alone (name, default, help, range) and
+read from model.py's text; each defaults to GPTConfig's, GPT-2's network. `python train.py --help`
 lists them all. Nothing here imports torch, so --help and a mistyped key answer at once.
 """
 
+import ast
 import dataclasses
+import importlib.util
 
 from gptkit.configurator import FUNCTION, Key
 from gptkit.errors import USAGE, UserError
+
+
+def gptconfig_keys():
+    """{name: Key} of model.GPTConfig's fields, in their order, from their declarations in model.py:
+    `name: type = option(default, "help", choices=..., min=...)`. The file is read, not imported: importing
+    it loads torch, which takes seconds, and must wait for the settings (omp_passive acts before it loads)."""
+    with open(importlib.util.find_spec("model").origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "GPTConfig")
+    keys = {}
+    for node in config.body:
+        if isinstance(node, ast.AnnAssign):
+            default, help_ = (ast.literal_eval(arg) for arg in node.value.args)
+            allowed = {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords}
+            name, kind = node.target.id, {"int": int, "float": float, "bool": bool, "str": str}[node.annotation.id]
+            keys[name] = Key(name, default, help_, type=kind, **allowed)
+    return keys
+
+
+GPTCONFIG = gptconfig_keys()
+# the network's keys: every GPTConfig field but vocab_size, which the data or the weights decide
+NETWORK_KEYS = tuple(name for name in GPTCONFIG if name != "vocab_size")
+# the architecture options after GPT-2's (GPTConfig's fields from pos_emb on; docs/architecture.md)
+OPTION_KEYS = NETWORK_KEYS[NETWORK_KEYS.index("pos_emb"):]
+
+
+def _pick(by_name, names, defaults=None, notes=None):
+    defaults, notes = defaults or {}, notes or {}
+    return [dataclasses.replace(by_name[n], default=defaults.get(n, by_name[n].default),
+                                help=by_name[n].help + notes.get(n, "")) for n in names]
+
 
 KEYS = [
     # I/O
@@ -47,30 +81,10 @@ KEYS = [
         "<|endoftext|>)", choices=("none", "doc")),
     Key("gradient_accumulation_steps", 5 * 8, "micro-steps per optimizer step, summed over all processes", min=1),
     Key("batch_size", 12, "sequences per micro-step per process", min=1),
-    Key("block_size", 1024, "context length in tokens", min=1),
+    GPTCONFIG["block_size"],
     Key("seed", 1337, "seed for initialisation, dropout and the batch schedule", min=0),
-    # model
-    Key("n_layer", 12, "transformer blocks", min=1),
-    Key("n_head", 12, "attention heads (must divide n_embd)", min=1),
-    Key("n_embd", 768, "embedding width", min=1),
-    Key("dropout", 0.0, "dropout probability (0 for pretraining, 0.1+ for fine-tuning)", min=0.0, below=1.0),
-    Key("bias", False, "biases in Linear and LayerNorm layers (GPT-2 had them)"),
-    # architecture options after GPT-2 (docs/architecture.md); each default is GPT-2's network
-    Key("pos_emb", "learned", "positions: learned (GPT-2's table) or rope (rotary, as in Llama)",
-        choices=("learned", "rope")),
-    Key("rope_theta", 10000.0, "RoPE's base period (Llama 2: 10000; long-context models use more)",
-        above=0.0),
-    Key("norm", "layernorm", "layernorm (GPT-2) or rmsnorm (Llama)", choices=("layernorm", "rmsnorm")),
-    Key("norm_eps", 1e-5, "epsilon of every norm", above=0.0),
-    Key("qk_norm", False, "RMS-normalise each head's queries and keys (as Qwen3)"),
-    Key("mlp", "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (Llama)", choices=("gelu", "relu2", "swiglu")),
-    Key("mlp_hidden", 0, "MLP hidden width (0: 4 * n_embd, for swiglu 8/3 * n_embd rounded up to a "
-        "multiple of 32)", min=0),
-    Key("n_kv_head", 0, "key/value heads, a divisor of n_head: grouped-query attention, a smaller "
-        "KV cache (0: n_head)", min=0),
-    Key("tie_embeddings", True, "the output head is the token embedding (False: a separate matrix)"),
-    Key("logit_softcap", 0.0, "cap logits smoothly at +-this: cap * tanh(logits / cap) (0: off; "
-        "Gemma 2 used 30)", min=0.0),
+    # model: GPTConfig's fields (model.py), GPT-2's network by default; bias off, as nanoGPT's train.py has it
+    *_pick(GPTCONFIG, [name for name in NETWORK_KEYS if name != "block_size"], defaults=dict(bias=False)),
     # LoRA (docs/lora.md): fine-tune weights brought by init_from through small adapters, the weights frozen
     Key("lora_rank", 0, "LoRA: train a rank-r update B @ A beside each target layer and freeze every weight; the "
         "checkpoint holds the adapters alone (0: off, every weight trains; 8 is common)", min=0),
@@ -129,11 +143,8 @@ KEYS = [
 # settings of the machine rather than of the run: a resumed run takes them from today's command line
 MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
                 "omp_passive", "peak_flops", "fused_adamw", "fsdp_shard_size", "activation_checkpointing")
-# the architecture options (model.GPTConfig's fields after GPT-2's own)
-ARCH_KEYS = ("pos_emb", "rope_theta", "norm", "norm_eps", "qk_norm", "mlp", "mlp_hidden", "n_kv_head", "tie_embeddings",
-             "logit_softcap")
 # the keys that shape a training step (bench.py times a step from them)
-STEP_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", *ARCH_KEYS, "dataset", "batch_size",
+STEP_KEYS = (*NETWORK_KEYS, "dataset", "batch_size",
              "gradient_accumulation_steps", "seed", "optimizer", "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr", "muon_momentum",
              "muon_ns_steps", "fused_adamw", "omp_passive", "device", "dtype", "compile")
 
@@ -141,10 +152,7 @@ STEP_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", *AR
 def pick(names, defaults=None, notes=None):
     """The keys called `names`, in that order, for another script: `defaults` replaces some defaults,
     `notes` adds to some keys' help what they mean there."""
-    by_name = {k.name: k for k in KEYS}
-    defaults, notes = defaults or {}, notes or {}
-    return [dataclasses.replace(by_name[n], default=defaults.get(n, by_name[n].default),
-                                help=by_name[n].help + notes.get(n, "")) for n in names]
+    return _pick({k.name: k for k in KEYS}, names, defaults, notes)
 
 
 # rl.py's keys (docs/rl.md): train.py's where they mean the same, then the ones of the RL stage
@@ -195,8 +203,7 @@ RL_MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "device", "dtype", "back
 
 def model_args(cfg):
     """The network settings a config holds (the rest, such as vocab_size, come from the data or weights)."""
-    from model import MODEL_ARG_KEYS
-    return {k: getattr(cfg, k) for k in MODEL_ARG_KEYS if hasattr(cfg, k)}
+    return {k: getattr(cfg, k) for k in GPTCONFIG if hasattr(cfg, k)}
 
 
 def model_config(cfg, **overrides):
@@ -210,9 +217,7 @@ def model_config(cfg, **overrides):
 
 def check(cfg, world_size=1):
     """The checks that involve several keys (each key's own range is checked as it is parsed)."""
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"n_head={cfg.n_head} does not divide n_embd={cfg.n_embd}; each head takes n_embd / n_head "
-                        f"dimensions, so pick values such as n_head=6 with n_embd=384", status=USAGE)
+    model_config(cfg)  # the network's keys together (GPTConfig's checks: n_head divides n_embd, ...)
     if cfg.lora_rank:
         from gptkit import lora
         lora.kinds(cfg.lora_targets)  # a misspelt layer name: one sentence now, not after loading the weights

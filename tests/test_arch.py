@@ -180,7 +180,7 @@ def test_logit_softcap_is_cap_tanh_of_the_logits():
     idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         logits, loss = capped(idx, targets)
-        raw, _ = plain(idx, all_logits=True)
+        raw = plain.all_logits(idx)
     torch.testing.assert_close(logits, 1.0 * torch.tanh(raw / 1.0))
     assert raw.abs().max() > 1.0 > logits.abs().max()  # the cap did bite
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
@@ -199,7 +199,7 @@ def test_untied_head_is_its_own_parameter_through_training_and_loading():
     assert back.lm_head.weight is not back.transformer.wte.weight
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(back(idx, all_logits=True)[0], model.eval()(idx, all_logits=True)[0])
+        torch.testing.assert_close(back.all_logits(idx), model.eval().all_logits(idx))
     # the count leaves out the embedding (a lookup) and keeps the head (a matmul): the tied model's count
     assert back.get_num_params() == tiny().get_num_params()
 
@@ -263,8 +263,8 @@ def test_kv_cache_equals_recomputation_within_and_past_block_size(options):
     cache = KVCache.for_model(model, 2)
     with torch.no_grad():
         model(seq[:, :7], cache=cache)
-        chunk, _ = model(seq[:, 7:11], cache=cache, all_logits=True)
-        torch.testing.assert_close(chunk, model(seq[:, :11], all_logits=True)[0][:, 7:], atol=1e-5, rtol=0)
+        chunk = model.all_logits(seq[:, 7:11], cache)
+        torch.testing.assert_close(chunk, model.all_logits(seq[:, :11])[:, 7:], atol=1e-5, rtol=0)
         for t in range(11, 24):
             step, _ = model(seq[:, t:t + 1], cache=cache)
             torch.testing.assert_close(step, model(seq[:, :t + 1])[0], atol=1e-5, rtol=0)
@@ -276,9 +276,9 @@ def test_crop_vocab_keeps_logits(options):
     model = tiny(perturb=True, **OPTIONS[options])
     idx = torch.randint(0, 90, (2, 12))
     with torch.no_grad():
-        full, _ = model(idx, all_logits=True)
+        full = model.all_logits(idx)
         model.crop_vocab(90)
-        cropped, _ = model(idx, all_logits=True)
+        cropped = model.all_logits(idx)
     torch.testing.assert_close(cropped, full[..., :90])
     assert int(generate(model, idx, 30, temperature=1.0)[:, 12:].max()) < 90
 
@@ -314,7 +314,7 @@ def test_export_parity_with_transformers(name, tmp_path):
     theirs.eval()
     idx = torch.randint(0, 90, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(idx, all_logits=True)[0]
+        ours = model.all_logits(idx)
         assert (ours - theirs(idx).logits).abs().max().item() <= 1e-5
     prompt = idx[:, :6]
     ref = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
@@ -432,7 +432,7 @@ def test_options_through_train_resume_sample_chat_export(name, char_data, tmp_pa
     assert theirs.config.vocab_size == CORPUS_VOCAB
     idx = torch.randint(0, CORPUS_VOCAB, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert (model(idx, all_logits=True)[0] - theirs(idx).logits).abs().max().item() <= 1e-5
+        assert (model.all_logits(idx) - theirs(idx).logits).abs().max().item() <= 1e-5
     prompt = idx[:, :6]
     ref_tokens = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
                                  pad_token_id=0)

@@ -208,3 +208,37 @@ def test_string_keys_take_text_that_looks_like_a_number_and_numeric_keys_take_nu
     assert values["max_iters"] == 30 and type(values["max_iters"]) is int
     with pytest.raises(configurator.ConfigError, match="n_layer must be an integer but got True"):
         configurator.parse(keys.KEYS, ["--n_layer=True"])  # a bool is not a number of layers
+
+
+def test_the_network_keys_are_gptconfigs_fields():
+    # read from model.py's text (no torch): the dataclass itself is the reference
+    from dataclasses import fields
+
+    from gptkit import keys
+    from model import GPTConfig
+    by_name = {k.name: k for k in keys.KEYS}
+    assert "vocab_size" not in by_name  # the data's or the weights'
+    for f in fields(GPTConfig):
+        if f.name == "vocab_size":
+            continue
+        key, declared = by_name[f.name], f.metadata
+        assert (key.type, key.help, key.choices) == (f.type, declared["help"], declared["choices"]), f.name
+        assert [getattr(key, b) for b in ("min", "above", "max", "below")] == \
+            [declared.get(b) for b in ("min", "above", "max", "below")], f.name
+        assert key.default == (False if f.name == "bias" else f.default), f.name  # bias off, as nanoGPT's train.py
+    assert keys.OPTION_KEYS[0] == "pos_emb" and GPTConfig().options() == {}
+
+
+def test_network_keys_are_checked_as_gptconfig_declares_them():
+    from gptkit import keys
+    from gptkit.errors import UserError
+    with pytest.raises(ConfigError, match="head_dim must be at least 0, not -1"):
+        parse(keys.KEYS, ["--head_dim=-1"])
+    with pytest.raises(ConfigError, match="gelu_approximate must be one of none, tanh"):
+        parse(keys.KEYS, ["--gelu_approximate=fast"])
+    # what involves several keys: GPTConfig's own check, one sentence with the usage status
+    cfg = configurator.configure(keys.KEYS, argv=["--n_embd=32", "--n_head=5"], announce=False)
+    with pytest.raises(UserError) as e:
+        keys.check(cfg)
+    assert e.value.status == 2 and "n_embd=32 does not divide into n_head=5 heads" in str(e.value)
+    keys.check(configurator.configure(keys.KEYS, argv=["--n_embd=32", "--n_head=5", "--head_dim=8"], announce=False))

@@ -68,7 +68,7 @@ def full_losses(model, example):
     out = []
     for choice in example.choices:
         row = torch.tensor([example.context + choice])
-        logits, _ = model(row[:, :-1], all_logits=True)
+        logits = model.all_logits(row[:, :-1])
         out.append(F.cross_entropy(logits[0, len(example.context) - 1:], row[0, len(example.context):],
                                    reduction="sum").item())
     return out
@@ -142,7 +142,7 @@ def test_bits_per_byte_during_training_is_the_counted_loss_in_bits_over_the_deco
     lengths = tok.token_bytes() + [0] * (50304 - tok.vocab_size)
     out = evaluate(model, Fixed(x, y), 1, PLAN, DIST, token_bytes=torch.tensor(lengths))
     with torch.no_grad():
-        logits, _ = model(x, all_logits=True)
+        logits = model.all_logits(x)
     nll = F.cross_entropy(logits[0], y[0].clamp(min=0), reduction="none")
     counted = (y[0] >= 0) & (y[0] != tok.eot)  # <|endoftext|> stands for no text
     text_bytes = len(gpt2_encoding.decode_bytes(y[0][counted].tolist()))
@@ -286,7 +286,7 @@ def test_eval_py_prints_a_table_then_the_figures_and_text_bpb_is_the_hand_comput
     model, tok, _ = loading.load_for_inference("resume", str(random_char_run))
     ids = torch.tensor([tok.encode((random_char_run / "notes.txt").read_text(encoding="utf-8"))])
     with torch.no_grad():
-        logits, _ = model(ids[:, :-1], all_logits=True)
+        logits = model.all_logits(ids[:, :-1])
     nats = F.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()
     text = figures[f"text:{random_char_run / 'notes.txt'}"]
     assert text["tokens"] == 99 and text["bytes"] == 99  # ASCII: a byte per character

@@ -62,13 +62,13 @@ def test_generation_leaves_the_model_and_the_thread_count_as_they_were():
 def test_decode_layout_is_column_major_inside_and_row_major_after():
     model = tiny()
     idx = torch.randint(0, 97, (2, 20))
-    ref, _ = model(idx, all_logits=True)
+    ref = model.all_logits(idx)
     before = layout_of(model)
     with decode_layout(model, "column") as layout:
         assert layout == "column"
         w = model.lm_head.weight
         assert w.t().is_contiguous() and not w.is_contiguous() and w is model.transformer.wte.weight  # still tied
-        inside, _ = model(idx, all_logits=True)
+        inside = model.all_logits(idx)
     torch.testing.assert_close(inside, ref, atol=1e-5, rtol=0)
     for k, (stride, _, value) in before.items():
         v = model.state_dict()[k]

@@ -63,7 +63,7 @@ def test_import_matches_hf_logits(hf_dir):
         model = hf_io.load_gpt2(str(folder)).eval()
         assert model.config.gelu_approximate == "tanh" and model.config.bias and model.config.block_size == 64
         with torch.no_grad():
-            ours, _ = model(idx, all_logits=True)
+            ours = model.all_logits(idx)
         assert (ours - reference).abs().max().item() <= TOL
     # and back out: the imported model exported in memory is the source again
     back = GPT2LMHeadModel(hf_io.gpt2_config_for(model))
@@ -159,7 +159,7 @@ def test_export_matches_our_logits_and_greedy_tokens(bpe_run, bpe_export):
     assert hf.config.vocab_size == 50257 and hf.config.n_positions == 32
     idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        mine, _ = ours(idx, all_logits=True)
+        mine = ours.all_logits(idx)
         theirs = hf(idx).logits
     assert (mine[..., :50257] - theirs).abs().max().item() <= TOL
     prompt = idx[:1, :8]
@@ -246,7 +246,7 @@ def test_char_model_exports_weights_and_vocabulary(char_data, tmp_path):
     ours = loading.build_model(checkpoint.load(path), path).eval()
     idx = torch.randint(0, CORPUS_VOCAB, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert (ours(idx, all_logits=True)[0] - hf(idx).logits).abs().max().item() <= TOL
+        assert (ours.all_logits(idx) - hf(idx).logits).abs().max().item() <= TOL
 
 
 @pytest.mark.slow

@@ -110,14 +110,14 @@ def test_logits_equal_transformers(folders, name):
     assert MODELS[name][0] in desc
     idx = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours, _ = model.eval()(idx, all_logits=True)
+        ours = model.eval().all_logits(idx)
         theirs = reference(folders[name])(idx).logits
     assert (ours - theirs).abs().max().item() <= TOL
     if name == "llama-tied-rope-scaled":  # the scaling is computed, not left out: without it the logits move
         assert model.config.rope_scale == 8.0
         model.config.rope_scale = 0.0
         with torch.no_grad():
-            assert (model(idx, all_logits=True)[0] - theirs).abs().max().item() > 100 * TOL
+            assert (model.all_logits(idx) - theirs).abs().max().item() > 100 * TOL
 
 
 def test_weights_come_in_the_asked_dtype_and_from_shards(folders, tmp_path):
@@ -223,7 +223,7 @@ def test_a_sliding_window_shortens_the_context_with_a_sentence(folders, tmp_path
     assert model.config.block_size == 32 and "sliding_window=32" in desc
     idx = torch.randint(0, VOCAB, (1, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (model.eval()(idx, all_logits=True)[0] - reference(folder)(idx).logits).abs().max() <= TOL
+        assert (model.eval().all_logits(idx) - reference(folder)(idx).logits).abs().max() <= TOL
 
 
 @pytest.mark.slow
@@ -293,7 +293,7 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     merged = reference(out / "hf")
     idx = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        ours = model(idx, all_logits=True)[0]
+        ours = model.all_logits(idx)
         assert (adapted(idx).logits - ours).abs().max() <= 1e-5 and (merged(idx).logits - ours).abs().max() <= 1e-5
     theirs, exported = (transformers.AutoTokenizer.from_pretrained(f) for f in (folders["qwen3"], out / "hf"))
     messages = [{"role": "user", "content": "ünï  x <|im_end|>"}]

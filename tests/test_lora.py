@@ -60,7 +60,7 @@ def adapted(model, targets=EVERY_LAYER, rank=4, alpha=8.0, seed=1):
 
 def logits(model, idx):
     with torch.no_grad():
-        return model(idx, all_logits=True)[0]
+        return model.all_logits(idx)
 
 
 IDX = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(2))

@@ -46,9 +46,22 @@ def test_inference_returns_last_position_only():
     model = tiny()
     idx = torch.randint(0, 97, (2, 10))
     last, loss = model(idx)
-    full, _ = model(idx, all_logits=True)
+    full = model.all_logits(idx)
     assert loss is None and last.shape == (2, 1, 97)
     torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_the_named_passes_agree_with_the_plain_call():
+    model = tiny(block_size=16)
+    idx, targets = torch.randint(0, 97, (2, 10)), torch.randint(0, 97, (2, 10))
+    full = model.all_logits(idx)
+    assert torch.equal(model(idx, targets)[0], full)  # with targets, every position, as nanoGPT
+    assert torch.equal(model.logits(model.hidden_states(idx)), full)
+    # through a cache, chunk by chunk, positions continue where the cache left off
+    cache = KVCache.for_model(model, 2)
+    parts = [model.hidden_states(idx[:, :4], cache), model.hidden_states(idx[:, 4:], cache)]
+    assert cache.pos == 10
+    torch.testing.assert_close(model.logits(torch.cat(parts, dim=1)), full, atol=1e-5, rtol=0)
 
 
 def test_causality_future_tokens_do_not_change_past_logits():
@@ -56,8 +69,8 @@ def test_causality_future_tokens_do_not_change_past_logits():
     idx = torch.randint(0, 97, (1, 20))
     changed = idx.clone()
     changed[0, 15:] = (changed[0, 15:] + 1) % 97
-    a, _ = model(idx, all_logits=True)
-    b, _ = model(changed, all_logits=True)
+    a = model.all_logits(idx)
+    b = model.all_logits(changed)
     torch.testing.assert_close(a[:, :15], b[:, :15])
     assert not torch.allclose(a[:, 15:], b[:, 15:])
 
@@ -91,9 +104,9 @@ def test_crop_block_size():
 def test_crop_vocab_keeps_logits_and_tying():
     model = tiny(vocab_size=97).eval()
     idx = torch.randint(0, 90, (2, 12))
-    full, _ = model(idx, all_logits=True)
+    full = model.all_logits(idx)
     model.crop_vocab(90)
-    cropped, _ = model(idx, all_logits=True)
+    cropped = model.all_logits(idx)
     assert cropped.shape[-1] == 90 and model.lm_head.weight is model.transformer.wte.weight
     torch.testing.assert_close(cropped, full[..., :90])
     assert int(generate(model, idx, 30, temperature=1.0)[:, 12:].max()) < 90

@@ -99,8 +99,8 @@ def test_every_architecture_option_quantizes_and_its_cache_matches_recomputation
     # over one position in decoding and over all of them in recomputation.
     seq = generate(model, torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(1)), 12, temperature=0)
     with torch.inference_mode():
-        full, _ = q(seq, all_logits=True)  # (B, T, vocab)
-        ref, _ = model(seq, all_logits=True)
+        full = q.all_logits(seq)  # (B, T, vocab)
+        ref = model.all_logits(seq)
         cache = KVCache.for_model(q, 2)
         stepped = [q(seq[:, :6], cache=cache)[0][:, -1]]
         stepped += [q(seq[:, t:t + 1], cache=cache)[0][:, -1] for t in range(6, seq.size(1) - 1)]

@@ -220,7 +220,7 @@ def test_settings_that_would_train_on_nonsense_are_refused_with_the_figures(args
 @pytest.mark.slow
 def test_cross_key_checks(char_data, tmp_path):
     p = run("train.py", *BASE, "--n_head=3", f"--out_dir={tmp_path}", check=False)
-    assert_clean_error(p, status=2, words=["n_head=3 does not divide n_embd=32"])
+    assert_clean_error(p, status=2, words=["n_embd=32 does not divide into n_head=3 heads"])
     (tmp_path / "a-file").write_text("")
     p = run("train.py", *BASE, f"--out_dir={tmp_path / 'a-file' / 'run'}", check=False)
     assert_clean_error(p, status=2, words=["is a file"])
