@@ -33,7 +33,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptkit import checkpoint, curves, fileio, grpo, init_from, loading, loggers, lora, optim, runtime  # noqa: E402
+from gptkit import checkpoint, curves, grpo, init_from, loading, loggers, lora, optim, runtime  # noqa: E402
 from gptkit.arithmetic import ProblemFormat  # noqa: E402
 from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
@@ -193,8 +193,6 @@ saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, None, run_config,
                             template.to_dict() if template else None, cfg.keep_last, dist, device)
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 picture = curves.LossPicture(cfg.out_dir, enabled=master and cfg.loss_png)
-if master:
-    errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)
 
@@ -293,7 +291,3 @@ if lock:
 runtime.shutdown(dist)
 if output.closed:
     sys.exit(CLOSED_STATUS)
-if dist.enabled and not master:
-    sys.stdout.flush()  # as train.py: leave without the interpreter's teardown (see there)
-    sys.stderr.flush()
-    os._exit(0)

@@ -158,8 +158,6 @@ saver = (sharding.ShardedSaver if cfg.parallel == "fsdp" else checkpoint.RunSave
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
-if writes:  # a failed save or a second Ctrl-C exits at once: leave no half-drawn loss.png temporary
-    errors.before_exit(lambda: fileio.remove_own_temps(cfg.out_dir))
 
 evals = len(range(progress.iter_num, cfg.max_iters + 1, cfg.eval_interval))
 # timed on every process: a sharded model's forward pass needs them all
@@ -295,11 +293,3 @@ if lock:
 runtime.shutdown(dist)
 if output.closed:
     sys.exit(CLOSED_STATUS)  # saved, but the reader of the output left before the end: not a success
-if dist.enabled and not master:
-    # Under torchrun a worker was seen, now and then, to abort on its way out after leaving the process
-    # group ("terminate called without an active exception" from torch's C++ threads, exit -6), which the
-    # launcher reports as a failed run. Ranks other than 0 hold no file or logger to close: they leave
-    # without the interpreter's teardown.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

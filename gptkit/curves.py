@@ -489,7 +489,11 @@ class LossPicture:
     (requests made while a drawing is under way become one more drawing, not a queue); close() draws
     the final picture and waits for it, at most `timeout` seconds. Nothing raises: the first failure
     prints one warning line through `warn` and the run goes on. With enabled=False (ranks other
-    than 0) every method does nothing."""
+    than 0) every method does nothing.
+
+    A run that ends without close() (an error, a second Ctrl-C) ends its thread too: the thread is not a
+    daemon, so the exiting interpreter waits for the drawing under way, whose temporary file becomes
+    loss.png or is removed, and the thread stops once it sees the main thread has ended."""
 
     def __init__(self, out_dir, enabled=True, warn=None, timeout=60.0):
         self.enabled = enabled
@@ -513,7 +517,7 @@ class LossPicture:
         if not self.enabled or not self._request(closing=True, unless_current=True):
             return
         self._thread.join(self.timeout)
-        if self._thread.is_alive():  # a hung filesystem: the thread is a daemon and dies with the process
+        if self._thread.is_alive():  # a hung filesystem (the one the checkpoints are written to)
             self._fail(f"still drawing after {self.timeout:.0f} s")
 
     def _metrics_size(self):
@@ -534,17 +538,21 @@ class LossPicture:
             self._requested_size = size
             self._closing = closing
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="loss.png", daemon=True)
+                self._thread = threading.Thread(target=self._work, name="loss.png")
                 self._thread.start()
             self._wake.notify()
         return True
 
     def _work(self):
+        main = threading.main_thread()
         while True:
             with self._wake:
                 while not (self._pending or self._closing):
-                    self._wake.wait()
-                if not self._pending:
+                    # a look at the main thread every half second: once it has ended (the run stopped
+                    # without close), nothing more will be asked, and the interpreter waits for this thread
+                    if not self._wake.wait(0.5) and not main.is_alive():
+                        return
+                if not self._pending or not main.is_alive():  # no drawing for a run that has ended
                     return
                 self._pending = False
             self._draw()

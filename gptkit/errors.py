@@ -3,8 +3,8 @@ The one exception for mistakes a user can fix, and the one place where it become
 
 Library code raises UserError and never exits: a caller that can go on (chat.py after a prompt the
 vocabulary cannot spell, a test running a script in-process) catches it. Every script calls install()
-first; an uncaught UserError then prints `error: <sentence>` on stderr and exits with its status
-instead of a traceback. Nothing here imports torch, so prepare scripts and config errors answer at once.
+first; an uncaught UserError then prints `error: <sentence>` on stderr and ends the process with its
+status (an ordinary exit: finally blocks and atexit run) instead of a traceback. Nothing here imports torch, so prepare scripts and config errors answer at once.
 """
 
 import os
@@ -52,50 +52,41 @@ def report(e, stream=None):
         say(f"error: {e}", stream or sys.stderr)
 
 
-_before_exit = []
-
-
-def before_exit(fn):
-    """Have fn run just before an immediate exit (an uncaught UserError, Ctrl-C): that exit skips
-    finally blocks and atexit, so a script whose background thread writes files registers here what
-    must not be left behind (its unfinished temporaries)."""
-    _before_exit.append(fn)
-
-
-def exit_now(status):
-    """Leave at once with status, after the before_exit functions (a failing one is skipped)."""
-    for fn in _before_exit:
-        try:
-            fn()
-        except Exception:
-            pass
-    os._exit(status)
-
-
-_interrupted = "interrupted"
-
-
-def _hook(kind, value, tb):
+def _hook(kind, value, tb, interrupted="interrupted"):
+    # SystemExit raised here ends the process with that status, as if the script had raised it: the
+    # interpreter exits normally (atexit functions, non-daemon threads joined, buffers flushed); finally
+    # blocks have run already, on the exception's way up to here
     if issubclass(kind, UserError):
         # the real stderr: torch.distributed wraps the excepthook and buffers what it prints, to
-        # prefix each line with the rank, and an os._exit below would lose that buffer
+        # prefix each line with the rank
         report(value, sys.__stderr__)
         flush_stdout()
-        # os._exit (in exit_now) because an excepthook cannot choose the exit status; stdio is flushed
-        # above, and what must run after a refused start or a failed save is in before_exit
-        exit_now(value.status)
+        raise SystemExit(value.status)
     if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
-        os._exit(0)
+        _silence_stdout()
+        raise SystemExit(0)
     if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
         flush_stdout()
-        say(f"\n{_interrupted}", sys.__stderr__)
-        exit_now(130)
+        say(f"\n{interrupted}", sys.__stderr__)
+        raise SystemExit(130)
     sys.__excepthook__(kind, value, tb)
 
 
+def _silence_stdout():
+    """Point stdout's file descriptor at /dev/null: what is still buffered for a reader that left would
+    fail again as the interpreter flushes it on exit (and turn status 0 into 120)."""
+    try:
+        fd = sys.stdout.fileno() if sys.stdout is not None else 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def install(interrupted="interrupted"):
-    """Turn an uncaught UserError into `error: <sentence>` and its exit status, and Ctrl-C into one line
-    (`interrupted`) and status 130. Every script calls this first."""
-    global _interrupted
-    _interrupted = interrupted
-    sys.excepthook = _hook
+    """Set sys.excepthook so that an uncaught UserError ends the script with `error: <sentence>` and its
+    status, Ctrl-C with one line (`interrupted`) and status 130, and a reader that left (`| head`) quietly
+    with status 0. The exit is an ordinary one (SystemExit), so atexit functions run and non-daemon
+    threads finish. Every script calls this on its first lines: a process-wide change, made by the script."""
+    sys.excepthook = lambda kind, value, tb: _hook(kind, value, tb, interrupted)

@@ -163,19 +163,6 @@ def alive(pid):
     return True
 
 
-def remove_own_temps(folder):
-    """Delete this process's unfinished temporaries in folder (before it exits at once, e.g. on a second
-    Ctrl-C, with a write under way in another thread)."""
-    suffix = f".tmp{os.getpid()}"
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return
-    for entry in entries:
-        if entry.endswith(suffix):
-            remove_any(os.path.join(folder, entry))
-
-
 def remove_stale_temps(folder):
     """Delete the temporaries (`<name>.tmp<pid>`) in folder whose writer is gone (SIGKILL, power
     loss): they are never read, and a checkpoint's costs a checkpoint's worth of disk."""

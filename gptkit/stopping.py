@@ -85,14 +85,14 @@ class StopRequests:
             # the launcher; only a later press means quit
             if self.dist.enabled and time.monotonic() - self.at < 3.0:
                 return
-            # at once: no atexit hooks (wandb, process groups) that could hang; a save cut short here
-            # leaves only a temporary file, removed by the next save
+            # raised where the main thread is: a save under way removes its temporary on the way out
+            # (fileio.atomic_open), and the process ends as any exit does, finally blocks and atexit included
             if self.dist.master:
                 last = (f"{self.last_save} holds the last save" if os.path.exists(self.last_save)
                         else "nothing was saved")
                 print(f"\nsecond SIGINT: quitting without saving; {last}", file=sys.stderr, flush=True)
                 errors.flush_stdout()
-            errors.exit_now(130)
+            raise SystemExit(130)
         self.requested, self.at = signum, time.monotonic()
         if self.dist.master:
             print(f"\n{signal.Signals(signum).name} received: finishing this step (or stopping the evaluation) and "

@@ -4,8 +4,8 @@ is forked from a server process that imported torch, numpy, matplotlib and the p
 (multiprocessing's forkserver), then runs the script as `python script.py args` would (runpy, its
 own sys.argv, environment, working directory, stdin, stdout, stderr and signal handlers). A run shares
 no state with the test process or with other runs: its locks, signals and globals are its own, and
-it exits with the script's status (an `error: ...` sentence and its status through errors.install's
-hook, 130 after Ctrl-C, -N when killed by signal N).
+it exits as the interpreter would, with the script's status (an `error: ...` sentence and its status through
+errors.install's hook, 130 after Ctrl-C, -N when killed by signal N).
 
 Environment variables read as the interpreter starts or a module is imported are those of the server:
 a run that sets one of those (PYTHONPATH; HF_*, which huggingface_hub reads at import) is started as a
@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,19 +98,29 @@ def _child(script, argv, env, cwd, umask, stdin_path, stdout_fd, stderr_path, cl
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        status = _exit_status(e)
     except BaseException:
-        sys.excepthook(*sys.exc_info())  # the script's own (errors.install): a sentence and its status
-        status = 1
+        try:
+            sys.excepthook(*sys.exc_info())  # the script's own (errors.install): a sentence and its status
+            status = 1
+        except SystemExit as e:  # the way errors.install's hook ends a script with its status
+            status = _exit_status(e)
     try:
+        # as the interpreter ends: the main thread counts as ended and the other non-daemon threads
+        # are waited for (threading's own exit step), then the atexit functions run
+        threading._shutdown()
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()
     finally:
         os._exit(status)
+
+
+def _exit_status(e):
+    if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 
 
 class Child:
