@@ -228,7 +228,7 @@ def bench_generate():
     from gptkit import hf as hf_io
     from gptkit import quantize, runtime
     from gptkit.errors import UserError
-    from gptkit.generate import compile_for_decoding, decode_layout, generate
+    from gptkit.generate import compile_for_decoding, decode_layout, generate, measure_layout
     from gptkit.tokenizer import GPT2_VOCAB
     from model import GPT
 
@@ -253,13 +253,13 @@ def bench_generate():
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
     # On a CPU, the weight layouts decode_layout chooses between, each timed (a copy of the model
-    # holds the column-major one), and what its timed choice picks here; with quantize, the int8 copy.
+    # holds the column-major one), and the faster, measured and recorded for decode_layout's 'auto' (what
+    # sample.py, chat.py and serve.py use on this CPU); with quantize, the int8 copy.
     variants = {"kv_cache": model}
     held = contextlib.ExitStack()
-    layout_choice = None
+    layout_choice = recorded = None
     if device == "cpu":
-        with decode_layout(model) as layout_choice:
-            pass
+        layout_choice, recorded = measure_layout(model)
         column = copy.deepcopy(model)
         held.enter_context(decode_layout(column, "column"))
         variants["kv_cache_column"] = column
@@ -277,7 +277,8 @@ def bench_generate():
     options = "".join(f", {k}={v}" for k, v in config.options().items())
     print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
           f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens"
-          + (f"; decode_layout's timed choice here: {layout_choice}-major" if layout_choice else ""))
+          + (f"; decode_layout's timed choice here: {layout_choice}-major" if layout_choice else "")
+          + (f" (recorded in {recorded} for sample.py, chat.py and serve.py)" if recorded else ""))
 
     def sync():
         if device.startswith("cuda"):

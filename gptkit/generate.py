@@ -1,18 +1,24 @@
 """
 Generation: the KV cache, sampling (temperature, top-k, top-p), streaming tokens with stop tokens and a
-sliding window past block_size, and the weight layout a CPU decodes fastest with (asked for by the caller).
+sliding window past block_size, and the weight layout a CPU decodes fastest with (asked for by the caller,
+as bench.py measured and recorded it for this CPU).
 
 Generating never changes the model or the process: the layout is a context the scripts enter, and the
 thread count is the caller's (torch.set_num_threads, OMP_NUM_THREADS).
 """
 
 import copy
+import json
+import os
 import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from gptkit import fileio, runtime
+from gptkit.errors import UserError
 
 
 class KVCache:
@@ -173,33 +179,84 @@ def _vector_pass_seconds(weights, passes=3):
     return sorted(times[1:])[passes // 2]
 
 
+def layout_record_path():
+    """Where bench.py --mode=generate records the layout it timed: beside the CPU peaks (runtime.peak_cache_path)."""
+    return os.path.join(os.path.dirname(runtime.peak_cache_path()), "decode_layout.json")
+
+
+def _layout_key(weights):
+    return (f"{runtime.cpu_model()}, {torch.get_num_threads()} threads, {str(weights[0].dtype).split('.')[-1]}, "
+            f"torch {torch.__version__}")
+
+
+def _read_records(path):
+    try:
+        with open(path) as f:
+            seen = json.load(f)
+        return seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def recorded_layout(model, record=None):
+    """The layout bench.py --mode=generate timed faster on this CPU, at torch's thread count, the model's
+    weight dtype and this torch version ('row' or 'column'); None where none was recorded."""
+    weights = _linear_weights(model)
+    if not weights:
+        return None
+    chosen = _read_records(record or layout_record_path()).get(_layout_key(weights))
+    return chosen if chosen in ("row", "column") else None
+
+
+def measure_layout(model, record=None):
+    """Time both memory orders of model's CPU Linear weights (four passes over them each, plus two copies
+    of every weight), and return (the faster, the file it was recorded in, or None where it could not be
+    written): column-major only if at least 5% faster. decode_layout(layout='auto') then uses it on this
+    CPU. The weights are row-major again afterwards."""
+    weights = _linear_weights(model)
+    if not weights:
+        return "row", None
+    row_s = _vector_pass_seconds(weights)
+    _relayout(weights, column_major=True)
+    try:
+        chosen = "column" if _vector_pass_seconds(weights) <= 0.95 * row_s else "row"
+    finally:
+        _relayout(weights, column_major=False)
+    path = record or layout_record_path()
+    seen = _read_records(path)
+    seen[_layout_key(weights)] = chosen
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with fileio.atomic_open(path, "w") as f:
+            json.dump(seen, f, indent=1)
+    except (OSError, UserError):
+        return chosen, None
+    return chosen, path
+
+
 @contextmanager
-def decode_layout(model, layout="auto"):
+def decode_layout(model, layout="auto", record=None):
     """For the block, the memory order of model's CPU Linear weights that multiplies a vector
     fastest; yields the one in use, 'row' (as stored) or 'column' (the transpose contiguous, the
     same values, names, shapes and tying). On leaving, every weight is row-major again.
 
     Some CPU BLAS libraries stream one order faster than the other in the matrix-vector products
-    of a decode step (MKL on a 2-core AMD EPYC: see docs/cpu-inference.md), others do not, so with
-    layout='auto' both orders are timed here on the model's own weights (four passes over them each,
-    plus two copies of every weight) and column-major is kept only if it is at least 5% faster.
-    'row' and 'column' force one. Models on other devices are left as they are."""
+    of a decode step (MKL on a 2-core AMD EPYC: see docs/cpu-inference.md), others do not. Timing both
+    costs seconds, so it is done once, when asked (bench.py --mode=generate, measure_layout), and
+    recorded for this CPU: layout='auto' uses that record, and row-major (as stored) where there is
+    none. 'row' and 'column' force one. Models on other devices are left as they are."""
     assert layout in ("auto", "row", "column")
     weights = _linear_weights(model)
+    if layout == "auto":
+        layout = recorded_layout(model, record) or "row"
     if not weights or layout == "row":
         yield "row"
         return
-    row_s = _vector_pass_seconds(weights) if layout == "auto" else None
     _relayout(weights, column_major=True)
-    chosen = "column"
     try:
-        if layout == "auto" and _vector_pass_seconds(weights) > 0.95 * row_s:
-            _relayout(weights, column_major=False)
-            chosen = "row"
-        yield chosen
+        yield "column"
     finally:
-        if chosen == "column":
-            _relayout(weights, column_major=False)
+        _relayout(weights, column_major=False)
 
 
 # inference mode rather than no_grad: it also skips view and version-counter bookkeeping, about

@@ -2,6 +2,8 @@
 leaving the model and the process as it found them, and sample.py on Hugging Face GPT-2 folders
 checked against transformers' own generate."""
 
+import json
+
 import pytest
 import torch
 
@@ -73,12 +75,35 @@ def test_decode_layout_is_column_major_inside_and_row_major_after():
     for k, (stride, _, value) in before.items():
         v = model.state_dict()[k]
         assert v.stride() == stride and torch.equal(v, value), k
-    with decode_layout(model) as chosen:  # timed here: whichever this CPU multiplies faster
-        assert chosen in ("row", "column")
     assert all(v.stride() == before[k][0] for k, v in model.state_dict().items())
     with pytest.raises(KeyError), decode_layout(model, "column"):
         raise KeyError  # an error inside the block restores the layout too
     assert all(v.stride() == before[k][0] for k, v in model.state_dict().items())
+
+
+def test_decode_layout_auto_uses_what_was_measured_and_recorded_and_never_times(tmp_path, monkeypatch):
+    """'auto' is row-major (as stored) until measure_layout (bench.py --mode=generate) has recorded this
+    CPU's faster order, then that one; entering it never times anything."""
+    from gptkit import generate
+    model, record = tiny(), tmp_path / "decode_layout.json"
+    before = layout_of(model)
+    measured = []
+    timer = generate._vector_pass_seconds
+    monkeypatch.setattr(generate, "_vector_pass_seconds", lambda w: measured.append(1) or timer(w))
+    with decode_layout(model, record=record) as chosen:
+        assert chosen == "row" and model.lm_head.weight.is_contiguous()
+    assert measured == []
+    choice, where = generate.measure_layout(model, record=record)
+    assert choice in ("row", "column") and where == record and len(measured) == 2
+    assert all(v.stride() == before[k][0] for k, v in model.state_dict().items())  # row-major again
+    for recorded in ("column", "row"):
+        key, = json.loads(record.read_text())
+        record.write_text(json.dumps({key: recorded}))
+        with decode_layout(model, record=record) as chosen:
+            assert chosen == recorded and model.lm_head.weight.t().is_contiguous() == (recorded == "column")
+    assert len(measured) == 2
+    with decode_layout(model.to(torch.bfloat16), record=record) as chosen:  # another dtype: no record
+        assert chosen == "row"
 
 
 def test_stream_decoder_holds_back_a_split_multibyte_character():
