@@ -22,7 +22,7 @@ errors.install()
 # knobs: train.py's where they mean the same, then the ones of this stage (gptkit/keys.py)
 KEYS, MACHINE_KEYS = keys.RL_KEYS, keys.RL_MACHINE_KEYS
 
-output = OutputGuard()
+output = OutputGuard()  # `python rl.py | head`: the run stops after the step and saves, not mid-print
 cfg = configurator.configure(KEYS)
 runs.check_out_dir(cfg.out_dir)
 

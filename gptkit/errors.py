@@ -8,6 +8,7 @@ status (an ordinary exit: finally blocks and atexit run) instead of a traceback.
 """
 
 import os
+import signal
 import sys
 
 USAGE = 2  # the conventional exit status for bad command-line usage (a wrong key or value)
@@ -61,15 +62,25 @@ def _hook(kind, value, tb, interrupted="interrupted"):
         # prefix each line with the rank
         report(value, sys.__stderr__)
         flush_stdout()
-        raise SystemExit(value.status)
+        raise ending(value.status)
     if issubclass(kind, BrokenPipeError):  # `python sample.py | head`: the reader left, so stop quietly
         _silence_stdout()
         raise SystemExit(0)
     if issubclass(kind, KeyboardInterrupt):  # Ctrl-C in a script without its own handler
         flush_stdout()
         say(f"\n{interrupted}", sys.__stderr__)
-        raise SystemExit(130)
+        raise ending(130)
     sys.__excepthook__(kind, value, tb)
+
+
+def ending(status):
+    """SystemExit(status), for a process that is ending. A torchrun worker ignores SIGTERM from here on:
+    torchrun sends it to every other worker within 0.1 s of the first one's exit, and a worker ending
+    with its own status still has the interpreter's teardown to finish (about half a second with torch
+    loaded), which that signal would cut short into a kill."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return SystemExit(status)
 
 
 def _silence_stdout():

@@ -92,7 +92,7 @@ class StopRequests:
                         else "nothing was saved")
                 print(f"\nsecond SIGINT: quitting without saving; {last}", file=sys.stderr, flush=True)
                 errors.flush_stdout()
-            raise SystemExit(130)
+            raise errors.ending(130)
         self.requested, self.at = signum, time.monotonic()
         if self.dist.master:
             print(f"\n{signal.Signals(signum).name} received: finishing this step (or stopping the evaluation) and "

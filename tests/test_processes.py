@@ -177,3 +177,20 @@ def test_every_write_path_answers_a_full_disk_and_an_unwritable_folder_with_one_
         if os.path.isdir("/sys"):
             p = run(script, *args, dest.format(unwritable), check=False)  # the launcher: no real process needed
             assert p.returncode != 0 and "Traceback" not in p.stderr and len(errors_of(p)) == 1, (script, p.stderr)
+
+
+def test_an_uncaught_user_error_ends_the_process_as_any_exit_does():
+    """errors.install's hook: the sentence and its status, with finally blocks, atexit functions and a
+    non-daemon thread's work all done first (nothing is cut short as by an immediate exit)."""
+    code = ("import atexit, sys, threading, time\n"
+            "from gptkit import errors\n"
+            "errors.install()\n"
+            "atexit.register(lambda: print('atexit ran', flush=True))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished', flush=True))).start()\n"
+            "try:\n"
+            "    raise errors.UserError('the file is missing; give another', status=3)\n"
+            "finally:\n"
+            "    print('finally ran', flush=True)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=60)
+    assert p.returncode == 3 and p.stderr == "error: the file is missing; give another\n", (p.returncode, p.stderr)
+    assert p.stdout.splitlines() == ["finally ran", "thread finished", "atexit ran"], p.stdout
