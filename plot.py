@@ -55,14 +55,14 @@ if not run_args:
 if cfg.smooth is not None and not 0 <= cfg.smooth < 1:
     raise UserError(f"smooth must be from 0 (raw) up to but not including 1, not {cfg.smooth}", USAGE)
 
-from gptkit import curves, runs  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
+from gptkit import curves, run_metrics, runs  # noqa: E402  (numpy now; matplotlib with the first figure, never torch)
 
 # -----------------------------------------------------------------------------
 # read, draw, write
 out = cfg.out or curves.default_name(cfg.y, cfg.x, cfg.logx, cfg.logy, cfg.smooth)
 runs.check_output(out, ".png", magic=b"\x89PNG", what="PNG picture")  # replaces an earlier picture, nothing else
 try:
-    runs = [curves.read_run(a) for a in run_args]
+    runs = [run_metrics.read_run(a) for a in run_args]
     fig = curves.draw_runs(runs, x=cfg.x, y=cfg.y, logx=cfg.logx, logy=cfg.logy, smooth=cfg.smooth)
     curves.save_png(fig, out)
 except ImportError as e:
@@ -91,7 +91,7 @@ def number(value, fmt):
 
 table = [("run", "best val", "at iter", "last val", "iterations", "tokens", "train time")]
 for run in runs:
-    s = curves.summarize(run)
+    s = run_metrics.summarize(run)
     table.append((run.name, number(s["best_val"], ".4f"), str(s["best_iter"]) if s["best_iter"] is not None else "-",
                   number(s["last_val"], ".4f"), f"{s['iterations']:,}", number(s["tokens"], ",.0f"),
                   duration(s["seconds"])))

@@ -46,7 +46,7 @@ KEYS = [
 ]
 cfg = configurator.configure(KEYS)
 
-from gptkit.dataprep import text_pieces
+from gptkit.documents import text_pieces
 from gptkit.errors import UserError
 from gptkit.tokenizer import BPETokenizer, train_bpe
 

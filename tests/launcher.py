@@ -32,7 +32,8 @@ PRELOAD = ["torch", "torch._dynamo", "numpy", "tiktoken", "matplotlib.figure", "
            "transformers.models.llama.modeling_llama", "transformers.models.qwen3.modeling_qwen3",
            "model", "configurator", "gptkit.checkpoint", "gptkit.curves", "gptkit.dataset", "gptkit.dataprep",
            "gptkit.generate", "gptkit.hf", "gptkit.init_from", "gptkit.loading", "gptkit.loggers", "gptkit.optim",
-           "gptkit.runtime", "gptkit.training", "gptkit.tokenizer", "gptkit.arithmetic", "gptkit.conversation"]
+           "gptkit.runtime", "gptkit.training", "gptkit.tokenizer", "gptkit.arithmetic", "gptkit.conversation",
+           "gptkit.documents"]
 _context = None
 
 

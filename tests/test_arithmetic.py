@@ -212,10 +212,10 @@ def test_train_on_addition_then_sample_the_answer(tmp_path):
     # the 7 held-out ones right is beside the point here (it does not: it memorises, it does not add)
     assert last["iter"] == 120 and last["train_accuracy"] > 0.9 and 0.0 <= last["val_accuracy"] <= 1.0, last
     # the accuracy is an evaluation's figure to the plots too: drawn as evaluation points, not smoothed as steps
-    from gptkit import curves
-    metrics = curves.read_run(str(out))
+    from gptkit import curves, run_metrics
+    metrics = run_metrics.read_run(str(out))
     its, acc, kind = metrics.series("val_accuracy")
-    assert kind == curves.EVAL and its[-1] == 120 and acc[-1] == last["val_accuracy"]
+    assert kind == run_metrics.EVAL and its[-1] == 120 and acc[-1] == last["val_accuracy"]
     curves.save_png(curves.draw_runs([metrics], y="val_accuracy"), str(tmp_path / "accuracy.png"))
     assert (tmp_path / "accuracy.png").stat().st_size > 0 and (out / "loss.png").exists()
     # what to run next is what works for this model: the sampling command in its format, which prints

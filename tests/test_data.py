@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import CORPUS, ROOT, TINY, assert_clean_error, read_metrics, run, start
-from gptkit import dataprep, dataset, loading
+from gptkit import dataset, loading, shard_writer
 from gptkit.batches import Batches
+from gptkit.documents import text_pieces
 from gptkit.errors import UserError
 from gptkit.generate import generate
 from gptkit.tokenizer import MIN_VOCAB, SPECIAL_TOKENS, TrainedTokenizer, load_tokenizer, train_bpe
@@ -75,8 +76,8 @@ def test_bpe_merges_the_most_frequent_pairs_first_as_worked_out_by_hand():
 
 def test_trained_tokenizer_round_trips_any_text_and_keeps_special_tokens_whole():
     text = CORPUS.read_text(encoding="utf-8")[:200_000]
-    tok = train_bpe(dataprep.text_pieces(text, 50_000), 512)
-    again = train_bpe(dataprep.text_pieces(text, 50_000), 512)
+    tok = train_bpe(text_pieces(text, 50_000), 512)
+    again = train_bpe(text_pieces(text, 50_000), 512)
     assert tok.json == again.json and tok.vocab_size == 512  # the same text gives the same file, byte for byte
     assert len(tok.encode(text[:5000])) < 5000 / 2  # merges learnt: fewer than half as many tokens as bytes
     for s in ["ROMEO:\nO sweet love, naïve café 東京 🙂\t\r\n  x", "", "\x00\xff", text[-3000:]]:
@@ -252,7 +253,7 @@ def test_a_prepare_stopped_after_a_shard_continues_to_the_same_bytes(docs_folder
     out = tmp_path / "out"
     args = [f"--input={src}", "--tokenizer=bpe", "--vocab_size=400", "--val_fraction=0.1", "--batch_mb=0.02",
             "--shard_tokens=3000", f"--out={out}"]
-    close, calls = dataprep.ShardWriter._close, []
+    close, calls = shard_writer.ShardWriter._close, []
 
     def close_then_die(self, split):
         close(self, split)
@@ -260,12 +261,12 @@ def test_a_prepare_stopped_after_a_shard_continues_to_the_same_bytes(docs_folder
         if len(calls) == 5:
             raise KeyboardInterrupt  # as a SIGKILL would stop it: nothing more is written
 
-    monkeypatch.setattr(dataprep.ShardWriter, "_close", close_then_die)
+    monkeypatch.setattr(shard_writer.ShardWriter, "_close", close_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare("data/openwebtext/prepare.py", *args)
     with pytest.raises(UserError, match="half-prepared"):
         Batches(str(out), "x", 64, 4, 7, "cpu")
-    monkeypatch.setattr(dataprep.ShardWriter, "_close", close)
+    monkeypatch.setattr(shard_writer.ShardWriter, "_close", close)
     prepare("data/openwebtext/prepare.py", *args)
     assert snapshot(out) == snapshot(sharded[0])
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_clean_error, run
-from gptkit import curves, loggers
+from gptkit import curves, loggers, run_metrics
 from gptkit.errors import UserError
 
 TOKENS_PER_ITER = 768  # the CPU recipe's 12 x 64
@@ -87,7 +87,7 @@ def test_reader_keeps_every_row_it_can_read_and_the_last_of_a_repeated_iteration
         for r in rows:
             f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
         f.write('{"iter": 3, "loss": 3.')  # cut short by a crash
-    r = curves.read_run(folder)
+    r = run_metrics.read_run(folder)
     assert r.name == str(folder)
     assert r.steps["iter"].tolist() == [0, 1, 2]
     np.testing.assert_array_equal(r.steps["loss"], [4.0, np.nan, 3.25])
@@ -98,7 +98,7 @@ def test_reader_keeps_every_row_it_can_read_and_the_last_of_a_repeated_iteration
 
 def test_reader_follows_a_growing_file_and_starts_over_when_it_is_rewritten(tmp_path):
     path = write_metrics(tmp_path, [step_row(0, 4.0)], tail='{"iter": 1, "lo') / "metrics.jsonl"
-    reader = curves.MetricsReader(str(path))
+    reader = run_metrics.MetricsReader(str(path))
     assert reader.read().steps["iter"].tolist() == [0]
     with open(path, "a") as f:  # the writer finishes its line and adds one
         f.write('ss": 3.9}\n' + json.dumps(step_row(2, 3.8)))  # the last one without its newline yet
@@ -110,21 +110,21 @@ def test_reader_follows_a_growing_file_and_starts_over_when_it_is_rewritten(tmp_
 
 
 def test_a_folder_without_metrics_is_a_sentence(tmp_path):
-    with pytest.raises(curves.PlotError, match=r"nope is not a run folder: it has no metrics.jsonl"):
-        curves.read_run(str(tmp_path / "nope"))
+    with pytest.raises(run_metrics.PlotError, match=r"nope is not a run folder: it has no metrics.jsonl"):
+        run_metrics.read_run(str(tmp_path / "nope"))
 
 
 def test_tokens_and_time_reach_evaluations_after_the_last_logged_step(tmp_path):
     # logged every 10 iterations, the last step row is 50 and the final evaluation is at 60
-    r = curves.read_run(a_run(tmp_path, 60, log_interval=10, eval_interval=30, ms=100.0))
-    s = curves.summarize(r)
+    r = run_metrics.read_run(a_run(tmp_path, 60, log_interval=10, eval_interval=30, ms=100.0))
+    s = run_metrics.summarize(r)
     assert s["iterations"] == 60
     assert s["tokens"] == pytest.approx(60 * TOKENS_PER_ITER)
     assert s["seconds"] == pytest.approx(60 * 0.1)  # 100 ms per iteration
     xs, _, kind = r.series("val_loss", "tokens")
-    assert kind == curves.EVAL and xs.tolist() == pytest.approx([0, 30 * TOKENS_PER_ITER, 60 * TOKENS_PER_ITER])
+    assert kind == run_metrics.EVAL and xs.tolist() == pytest.approx([0, 30 * TOKENS_PER_ITER, 60 * TOKENS_PER_ITER])
     xs, _, kind = r.series("loss", "time")  # a step row's time is after its step
-    assert kind == curves.STEP and xs.tolist() == pytest.approx([0.1 * (it + 1) for it in range(0, 60, 10)])
+    assert kind == run_metrics.STEP and xs.tolist() == pytest.approx([0.1 * (it + 1) for it in range(0, 60, 10)])
 
 
 def test_ema_matches_a_hand_computation():
@@ -147,7 +147,7 @@ def test_a_resumed_run_is_drawn_once_per_iteration(tmp_path):
             + [step_row(it, 3.7 - it / 1000) for it in range(30, 60)] + [eval_row(60, 3.6, elapsed=3.0)])
     rows.insert(45, step_row(40, 9.9))  # an iteration logged twice: the later row is the one drawn
     rows.insert(46, step_row(40, 3.7 - 40 / 1000))
-    r = curves.read_run(write_metrics(tmp_path, rows))
+    r = run_metrics.read_run(write_metrics(tmp_path, rows))
     fig = curves.draw_run(r, smooth=0.5)
     ax, ax_lr = fig.axes
     lines = lines_by_label(ax)
@@ -159,7 +159,7 @@ def test_a_resumed_run_is_drawn_once_per_iteration(tmp_path):
     assert lines["val loss (eval)"].get_xdata().tolist() == [30, 60]
     assert lines["val loss (eval)"].get_ydata().tolist() == [3.8, 3.6]
     assert ax_lr.get_lines()[0].get_xdata().tolist() == list(range(60))
-    assert curves.summarize(r)["seconds"] == pytest.approx(6.0)  # 60 steps of 100 ms, across the resume
+    assert run_metrics.summarize(r)["seconds"] == pytest.approx(6.0)  # 60 steps of 100 ms, across the resume
     curves.save_png(fig, tmp_path / "loss.png")
     assert_png(tmp_path / "loss.png", 800, 600)
 
@@ -168,14 +168,14 @@ def test_a_run_with_skipped_steps_and_a_nan_evaluation(tmp_path):
     pytest.importorskip("matplotlib")
     loss = [3.0, 2.9, math.nan, math.inf, 2.7, 2.6, math.nan, 2.5]
     rows = [eval_row(0, 3.1)] + [step_row(i, v) for i, v in enumerate(loss)] + [eval_row(8, math.nan)]
-    r = curves.read_run(write_metrics(tmp_path, rows))
+    r = run_metrics.read_run(write_metrics(tmp_path, rows))
     lines = lines_by_label(curves.draw_run(r, smooth=0.6).axes[0])
     np.testing.assert_array_equal(lines["train loss (step)"].get_ydata(), loss)
     assert lines["non-finite loss (3)"].get_xdata().tolist() == [2, 3, 6]
     smoothed = lines["train loss (EMA 0.60)"].get_ydata()
     assert np.isfinite(smoothed).all()  # the skipped steps do not break the smoothed line
     np.testing.assert_allclose(smoothed, curves.ema(np.array(loss), 0.6))
-    s = curves.summarize(r)
+    s = run_metrics.summarize(r)
     assert s["best_val"] == 3.1 and s["best_iter"] == 0 and math.isnan(s["last_val"])
     curves.save_png(curves.draw_run(r), tmp_path / "loss.png")
     assert_png(tmp_path / "loss.png", 800, 600)
@@ -185,7 +185,7 @@ def test_a_run_with_skipped_steps_and_a_nan_evaluation(tmp_path):
 def test_an_empty_or_just_started_run_still_gets_a_picture(tmp_path, content):
     pytest.importorskip("matplotlib")
     (tmp_path / "metrics.jsonl").write_text(content)
-    r = curves.read_run(tmp_path)
+    r = run_metrics.read_run(tmp_path)
     fig = curves.draw_run(r)
     texts = [t.get_text() for t in fig.axes[0].texts]
     if content.endswith("\n"):
@@ -202,8 +202,8 @@ def test_an_empty_or_just_started_run_still_gets_a_picture(tmp_path, content):
 
 def test_runs_of_different_lengths_share_the_axes(tmp_path):
     pytest.importorskip("matplotlib")
-    short = curves.read_run(a_run(tmp_path / "short", 40, eval_interval=20))
-    long = curves.read_run(a_run(tmp_path / "long", 100, eval_interval=20, loss=lambda it: 4.2 - it / 80))
+    short = run_metrics.read_run(a_run(tmp_path / "short", 40, eval_interval=20))
+    long = run_metrics.read_run(a_run(tmp_path / "long", 100, eval_interval=20, loss=lambda it: 4.2 - it / 80))
     ax = curves.draw_runs([short, long], x="tokens", y="val_loss", logy=True).axes[0]
     lines = lines_by_label(ax)
     assert lines[short.name].get_xdata().tolist() == [it * TOKENS_PER_ITER for it in (0, 20, 40)]
@@ -215,7 +215,7 @@ def test_runs_of_different_lengths_share_the_axes(tmp_path):
     np.testing.assert_allclose(smoothed.get_ydata(), curves.ema(long.steps["loss"], 0.8))
     assert smoothed.get_xdata().tolist() == list(range(100))
     listed = "elapsed_s, grad_norm, loss, lr, mfu, ms, tok_s, tokens, train_loss, val_loss"
-    with pytest.raises(curves.PlotError,
+    with pytest.raises(run_metrics.PlotError,
                        match=f"^no run has a value for y=vall_loss; the metrics in these runs are: {listed}$"):
         curves.draw_runs([short, long], y="vall_loss")
 
@@ -277,7 +277,7 @@ def test_each_picture_the_options_draw_gets_its_own_default_name():
 def test_evaluations_are_points_and_the_step_line_is_smoothed_past_50_rows(tmp_path):
     pytest.importorskip("matplotlib")
     # the CPU recipe's shape: 300 steps logged every 10 (30 rows), evaluated at the start and the end
-    r = curves.read_run(a_run(tmp_path / "short", 300, log_interval=10, eval_interval=300))
+    r = run_metrics.read_run(a_run(tmp_path / "short", 300, log_interval=10, eval_interval=300))
     lines = lines_by_label(curves.draw_run(r).axes[0])
     val = lines["val loss (eval)"]
     assert val.get_xdata().tolist() == [0, 300] and val.get_linestyle() == "None" and val.get_marker() == "o"
@@ -286,7 +286,7 @@ def test_evaluations_are_points_and_the_step_line_is_smoothed_past_50_rows(tmp_p
     ax = curves.draw_runs([r], y="val_loss").axes[0]
     assert lines_by_label(ax)[r.name].get_linestyle() == "None"
     # evaluations dense enough to be a curve are joined; 51 rows get the smoothed line, an average over ~2%
-    r = curves.read_run(a_run(tmp_path / "dense", 510, log_interval=10, eval_interval=50))
+    r = run_metrics.read_run(a_run(tmp_path / "dense", 510, log_interval=10, eval_interval=50))
     lines = lines_by_label(curves.draw_run(r).axes[0])
     assert len(lines["val loss (eval)"].get_xdata()) == 12 and lines["val loss (eval)"].get_linestyle() == "-"
     np.testing.assert_allclose(lines["train loss (EMA 0.02)"].get_ydata(), curves.ema(r.steps["loss"], 1 - 50 / 51))
@@ -295,7 +295,7 @@ def test_evaluations_are_points_and_the_step_line_is_smoothed_past_50_rows(tmp_p
 def test_log_axes_label_their_ticks_as_plain_numbers(tmp_path):
     pytest.importorskip("matplotlib")
     # a loss from 4.3 to 1.9: within one decade, where matplotlib's default labels read 2x10^0, 3x10^0
-    r = curves.read_run(a_run(tmp_path / "run", 240, eval_interval=20, loss=lambda it: 4.2 - it / 100))
+    r = run_metrics.read_run(a_run(tmp_path / "run", 240, eval_interval=20, loss=lambda it: 4.2 - it / 100))
     fig = curves.draw_runs([r], x="tokens", y="loss", logx=True, logy=True)
     fig.canvas.draw()
     ax = fig.axes[0]

@@ -67,7 +67,7 @@ def prepare_bpe(args, docs, files, vocab_size, val_fraction, out, tok=None):
     text is split first, at a character, so that the tokenizer never sees the val text it is measured on."""
     import time
 
-    from gptkit.dataprep import text_pieces
+    from gptkit.documents import text_pieces
     from gptkit.tokenizer import train_bpe
     total = sum(map(len, docs))
     cut = dataprep.split_point(total, val_fraction, args["input"], unit="characters")

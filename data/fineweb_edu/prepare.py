@@ -25,11 +25,11 @@ from gptkit import errors
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
 
-from gptkit import dataprep
+from gptkit import documents
 
 
 def main(argv):
-    dataprep.prepare_documents(argv, __doc__, "fineweb_edu", dataset="HuggingFaceFW/fineweb-edu", config="sample-10BT")
+    documents.prepare_documents(argv, __doc__, "fineweb_edu", dataset="HuggingFaceFW/fineweb-edu", config="sample-10BT")
 
 
 if __name__ == "__main__":

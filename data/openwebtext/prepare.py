@@ -30,11 +30,11 @@ from gptkit import errors
 if __name__ == "__main__":  # first: Ctrl-C while the rest loads ends in one line and status 130
     errors.install(interrupted="interrupted; run the same command again to continue from its last batch")
 
-from gptkit import dataprep
+from gptkit import documents
 
 
 def main(argv):
-    dataprep.prepare_documents(argv, __doc__, "openwebtext", dataset="openwebtext")
+    documents.prepare_documents(argv, __doc__, "openwebtext", dataset="openwebtext")
 
 
 if __name__ == "__main__":
