@@ -29,7 +29,7 @@ class DataSource(Protocol):
     counted: str | None          # what the loss counts where targets are masked ("answer tokens"); None: every one
     schedule: str                # how training rows are chosen, for the log, where not nanoGPT's random windows
     chat_template: dict | None   # its conversations' template (dataset.json): every checkpoint keeps it for chat.py
-    prompt_format: arithmetic.ProblemFormat | None  # how its problems are written, which a prompt must follow
+    prompt_format: object | None  # how its problems are written (arithmetic.ProblemFormat), which a prompt must follow
 
     # its batches
     def train_batch(self, iteration, micro_step):
