@@ -58,7 +58,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from gptkit import checkpoint, fileio, hf, loading, lora  # noqa: E402
+from gptkit import checkpoint, fileio, hf, hf_models, loading, lora  # noqa: E402
 from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
@@ -75,7 +75,7 @@ if cfg.format == "gguf":
                         "for the merged model as one GGUF file)", status=USAGE)
     # -------------------------------------------------------------------------
     # GGUF: one file, written atomically; an existing file only with --overwrite, and only one export wrote
-    from gptkit import gguf_export
+    from gptkit import gguf_export, gguf_vocab
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -95,22 +95,34 @@ if cfg.format == "gguf":
     ckpt = checkpoint.load(path)
     model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
     gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
-    meta, _ = loading.find_meta(ckpt, cfg.out_dir)
+    meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
     loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
     if meta and "stoi" in meta:
         raise UserError(f"{path} is a character-level model, and llama.cpp has no tokenizer for a character "
                         f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
-    if meta and meta.get("tokenizer"):  # the GGUF file would carry GPT-2's tokenizer, whose ids mean other text
-        raise UserError(f"{path} was trained on a tokenizer trained for its data, and the GGUF export writes GPT-2's "
-                        f"BPE only; export it with --format=hf (its tokenizer.json goes along) instead")
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
-                        "--skip_tokenizer, or pass --tokenizer_dir with GPT-2's vocab.json and merges.txt", status=USAGE)
+                        "--skip_tokenizer", status=USAGE)
+    template = None  # a chat fine-tune's conversation format, for llama.cpp's chat
+    if ckpt.get("chat_template") is not None and not (meta and meta.get("hf")):
+        template = Transcript.from_dict(ckpt["chat_template"], path).jinja()
+    if meta and meta.get("tokenizer"):  # a tokenizer trained for the data, or the Hugging Face model's own
+        if cfg.tokenizer_dir:
+            raise UserError(f"--tokenizer_dir gives GPT-2's tokenizer files, and {path} was trained on its own "
+                            f"tokenizer.json, which the GGUF file carries; drop --tokenizer_dir", status=USAGE)
+        tok = load_tokenizer(meta, meta_dir)
+        # a Hugging Face model keeps every row its release has (llama.cpp's converter names the unused ones
+        # [PAD<id>]); a trained tokenizer's run drops the rows padding its vocabulary, which no token maps to
+        rows = model.config.vocab_size if meta.get("hf") else tok.vocab_size
+        vocab = gguf_vocab.of_tokenizer(tok, rows, os.path.join(meta_dir, meta["tokenizer"]), template)
+    else:
+        vocab = gguf_vocab.gpt2(cfg.tokenizer_dir or None)
+        vocab.chat_template = template
     if not os.path.isdir(os.path.dirname(gguf_file)):  # a mistyped path is said, not made into folders
         raise UserError(f"gguf_file={gguf_file}: the folder {os.path.dirname(gguf_file)} does not exist; create it "
                         f"first or choose another --gguf_file", status=USAGE)
     iteration = int(ckpt.get("iter_num", 0))
-    arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, cfg.tokenizer_dir or None,
+    arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, vocab,
                                   name=os.path.basename(run_dir), source=f"{os.path.abspath(path)} (iteration {iteration})")
     size = os.path.getsize(gguf_file)
     print(f"exported {path} (iteration {iteration}, {model.get_num_params(non_embedding=False) / 1e6:.2f}M "
@@ -200,7 +212,9 @@ if tokenizer is not None and ckpt.get("chat_template") is not None and not model
 # -----------------------------------------------------------------------------
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
-hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT) if adapter is None else None
+# a run started from a MistralForCausalLM goes back as one (a Llama export would compute the same)
+hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT,
+                              family=hf_models.family_of_run(ckpt)) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there).
 # Half the context (256 tokens at most, a pipeline's own default) leaves the other half for the prompt. A

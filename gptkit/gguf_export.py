@@ -1,22 +1,22 @@
 """
-GGUF files for llama.cpp: a model's weights under llama.cpp's tensor names, its hyperparameters and
-GPT-2's BPE tokenizer in one file, as f32, f16 or Q8_0 (blocks of 32 int8 weights with one fp16 scale).
+GGUF files for llama.cpp: a model's weights under llama.cpp's tensor names, its hyperparameters and its
+tokenizer (gguf_vocab) in one file, as f32, f16 or Q8_0 (blocks of 32 int8 weights with one fp16 scale).
 
-The architecture is the one that computes what the model computes (hf.export_architecture's choice):
-llama.cpp's gpt2 for GPT-2's network, llama for pos_emb=rope + norm=rmsnorm + mlp=swiglu, qwen3 for that
-with qk_norm. llama.cpp's gpt2 computes GELU in its tanh form, the form GPT-2's own weights were trained
+The architecture is the one that computes what the model computes (hf.export_architecture's choice), under
+the names and keys llama.cpp's convert_hf_to_gguf.py writes: llama.cpp's gpt2 for GPT-2's network, llama for
+pos_emb=rope + norm=rmsnorm + mlp=swiglu (Llama, SmolLM, Mistral; Llama 3's rope scaling as its rope_freqs
+tensor), qwen2 for that with biases on q, k and v, qwen3 for that with qk_norm. llama.cpp's gpt2 computes GELU in its tanh form, the form GPT-2's own weights were trained
 with; a model trained with the exact GELU (nanoGPT's default) differs by < 1e-3 per activation there.
 """
 
-import json
 import os
 
 import numpy as np
 import torch
 
-from gptkit import fileio, hf
+from gptkit import fileio, gguf_vocab, hf
 from gptkit.errors import USAGE, UserError
-from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB
+from model import llama3_scaled
 
 TYPES = ("f32", "f16", "q8_0")
 # a key in every file export.py writes: the checkpoint it was made from, and that --overwrite may replace it
@@ -24,29 +24,13 @@ MARKER = "export.checkpoint"
 
 
 def architecture(config):
-    """'gpt2', 'llama' or 'qwen3', or a sentence naming the option llama.cpp cannot compute."""
+    """'gpt2', 'llama', 'qwen2' or 'qwen3', or a sentence naming the option llama.cpp cannot compute."""
     arch = hf.export_architecture(config, target="llama.cpp architecture")
     if arch == "gpt2" and config.mlp != "gelu":
         raise UserError(f"mlp={config.mlp} cannot be exported as GGUF: llama.cpp's GPT-2 computes a GELU MLP, so no "
                         f"llama.cpp architecture computes this model (export it with --format=hf instead)",
                         status=USAGE)
     return arch
-
-
-def bpe_vocabulary(tokenizer_dir=None):
-    """(tokens by id, merges) of GPT-2's BPE, in the byte-level spelling llama.cpp's gpt2 tokenizer reads."""
-    files = hf.gpt2_bpe_files(tokenizer_dir)
-    vocab = json.loads(files["vocab.json"])
-    tokens = [None] * len(vocab)
-    for token, i in vocab.items():
-        tokens[i] = token
-    if len(tokens) != GPT2_VOCAB or None in tokens:
-        raise UserError(f"the tokenizer files in {tokenizer_dir or 'the tiktoken cache'} are not GPT-2's ({len(vocab)} "
-                        f"tokens, not {GPT2_VOCAB}); use GPT-2's vocab.json and merges.txt")
-    # merges.txt: a '#version' line, then one 'a b' pair per line in rank order (pairs may begin with '#')
-    lines = files["merges.txt"].decode("utf-8").split("\n")
-    merges = [line for line in lines[1 if lines[0].startswith("#version") else 0:] if line]
-    return tokens, merges
 
 
 def rotary_to_interleaved(w, n_head):
@@ -80,7 +64,7 @@ def gguf_tensors(model, vocab_size):
                 out[f"{b}{theirs}.weight"] = sd[f"{p}{ours}.weight"]
                 out[f"{b}{theirs}.bias"] = sd.get(f"{p}{ours}.bias", zero(n))
     else:
-        kv = c.kv_heads * c.head_size
+        q_rows, kv = c.n_head * c.head_size, c.kv_heads * c.head_size
         for i in range(L):
             p, b = f"transformer.h.{i}.", f"blk.{i}."
             out[f"{b}attn_norm.weight"] = sd[f"{p}ln_1.weight"]
@@ -88,28 +72,39 @@ def gguf_tensors(model, vocab_size):
             if c.qk_norm:
                 out[f"{b}attn_q_norm.weight"] = sd[f"{p}attn.q_norm.weight"]
                 out[f"{b}attn_k_norm.weight"] = sd[f"{p}attn.k_norm.weight"]
-            for kind in ("weight", "bias") if c.bias else ("weight",):
-                q, k, v = sd[f"{p}attn.c_attn.{kind}"].split([C, kv, kv])
-                if arch == "llama":  # qwen3 rotates halves as this model does; llama adjacent pairs
+            for kind in ("weight", "bias") if c.bias or c.qkv_bias else ("weight",):
+                q, k, v = sd[f"{p}attn.c_attn.{kind}"].split([q_rows, kv, kv])
+                if arch == "llama":  # qwen2 and qwen3 rotate halves as this model does; llama adjacent pairs
                     q, k = rotary_to_interleaved(q, c.n_head), rotary_to_interleaved(k, c.kv_heads)
+                out.update({f"{b}attn_q.{kind}": q, f"{b}attn_k.{kind}": k, f"{b}attn_v.{kind}": v})
+                if kind == "bias" and not c.bias:
+                    continue  # qwen2: biases on q, k and v alone
                 gate, up = sd[f"{p}mlp.c_fc.{kind}"].chunk(2)
-                out.update({f"{b}attn_q.{kind}": q, f"{b}attn_k.{kind}": k, f"{b}attn_v.{kind}": v,
-                            f"{b}attn_output.{kind}": sd[f"{p}attn.c_proj.{kind}"],
+                out.update({f"{b}attn_output.{kind}": sd[f"{p}attn.c_proj.{kind}"],
                             f"{b}ffn_gate.{kind}": gate, f"{b}ffn_up.{kind}": up,
                             f"{b}ffn_down.{kind}": sd[f"{p}mlp.c_proj.{kind}"]})
+        if c.rope_scaling:  # llama.cpp divides each rotary frequency by its entry here (Llama 3's scaling)
+            inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_size, 2).float() / c.head_size))
+            out["rope_freqs.weight"] = inv_freq / llama3_scaled(inv_freq, *c.rope_scaling)
     return arch, {k: v.contiguous().numpy() for k, v in out.items()}
 
 
-def write_gguf(model, path, gguf_type, tokenizer_dir=None, name="gptkit", source=""):
-    """Write model as a GGUF file at path (atomically): llama.cpp's architecture for it, GPT-2's BPE
-    tokenizer, weights as gguf_type (f32; f16; q8_0 for every matrix whose rows are whole 32-weight
-    blocks, f16 for the others). Vectors (norms, biases) stay f32, as llama.cpp's converter keeps them."""
+def write_gguf(model, path, gguf_type, vocab=None, name="gptkit", source="", tokenizer_dir=None):
+    """Write model as a GGUF file at path (atomically): llama.cpp's architecture for it, the tokenizer
+    `vocab` (a gguf_vocab.Vocabulary; None: GPT-2's BPE, from tokenizer_dir's files if given), weights as
+    gguf_type (f32; f16; q8_0 for every matrix whose rows are whole 32-weight blocks, f16 for the others).
+    The embedding and head keep a row per token of vocab (rows padding the vocabulary further are never
+    produced). Vectors (norms, biases, rope factors) stay f32, as llama.cpp's converter keeps them."""
     import gguf
     if gguf_type not in TYPES:
         raise UserError(f"gguf_type={gguf_type!r} is not one of {', '.join(TYPES)}", status=USAGE)
     c = model.config
-    tokens, merges = bpe_vocabulary(tokenizer_dir)
-    arch, tensors = gguf_tensors(model, GPT2_VOCAB)  # the rows padding 50257 up to 50304 are never produced
+    vocab = vocab or gguf_vocab.gpt2(tokenizer_dir)
+    n_vocab = len(vocab.tokens)
+    if n_vocab > c.vocab_size:
+        raise UserError(f"the tokenizer has {n_vocab} tokens and the model {c.vocab_size} embedding rows: they do not "
+                        f"belong together")
+    arch, tensors = gguf_tensors(model, n_vocab)
     with fileio.atomic_path(path) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(name)
@@ -128,18 +123,10 @@ def write_gguf(model, path, gguf_type, tokenizer_dir=None, name="gptkit", source
             w.add_rope_dimension_count(c.head_size)
             w.add_key_length(c.head_size)
             w.add_value_length(c.head_size)
-            w.add_vocab_size(GPT2_VOCAB)
+            w.add_vocab_size(n_vocab)
         w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")
-        w.add_token_list(tokens)
-        w.add_token_types([gguf.TokenType.CONTROL if i == GPT2_EOT else gguf.TokenType.NORMAL
-                           for i in range(len(tokens))])
-        w.add_token_merges(merges)
-        w.add_bos_token_id(GPT2_EOT)
-        w.add_eos_token_id(GPT2_EOT)
-        w.add_add_bos_token(False)  # GPT-2 reads a prompt as it is
+        vocab.write(w)
         for tensor_name, data in tensors.items():
             if data.ndim == 1 or gguf_type == "f32":
                 w.add_tensor(tensor_name, data)

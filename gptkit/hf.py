@@ -227,12 +227,15 @@ def export_architecture(config, target="transformers class"):
     return "qwen3" if c.qk_norm else "qwen2" if c.qkv_bias else "llama"
 
 
-def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
+def to_transformers(model, vocab_size=None, eot=GPT2_EOT, family=None):
     """A transformers model holding the model's weights and computing the same function: the
     architecture export_architecture picks, the vocabulary cropped to vocab_size, `eot` (the
-    tokenizer's end of text) as its BOS and EOS."""
+    tokenizer's end of text) as its BOS and EOS. family="mistral": a model that came from a
+    MistralForCausalLM goes back as one (it computes what the Llama export computes)."""
     vocab_size = vocab_size or model.config.vocab_size
     arch = export_architecture(model.config)
+    if family == "mistral" and arch == "llama" and not model.config.bias:
+        arch = "mistral"
     if arch == "gpt2":
         from transformers import GPT2LMHeadModel
         hf = GPT2LMHeadModel(gpt2_config_for(model, vocab_size, eot))
@@ -240,8 +243,8 @@ def to_transformers(model, vocab_size=None, eot=GPT2_EOT):
     else:
         import transformers
         cls = dict(qwen3=transformers.Qwen3ForCausalLM, qwen2=transformers.Qwen2ForCausalLM,
-                   llama=transformers.LlamaForCausalLM)[arch]
-        hf = cls(llama_config_for(model, vocab_size, eot))
+                   llama=transformers.LlamaForCausalLM, mistral=transformers.MistralForCausalLM)[arch]
+        hf = cls(llama_config_for(model, vocab_size, eot, mistral=arch == "mistral"))
         sd = llama_state_dict(model, vocab_size)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     # older transformers keep GPT-2's causal mask as an 'attn.bias' buffer; it is not a weight
@@ -298,10 +301,10 @@ def gpt2_config_for(model, vocab_size=None, eot=GPT2_EOT):
     )
 
 
-def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
-    """The transformers LlamaConfig (Qwen3Config with qk_norm, Qwen2Config with qkv_bias) that computes what
-    the model computes."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+def llama_config_for(model, vocab_size=None, eot=GPT2_EOT, mistral=False):
+    """The transformers LlamaConfig (Qwen3Config with qk_norm, Qwen2Config with qkv_bias, MistralConfig if
+    asked) that computes what the model computes."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
     c = model.config
     vocab_size = vocab_size or c.vocab_size
     args = dict(
@@ -317,6 +320,8 @@ def llama_config_for(model, vocab_size=None, eot=GPT2_EOT):
         return Qwen3Config(**args, attention_bias=c.bias)  # its MLP has no biases (export_architecture refuses bias)
     if c.qkv_bias:
         return Qwen2Config(**args)  # biases on q, k, v alone, always
+    if mistral:  # no window: every position sees the whole context, as here (a shorter window became the context)
+        return MistralConfig(**args, sliding_window=None)
     return LlamaConfig(**args, attention_bias=c.bias, mlp_bias=c.bias)
 
 

@@ -223,6 +223,30 @@ def state_dict(files, config, dtype):
     return out
 
 
+def family_of_run(ckpt):
+    """'llama', 'qwen2', 'qwen3', 'mistral' or 'gpt2': the class of the Hugging Face model a run's checkpoint
+    started from (its LoRA base, or its init_from), where that folder, or the hub id's cached config.json, is
+    still there to say; None otherwise. Read without the network."""
+    base = (ckpt.get("lora") or {}).get("base") or {}
+    source = base.get("source") or (ckpt.get("config") or {}).get("init_from")
+    if not isinstance(source, str) or source in ("scratch", "resume") or os.path.isfile(source):
+        return None
+    path = os.path.join(source, "config.json")
+    if not os.path.isdir(source):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            path = try_to_load_from_cache(source, "config.json")
+        except Exception:  # not a repository id, or no huggingface_hub: nothing to say
+            return None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return architecture(json.load(f), source)
+    except (OSError, ValueError, UserError, AttributeError):
+        return None
+
+
 def tokenizer_sha256(name_or_path):
     """sha256 of a model's tokenizer.json, what data prepared in it records; None for GPT-2 (whose data is in
     tiktoken's GPT-2 BPE), "" when the folder has none."""

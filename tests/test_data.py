@@ -166,10 +166,11 @@ def test_a_run_carries_its_trained_tokenizer_to_sample_and_the_transformers_pipe
         assert gen(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"] == expected
         text = "<|im_start|>user\nnaïve café<|im_end|>\n" + CORPUS.read_text(encoding="utf-8")[:500]
         assert gen.tokenizer(text)["input_ids"] == tok.encode(text)
-        # llama.cpp's file would carry GPT-2's tokenizer: refused, not written
-        p = run("export.py", f"--out_dir={bpe_run}", "--format=gguf", f"--gguf_file={tmp_path / 'm.gguf'}", check=False)
-        assert_clean_error(p, words=["trained on a tokenizer trained for its data", "--format=hf"])
-        assert not (tmp_path / "m.gguf").exists()
+        # llama.cpp's file carries the run's own tokenizer, token for token
+        gguf = pytest.importorskip("gguf")
+        run("export.py", f"--out_dir={bpe_run}", "--format=gguf", f"--gguf_file={tmp_path / 'm.gguf'}")
+        tokens = gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.tokens"].contents()
+        assert tokens == [tok.tok.id_to_token(i) for i in range(tok.vocab_size)]
     finally:
         shutil.move(tmp_path / "moved", bpe_data / "tokenizer.json")
     # the same corpus prepared again with another tokenizer of the same size: the run's ids would mean other text

@@ -1,6 +1,8 @@
-"""GGUF export for llama.cpp: the file read back with gguf's own reader, and run by llama.cpp itself
-(llama-cpp-python, where installed) against this project's model: the same tokens from the same text,
-the same logits for every architecture it takes, the same greedy text as sample.py."""
+"""GGUF export for llama.cpp: the file read back with gguf's own reader (Llama, Qwen2, Qwen3 and Mistral
+folders against their own files and tokenizer.json, as llama.cpp's converter writes them; runs on GPT-2's
+BPE or a trained tokenizer), and run by llama.cpp itself (llama-cpp-python, where installed) against this
+project's model: the same tokens from the same text, the same logits for every architecture it takes, the
+same greedy text as sample.py."""
 
 import pickle
 import runpy
@@ -20,7 +22,8 @@ gguf = pytest.importorskip("gguf")
 ARCHS = {  # a model of each shape llama.cpp takes, with the options each allows
     "gpt2": dict(gelu_approximate="tanh"),
     "llama": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, tie_embeddings=False, bias=True,
-                  rope_theta=500.0),
+                  rope_theta=500.0, rope_scale=8.0, rope_scale_context=16),  # Llama 3's scaling: rope_freqs
+    "qwen2": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, qkv_bias=True, bias=False),
     "qwen3": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, norm_eps=1e-6),
 }
 
@@ -189,3 +192,166 @@ def test_export_replaces_an_earlier_gguf_export_only_with_overwrite(trained_run,
     with pytest.raises(UserError, match="already exists"):
         export(f"--out_dir={trained_run}", "--format=gguf", "--gguf_type=q8_0")
     assert exported["q8_0"].read_bytes() == before
+
+
+# -----------------------------------------------------------------------------
+# Llama, Qwen2, Qwen3 and Mistral folders (test_hf_models' tiny random models and tokenizers), and runs on a
+# tokenizer trained for their data: each file checked against the source files themselves, not this project's
+# model, and against what llama.cpp's convert_hf_to_gguf.py writes for the same folder
+
+FAMILY_ARCH = {"llama-tied-rope-scaled": "llama", "llama-untied": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+               "mistral": "llama"}
+
+
+def converter_permute(w, n_head):
+    """The converter's reordering of a llama query or key projection: within each head, the two halves'
+    rows interleaved (llama.cpp's llama rotates adjacent pairs, transformers' Llama the halves)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(rope, dim):
+    """The converter's rope_freqs for Llama 3's scaling, written here wavelength by wavelength."""
+    import math
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high, context = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * base ** (i / dim)
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def read_tensors(reader):
+    """{name: float32 array in the source's (rows, columns) shape} of a GGUF file's f32 tensors."""
+    return {t.name: np.asarray(t.data).reshape(tuple(reversed([int(n) for n in t.shape]))) for t in reader.tensors}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """test_hf_models' folders (one tiny random model of each class with its tokenizer), made once here."""
+    import test_hf_models
+    return test_hf_models.folders.__wrapped__(tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", list(FAMILY_ARCH))
+def test_a_hugging_face_model_exports_as_the_converter_would_write_it(folders, name, tmp_path):
+    import json
+
+    from safetensors.numpy import load_file
+
+    from gptkit import gguf_vocab, hf_tokenizer
+    from gptkit.gguf_export import write_gguf
+    folder = folders[name]
+    model, _ = loading.load_pretrained(str(folder))
+    tok = hf_tokenizer.load(str(folder))
+    vocab = gguf_vocab.of_tokenizer(tok, model.config.vocab_size, str(folder))
+    assert write_gguf(model, tmp_path / "m.gguf", "f32", vocab) == FAMILY_ARCH[name]
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    arch = FAMILY_ARCH[name]
+    c = json.loads((folder / "config.json").read_text())
+    hs = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    rope = c.get("rope_parameters") or {"rope_theta": c.get("rope_theta", 10000.0), **(c.get("rope_scaling") or {})}
+    assert field(r, "general.architecture") == arch
+    expected = {"context_length": c["max_position_embeddings"], "embedding_length": c["hidden_size"],
+                "block_count": c["num_hidden_layers"], "feed_forward_length": c["intermediate_size"],
+                "attention.head_count": c["num_attention_heads"], "attention.head_count_kv": c["num_key_value_heads"],
+                "attention.key_length": hs, "attention.value_length": hs, "rope.dimension_count": hs}
+    assert {k: field(r, f"{arch}.{k}") for k in expected} == expected
+    assert field(r, f"{arch}.rope.freq_base") == pytest.approx(rope["rope_theta"])
+    assert field(r, f"{arch}.attention.layer_norm_rms_epsilon") == pytest.approx(c["rms_norm_eps"])
+
+    # the weights: transformers' own files, renamed; q and k permuted for llama alone
+    theirs = load_file(str(folder / "model.safetensors"))
+    ours = read_tensors(r)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    want = {"token_embd.weight": theirs["model.embed_tokens.weight"], "output_norm.weight": theirs["model.norm.weight"]}
+    if not c["tie_word_embeddings"]:
+        want["output.weight"] = theirs["lm_head.weight"]
+    for key, w in theirs.items():
+        if key.startswith("model.layers."):
+            _, _, i, rest = key.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+                w = converter_permute(w, c["num_attention_heads"] if "q_proj" in module else c["num_key_value_heads"])
+            want[f"blk.{i}.{names[module]}.{kind}"] = w
+    if rope.get("rope_type") == "llama3":
+        want["rope_freqs.weight"] = llama3_rope_factors(rope, hs)
+    assert ours.keys() == want.keys()
+    for key in want:
+        if key == "rope_freqs.weight":  # computed in float32 both ways, in another order
+            assert np.allclose(ours[key], want[key], rtol=1e-5), key
+        else:
+            assert np.array_equal(ours[key], want[key]), key
+    if name == "qwen2":
+        assert "blk.0.attn_q.bias" in ours and "blk.0.attn_output.bias" not in ours
+
+    # the tokenizer: tokenizer.json's tokens, types, merges; tokenizer_config.json's BOS and EOS
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    by_id = {i: t for t, i in spec["model"]["vocab"].items()} | {a["id"]: a["content"] for a in spec["added_tokens"]}
+    tokens = field(r, "tokenizer.ggml.tokens")
+    assert tokens == [by_id.get(i, f"[PAD{i}]") for i in range(c["vocab_size"])]
+    types = field(r, "tokenizer.ggml.token_type")
+    special = {a["id"] for a in spec["added_tokens"] if a["special"]}
+    assert types == [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL if i in by_id
+                     else gguf.TokenType.UNUSED for i in range(c["vocab_size"])]
+    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    assert field(r, "tokenizer.ggml.model") == "gpt2"
+    assert field(r, "tokenizer.ggml.pre") == ("qwen2" if arch.startswith("qwen") else "llama-bpe")
+    ids = {t: i for i, t in by_id.items()}
+    assert field(r, "tokenizer.ggml.eos_token_id") == ids[tc["eos_token"]]
+    assert field(r, "tokenizer.ggml.bos_token_id") == ids[tc["bos_token"] or "<|endoftext|>"]
+    assert field(r, "tokenizer.ggml.add_bos_token") == (tc["bos_token"] is not None)  # Llama 3's post-processor
+    assert field(r, "tokenizer.chat_template") == (folder / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def test_a_pre_tokenizer_llama_cpp_does_not_know_is_refused(folders):
+    import json
+
+    from gptkit import gguf_vocab
+    text = (folders["qwen2"] / "tokenizer.json").read_text(encoding="utf-8")
+    spec = json.loads(text)
+    spec["pre_tokenizer"] = {"type": "Whitespace"}
+    with pytest.raises(UserError, match="not one llama.cpp knows by name.*--format=hf"):
+        gguf_vocab.from_tokenizer_json(json.dumps(spec), 400, "tokenizer.json")
+    with pytest.raises(UserError, match="320 tokens and the model 100 embedding rows"):
+        gguf_vocab.from_tokenizer_json(text, 100, "tokenizer.json")
+
+
+def test_a_run_on_a_trained_tokenizer_exports_its_own_vocabulary(tmp_path):
+    """The trained tokenizer's tokens, merges and special tokens go into the file; export.py reads the
+    tokenizer.json the run keeps."""
+    import json
+
+    from conftest import CORPUS
+    from gptkit.tokenizer import SPECIAL_TOKENS, train_bpe
+    tok = train_bpe([CORPUS.read_text(encoding="utf-8")[:20000]], 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=1, n_head=2, n_embd=32, pos_emb="rope",
+                          norm="rmsnorm", mlp="swiglu", bias=False))
+    run = save_run(tmp_path / "run", model)
+    (run / "tokenizer.json").write_text(tok.json, encoding="utf-8")
+    with open(run / "meta.pkl", "wb") as f:
+        pickle.dump(tok.meta(), f)
+    export(f"--out_dir={run}", "--format=gguf", "--gguf_type=f32")
+    r = gguf.GGUFReader(run / "model-f32.gguf")
+    spec = json.loads(tok.json)
+    assert field(r, "tokenizer.ggml.tokens") == [tok.tok.id_to_token(i) for i in range(300)]
+    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    assert field(r, "tokenizer.ggml.token_type")[:4] == [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL]
+    assert field(r, "tokenizer.ggml.pre") == "llama-bpe"  # GPT-4's split, which llama.cpp runs as Llama 3's
+    assert field(r, "tokenizer.ggml.eos_token_id") == field(r, "tokenizer.ggml.bos_token_id") == tok.eot == 0
+    assert not field(r, "tokenizer.ggml.add_bos_token")
+    assert tok.tok.id_to_token(tok.eot) == SPECIAL_TOKENS[0]
+    assert np.array_equal(read_tensors(r)["token_embd.weight"], model.transformer.wte.weight.detach().numpy())
+    with pytest.raises(UserError, match="drop --tokenizer_dir"):
+        export(f"--out_dir={run}", "--format=gguf", "--gguf_file=" + str(tmp_path / "x.gguf"), f"--tokenizer_dir={run}")

@@ -306,12 +306,14 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-@pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3", "mistral"])
 def test_export_round_trip_gives_the_original_tensors(folders, name):
-    """Loaded, then written back as transformers' class of the same name: every tensor is the original's."""
+    """Loaded, then written back as transformers' class of the same name (export.py learns a Mistral from the
+    folder the run started from): every tensor is the original's."""
     from gptkit import hf as hf_io
+    from gptkit import hf_models
     model, _ = loading.load_pretrained(str(folders[name]))
-    back = hf_io.to_transformers(model)
+    back = hf_io.to_transformers(model, family=hf_models.family_of_run({"config": {"init_from": str(folders[name])}}))
     original = reference(folders[name])
     assert type(back) is type(original)
     theirs, ours = original.state_dict(), back.state_dict()
