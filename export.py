@@ -58,7 +58,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from gptkit import checkpoint, fileio, hf, hf_models, loading, lora  # noqa: E402
+from gptkit import checkpoint, fileio, hf, hf_models, hf_tokenizer, loading, lora  # noqa: E402
 from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
@@ -200,7 +200,6 @@ model = lora.merge(model)
 
 tokenizer = None
 if model_tokenizer and not cfg.skip_tokenizer:  # with its special tokens and chat template
-    from gptkit import hf_tokenizer
     tokenizer = hf_tokenizer.to_transformers(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
 elif trained and not cfg.skip_tokenizer:
     tokenizer = hf.fast_tokenizer(load_tokenizer(meta, meta_dir), model_max_length=model.config.block_size)
@@ -237,6 +236,7 @@ try:
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp, save_jinja_files=False)  # a chat template in tokenizer_config.json, where
                                                                 # every version of transformers reads it
+        hf_tokenizer.portable_config(tmp)  # which transformers 4.x loads too
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
     files = sorted(os.listdir(tmp) + [MARKER])

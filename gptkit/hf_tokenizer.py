@@ -99,6 +99,23 @@ def to_transformers(tok, model_max_length):
                                    clean_up_tokenization_spaces=False, model_max_length=model_max_length, **tok.special)
 
 
+def portable_config(folder):
+    """Rewrite the tokenizer_config.json transformers 5 saved in folder so that transformers 4.x loads it
+    too, as it loads the same tokenizer.json: 4.x has no class TokenizersBackend (5's name for what both call
+    PreTrainedTokenizerFast) and reads extra_special_tokens as a mapping, so the list 5 writes there goes to
+    additional_special_tokens, which 5 reads as well."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    config = _read_json(path, "tokenizer_config")
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        config["additional_special_tokens"] = extra
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+
+
 def load(name_or_path):
     """The tokenizer of a Hugging Face folder or hub id; a sentence saying what still works when the
     folder has weights but no tokenizer.json."""

@@ -343,3 +343,34 @@ def test_a_tokenizer_folder_numbering_tokens_unlike_gpt2_is_refused_with_the_fir
     smaller = {t: i for t, i in vocab.items() if i < 1000}
     with pytest.raises(UserError, match="numbers 1,000 tokens .*GPT-2's 50,257"):
         given(smaller)
+
+
+def test_a_trained_tokenizers_exported_config_loads_in_transformers_4_and_5(tmp_path):
+    """transformers 5 saves tokenizer_config.json with a class 4.x lacks and special tokens in a shape 4.x
+    cannot read; the exported file names PreTrainedTokenizerFast and additional_special_tokens, which both
+    read. Loaded here in the installed transformers (5) and, where GPT_TEST_TRANSFORMERS4 names a folder
+    holding transformers 4.x and its tokenizers (pip install --target), in that one as a separate process."""
+    from gptkit import hf_tokenizer
+    from gptkit.tokenizer import SPECIAL_TOKENS, train_bpe
+    tok = train_bpe([CORPUS.read_text(encoding="utf-8")[:20000]], 300)
+    hf_io.fast_tokenizer(tok, model_max_length=64).save_pretrained(tmp_path)
+    hf_tokenizer.portable_config(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config["additional_special_tokens"] == list(SPECIAL_TOKENS[1:])
+    assert not isinstance(config.get("extra_special_tokens", {}), list)
+    text = "<|im_start|>user\nnaïve  café<|im_end|>\n<|endoftext|>"
+    check = (f"import json, sys, transformers; t = transformers.AutoTokenizer.from_pretrained({str(tmp_path)!r}); "
+             f"ids = t({text!r})['input_ids']; print(json.dumps([ids, t.decode(ids), sorted(t.all_special_tokens)]))")
+    expected = [tok.encode(text), text, sorted(SPECIAL_TOKENS)]
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ids = theirs(text)["input_ids"]
+    assert [ids, theirs.decode(ids), sorted(theirs.all_special_tokens)] == expected
+    old = os.environ.get("GPT_TEST_TRANSFORMERS4")
+    if not old:
+        pytest.skip("set GPT_TEST_TRANSFORMERS4 to a folder holding transformers 4.x (pip install --target DIR "
+                    "'transformers<5' 'tokenizers<0.23' 'huggingface_hub<1' --no-deps) to load the file there too")
+    p = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": old})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.splitlines()[-1]) == expected

@@ -300,6 +300,13 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     assert exported.apply_chat_template(messages, tokenize=False) == theirs.apply_chat_template(messages, tokenize=False)
     assert exported(TEXTS[2])["input_ids"] == theirs(TEXTS[2])["input_ids"]
     assert merged.generation_config.eos_token_id == hf_tokenizer.load(str(folders["qwen3"])).stop_ids
+    # and as one GGUF file for llama.cpp: Qwen3's architecture, the model's tokenizer and template
+    gguf = pytest.importorskip("gguf")
+    export(f"--out_dir={out}", "--format=gguf", "--gguf_type=f32")
+    r = gguf.GGUFReader(out / "model-f32.gguf")
+    assert r.fields["general.architecture"].contents() == "qwen3"
+    assert r.fields["tokenizer.ggml.tokens"].contents() == [theirs.convert_ids_to_tokens(i) for i in range(VOCAB)]
+    assert r.fields["tokenizer.chat_template"].contents() == theirs.chat_template
     p = run("train.py", f"--init_from={folders['llama-untied']}", f"--data_dir={data}", f"--out_dir={tmp_path / 'no'}",
             "--block_size=64", "--device=cpu", "--compile=False", check=False)
     assert_clean_error(p, words=["another model's tokenizer", f"--tokenizer={folders['llama-untied']}"])
