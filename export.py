@@ -7,8 +7,9 @@ GPT-2's BPE vocabulary or a tokenizer trained by a prepare script, the tokenizer
 load it as they load GPT-2 (and `huggingface-cli upload` can publish it). The architecture is the
 one that computes exactly what the checkpoint computes: GPT2LMHeadModel for GPT-2's network (also
 with relu2, an untied head, another MLP width or epsilon), LlamaForCausalLM for pos_emb=rope +
-norm=rmsnorm + mlp=swiglu (grouped-query attention, untied head and biases included), and
-Qwen3ForCausalLM for that with qk_norm. Other combinations are refused with the option named.
+norm=rmsnorm + mlp=swiglu (grouped-query attention, untied head and biases included; MistralForCausalLM
+for a run started from one), Qwen2ForCausalLM for that with qkv_bias, and Qwen3ForCausalLM for that with
+qk_norm. Other combinations are refused with the option named.
 
     python export.py --out_dir=out-shakespeare                     # writes out-shakespeare/hf
     python export.py --out_dir=out-shakespeare --export_dir=my-gpt --ckpt_name=best.pt
@@ -23,7 +24,8 @@ A LoRA run (docs/lora.md) exports as its base with the adapters merged in, like 
     python export.py --out_dir=out-lora --peft=True                  # writes out-lora/peft
 
 --format=gguf writes one GGUF file for llama.cpp instead (llama-cpp-python, ollama, LM Studio): the
-same architectures (llama.cpp's gpt2, llama, qwen3) and GPT-2's tokenizer, weights as f32, f16 or Q8_0:
+same architectures (llama.cpp's gpt2, llama, qwen2, qwen3) with the run's tokenizer (GPT-2's BPE, a
+trained tokenizer's or a Hugging Face model's tokenizer.json), weights as f32, f16 or Q8_0:
 
     python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
 """
