@@ -28,6 +28,7 @@ same architectures (llama.cpp's gpt2, llama, qwen2, qwen3) with the run's tokeni
 trained tokenizer's or a Hugging Face model's tokenizer.json), weights as f32, f16 or Q8_0:
 
     python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
+    python export.py --init_from=Qwen/Qwen2.5-0.5B --format=gguf          # a Hugging Face model as it is
 """
 
 from gptkit import errors
@@ -51,7 +52,10 @@ KEYS = [
     Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp)", choices=("hf", "gguf")),
     Key("gguf_type", "f16", "format=gguf: the weights' type, f32, f16 or q8_0 (8-bit blocks, llama.cpp's fast CPU type)",
         choices=("f32", "f16", "q8_0")),
-    Key("gguf_file", "", "format=gguf: the file to write (default: out_dir/model-<gguf_type>.gguf)"),
+    Key("gguf_file", "", "format=gguf: the file to write (default: out_dir/model-<gguf_type>.gguf; with init_from: "
+        "<model name>-<gguf_type>.gguf in the working directory)"),
+    Key("init_from", "", "format=gguf: a Hugging Face model folder or hub id (GPT-2, Llama, Qwen2, Qwen3, Mistral) "
+        "to write as GGUF instead of the run in out_dir"),
 ]
 cfg = configurator.configure(KEYS)
 
@@ -82,7 +86,9 @@ if cfg.format == "gguf":
         import gguf  # noqa: F401
     except ImportError:
         raise UserError("--format=gguf needs the gguf package; pip install gguf") from None
-    gguf_file = os.path.abspath(cfg.gguf_file or os.path.join(cfg.out_dir, f"model-{cfg.gguf_type}.gguf"))
+    default = (f"{os.path.basename(os.path.normpath(cfg.init_from))}-{cfg.gguf_type}.gguf" if cfg.init_from
+               else os.path.join(cfg.out_dir, f"model-{cfg.gguf_type}.gguf"))
+    gguf_file = os.path.abspath(cfg.gguf_file or default)
     if os.path.isdir(gguf_file):
         raise UserError(f"gguf_file={gguf_file} is a folder; give the path of a file to write, e.g. "
                         f"--gguf_file={os.path.join(gguf_file, 'model.gguf')}")
@@ -93,42 +99,54 @@ if cfg.format == "gguf":
         if not cfg.overwrite:
             raise UserError(f"{gguf_file} already exists; choose another --gguf_file or add --overwrite (which "
                             f"replaces an earlier export, and only that)")
-    path = os.path.join(cfg.out_dir, cfg.ckpt_name)
-    ckpt = checkpoint.load(path)
-    model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
-    gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
-    meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
-    loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
-    if meta and "stoi" in meta:
-        raise UserError(f"{path} is a character-level model, and llama.cpp has no tokenizer for a character "
-                        f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
     if cfg.skip_tokenizer:
         raise UserError("a GGUF file always carries its tokenizer (llama.cpp reads text through it); drop "
                         "--skip_tokenizer", status=USAGE)
-    template = None  # a chat fine-tune's conversation format, for llama.cpp's chat
-    if ckpt.get("chat_template") is not None and not (meta and meta.get("hf")):
-        template = Transcript.from_dict(ckpt["chat_template"], path).jinja()
-    if meta and meta.get("tokenizer"):  # a tokenizer trained for the data, or the Hugging Face model's own
-        if cfg.tokenizer_dir:
-            raise UserError(f"--tokenizer_dir gives GPT-2's tokenizer files, and {path} was trained on its own "
-                            f"tokenizer.json, which the GGUF file carries; drop --tokenizer_dir", status=USAGE)
-        tok = load_tokenizer(meta, meta_dir)
-        # a Hugging Face model keeps every row its release has (llama.cpp's converter names the unused ones
-        # [PAD<id>]); a trained tokenizer's run drops the rows padding its vocabulary, which no token maps to
-        rows = model.config.vocab_size if meta.get("hf") else tok.vocab_size
-        vocab = gguf_vocab.of_tokenizer(tok, rows, os.path.join(meta_dir, meta["tokenizer"]), template)
+    if cfg.init_from:  # a Hugging Face model as it is, with its own tokenizer and chat template
+        loading.refuse_a_run_as_weights(cfg.init_from)
+        model, desc = loading.load_pretrained(cfg.init_from)
+        gguf_export.architecture(model.config)
+        if hf_models.architecture(hf_models.read_config(cfg.init_from), cfg.init_from) == "gpt2":
+            vocab = gguf_vocab.gpt2(cfg.tokenizer_dir or None)
+        else:
+            tok = hf_tokenizer.load(cfg.init_from)
+            vocab = gguf_vocab.of_tokenizer(tok, model.config.vocab_size, f"{cfg.init_from}'s tokenizer.json")
+        what, name, source = desc, os.path.basename(os.path.normpath(cfg.init_from)), desc
     else:
-        vocab = gguf_vocab.gpt2(cfg.tokenizer_dir or None)
-        vocab.chat_template = template
+        path = os.path.join(cfg.out_dir, cfg.ckpt_name)
+        ckpt = checkpoint.load(path)
+        model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
+        gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
+        meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
+        loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
+        if meta and "stoi" in meta:
+            raise UserError(f"{path} is a character-level model, and llama.cpp has no tokenizer for a character "
+                            f"vocabulary; export it with --format=hf (weights plus meta.pkl) instead")
+        template = None  # a chat fine-tune's conversation format, for llama.cpp's chat
+        if ckpt.get("chat_template") is not None and not (meta and meta.get("hf")):
+            template = Transcript.from_dict(ckpt["chat_template"], path).jinja()
+        if meta and meta.get("tokenizer"):  # a tokenizer trained for the data, or the Hugging Face model's own
+            if cfg.tokenizer_dir:
+                raise UserError(f"--tokenizer_dir gives GPT-2's tokenizer files, and {path} was trained on its own "
+                                f"tokenizer.json, which the GGUF file carries; drop --tokenizer_dir", status=USAGE)
+            tok = load_tokenizer(meta, meta_dir)
+            # a Hugging Face model keeps every row its release has (llama.cpp's converter names the unused ones
+            # [PAD<id>]); a trained tokenizer's run drops the rows padding its vocabulary, which no token maps to
+            rows = model.config.vocab_size if meta.get("hf") else tok.vocab_size
+            vocab = gguf_vocab.of_tokenizer(tok, rows, os.path.join(meta_dir, meta["tokenizer"]), template)
+        else:
+            vocab = gguf_vocab.gpt2(cfg.tokenizer_dir or None)
+            vocab.chat_template = template
+        iteration = int(ckpt.get("iter_num", 0))
+        what, name, source = f"{path} (iteration {iteration})", os.path.basename(run_dir), \
+            f"{os.path.abspath(path)} (iteration {iteration})"
     if not os.path.isdir(os.path.dirname(gguf_file)):  # a mistyped path is said, not made into folders
         raise UserError(f"gguf_file={gguf_file}: the folder {os.path.dirname(gguf_file)} does not exist; create it "
                         f"first or choose another --gguf_file", status=USAGE)
-    iteration = int(ckpt.get("iter_num", 0))
-    arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, vocab,
-                                  name=os.path.basename(run_dir), source=f"{os.path.abspath(path)} (iteration {iteration})")
+    arch = gguf_export.write_gguf(model, gguf_file, cfg.gguf_type, vocab, name=name, source=source)
     size = os.path.getsize(gguf_file)
-    print(f"exported {path} (iteration {iteration}, {model.get_num_params(non_embedding=False) / 1e6:.2f}M "
-          f"parameters) as llama.cpp's {arch}, {cfg.gguf_type}, to {gguf_file} ({size / 2**20:.1f} MiB)")
+    print(f"exported {what} ({model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters) as llama.cpp's "
+          f"{arch}, {cfg.gguf_type}, to {gguf_file} ({size / 2**20:.1f} MiB)")
     if model.config.gelu_approximate == "none" and arch == "gpt2":
         print("note: llama.cpp computes GELU in its tanh form; this model was trained with the exact one, "
               "which differs by < 1e-3 per activation", file=sys.stderr)
@@ -136,6 +154,10 @@ if cfg.format == "gguf":
     print(f"try: python -c \"from llama_cpp import Llama; m = Llama('{gguf_file}', n_ctx={model.config.block_size}, "
           f"verbose=False); print(m('Hello', max_tokens={new_tokens}, temperature=0)['choices'][0]['text'])\"")
     sys.exit(0)
+
+if cfg.init_from:
+    raise UserError(f"init_from={cfg.init_from} is already a Hugging Face model; init_from is read with --format=gguf, "
+                    f"and a run is exported to a folder with --out_dir", status=USAGE)
 
 # -----------------------------------------------------------------------------
 # where to write: a new folder, or with --overwrite an earlier export and nothing else

@@ -355,3 +355,19 @@ def test_a_run_on_a_trained_tokenizer_exports_its_own_vocabulary(tmp_path):
     assert np.array_equal(read_tensors(r)["token_embd.weight"], model.transformer.wte.weight.detach().numpy())
     with pytest.raises(UserError, match="drop --tokenizer_dir"):
         export(f"--out_dir={run}", "--format=gguf", "--gguf_file=" + str(tmp_path / "x.gguf"), f"--tokenizer_dir={run}")
+
+
+def test_a_hugging_face_folder_exports_as_it_is(folders, tmp_path, monkeypatch):
+    """export.py --init_from=FOLDER --format=gguf: the folder's model and tokenizer, no run needed; the file
+    goes to the working directory under the folder's name; a run folder given there is answered with --out_dir."""
+    monkeypatch.chdir(tmp_path)
+    export(f"--init_from={folders['qwen2']}", "--format=gguf", "--gguf_type=q8_0")
+    r = gguf.GGUFReader(tmp_path / f"{folders['qwen2'].name}-q8_0.gguf")
+    assert field(r, "general.architecture") == "qwen2" and field(r, "tokenizer.ggml.pre") == "qwen2"
+    assert {t.name: t.tensor_type for t in r.tensors}["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
+    run = save_run(tmp_path / "run", random_model())
+    with pytest.raises(UserError, match="--out_dir"):
+        export(f"--init_from={run}", "--format=gguf")
+    with pytest.raises(UserError, match="already a Hugging Face model"):
+        export(f"--init_from={folders['qwen2']}", f"--export_dir={tmp_path / 'hf'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{folders['qwen2'].name}-q8_0.gguf", "run"]
