@@ -371,3 +371,21 @@ def test_a_hugging_face_folder_exports_as_it_is(folders, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="already a Hugging Face model"):
         export(f"--init_from={folders['qwen2']}", f"--export_dir={tmp_path / 'hf'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{folders['qwen2'].name}-q8_0.gguf", "run"]
+
+
+def test_the_split_a_trained_tokenizer_uses_cuts_text_as_llama3s_which_llama_cpp_runs_for_it():
+    """A trained tokenizer's file is named llama-bpe: llama.cpp then cuts text with Llama 3's pattern, which
+    must give the same pieces as GPT-4's, the one the tokenizer was trained with (tokenizer.SPLIT_PATTERN)."""
+    import random
+
+    regex = pytest.importorskip("regex")
+    from gptkit.gguf_vocab import SPLIT_NAMES
+    from gptkit.tokenizer import SPLIT_PATTERN
+    llama3 = regex.compile(next(p for p, name in SPLIT_NAMES.items() if name == "llama-bpe" and p != SPLIT_PATTERN))
+    ours = regex.compile(SPLIT_PATTERN)
+    rng = random.Random(0)
+    alphabet = "aZé 1\n\r\t.'\"日🙂-_sLLdVE"
+    texts = ["Hello  world!\n\n  tabs\tand   runs   ", "I'LL don't WE'RE 12345 3.14159", "\r\n\r\n  \n x\n\n\ny  "]
+    texts += ["".join(rng.choice(alphabet) for _ in range(40)) for _ in range(3000)]
+    for text in texts:
+        assert llama3.findall(text) == ours.findall(text), repr(text)
