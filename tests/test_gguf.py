@@ -325,6 +325,11 @@ def test_a_pre_tokenizer_llama_cpp_does_not_know_is_refused(folders):
         gguf_vocab.from_tokenizer_json(json.dumps(spec), 400, "tokenizer.json")
     with pytest.raises(UserError, match="320 tokens and the model 100 embedding rows"):
         gguf_vocab.from_tokenizer_json(text, 100, "tokenizer.json")
+    # the shapes of GPT-2's and SmolLM's tokenizer.json, whose patterns live inside their ByteLevel step
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    assert gguf_vocab.pre_tokenizer_name(byte_level, "gpt2") == "gpt-2"
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert gguf_vocab.pre_tokenizer_name(smollm, "smollm") == "smollm"
 
 
 def test_a_run_on_a_trained_tokenizer_exports_its_own_vocabulary(tmp_path):
