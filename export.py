@@ -116,7 +116,8 @@ if cfg.format == "gguf":
         path = os.path.join(cfg.out_dir, cfg.ckpt_name)
         ckpt = checkpoint.load(path)
         model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
-        gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp cannot compute
+        gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp
+                                                # cannot compute
         meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
         loading.check_vocab(model, meta, path, f"{cfg.out_dir} or data/{(ckpt.get('config') or {}).get('dataset')}")
         if meta and "stoi" in meta:

@@ -5,8 +5,9 @@ tokenizer (gguf_vocab) in one file, as f32, f16 or Q8_0 (blocks of 32 int8 weigh
 The architecture is the one that computes what the model computes (hf.export_architecture's choice), under
 the names and keys llama.cpp's convert_hf_to_gguf.py writes: llama.cpp's gpt2 for GPT-2's network, llama for
 pos_emb=rope + norm=rmsnorm + mlp=swiglu (Llama, SmolLM, Mistral; Llama 3's rope scaling as its rope_freqs
-tensor), qwen2 for that with biases on q, k and v, qwen3 for that with qk_norm. llama.cpp's gpt2 computes GELU in its tanh form, the form GPT-2's own weights were trained
-with; a model trained with the exact GELU (nanoGPT's default) differs by < 1e-3 per activation there.
+tensor), qwen2 for that with biases on q, k and v, qwen3 for that with qk_norm. llama.cpp's gpt2 computes
+GELU in its tanh form, the form GPT-2's own weights were trained with; a model trained with the exact GELU
+(nanoGPT's default) differs by < 1e-3 per activation there.
 """
 
 import os

@@ -105,8 +105,8 @@ def from_tokenizer_json(json_text, rows, source, bos=None, eos=None, chat_templa
     model = spec.get("model") or {}
     decoder = spec.get("decoder") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(decoder):
-        raise UserError(f"{source} is not a byte-level BPE (its model is {model.get('type')}), the only kind llama.cpp's "
-                        f"gpt2 tokenizer reads; export it with --format=hf instead")
+        raise UserError(f"{source} is not a byte-level BPE (its model is {model.get('type')}), the only kind "
+                        f"llama.cpp's gpt2 tokenizer reads; export it with --format=hf instead")
     pre = pre_tokenizer_name(spec.get("pre_tokenizer"), source)
     tok = Tokenizer.from_str(json_text)
     vocab = tok.get_vocab(with_added_tokens=True)

@@ -304,7 +304,8 @@ def test_a_hugging_face_model_exports_as_the_converter_would_write_it(folders, n
     special = {a["id"] for a in spec["added_tokens"] if a["special"]}
     assert types == [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL if i in by_id
                      else gguf.TokenType.UNUSED for i in range(c["vocab_size"])]
-    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    merges = spec["model"]["merges"]
+    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in merges]
     assert field(r, "tokenizer.ggml.model") == "gpt2"
     assert field(r, "tokenizer.ggml.pre") == ("qwen2" if arch.startswith("qwen") else "llama-bpe")
     ids = {t: i for i, t in by_id.items()}
@@ -351,7 +352,8 @@ def test_a_run_on_a_trained_tokenizer_exports_its_own_vocabulary(tmp_path):
     r = gguf.GGUFReader(run / "model-f32.gguf")
     spec = json.loads(tok.json)
     assert field(r, "tokenizer.ggml.tokens") == [tok.tok.id_to_token(i) for i in range(300)]
-    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    merges = spec["model"]["merges"]
+    assert field(r, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in merges]
     assert field(r, "tokenizer.ggml.token_type")[:4] == [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL]
     assert field(r, "tokenizer.ggml.pre") == "llama-bpe"  # GPT-4's split, which llama.cpp runs as Llama 3's
     assert field(r, "tokenizer.ggml.eos_token_id") == field(r, "tokenizer.ggml.bos_token_id") == tok.eot == 0
