@@ -29,7 +29,7 @@ def test_a_gpu_sized_config_on_a_cpu_says_what_to_expect_before_its_first_evalua
         p.kill()
         p.wait()
     text = "".join(seen)
-    expect = re.search(r"expect \(from one forward pass of \d+ ms\): each evaluation ~([\d.]+ (s|min|h))", text)
+    expect = re.search(r"the first evaluation takes ~([\d.]+ (s|min|h)) \(\d+ forward passes of [\d,]+ ms\)", text)
     assert expect, text[-2000:]
     assert "config/train_shakespeare_char_cpu.py" in text and "eval 0:" not in text  # said before evaluating
 
