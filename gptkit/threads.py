@@ -115,6 +115,8 @@ class ThreadChooser:
         """A first choice before the loop, from calls of fn (a forward pass) taking turns over the
         candidates: what runs before the first timed unit (a first evaluation) then runs with it.
         Returns the median call's seconds at the count chosen (or fixed)."""
+        if self.auto:  # the warm-up on one thread: cheap on a busy machine, and on an idle one too
+            torch.set_num_threads(1)
         t0 = self.clock()
         fn()  # warm-up: allocation, the first call's one-time costs
         rounds = 1 if self.clock() - t0 > 1 else ROUNDS  # calls of seconds (a big model on a CPU): one each
@@ -146,6 +148,8 @@ class ThreadChooser:
         if self.turns:
             self.times.setdefault(self.count, []).append(seconds)
             self.turns.pop(0)
+            if len(self.turns) % len(self.candidates) == 0 and self._decided():
+                self.turns = []
             if self.turns:
                 torch.set_num_threads(self.turns[0])
             else:
@@ -175,6 +179,12 @@ class ThreadChooser:
         self.turns = order * rounds
         self.times = {}
         torch.set_num_threads(self.turns[0])
+
+    def _decided(self):
+        """After a round: one candidate's slowest unit under half of every other's fastest settles it
+        (a busy machine's 10x shows in one round; an idle machine's few tens of percent take all)."""
+        best = min(self.times, key=lambda c: max(self.times[c]))
+        return all(min(t) > 2 * max(self.times[best]) for c, t in self.times.items() if c != best)
 
     def _decide(self):
         medians = {c: statistics.median(t) for c, t in self.times.items()}
