@@ -275,8 +275,9 @@ def bench_generate():
     if cfg.llama_cpp:
         llm = llama_cpp_model(model, held)
     options = "".join(f", {k}={v}" for k, v in config.options().items())
-    print(f"generation: {rt.why}, {torch.get_num_threads()} threads, {model.get_num_params() / 1e6:.1f}M "
-          f"parameters{options}, prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens"
+    n = torch.get_num_threads()
+    print(f"generation: {rt.why}, {n} thread{'s' * (n != 1)}, {model.get_num_params() / 1e6:.1f}M parameters{options}, "
+          f"prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens"
           + (f"; decode_layout's timed choice here: {layout_choice}-major" if layout_choice else "")
           + (f" (recorded in {recorded} for sample.py, chat.py and serve.py)" if recorded else ""))
 
@@ -530,7 +531,8 @@ def bench_serve():
     engine = Engine(model, Ids(), max_batch=max(cfg.clients), max_queue=max(cfg.clients),
                     autocast=rt.plan.autocast_context)
     params = Params(max_tokens=cfg.new_tokens, temperature=0)
-    print(f"serving: {rt.why}, {torch.get_num_threads()} threads, {model_config().n_layer} layers, n_embd "
+    n = torch.get_num_threads()
+    print(f"serving: {rt.why}, {n} thread{'s' * (n != 1)}, {model_config().n_layer} layers, n_embd "
           f"{model_config().n_embd}{', int8 weights' if cfg.quantize == 'int8' else ''}, prompt {cfg.prompt_len}, "
           f"{cfg.new_tokens} new tokens a request, {cfg.client_requests} request(s) a client")
 

@@ -49,6 +49,8 @@ KEYS = [
     Key("seed", 1337, "random seed; the same seed and input give the same conversation"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
+    Key("threads", 0, "CPU threads: 0 chooses by timing the first tokens at all cores and at fewer (fewer go "
+        "faster while other programs keep the cores busy); N fixes them", min=0),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
         "times faster replies at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
@@ -66,6 +68,7 @@ import torch  # noqa: E402
 from gptkit import conversation, loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.generate import decode_layout, generate_stream  # noqa: E402
+from gptkit.threads import ThreadChooser  # noqa: E402
 from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of input), /help shows this"
@@ -81,6 +84,7 @@ if init_from == "auto":
     init_from = "resume"
 rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
 plan, device = rt.plan, rt.device
+threads = ThreadChooser(cfg.threads, device, unit="token", say=lambda line: print(line, file=sys.stderr))
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device,
@@ -145,8 +149,8 @@ def reply(line):
     decoder, text = StreamDecoder(tok), StopText(stops, line_stop=transcript.line_stop())
     sys.stdout.write(bot)
     with torch.no_grad(), plan.autocast_context():
-        for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                     generator, stop_tokens=stop_tokens):
+        for token in threads.paced(generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                                   cfg.top_p, generator, stop_tokens=stop_tokens)):
             if int(token[0]) in stop_tokens:
                 break
             sys.stdout.write(text.push(decoder.push(token[0])))

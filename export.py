@@ -64,7 +64,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
-from gptkit import checkpoint, fileio, hf, hf_models, hf_tokenizer, loading, lora  # noqa: E402
+from gptkit import checkpoint, fileio, hf, hf_models, hf_tokenizer, loading, lora, quiet  # noqa: E402
 from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.tokenizer import GPT2_EOT, GPT2_VOCAB, load_tokenizer  # noqa: E402
@@ -237,8 +237,9 @@ if tokenizer is not None and ckpt.get("chat_template") is not None and not model
 # write into a temporary sibling folder, then rename it into place: an interrupted export leaves
 # no half-written folder, and an existing one is replaced only after the new one is complete
 # a run started from a MistralForCausalLM goes back as one (a Llama export would compute the same)
-hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT,
-                              family=hf_models.family_of_run(ckpt)) if adapter is None else None
+with quiet.transformers():  # transformers' own progress bars and notes stay out of the output
+    hf_model = hf.to_transformers(model, vocab_size, eot=meta["eot"] if trained else GPT2_EOT,
+                                  family=hf_models.family_of_run(ckpt)) if adapter is None else None
 # transformers' default length (and a pipeline call without max_new_tokens) must stay inside the context:
 # past it GPT-2's position table has no row and generation crashes (and a rotary model never trained there).
 # Half the context (256 tokens at most, a pipeline's own default) leaves the other half for the prompt. A
@@ -254,14 +255,15 @@ if not os.path.isdir(parent):  # a mistyped path is said, not made into a tree o
                     f"--export_dir", status=USAGE)
 tmp = f"{export_dir}.tmp{os.getpid()}"
 try:
-    if adapter is None:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
-    else:
-        hf.save_peft(tmp, *adapter)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp, save_jinja_files=False)  # a chat template in tokenizer_config.json, where
-                                                                # every version of transformers reads it
-        hf_tokenizer.portable_config(tmp)  # which transformers 4.x loads too
+    with quiet.transformers():  # no "Writing model shards" bar amid the lines
+        if adapter is None:
+            hf_model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            hf.save_peft(tmp, *adapter)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp, save_jinja_files=False)  # a chat template in tokenizer_config.json,
+                                                                    # where every version of transformers reads it
+            hf_tokenizer.portable_config(tmp)  # which transformers 4.x loads too
     if char_level:
         shutil.copyfile(os.path.join(meta_dir, "meta.pkl"), os.path.join(tmp, "meta.pkl"))
     files = sorted(os.listdir(tmp) + [MARKER])

@@ -37,6 +37,8 @@ KEYS = [
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
     Key("compile", False, "torch.compile decoding, before the first token (a minute or more); on a CPU 1.7x faster "
         "for a small model, 5x slower for GPT-2 124M (docs/gpu.md)"),
+    Key("threads", 0, "CPU threads: 0 chooses by timing the first tokens at all cores and at fewer (fewer go "
+        "faster while other programs keep the cores busy); N fixes them", min=0),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
         "times faster decoding at a small cost in quality (docs/cpu-inference.md)", choices=("none", "int8")),
 ]
@@ -51,6 +53,7 @@ import torch  # noqa: E402
 from gptkit import loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.generate import compile_for_decoding, decode_layout, generate_stream  # noqa: E402
+from gptkit.threads import ThreadChooser  # noqa: E402
 from gptkit.tokenizer import StopText, StreamDecoder  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -59,6 +62,7 @@ if not all(isinstance(t, str) for t in cfg.stop):
     raise UserError(f"stop={cfg.stop!r} must be a tuple of strings, e.g. --stop=\"('\\n\\n',)\"", status=USAGE)
 rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
 plan, device = rt.plan, rt.device
+threads = ThreadChooser(cfg.threads, device, unit="token", say=lambda line: print(line, file=sys.stderr))
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device,
@@ -99,8 +103,8 @@ with torch.no_grad(), plan.autocast_context(), decode_layout(model):
     for k in range(num_samples):
         out, text = StreamDecoder(tok), StopText(cfg.stop)
         sys.stdout.write(start)
-        for token in generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator,
-                                     stop_tokens=stop_tokens):
+        for token in threads.paced(generate_stream(model, x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                                   cfg.top_p, generator, stop_tokens=stop_tokens)):
             if int(token[0]) in stop_tokens:
                 break
             shown = text.push(out.push(token[0]))

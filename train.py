@@ -41,7 +41,8 @@ from gptkit import (checkpoint, curves, evaluation, fileio, init_from, loggers, 
 from gptkit.batches import open_source  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
-from gptkit.training import Step, evaluate, expectations  # noqa: E402
+from gptkit.threads import ThreadChooser  # noqa: E402
+from gptkit.training import Forecast, Step, evaluate, evaluations_left, first_evaluation  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # processes, device, precision
@@ -159,12 +160,17 @@ stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
 
+# CPU threads: all cores, or fewer where timing the steps says so (a machine busy with other programs)
+threads = ThreadChooser(cfg.threads, device, unit="step", say=print if master else None)
+if master:
+    print(threads.describe())
 evals = len(range(progress.iter_num, cfg.max_iters + 1, cfg.eval_interval))
 # timed on every process: a sharded model's forward pass needs them all
-for line in expectations(model, batches, plan, cfg.eval_iters, accum_local, dist.world_size,
-                         cfg.max_iters - progress.iter_num, evals):
+for line in first_evaluation(model, batches, plan, cfg.eval_iters, accum_local, dist.world_size, threads,
+                             cfg.max_iters - progress.iter_num, evals):
     if master:
         print(line)
+forecast, forecast_said = Forecast(), False  # the run's pace, from its own steps
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
 
@@ -218,10 +224,14 @@ while True:
             if best or latest:  # both: one file under two names
                 saver.save(["best.pt"] * best + ["ckpt.pt"] * latest, progress)
         t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
+        forecast.evaluation(time.perf_counter() - t_eval)
     if iter_num >= cfg.max_iters:
         break
 
-    result = step(iter_num, flags=lambda: (bool(stop), metrics.failure is not None))
+    t_step = time.perf_counter()
+    with threads.timed():
+        result = step(iter_num, flags=lambda: (bool(stop), metrics.failure is not None))
+    forecast.step(time.perf_counter() - t_step)
     stop_votes, failures = result.flags
     if failures:
         raise metrics.failure or UserError("rank 0 could not write the metrics (its error is in its output)")
@@ -244,19 +254,21 @@ while True:
     overflows += result.overflow  # fp16: updates the loss scaler skipped since the last log line
     bar.update(progress.iter_num, result.loss)
 
+    steps_left = cfg.max_iters - progress.iter_num
+    evals_left = evaluations_left(iter_num, cfg.max_iters, cfg.eval_interval)
+    if master and not forecast_said and len(forecast.steps) >= 10 and steps_left >= 10:
+        print(forecast.line(time.perf_counter() - progress.started, steps_left, evals_left))
+        forecast_said = True
     if master and iter_num % cfg.log_interval == 0:
         now = time.perf_counter()
         dt = (now - t_log) / iters_since_log
         t_log, iters_since_log = now, 0
         # per device: each process computes its share of the step against one device's peak
         mfu = runtime.mfu(flops_per_token, tokens_per_iter // dist.world_size, dt, peak_flops)
-        eta = (cfg.max_iters - progress.iter_num) * dt
-        skipped = (f"; {overflows} step{'s' * (overflows > 1)} skipped by the fp16 loss scaler (inf/NaN gradients), "
-                   f"scale now {scaler.get_scale():g}" if overflows else "")
+        eta = forecast.remaining(steps_left, evals_left)
+        print(loggers.step_line(iter_num, result.loss, over, lr, dt, tokens_per_iter, mfu,
+                                dt * steps_left if eta is None else eta, overflows, scaler))
         overflows = 0
-        print(f"iter {iter_num}: loss {result.loss:.4f}{over}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
-              f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
-              f"eta {eta / 60:.1f} min{skipped}")
         metrics.log(dict(iter=iter_num, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
                          tok_s=tokens_per_iter / dt, mfu=mfu, tokens=progress.tokens_seen,
                          elapsed_s=progress.elapsed()))
@@ -273,6 +285,7 @@ while True:
 runtime.raise_everywhere(metrics.failure, dist, device)  # a last metrics line that could not be written
 if cfg.parallel == "fsdp":
     saver.consolidate()  # ckpt.pt (and best.pt) from the sharded checkpoints, as fsdp_consolidate says
+threads.close()
 picture.close()  # the final picture, drawn before the process ends
 metrics.close()
 bar.close()

@@ -134,6 +134,8 @@ KEYS = [
     Key("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16 (float16 uses a gradient scaler)"),
     Key("compile", None, "torch.compile the model (default: on for CUDA, off elsewhere)", type=bool),
+    Key("threads", 0, "CPU threads: 0 chooses by timing the first steps at all cores and at fewer, again now and "
+        "then (fewer go faster while other programs keep the cores busy); N fixes them (docs/speed.md)", min=0),
     Key("omp_passive", False, "OpenMP threads sleep instead of spinning when idle (OMP_WAIT_POLICY=PASSIVE; "
         "unless already set): only for a CPU shared with other busy work; 2-3x slower steps on an idle one"),
     Key("peak_flops", 0.0, "device peak FLOP/s for MFU (0: the GPU's datasheet, or a matmul measured here)",
@@ -142,7 +144,8 @@ KEYS = [
 
 # settings of the machine rather than of the run: a resumed run takes them from today's command line
 MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
-                "omp_passive", "peak_flops", "fused_adamw", "fsdp_shard_size", "activation_checkpointing")
+                "threads", "omp_passive", "peak_flops", "fused_adamw", "fsdp_shard_size",
+                "activation_checkpointing")
 # the keys that shape a training step (bench.py times a step from them)
 STEP_KEYS = (*NETWORK_KEYS, "dataset", "batch_size",
              "gradient_accumulation_steps", "seed", "optimizer", "learning_rate", "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr", "muon_momentum",

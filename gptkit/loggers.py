@@ -1,9 +1,10 @@
 """
 Where a run's figures go: out_dir/metrics.jsonl, with TensorBoard and Weights & Biases behind the same
-call, and tqdm's progress bar on an interactive terminal. The optional ones have stand-ins that do
-nothing, so the loop never branches on them.
+call, the printed line of a step, and tqdm's progress bar on an interactive terminal. The optional ones
+have stand-ins that do nothing, so the loop never branches on them.
 
     metrics = loggers.MetricsLog(out_dir, start_iter, ...); metrics.log(row); metrics.close()
+    print(loggers.step_line(iter_num, loss, ...))
     bar = loggers.progress_bar(total=max_iters, initial=iter_num, enabled=master)
     ... each step: bar.update(iter_num, loss) ...; bar.close()
 
@@ -80,6 +81,20 @@ class MetricsLog:
 
     def close(self):
         self.tb.close()
+
+
+# -----------------------------------------------------------------------------
+# the log line of a step
+
+
+def step_line(iter_num, loss, over, lr, dt, tokens_per_iter, mfu, eta, overflows=0, scaler=None):
+    """train.py's line every log_interval steps. dt: seconds a step over the interval; eta: seconds left
+    (a forecast over recent steps, not this interval's); overflows: fp16 updates the scaler skipped."""
+    skipped = (f"; {overflows} step{'s' * (overflows > 1)} skipped by the fp16 loss scaler (inf/NaN gradients), "
+               f"scale now {scaler.get_scale():g}" if overflows else "")
+    return (f"iter {iter_num}: loss {loss:.4f}{over}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
+            f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
+            f"eta {eta / 60:.1f} min{skipped}")
 
 
 # -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ what it measures is what trains), where a run stands (Progress), and what a run 
 """
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -216,36 +217,70 @@ def duration(seconds):
             else f"{seconds / 3600:.1f} h")
 
 
-@torch.no_grad()
-def expectations(model, batches, plan, eval_iters, accum_local, world_size, steps, evals):
-    """What a run will cost, as lines to print before its first evaluation (which on a GPU-sized config
-    and a CPU alone can take half an hour): one forward pass of an evaluation batch, timed, scaled up.
-    None when the run takes about a minute or less."""
+def first_evaluation(model, batches, plan, eval_iters, accum_local, world_size, threads, steps, evals):
+    """Before a run's first evaluation (which on a GPU-sized config and a CPU alone can take half an
+    hour), the lines that say what it costs, from timed forward passes of an evaluation batch, which
+    also make `threads`' first choice (a ThreadChooser). None when an evaluation is short. The run's
+    own forecast comes later, from its steps (Forecast)."""
     X, Y = batches.eval_batch("val", 0)
     model.eval()
-    times = []
-    with plan.autocast_context():
-        for _ in range(4):  # the first pays for allocation (and compilation); the fastest of the rest
-            runtime.synchronize(plan.device)
-            t0 = time.perf_counter()
-            model(X, Y)
-            runtime.synchronize(plan.device)
-            times.append(time.perf_counter() - t0)
-            if len(times) >= 2 and sum(times) > 5:  # passes of seconds (GPT-2 on a CPU): one more says enough
-                break
+    with torch.no_grad(), plan.autocast_context():
+        forward = threads.probe(lambda: _synchronized(model, X, Y, plan.device))
     model.train()
-    forward = min(times[1:])  # a busy machine slows some passes down: the fastest is the machine's pace
     first_eval = 2 * eval_iters * forward / world_size
-    step_time = 3 * forward * accum_local  # a backward costs about two forwards
-    total = steps * step_time + evals * first_eval
     lines = []
-    if first_eval > 10 or total > 60:
-        lines.append(f"expect (from one forward pass of {forward * 1000:.0f} ms): each evaluation "
-                     f"~{duration(first_eval)}, each step ~{duration(step_time)}, the whole run ~{duration(total)}")
-    if plan.device_type == "cpu" and total > 3600:  # hours: the CPU recipes take a minute (SFT's: minutes)
+    if first_eval > 10:
+        lines.append(f"the first evaluation takes ~{duration(first_eval)} ({2 * eval_iters} forward passes of "
+                     f"{forward * 1000:,.0f} ms); the run's forecast follows its first steps")
+    # a step costs about three forward passes (a backward about two): only to tell hours from minutes
+    if plan.device_type == "cpu" and steps * 3 * forward * accum_local + evals * first_eval > 3600:
         smaller = ("config/sft_gpt2_cpu.py fine-tunes GPT-2 on conversations with steps a CPU can take"
                    if batches.chat_template else
                    "config/train_shakespeare_char_cpu.py trains a character model in about a minute")
         lines.append(f"note: this config is sized for a GPU; on a CPU, {smaller} (or lower eval_iters, batch_size "
                      f"and the model's size)")
     return lines
+
+
+def _synchronized(model, X, Y, device):
+    model(X, Y)
+    runtime.synchronize(device)
+
+
+def evaluations_left(iter_num, max_iters, eval_interval):
+    """The evaluations a run does after iteration iter_num's: every eval_interval, and at max_iters."""
+    every = len(range(iter_num // eval_interval * eval_interval + eval_interval, max_iters + 1, eval_interval))
+    return every + (max_iters > iter_num and max_iters % eval_interval != 0)
+
+
+class Forecast:
+    """What the rest of a run will take, from its own steps and evaluations as they are timed: the median
+    of the last `window` steps (a step slowed by a passing hiccup moves it little; a lasting change in
+    pace within window/2 steps) and the last evaluation. The first step, which allocates, is not counted."""
+
+    def __init__(self, window=20):
+        self.window, self.steps, self.eval_time, self.first = window, [], 0.0, True
+
+    def step(self, seconds):
+        if self.first:
+            self.first = False
+            return
+        self.steps = (self.steps + [seconds])[-self.window:]
+
+    def evaluation(self, seconds):
+        self.eval_time = seconds
+
+    def step_time(self):
+        return statistics.median(self.steps) if self.steps else None
+
+    def remaining(self, steps_left, evals_left):
+        """Seconds; None before a step was timed."""
+        t = self.step_time()
+        return None if t is None else steps_left * t + evals_left * self.eval_time
+
+    def line(self, elapsed, steps_left, evals_left):
+        """The forecast, once enough steps were timed."""
+        total = elapsed + self.remaining(steps_left, evals_left)
+        evals = f", each evaluation ~{duration(self.eval_time)}" if evals_left and self.eval_time else ""
+        return (f"expect (from the first {len(self.steps)} steps): each step ~{self.step_time() * 1000:,.1f} ms"
+                f"{evals}, the whole run ~{duration(total)}")

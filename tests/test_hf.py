@@ -4,6 +4,7 @@ parity and greedy generation, the text-generation pipeline, fine-tuning from a l
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -235,6 +236,8 @@ def test_char_model_exports_weights_and_vocabulary(char_data, tmp_path):
     dest = tmp_path / "hf"
     p = export(out, dest)
     assert "no transformers tokenizer exists" in p.stderr
+    # transformers' own progress bars ("Writing model shards") and notes stay out of what export.py prints
+    assert not re.search(r"Writing model shards|Loading weights|\d+%\|", p.stdout + p.stderr), p.stderr
     assert {f.name for f in dest.iterdir()} >= {"config.json", "model.safetensors", "meta.pkl"}
     # the printed line works for a character model: weights through transformers, text through meta.pkl
     assert run_printed_line(p.stdout, tmp_path).startswith("ROMEO:")
@@ -374,3 +377,13 @@ def test_a_trained_tokenizers_exported_config_loads_in_transformers_4_and_5(tmp_
                        env={**os.environ, "PYTHONPATH": old})
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.splitlines()[-1]) == expected
+
+
+def test_transformers_is_quiet_inside_the_block_only():
+    from transformers.utils import logging
+
+    from gptkit import quiet
+    before = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    with quiet.transformers():
+        assert not logging.is_progress_bar_enabled() and logging.get_verbosity() == logging.ERROR
+    assert (logging.is_progress_bar_enabled(), logging.get_verbosity()) == before

@@ -6,6 +6,8 @@ get the usual permissions, and a play-style chat reply ends where the speech doe
 import os
 import re
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -29,7 +31,7 @@ def test_a_gpu_sized_config_on_a_cpu_says_what_to_expect_before_its_first_evalua
         p.kill()
         p.wait()
     text = "".join(seen)
-    expect = re.search(r"expect \(from one forward pass of \d+ ms\): each evaluation ~([\d.]+ (s|min|h))", text)
+    expect = re.search(r"the first evaluation takes ~([\d.]+ (s|min|h)) \(\d+ forward passes of [\d,]+ ms\)", text)
     assert expect, text[-2000:]
     assert "config/train_shakespeare_char_cpu.py" in text and "eval 0:" not in text  # said before evaluating
 
@@ -115,3 +117,14 @@ def test_a_reply_in_a_play_ends_where_the_speech_does():
     assert reply("Hear me speak:\nthe day is done") == "Hear me speak:\nthe day is done"  # verse, not a speaker
     assert reply("Ay me!\nROME") == "Ay me!\nROME"  # cut by the length limit: a half line is not a speaker
     assert reply("Ay me!\nROMEO:") == "Ay me!"
+
+
+def test_the_test_command_says_why_tests_were_skipped_one_line_per_reason(tmp_path):
+    # the README's `python -m pytest -q` reads pytest.ini: its options must list the reasons, grouped
+    (tmp_path / "test_offline.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('i', [1, 2, 3])\ndef test_hub(i):\n"
+        "    pytest.skip('GPT-2 tokenizer files not found offline')\n")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-c", str(ROOT / "pytest.ini"), f"--rootdir={tmp_path}",
+                        "-n", "0", "-p", "no:cacheprovider", "test_offline.py"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert "SKIPPED [3] test_offline.py:6: GPT-2 tokenizer files not found offline" in p.stdout, p.stdout

@@ -44,6 +44,7 @@ from gptkit.errors import USAGE, UserError
 ARGS = ["input", "dataset", "data_files", "split", "column", "limit", "val_fraction", "vocab_from", "tokenizer", "out"]
 BATCH = 1024  # conversations tokenized at a time (tiktoken's threads share a batch)
 MIN_VAL_TOKENS = 1025  # one evaluation sequence of GPT-2's whole context (config/sft_gpt2.py), and so of any shorter
+RECIPES = (("config/sft_gpt2_cpu.py", 256), ("config/sft_gpt2.py", 1024))  # the chat recipes and their block_size
 
 
 def checked(messages, where):
@@ -210,9 +211,12 @@ def main(argv):
         print(f"val takes {n_val:,} conversations, not the {asked:,} of --val_fraction={val_fraction:g}, to hold one "
               f"evaluation sequence of GPT-2's context ({MIN_VAL_TOKENS - 1:,} tokens, config/sft_gpt2.py's block_size)"
               + (" as far as a quarter of them can" if tokens["val"] < MIN_VAL_TOKENS else ""))
-    if tokens["val"] < MIN_VAL_TOKENS:
-        print(f"note: val holds {tokens['val']:,} tokens, fewer than one sequence of {MIN_VAL_TOKENS - 1:,}: train with "
-              f"--block_size={tokens['val'] - 1} or less, or give more conversations")
+    if tokens["val"] < MIN_VAL_TOKENS:  # an evaluation sequence needs block_size + 1 tokens (its targets shifted)
+        fit = " and ".join(f"{r} ({b:,})" for r, b in RECIPES if b < tokens["val"])
+        short = " and ".join(f"{r} ({b:,})" for r, b in RECIPES if b >= tokens["val"])
+        print(f"note: val holds {tokens['val']:,} tokens, one evaluation sequence of a block_size up to "
+              f"{tokens['val'] - 1:,}: " + (f"enough for {fit}, not for {short}" if fit else f"not enough for {short}")
+              + f"; train with --block_size={tokens['val'] - 1} or less, or give more conversations")
     print(f"the loss counts the assistant's tokens: {counted['train']:,} of {tokens['train']:,} train tokens "
           f"({counted['train'] / tokens['train']:.0%}), {counted['val']:,} of {tokens['val']:,} val tokens")
     dataprep.report_split(out, counts, vocab_size)
