@@ -31,7 +31,8 @@ KEYS = [
     Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face "
         "folder or hub id (Llama, Qwen2, Qwen3, Mistral: an instruct model chats in its own template)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
+        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
     Key("style", "auto", "auto (the run's chat template if it was fine-tuned on conversations, else play for "
         "character models, chat otherwise), template, play or chat: the default prefixes",
         choices=("auto", "template", "play", "chat")),
@@ -61,11 +62,10 @@ if sys.stdin is None and cfg.prompt is None:  # started with <&-: no line will e
                            "--prompt=... or pipe the lines in", status=errors.USAGE)
 
 import dataclasses  # noqa: E402
-import os  # noqa: E402
 
 import torch  # noqa: E402
 
-from gptkit import conversation, loading, quantize, runtime  # noqa: E402
+from gptkit import checkpoint, conversation, loading, quantize, runtime  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.generate import decode_layout, generate_stream  # noqa: E402
 from gptkit.threads import ThreadChooser  # noqa: E402
@@ -77,7 +77,7 @@ HELP = "commands: /reset forgets the conversation, /quit leaves (so does end of 
 # setup
 init_from = cfg.init_from
 if init_from == "auto":
-    if not os.path.exists(os.path.join(cfg.out_dir, cfg.ckpt_name)):
+    if not checkpoint.Store(cfg.out_dir).names():
         raise UserError(f"no trained run in {cfg.out_dir}/ to chat with; train one (python train.py "
                         f"config/train_shakespeare_char_cpu.py) and pass --out_dir=out-shakespeare-char-cpu, or use "
                         f"--init_from=gpt2 for GPT-2's weights")

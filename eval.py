@@ -24,7 +24,8 @@ KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face folder or "
         "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
+        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
     Key("tasks", "hellaswag", "comma-separated: hellaswag, FILE.jsonl (multiple choice), val, train, text:FILE "
         "(bits per byte)"),
     Key("split", "val", "HellaSwag's split: val or train (test has no labels)", choices=("val", "train", "test")),

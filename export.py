@@ -29,6 +29,11 @@ trained tokenizer's or a Hugging Face model's tokenizer.json), weights as f32, f
 
     python export.py --out_dir=out-gpt2 --format=gguf --gguf_type=q8_0   # writes out-gpt2/model-q8_0.gguf
     python export.py --init_from=Qwen/Qwen2.5-0.5B --format=gguf          # a Hugging Face model as it is
+
+--format=pt writes a parallel=fsdp run's one-file checkpoints from its sharded ones, in the run folder, for
+nanoGPT's sample.py (this project's scripts read the sharded ones themselves):
+
+    python export.py --out_dir=out-fsdp --format=pt                  # writes ckpt.pt and best.pt
 """
 
 from gptkit import errors
@@ -42,14 +47,17 @@ from gptkit.configurator import Key  # noqa: E402
 # knobs
 KEYS = [
     Key("out_dir", "out", "the run folder holding the checkpoint"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
+        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
     Key("export_dir", "", "the Hugging Face folder to write (default: out_dir/hf)"),
     Key("overwrite", False, "replace export_dir (or gguf_file) if it exists, and only if export.py wrote it"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
     Key("skip_tokenizer", False, "export the weights without tokenizer files"),
     Key("peft", False, "a LoRA run: write its adapters alone in PEFT's format (adapter_config.json, "
         "adapter_model.safetensors; default export_dir: out_dir/peft) instead of the merged model"),
-    Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp)", choices=("hf", "gguf")),
+    Key("format", "hf", "hf: a Hugging Face folder (transformers); gguf: one GGUF file (llama.cpp); pt: a parallel=fsdp "
+        "run's one-file checkpoints (nanoGPT's layout) written in out_dir from its sharded ones",
+        choices=("hf", "gguf", "pt")),
     Key("gguf_type", "f16", "format=gguf: the weights' type, f32, f16 or q8_0 (8-bit blocks, llama.cpp's fast CPU type)",
         choices=("f32", "f16", "q8_0")),
     Key("gguf_file", "", "format=gguf: the file to write (default: out_dir/model-<gguf_type>.gguf; with init_from: "
@@ -75,6 +83,22 @@ EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "t
                 "vocab.json", "merges.txt", "special_tokens_map.json", "meta.pkl", MARKER)
 
 run_dir = os.path.abspath(cfg.out_dir)
+if cfg.format == "pt":
+    # -------------------------------------------------------------------------
+    # a parallel=fsdp run's one-file checkpoints (nanoGPT's layout, which its sample.py reads) from its
+    # sharded ones, into the run folder; a file holding a later iteration is kept
+    from gptkit import runs
+    store = checkpoint.Store(cfg.out_dir)
+    names = [cfg.ckpt_name] if cfg.ckpt_name else [n for n in (runs.LATEST, runs.BEST) if store.sharded(n)]
+    if not names:
+        raise UserError(f"{cfg.out_dir} holds no sharded checkpoint ({runs.sharded_name(runs.LATEST)}), so there is "
+                        f"nothing to write one-file checkpoints from; --format=pt is for the folder of a parallel=fsdp "
+                        f"run", status=USAGE)
+    lock = runs.RunLock(cfg.out_dir).acquire()  # refused while a training run writes the folder
+    for name in names:
+        print(store.consolidate(name))
+    lock.release()
+    sys.exit(0)
 if cfg.format == "gguf":
     if cfg.peft:
         raise UserError("--peft=True writes a PEFT adapter folder, not a GGUF file; drop --format=gguf (or --peft, "
@@ -113,8 +137,9 @@ if cfg.format == "gguf":
             vocab = gguf_vocab.of_tokenizer(tok, model.config.vocab_size, f"{cfg.init_from}'s tokenizer.json")
         what, name, source = desc, os.path.basename(os.path.normpath(cfg.init_from)), desc
     else:
-        path = os.path.join(cfg.out_dir, cfg.ckpt_name)
-        ckpt = checkpoint.load(path)
+        ckpt, path, note = checkpoint.Store(cfg.out_dir).load(cfg.ckpt_name)  # a sharded one is read whole, in memory
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
         gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp
                                                 # cannot compute
@@ -196,8 +221,9 @@ try:
 except ImportError:
     raise UserError("export needs the transformers package; pip install transformers") from None
 
-path = os.path.join(cfg.out_dir, cfg.ckpt_name)
-ckpt = checkpoint.load(path)
+ckpt, path, note = checkpoint.Store(cfg.out_dir).load(cfg.ckpt_name)  # a sharded one is read whole, in memory
+if note:
+    print(f"note: {note}", file=sys.stderr)
 model = loading.build_model(ckpt, path, dropout=0.0)
 if cfg.peft and not hasattr(model, "lora"):
     raise UserError(f"--peft=True writes a LoRA run's adapters, and {path} is a model trained in full (lora_rank=0); "

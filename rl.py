@@ -175,7 +175,6 @@ if master:
 
 # -----------------------------------------------------------------------------
 # committed: from here on the run writes to out_dir
-ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
 run_config = {**configurator.to_dict(cfg), **checkpoint.model_entries(raw_model.config)["model_args"],
               # a function cannot be saved safely (weights_only): its name and file stand for it
               "reward": f"{cfg.reward.__name__}() of {cfg.reward.__code__.co_filename}" if cfg.reward else None,
@@ -189,8 +188,9 @@ wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=run_conf
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=master, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-saver = checkpoint.RunSaver(cfg.out_dir, raw_model, optimizer, None, run_config,
-                            template.to_dict() if template else None, cfg.keep_last, dist, device)
+saver = checkpoint.Store(cfg.out_dir).saver(False, raw_model, optimizer, None, run_config,
+                                             template.to_dict() if template else None, cfg.keep_last, dist, device)
+ckpt_path = saver.latest
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 picture = curves.LossPicture(cfg.out_dir, enabled=master and cfg.loss_png)
 if resume_rng is not None:
@@ -242,7 +242,7 @@ while True:
             if it > start_iter:
                 picture.refresh()
         if it > start_iter:
-            saver.save("ckpt.pt", progress)
+            saver.save(progress)
     if it >= cfg.max_iters:
         break
 
@@ -268,7 +268,7 @@ while True:
                          grad_norm=grad_norm, ms=dt * 1000,
                          elapsed_s=progress.elapsed()))
     if stop_votes > 0:
-        saver.save("ckpt.pt", progress)
+        saver.save(progress)
         if master:
             print(f"stopped at iteration {progress.iter_num} and saved {ckpt_path}; continue with: python rl.py "
                   f"--init_from=resume --out_dir={cfg.out_dir}")
@@ -279,8 +279,8 @@ while True:
 picture.close()
 metrics.close()
 if master:
-    print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ (ckpt.pt, "
-          f"metrics.jsonl, loss.png)")
+    print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ "
+          f"({os.path.basename(ckpt_path)}, metrics.jsonl, loss.png)")
     use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, template)[:-1]  # its last one is train.py's
     print("next: " + "  |  ".join(use + [f"more steps: python rl.py --init_from=resume --out_dir={cfg.out_dir} "
                                          f"--max_iters=N"]))

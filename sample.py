@@ -20,7 +20,8 @@ KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), a Hugging Face folder or "
         "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
+        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
     Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
     Key("num_samples", 10, "how many samples (with temperature=0 every sample is the same: 1 unless given)", min=1),
     Key("max_new_tokens", 500, "tokens generated per sample", min=1),

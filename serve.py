@@ -21,7 +21,8 @@ errors.install()
 KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir: ckpt.pt (latest) or best.pt (best val loss)"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
+        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "

@@ -145,7 +145,6 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
 # committed: from here on the run writes to out_dir. Nothing in it changed before this point, so a
 # run refused or failed above left the folder as it was; an evaluation alone (eval_only) writes nothing.
 writes = master and not cfg.eval_only
-ckpt_path = os.path.join(cfg.out_dir, "ckpt.dcp" if cfg.parallel == "fsdp" else "ckpt.pt")
 lock = everywhere(lambda: runs.commit(cfg.out_dir, configurator.to_dict(cfg), meta, new_run=not start.resuming,
                                       overwrite=cfg.overwrite, data_dir=data_dir) if writes else None)
 wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg)) \
@@ -153,9 +152,10 @@ wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configur
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=writes, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-saver = (sharding.ShardedSaver if cfg.parallel == "fsdp" else checkpoint.RunSaver)(
-    cfg.out_dir, raw_model, optimizer, scaler, configurator.to_dict(cfg), batches.chat_template, cfg.keep_last, dist,
-    device)
+store = checkpoint.Store(cfg.out_dir)
+saver = store.saver(cfg.parallel == "fsdp", raw_model, optimizer, scaler, configurator.to_dict(cfg),
+                    batches.chat_template, cfg.keep_last, dist, device)
+ckpt_path = saver.latest  # ckpt.pt, or the sharded ckpt.dcp
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
@@ -194,7 +194,7 @@ while True:
             losses = None if scores is None else {**losses, **scores}
         if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
             if iter_num > start_iter and not cfg.eval_only:
-                saver.save("ckpt.pt", progress)
+                saver.save(progress)
             if master and os.path.exists(ckpt_path):
                 print(f"stopped at iteration {iter_num} during its evaluation; {ckpt_path} holds the run up to "
                       f"here: continue with: python train.py --init_from=resume --out_dir={cfg.out_dir}")
@@ -222,7 +222,7 @@ while True:
             best = improved and iter_num > 0
             latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter
             if best or latest:  # both: one file under two names
-                saver.save(["best.pt"] * best + ["ckpt.pt"] * latest, progress)
+                saver.save(progress, latest=latest, best=best)
         t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
         forecast.evaluation(time.perf_counter() - t_eval)
     if iter_num >= cfg.max_iters:
@@ -274,7 +274,7 @@ while True:
                          elapsed_s=progress.elapsed()))
 
     if stop_votes > 0:
-        saver.save("ckpt.pt", progress)
+        saver.save(progress)
         if master:
             print(f"stopped at iteration {progress.iter_num} and saved {ckpt_path}; continue with: python train.py "
                   f"--init_from=resume --out_dir={cfg.out_dir}")
@@ -283,8 +283,7 @@ while True:
 # -----------------------------------------------------------------------------
 # the end
 runtime.raise_everywhere(metrics.failure, dist, device)  # a last metrics line that could not be written
-if cfg.parallel == "fsdp":
-    saver.consolidate()  # ckpt.pt (and best.pt) from the sharded checkpoints, as fsdp_consolidate says
+kept_instead = saver.consolidate()  # parallel=fsdp: ckpt.pt (and best.pt) from the sharded ones, as fsdp_consolidate says
 threads.close()
 picture.close()  # the final picture, drawn before the process ends
 metrics.close()
@@ -293,9 +292,9 @@ if master and cfg.eval_only:
     print("eval_only: nothing was written")
 elif master:
     out = cfg.out_dir
-    kept = [f"{name} ({what})" for name, what in (("ckpt.pt", "latest"), ("best.pt", "best val loss"),
-                                                  ("ckpt.dcp", "latest, sharded"), ("loss.png", "the curves"))
-            if os.path.exists(os.path.join(out, name))]
+    for line in kept_instead:
+        print(line)
+    kept = store.describe() + ["loss.png (the curves)"] * os.path.exists(os.path.join(out, "loss.png"))
     print(f"done in {time.perf_counter() - progress.started:.1f} s, best val loss {progress.best_val_loss:.4f}; the "
           f"run is in {out}/: {', '.join(kept)}")
     print("next: " + "  |  ".join(runs.next_commands(out, batches.prompt_format, batches.chat_template)))

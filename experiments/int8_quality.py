@@ -21,7 +21,7 @@ errors.install()
 
 KEYS = [
     Key("out_dir", "out-shakespeare-char-cpu", "the run folder"),
-    Key("ckpt_name", "ckpt.pt", "checkpoint file in out_dir"),
+    Key("ckpt_name", "", "which checkpoint of out_dir's run to read (default: the latest)"),
     Key("eval_iters", 100, "validation batches scored", min=1),
     Key("batch_size", 12, "rows per validation batch", min=1),
     Key("prompts", 20, "greedy continuations compared", min=1),
@@ -44,7 +44,7 @@ from gptkit.generate import generate
 
 model, tok, desc = loading.load_for_inference("resume", cfg.out_dir, cfg.ckpt_name, "cpu")
 int8 = quantize.quantize_int8(model)
-dataset = (checkpoint.load(os.path.join(cfg.out_dir, cfg.ckpt_name)).get("config") or {}).get("dataset")
+dataset = (checkpoint.Store(cfg.out_dir).load(cfg.ckpt_name)[0].get("config") or {}).get("dataset")
 T = model.config.block_size
 batches = Batches(os.path.join(data_root(), dataset), dataset, T, cfg.batch_size, cfg.seed, "cpu")
 

@@ -14,6 +14,7 @@ torch.load(weights_only=True) reads it. Building a model from one is loading.py'
 import os
 import pickle
 import random
+import re
 import shutil
 import warnings
 import zipfile
@@ -21,8 +22,9 @@ import zipfile
 import numpy as np
 import torch
 
-from gptkit import fileio, lora, runtime
-from gptkit.errors import UserError
+from gptkit import dcp, fileio, lora, optim, runtime
+from gptkit.errors import USAGE, UserError
+from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
 # the fields of nanoGPT's GPTConfig: a checkpoint's model_args holds these and nothing else
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
@@ -55,47 +57,10 @@ def _full_disk(folder):
     return "free some disk space or set out_dir to a writable folder, then resume"
 
 
-def link(path, other):
-    """Make `other` a second name of `path`'s file (a hard link where the filesystem has them, else a
-    copy), replacing it atomically. Checkpoints are only ever replaced by a rename, never written in
-    place, so each name keeps its version when the other is saved again."""
-    tmp = fileio.temp_name(other)
-    fileio.remove(tmp)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, other)
-
-
-def keep_copy(path, numbered, keep_last):
-    """Keep `path` also as `numbered` (link()) and delete all but the newest `keep_last` numbered
-    copies beside it. Numbered names sort by iteration (zero-padded)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    link(path, numbered)
-    stem, ext = os.path.splitext(os.path.basename(numbered))
-    prefix = stem.rstrip("0123456789")
-    copies = sorted(f for f in os.listdir(folder)
-                    if f.startswith(prefix) and f.endswith(ext) and f[len(prefix):-len(ext)].isdigit())
-    for old in copies[:-keep_last]:
-        fileio.remove(os.path.join(folder, old))
-
-
 def read(path, map_location="cpu"):
     """torch.load(weights_only=True) of a checkpoint file; any problem is one sentence naming the file."""
     if not os.path.exists(path):
-        sharded = os.path.splitext(path)[0] + ".dcp"
-        if os.path.isdir(sharded):  # a parallel=fsdp run that has not written its one-file checkpoint
-            raise UserError(f"no checkpoint at {path}, only the sharded one of a parallel=fsdp run ({sharded}); "
-                            f"write {os.path.basename(path)} from it with: python -m gptkit.sharding "
-                            f"--out_dir={os.path.dirname(path) or '.'}")
-        from gptkit import runs
-        others = [n for n in runs.checkpoints(os.path.dirname(path) or ".") if n.endswith(".pt")]
-        if others:  # e.g. best.pt alone, or numbered copies: the run is there, under another name
-            raise UserError(f"no checkpoint at {path}, but its folder holds {', '.join(others)}; choose one with "
-                            f"--ckpt_name={others[0]}")
-        raise UserError(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at "
-                        f"the run folder")
+        raise UserError(f"no checkpoint at {path}")
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder, not a checkpoint file; point out_dir at the folder that holds ckpt.pt")
     try:
@@ -190,19 +155,237 @@ def model_args(ckpt):
     return {**ckpt["model_args"], **(ckpt.get("model_options") or {})}
 
 
+def model_config(args, dropout=None):
+    """The GPTConfig of a checkpoint's settings (model_args()); settings this version does not know are
+    left out, those it lacks keep their defaults."""
+    args = {k: args[k] for k in MODEL_ARG_KEYS if k in args}
+    if dropout is not None:
+        args["dropout"] = dropout
+    return GPTConfig(**args)
+
+
+
+
 # -----------------------------------------------------------------------------
-# a training run's checkpoints
+# a run folder's checkpoints: their names, declared here and nowhere else
+
+LATEST = "ckpt.pt"  # the run after its last save: what init_from=resume continues and the scripts read
+BEST = "best.pt"  # the run at its best val loss so far
+SHARDED = ".dcp"  # a parallel=fsdp run's form of each checkpoint: a folder (ckpt.dcp, best.dcp; dcp.py)
+RUN_STATE = "run.pt"  # in each sharded checkpoint: everything but the weights and the optimizer state, written last
+NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")  # keep_last's copies of the latest, by iteration
+# what a run writes besides its numbered copies: checkpoint files and sharded folders (and a sharded
+# folder moved aside while its successor is renamed into place)
+RUN_CHECKPOINTS = (LATEST, BEST, "ckpt.dcp", "best.dcp", "ckpt.dcp.previous", "best.dcp.previous")
+
+
+def sharded_name(name):
+    """The sharded form of the checkpoint file `name`: ckpt.pt -> ckpt.dcp."""
+    return os.path.splitext(name)[0] + SHARDED
+
+
+def numbered(iter_num, sharded=False):
+    """The name of keep_last's copy of the latest checkpoint at iter_num (zero-padded: names sort by iteration)."""
+    return f"ckpt_{iter_num:07d}" + (SHARDED if sharded else ".pt")
+
+
+def file_iteration(path):
+    """The iteration a checkpoint file holds, read without loading its tensors (memory-mapped); None
+    when it is missing or cannot be read that way."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter_num"])
+    except Exception:  # noqa: BLE001 -- unreadable: read() says why when the file is read
+        return None
+
+
+class Store:
+    """The checkpoints of the run folder `folder`: which are there, which one a script should read,
+    saving, keep_last's copies, and one-file checkpoints from sharded ones."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def path(self, name, sharded=False):
+        return os.path.join(self.folder, sharded_name(name) if sharded else name)
+
+    def names(self):
+        """The checkpoints in the folder: ckpt.pt, best.pt, numbered copies, sharded ones (empty when none)."""
+        try:
+            names = os.listdir(self.folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(n for n in names if n in RUN_CHECKPOINTS or NUMBERED.match(n))
+
+    def sharded(self, name):
+        """The complete sharded checkpoint that stands for `name` (ckpt.pt or ckpt.dcp: ckpt.dcp), or None."""
+        return dcp.latest(self.path(name, sharded=not name.endswith(SHARDED)), RUN_STATE)
+
+    def find(self, name=None):
+        """(path, sharded, note): the newest checkpoint under `name`, the file or its sharded form (a run killed
+        after a sharded save, or with fsdp_consolidate=never, left a ckpt.pt older than its ckpt.dcp); note
+        says so, else None. A missing one is a sentence naming what the folder holds instead. name: the file's
+        (ckpt.pt, best.pt, a numbered copy) or a sharded folder's (best.dcp); None or "": the latest."""
+        name = name or LATEST
+        path = self.path(name)
+        if name.endswith(SHARDED):
+            folder = self.sharded(name)
+            if folder is None:
+                self._missing(path)
+            return folder, True, None
+        folder = self.sharded(name)
+        if folder is None:
+            if not os.path.exists(path):
+                self._missing(path)
+            return path, False, None
+        if not os.path.exists(path):
+            return folder, True, f"{name} is not there: read from the sharded {os.path.basename(folder)}"
+        theirs, ours = self.run_state(folder)["iter_num"], file_iteration(path)
+        if ours is not None and theirs > ours:
+            return folder, True, (f"{os.path.basename(folder)} (iteration {theirs}) is newer than {name} (iteration "
+                                  f"{ours}): read from it")
+        return path, False, None
+
+    def describe(self):
+        """The run's latest and best checkpoints, each as 'name (what it holds)', for a run's last lines."""
+        said = []
+        for name, what in ((LATEST, "latest"), (BEST, "best val loss")):
+            folder = self.sharded(name)
+            if os.path.exists(self.path(name)):
+                newer = folder is not None and self.find(name)[1]
+                said.append(f"{name} ({what}" + (f"; older than {os.path.basename(folder)}, which the scripts read)"
+                                                 if newer else ")"))
+            if folder is not None:
+                said.append(f"{os.path.basename(folder)} ({what}, sharded)")
+        return said
+
+    def _missing(self, path):
+        if os.path.isdir(path) and not path.endswith(SHARDED):
+            raise UserError(f"{path} is a folder, not a checkpoint file; point out_dir at the folder that holds "
+                            f"{LATEST}")
+        others = self.names()
+        if others:  # e.g. best.pt alone, or numbered copies: the run is there, under another name
+            raise UserError(f"no checkpoint at {path}, but its folder holds {', '.join(others)}; choose one with "
+                            f"--ckpt_name={others[0]}")
+        raise UserError(f"no checkpoint at {path}; train one first (python train.py ...) or point out_dir at "
+                        f"the run folder")
+
+    def load(self, name=None, require=()):
+        """(checkpoint, path, note) of find(name): a checkpoint file, or a sharded checkpoint read whole into
+        this process's memory (its weights; with 'optimizer' in require, its optimizer state too)."""
+        path, sharded, note = self.find(name)
+        if not sharded:
+            return load(path, require=require), path, note
+        return self.read_whole(path, optimizer="optimizer" in require), path, note
+
+    def run_state(self, folder):
+        """The run state of a sharded checkpoint: what a checkpoint file holds besides model and optimizer."""
+        path = os.path.join(folder, RUN_STATE)
+        state = read(path)
+        if not isinstance(state, dict) or not {"model_args", "config", "iter_num"} <= set(state):
+            raise UserError(f"{path} is not the run state of a sharded checkpoint (it lacks model_args, config or "
+                            f"iter_num)")
+        return state
+
+    def check(self, folder):
+        """A sentence naming the damaged file of the sharded checkpoint folder, and the run's checkpoints that are
+        intact; nothing when it is whole."""
+        problem = dcp.damage(folder)
+        if problem is None:
+            return
+        intact = [n for n in self.names() if os.path.join(self.folder, n) != folder and not n.endswith(".previous")
+                  and (not n.endswith(SHARDED) or dcp.damage(self.path(n)) is None)]
+        raise UserError(f"{problem}: the sharded checkpoint {folder} is damaged and cannot be read"
+                        + (f"; intact: {', '.join(intact)} (read one with --ckpt_name=NAME, or resume from one by "
+                           f"copying it to {os.path.basename(folder)})" if intact else ""))
+
+    def read_whole(self, folder, optimizer=True):
+        """A sharded checkpoint as the one checkpoint file a DDP run writes, in this process's memory (CPU), read
+        by this process alone: 16 bytes a parameter with AdamW's state, 4 without."""
+        self.check(folder)
+        state = self.run_state(folder)
+        c = state["config"]
+        config = model_config(model_args(state))
+        with torch.device("meta"):  # shapes only: every value is read from the checkpoint
+            model = GPT(config, init_weights=False)
+        model.to_empty(device="cpu")
+        if config.tie_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight  # to_empty made two parameters of the tied pair
+        opt = optim.configure_optimizers(model, c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]),
+                                         optimizer=c.get("optimizer", "adamw"), muon_lr=c.get("muon_lr", 0.02),
+                                         muon_momentum=c.get("muon_momentum", 0.95),
+                                         muon_ns_steps=c.get("muon_ns_steps", 5)) if optimizer else None
+        try:
+            dcp.load(folder, model, opt, alone=True)
+        except ValueError as e:
+            raise UserError(f"{folder} does not fit the model and optimizer its {RUN_STATE} describes ({e}); it "
+                            f"was assembled by hand?") from None
+        return dict(model=model.state_dict(), optimizer=opt.state_dict() if optimizer else None, **state)
+
+    def consolidate(self, name):
+        """Write the checkpoint file `name` from its sharded form (nanoGPT's sample.py reads it; so does every
+        script here, which read the sharded one themselves). Returns a line saying what was done: a file holding
+        a later iteration than the sharded one is never replaced (a run that went on with parallel=ddp)."""
+        name = os.path.splitext(name)[0] + ".pt"  # best.dcp -> best.pt
+        folder = self.sharded(name)
+        if folder is None:
+            raise UserError(f"{self.path(name, sharded=True)} is not a complete sharded checkpoint, so there is nothing "
+                            f"to write {name} from", status=USAGE)
+        path = self.path(name)
+        state = self.run_state(folder)
+        theirs, ours = int(state["iter_num"]), file_iteration(path)
+        if ours is not None and ours > theirs:
+            return (f"kept {path} (iteration {ours}): it is newer than {os.path.basename(folder)} (iteration {theirs}), "
+                    f"which is not written over it")
+        save(self.read_whole(folder), path)
+        return f"wrote {path} from {folder} (iteration {theirs})"
+
+    def keep_copy(self, path, iter_num, keep_last):
+        """Keep the checkpoint at path (a file or a sharded folder) also as its numbered copy (a second name for
+        the same files) and delete all but the newest `keep_last` numbered copies of its kind."""
+        sharded = path.endswith(SHARDED)
+        copy = self.path(numbered(iter_num, sharded))
+        (dcp.copy if sharded else link)(path, copy)
+        kind = SHARDED if sharded else ".pt"
+        copies = sorted(n for n in self.names() if NUMBERED.match(n) and n.endswith(kind))
+        for old in copies[:-keep_last]:
+            fileio.remove_any(self.path(old))
+
+    def saver(self, sharded, *args, **kwargs):
+        """The RunSaver that writes this run's checkpoints: one file each, or (parallel=fsdp) sharded folders."""
+        return (ShardedSaver if sharded else RunSaver)(self, *args, **kwargs)
+
+
+def link(path, other):
+    """Make `other` a second name of `path`'s file (a hard link where the filesystem has them, else a
+    copy), replacing it atomically. Checkpoints are only ever replaced by a rename, never written in
+    place, so each name keeps its version when the other is saved again."""
+    tmp = fileio.temp_name(other)
+    fileio.remove(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, other)
+
+
+# -----------------------------------------------------------------------------
+# saving a training run
 
 class RunSaver:
-    """Writes a run's checkpoints, out_dir/<name>, atomically from the plain (unwrapped, uncompiled)
-    model. Every process contributes its random state; only the first writes, and if it cannot, every
-    process stops with its sentence (none is left waiting at the next collective)."""
+    """Writes a run's checkpoints atomically from the plain (unwrapped, uncompiled) model, one file each.
+    Every process contributes its random state; only the first writes, and if it cannot, every process
+    stops with its sentence (none is left waiting at the next collective)."""
 
-    def __init__(self, out_dir, model, optimizer, scaler, config, chat_template, keep_last, dist, device):
+    def __init__(self, store, model, optimizer, scaler, config, chat_template, keep_last, dist, device):
         """config: the run's resolved settings (a dict); scaler: the fp16 gradient scaler, or None."""
-        self.out_dir, self.model, self.optimizer, self.scaler = out_dir, model, optimizer, scaler
+        self.store, self.model, self.optimizer, self.scaler = store, model, optimizer, scaler
         self.config, self.chat_template, self.keep_last = config, chat_template, keep_last
         self.dist, self.device = dist, device
+        self.latest = store.path(LATEST)  # where the latest state is saved
 
     def run_state(self, progress):
         """Everything a checkpoint holds besides the weights and the optimizer state: on the first process
@@ -227,25 +410,87 @@ class RunSaver:
             sampler=dict(kind="stateless", seed=self.config["seed"]),
         )
 
-    def save(self, names, progress):
-        """names: a checkpoint's name, or several that hold the same state (best.pt and ckpt.pt of one
-        iteration): written once, under the first, and linked under the others, so they take the disk
-        space of one (a GPT-2 fine-tune's is 1.5 GB). progress: training.Progress, the counters that
-        place the run (iteration, best val loss, ...)."""
-        names = [names] if isinstance(names, str) else list(names)
+    def save(self, progress, latest=True, best=False):
+        """Save the run as its latest checkpoint and/or its best: when both, one file under two names, so they
+        take the disk space of one (a GPT-2 fine-tune's is 1.5 GB). progress: training.Progress, the counters
+        that place the run (iteration, best val loss, ...)."""
+        names = [BEST] * best + [LATEST] * latest
         state = self.run_state(progress)
         failure = None
         if self.dist.master:
             # a LoRA run keeps its adapters and what identifies its base, not the base's weights
             weights = lora.checkpoint_entries(self.model) or dict(model=model_state(self.model))
             state = dict(**weights, optimizer=self.optimizer.state_dict(), **state)
-            path = os.path.join(self.out_dir, names[0])
+            path = self.store.path(names[0])
             try:
                 save(state, path)
                 for other in names[1:]:
-                    link(path, os.path.join(self.out_dir, other))
-                if "ckpt.pt" in names and self.keep_last > 0:
-                    keep_copy(path, os.path.join(self.out_dir, f"ckpt_{progress.iter_num:07d}.pt"), self.keep_last)
+                    link(path, self.store.path(other))
+                if latest and self.keep_last > 0:
+                    self.store.keep_copy(self.latest, progress.iter_num, self.keep_last)
             except UserError as e:
                 failure = e
         runtime.raise_everywhere(failure, self.dist, self.device)
+
+    def consolidate(self):
+        """Lines to print once the run ends (a sharded run's consolidation); none for one-file checkpoints."""
+        return []
+
+
+class ShardedSaver(RunSaver):
+    """RunSaver for parallel=fsdp: each checkpoint is a sharded folder (ckpt.dcp, best.dcp), each process
+    writing its own shards; consolidate() writes the one-file ckpt.pt (best.pt) from it when the run's
+    fsdp_consolidate says. The folder is written as <name>.tmp<pid>, then renamed into place (dcp.replace)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.latest = self.store.path(LATEST, sharded=True)
+        self.unconsolidated = []  # names of the files whose sharded checkpoint changed since consolidate()
+        # the temporary folder every process writes into is named after the first process's pid
+        pid = [os.getpid()]
+        if self.dist.enabled:
+            torch.distributed.broadcast_object_list(pid, src=0)
+        self.pid = pid[0]
+
+    def save(self, progress, latest=True, best=False):
+        for name in [BEST] * best + [LATEST] * latest:
+            self.save_one(name, progress)
+
+    def save_one(self, name, progress):
+        folder = self.store.path(name, sharded=True)
+        tmp = f"{folder}.tmp{self.pid}"
+        state = self.run_state(progress)
+        failure = None
+        try:
+            dcp.save(tmp, self.model, self.optimizer)
+        except UserError as e:
+            failure = e
+        if self.dist.master and failure is None:
+            try:
+                save(state, os.path.join(tmp, RUN_STATE))  # last: a folder with its run state is complete
+                dcp.replace(tmp, folder)
+                if name == LATEST and self.keep_last > 0:
+                    self.store.keep_copy(folder, progress.iter_num, self.keep_last)
+            except UserError as e:
+                failure = e
+        if self.dist.master and failure is not None:
+            fileio.remove_any(tmp)
+        runtime.raise_everywhere(failure, self.dist, self.device)
+        if name not in self.unconsolidated:
+            self.unconsolidated.append(name)
+        if self.config["fsdp_consolidate"] == "always":
+            self.consolidate()
+
+    def consolidate(self):
+        """Write ckpt.pt (and best.pt) from the sharded checkpoints saved since the last time, unless
+        fsdp_consolidate=never: the first process reads them back whole, the others wait. Returns the lines
+        saying what was kept instead of written (a newer file is never replaced)."""
+        failure, said = None, []
+        if self.dist.master and self.config["fsdp_consolidate"] != "never":
+            try:
+                said = [line for line in map(self.store.consolidate, self.unconsolidated) if line.startswith("kept")]
+            except UserError as e:
+                failure = e
+        self.unconsolidated = []
+        runtime.raise_everywhere(failure, self.dist, self.device)
+        return said

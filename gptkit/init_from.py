@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from gptkit import configurator
-from gptkit import checkpoint, keys, loading, lora, runtime, sharding
+from gptkit import checkpoint, dcp, keys, loading, lora, runtime
+from gptkit.checkpoint import LATEST
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -49,7 +50,7 @@ class Start:
             model = GPT(config)
         elif self.resuming:
             # nanoGPT's checkpoints lack the newer settings: theirs are the defaults, whatever is given now
-            args = dict(vars(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout)))
+            args = dict(vars(checkpoint.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout)))
             self._refuse_other_architecture(args)
             problem = vocab_mismatch(args["vocab_size"], meta)
             if problem:
@@ -58,7 +59,7 @@ class Start:
             self._refuse_other_vocabulary(loading.find_meta(self.ckpt, cfg.out_dir)[0], meta, data_dir)
             self._refuse_other_lora()
             if self.sharded:  # its weights come with the optimizer state in restore(), once the model is sharded
-                model = GPT(loading.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout))
+                model = GPT(checkpoint.model_config(checkpoint.model_args(self.ckpt), dropout=cfg.dropout))
             else:
                 model = loading.build_model(self.ckpt, ckpt_path, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
             it = int(self.ckpt["iter_num"])
@@ -185,7 +186,7 @@ class Start:
         ckpt = self.ckpt
         try:
             if self.sharded:
-                sharding.load(self.source, model, optimizer)
+                dcp.load(self.source, model, optimizer)
             else:
                 optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -211,8 +212,9 @@ def locate(cfg, keys_, machine_keys):
     """The Start that cfg.init_from names, with its checkpoint read (a missing or unreadable one is the
     problem to report, before anything about the data)."""
     if cfg.init_from == "resume":
-        sharded = sharding.latest(os.path.join(cfg.out_dir, "ckpt.dcp"))  # a parallel=fsdp run's checkpoint
-        path = sharded or os.path.join(cfg.out_dir, "ckpt.pt")
+        store = checkpoint.Store(cfg.out_dir)
+        sharded = store.sharded(LATEST)  # a parallel=fsdp run's checkpoint
+        path = sharded or store.path(LATEST)
         if not os.path.exists(path):
             from gptkit import runs
             if runs.checkpoints(cfg.out_dir):
@@ -224,7 +226,8 @@ def locate(cfg, keys_, machine_keys):
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; train with init_from=scratch "
                             f"first, or set out_dir to the run's folder")
         if sharded:
-            ckpt = sharding.read_run_state(sharded)
+            store.check(sharded)  # a missing or cut-short shard is named now, with the checkpoints that are intact
+            ckpt = store.run_state(sharded)
         else:
             ckpt = checkpoint.load(path, require=("optimizer", "iter_num", "best_val_loss"))
         # the run's own settings are the base; what was given now applies on top of them
@@ -241,14 +244,16 @@ def locate(cfg, keys_, machine_keys):
         return Start("resume", base, changed, ckpt, path, notes=[note] if note else [], sharded=bool(sharded))
     if cfg.init_from == "scratch":
         return Start("scratch", cfg)
-    if os.path.isdir(os.path.join(cfg.init_from, "ckpt.dcp")) and not os.path.exists(os.path.join(cfg.init_from, "ckpt.pt")):
-        raise UserError(f"{cfg.init_from} holds a parallel=fsdp run's sharded checkpoint but not its one-file "
-                        f"ckpt.pt, which a new run starts from; write it with: python -m gptkit.sharding "
-                        f"--out_dir={cfg.init_from}")
-    if os.path.isfile(cfg.init_from) or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
-        # a checkpoint file, or a run folder: its weights and architecture start a new run
-        path = cfg.init_from if os.path.isfile(cfg.init_from) else os.path.join(cfg.init_from, "ckpt.pt")
-        return Start("checkpoint", cfg, ckpt=checkpoint.load(path), source=path)
+    if os.path.isfile(cfg.init_from):  # a checkpoint file: its weights and architecture start a new run
+        return Start("checkpoint", cfg, ckpt=checkpoint.load(cfg.init_from), source=cfg.init_from)
+    folder, name = os.path.split(os.path.normpath(cfg.init_from))
+    if name.endswith(checkpoint.SHARDED) and os.path.isdir(cfg.init_from):  # a sharded checkpoint, read whole
+        ckpt, path, _ = checkpoint.Store(folder).load(name)
+        return Start("checkpoint", cfg, ckpt=ckpt, source=path)
+    store = checkpoint.Store(cfg.init_from)
+    if os.path.isdir(cfg.init_from) and (os.path.isfile(store.path(LATEST)) or store.sharded(LATEST)):
+        ckpt, path, _ = store.load(LATEST)  # a run folder: its latest checkpoint, a newer sharded one read whole
+        return Start("checkpoint", cfg, ckpt=ckpt, source=path)
     return Start("pretrained", cfg, source=cfg.init_from)
 
 

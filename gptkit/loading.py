@@ -12,16 +12,8 @@ import torch
 from gptkit import checkpoint, hf_models, hub, lora, runs
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
-from model import GPT, MODEL_ARG_KEYS, GPTConfig
-
-
-def model_config(args, dropout=None):
-    """The GPTConfig of a checkpoint's settings (checkpoint.model_args); settings this version does not
-    know are left out, those it lacks keep their defaults."""
-    args = {k: args[k] for k in MODEL_ARG_KEYS if k in args}
-    if dropout is not None:
-        args["dropout"] = dropout
-    return GPTConfig(**args)
+from gptkit.checkpoint import LATEST, SHARDED
+from model import GPT
 
 
 def build_model(ckpt, path, dropout=None, lora_dropout=None):
@@ -30,7 +22,7 @@ def build_model(ckpt, path, dropout=None, lora_dropout=None):
     if ckpt.get("lora") is not None:
         return adapted_model(ckpt, path, dropout, lora_dropout)
     try:
-        return GPT.with_weights(model_config(checkpoint.model_args(ckpt), dropout),
+        return GPT.with_weights(checkpoint.model_config(checkpoint.model_args(ckpt), dropout),
                                 checkpoint.clean_state_dict(ckpt["model"]))
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} does not fit this model: {e}") from None
@@ -106,7 +98,7 @@ def find_meta(ckpt, out_dir):
     return None, None
 
 
-def run_dataset(out_dir, ckpt_name="ckpt.pt"):
+def run_dataset(out_dir, ckpt_name=None):
     """The prepared dataset folder a run trained on (its data_dir, else data/<dataset>): from the run's
     config.json, else from its checkpoint's config (nanoGPT's runs have no config.json); None if neither
     names one."""
@@ -117,7 +109,9 @@ def run_dataset(out_dir, ckpt_name="ckpt.pt"):
         with open(os.path.join(out_dir, "config.json")) as f:
             config = json.load(f)
     except (OSError, ValueError):
-        config = checkpoint.load(os.path.join(out_dir, ckpt_name)).get("config") or {}
+        store = checkpoint.Store(out_dir)
+        path, sharded, _ = store.find(ckpt_name)
+        config = (store.run_state(path) if sharded else checkpoint.load(path)).get("config") or {}
     if config.get("data_dir"):
         return config["data_dir"]
     return os.path.join(data_root(), config["dataset"]) if config.get("dataset") else None
@@ -139,9 +133,9 @@ def refuse_a_run_as_weights(init_from):
     """The scripts that read a model read a run through out_dir (init_from=resume, with its vocabulary and
     settings): a run folder or a run's checkpoint file given as init_from is answered with that command."""
     path = os.path.abspath(init_from)
-    if os.path.isfile(path) and path.endswith(".pt"):
+    if (os.path.isfile(path) and path.endswith(".pt")) or (os.path.isdir(path) and path.endswith(SHARDED)):
         folder, name = os.path.split(path)
-        named = "" if name == "ckpt.pt" else f" --ckpt_name={name}"
+        named = "" if name == LATEST else f" --ckpt_name={name}"
         raise UserError(f"init_from={init_from} is a run's checkpoint, which these scripts read through the run "
                         f"folder: use --out_dir={folder}{named} (and no init_from)", status=USAGE)
     if os.path.isdir(path) and runs.checkpoints(path):
@@ -149,7 +143,7 @@ def refuse_a_run_as_weights(init_from):
                         f"--out_dir={init_from} (and no init_from)", status=USAGE)
 
 
-def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dtype=torch.float32):
+def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=torch.float32):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from a Hugging Face model (a hub id or a local folder; its weights stored in dtype, its own
     tokenizer and chat template, GPT-2's through tiktoken). The tokenizer carries the chat
@@ -160,14 +154,14 @@ def load_for_inference(init_from, out_dir, ckpt_name="ckpt.pt", device="cpu", dt
     from gptkit.tokenizer import load_tokenizer
     template = prompt_format = tok = None
     if init_from == "resume":
-        path = os.path.join(out_dir, ckpt_name)
-        ckpt = checkpoint.load(path)
+        ckpt, path, note = checkpoint.Store(out_dir).load(ckpt_name)  # the newest form of it: a file or sharded
         model = build_model(ckpt, path, dropout=0.0)
         meta, folder = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")
         desc = f"{path} (iteration {int(ckpt.get('iter_num', 0))}" + (
-            f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")")
+            f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")") + (
+            f" [{note}]" if note else "")
         model = lora.merge(model)  # one matrix per layer again: generation costs what the base's does
         if ckpt.get("chat_template") is not None and "jinja" not in ckpt["chat_template"]:  # (a Jinja one comes with
             # the Hugging Face tokenizer of the run's meta.pkl)

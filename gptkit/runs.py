@@ -2,8 +2,8 @@
 Run folders: what a folder holds (a run, the remains of one, or things that are not a run's), one writer
 per run (a lock), and starting over in one.
 
-A folder holds a run when it has a checkpoint (ckpt.pt, best.pt, ckpt_<iter>.pt; a parallel=fsdp run's
-sharded ones are folders: ckpt.dcp, best.dcp, ckpt_<iter>.dcp). A new run starts in an empty folder, in
+A folder holds a run when it has a checkpoint (checkpoint.Store names them: ckpt.pt, best.pt, numbered
+copies, and a parallel=fsdp run's sharded folders). A new run starts in an empty folder, in
 one holding only the remains of a run that never saved (its config.json, meta.pkl, metrics.jsonl: a
 start-up that failed), which it replaces, or, when told to overwrite, in one holding a run, whose files
 it deletes and nothing else. A folder holding files a run does not write (a Hugging Face model, a
@@ -18,16 +18,14 @@ import os
 import re
 import shutil
 
-from gptkit import fileio
+from gptkit import checkpoint, fileio
+from gptkit.checkpoint import BEST, LATEST, NUMBERED, RUN_CHECKPOINTS
 from gptkit.errors import USAGE, UserError
 
 LOCK = "train.lock"
-NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")
 TEMPORARY = re.compile(r".*\.tmp\d+$")
-# a parallel=fsdp run's sharded checkpoints (folders; gptkit/sharding.py)
-SHARDED = ("ckpt.dcp", "best.dcp", "ckpt.dcp.previous", "best.dcp.previous")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
-RUN_FILES = ("ckpt.pt", "best.pt", *SHARDED, "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png",
+RUN_FILES = (*RUN_CHECKPOINTS, "metrics.jsonl", "config.json", "meta.pkl", "tokenizer.json", "loss.png",
              LOCK)
 RUN_FOLDERS = ("tb",)
 # written beside a run by the other scripts (export.py's default folder): not a run's, but not foreign
@@ -36,11 +34,7 @@ BESIDE_A_RUN = ("hf",)
 
 def checkpoints(folder):
     """The checkpoints in folder: ckpt.pt, best.pt, numbered copies, sharded ones (empty when it holds none)."""
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(n for n in names if n in ("ckpt.pt", "best.pt", *SHARDED) or NUMBERED.match(n))
+    return checkpoint.Store(folder).names()
 
 
 def _our_config(path):
@@ -66,17 +60,18 @@ def foreign_files(folder):
 
 def what_is_there(folder):
     """Its checkpoints, said with the command that uses them."""
-    found = checkpoints(folder)
-    if "ckpt.dcp" in found or "ckpt.dcp.previous" in found:
-        return f"{folder} holds a sharded run (ckpt.dcp): continue it with --init_from=resume --out_dir={folder}"
-    if "ckpt.pt" in found:
-        return f"{folder} holds a run (ckpt.pt): continue it with --init_from=resume --out_dir={folder}"
-    numbered = sorted((n for n in found if NUMBERED.match(n) and n.endswith(".pt")),
-                      key=lambda n: int(NUMBERED.match(n).group(1)))
-    newest = numbered[-1] if numbered else "best.pt"
-    return (f"{folder} holds {', '.join(found)} but no ckpt.pt, the state a run resumes from: start a new run from "
+    store = checkpoint.Store(folder)
+    found = store.names()
+    if store.sharded(LATEST):
+        return (f"{folder} holds a sharded run ({checkpoint.sharded_name(LATEST)}): continue it with "
+                f"--init_from=resume --out_dir={folder}")
+    if LATEST in found:
+        return f"{folder} holds a run ({LATEST}): continue it with --init_from=resume --out_dir={folder}"
+    numbered = sorted((n for n in found if NUMBERED.match(n)), key=lambda n: int(NUMBERED.match(n).group(1)))
+    newest = numbered[-1] if numbered else BEST if BEST in found else checkpoint.sharded_name(BEST)
+    return (f"{folder} holds {', '.join(found)} but no {LATEST}, the state a run resumes from: start a new run from "
             f"those weights with --init_from={os.path.join(folder, newest)} --out_dir=NEW_FOLDER, or copy "
-            f"{newest} to ckpt.pt to resume it")
+            f"{newest} to {LATEST if newest.endswith('.pt') else checkpoint.sharded_name(LATEST)} to resume it")
 
 
 def refuse_to_clobber(out_dir, overwrite=False):

@@ -11,11 +11,10 @@ and compares it with the run's consolidated ckpt.pt. Rank 0 writes the figures a
 
 import argparse
 import json
-import os
 
 import torch
 
-from gptkit import arithmetic, checkpoint, loading, optim, runtime, sharding, training
+from gptkit import arithmetic, checkpoint, dcp, optim, runtime, sharding, training
 from model import GPT, GPTConfig
 
 STEPS = 3
@@ -35,7 +34,7 @@ def held_bytes(model, optimizer):
         add(p)
         if p.grad is not None:
             add(p.grad)
-    for opt in sharding.optimizers(optimizer):
+    for opt in dcp.optimizers(optimizer):
         for state in opt.state.values():
             for v in state.values():
                 if torch.is_tensor(v):
@@ -66,15 +65,16 @@ def train(args, batches, plan, dist, shard_size=None):
 def resharded(run_dir, plan, dist):
     """The largest differences between the weights and AdamW state of run_dir's sharded checkpoint, loaded
     into a model sharded over this run's processes, and those of its consolidated ckpt.pt."""
-    folder = os.path.join(run_dir, "ckpt.dcp")
-    state = sharding.read_run_state(folder)
+    store = checkpoint.Store(run_dir)
+    folder = store.sharded(checkpoint.LATEST)
+    state = store.run_state(folder)
     c = state["config"]
     assert c["optimizer"] == "adamw", c["optimizer"]
-    model = GPT(loading.model_config(checkpoint.model_args(state)))
+    model = GPT(checkpoint.model_config(checkpoint.model_args(state)))
     model, _ = sharding.place(model, "fsdp", 0, False, dist, plan)
     optimizer = optim.configure_optimizers(model, c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]))
-    sharding.load(folder, model, optimizer)
-    whole = torch.load(os.path.join(run_dir, "ckpt.pt"), weights_only=True)
+    dcp.load(folder, model, optimizer)
+    whole = torch.load(store.path(checkpoint.LATEST), weights_only=True)
     weights = max((p.full_tensor() - whole["model"][name]).abs().max().item() for name, p in model.named_parameters())
     # the one-file layout numbers the parameters in the order of the optimizer's groups
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -1,5 +1,7 @@
 """checkpoint.py: atomic saves that survive SIGKILL, safe loads, one sentence for every bad file
-(in-process and through train.py and sample.py), and random state that round-trips."""
+(in-process and through train.py and sample.py), random state that round-trips, and a run folder's
+store: the newest of a checkpoint file and its sharded form is the one read, an older copy never
+replaces a newer one, and a damaged sharded checkpoint is named with the ones that are intact."""
 
 import multiprocessing
 import os
@@ -94,7 +96,7 @@ def test_keep_copy_keeps_versions_and_stale_temps_go(tmp_path):
     stale.write_bytes(b"x"), live.write_bytes(b"x")
     for k in range(1, 5):
         checkpoint.save(payload(k, 10), path)
-        checkpoint.keep_copy(path, str(tmp_path / f"ckpt_{k:07d}.pt"), keep_last=2)
+        checkpoint.Store(str(tmp_path)).keep_copy(path, k, keep_last=2)
     assert sorted(os.listdir(tmp_path)) == ["best.pt.tmp%d" % os.getppid(), "ckpt.pt", "ckpt_0000003.pt",
                                             "ckpt_0000004.pt"]
     # ckpt.pt is replaced by a rename, so a linked copy keeps the version it was made from
@@ -222,3 +224,93 @@ def test_a_resumed_runs_checkpoint_is_complete_and_plain(char_data, tmp_path):
     assert set(ckpt["rng"][0]) >= {"python", "numpy", "torch_cpu"} and ckpt["sampler"]["seed"] == 1337
     plain = (torch.Tensor, int, float, str, bool, type(None))
     assert all(isinstance(v, plain) for v in leaves(ckpt)), {type(v) for v in leaves(ckpt)} - set(plain)
+
+
+# -----------------------------------------------------------------------------
+# a run folder's store, with sharded checkpoints written by one process (as parallel=fsdp on one process does)
+
+def tiny_run(folder, sharded, fsdp_consolidate="end", keep_last=2):
+    """A saver for a two-layer model's run in folder, and a function that trains it one step."""
+    from gptkit import optim, runtime
+    from gptkit.training import Progress
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=CORPUS_VOCAB, dropout=0.0))
+    config = dict(seed=0, fsdp_consolidate=fsdp_consolidate, weight_decay=0.1, learning_rate=1e-2, beta1=0.9,
+                  beta2=0.95, optimizer="adamw", dataset="play_char")
+    opt = optim.configure_optimizers(model, 0.1, 1e-2, (0.9, 0.95))
+    saver = checkpoint.Store(str(folder)).saver(sharded, model, opt, None, config, None, keep_last, runtime.Dist(),
+                                                "cpu")
+    progress = Progress()
+
+    def step():
+        x = torch.randint(0, CORPUS_VOCAB, (2, 8))
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        progress.iter_num += 1
+        return progress
+
+    return saver, step, model
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_sharded_checkpoint_newer_than_its_file_is_the_one_read_in_memory_and_nothing_is_written(tmp_path):
+    saver, step, model = tiny_run(tmp_path, sharded=True)
+    saver.save(step(), best=True)
+    assert saver.consolidate() == []  # ckpt.pt and best.pt of iteration 1
+    for _ in range(2):
+        saver.save(step())  # killed after this save: ckpt.dcp at 3, ckpt.pt still at 1
+    store = checkpoint.Store(str(tmp_path))
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    ckpt, path, note = store.load()
+    assert path == str(tmp_path / "ckpt.dcp") and ckpt["iter_num"] == 3 and "newer than ckpt.pt" in note
+    assert same_weights(ckpt["model"], checkpoint.model_state(model))
+    assert (tmp_path / "ckpt.pt").read_bytes() == before  # read in memory: the user's files are left as they were
+    # every sharded checkpoint is read by its name: best.dcp, and keep_last's numbered copies
+    assert store.load("best.dcp")[0]["iter_num"] == 1 and store.load("best.pt")[1] == str(tmp_path / "best.pt")
+    assert sorted(n for n in store.names() if n.startswith("ckpt_")) == ["ckpt_0000002.dcp", "ckpt_0000003.dcp"]
+    assert store.load("ckpt_0000002.dcp")[0]["iter_num"] == 2
+    assert "ckpt.pt (latest; older than ckpt.dcp, which the scripts read)" in store.describe()
+    # the file written from it is the one a one-file run writes (nanoGPT's keys), and then it is the one read
+    assert store.consolidate("ckpt.pt") == f"wrote {tmp_path / 'ckpt.pt'} from {tmp_path / 'ckpt.dcp'} (iteration 3)"
+    whole = checkpoint.load(str(tmp_path / "ckpt.pt"), require=("optimizer", "iter_num", "best_val_loss", "config"))
+    assert same_weights(whole["model"], ckpt["model"]) and store.find()[0] == str(tmp_path / "ckpt.pt")
+
+
+def test_consolidating_never_writes_an_older_sharded_checkpoint_over_a_newer_file(tmp_path):
+    """best.dcp of a sharded run at iteration 1, then the run went on in one process and wrote best.pt at 3."""
+    sharded, step, _ = tiny_run(tmp_path, sharded=True, fsdp_consolidate="never")
+    sharded.save(step(), latest=False, best=True)
+    whole, step, _ = tiny_run(tmp_path, sharded=False)
+    step(), step()
+    whole.save(step(), best=True)
+    before = (tmp_path / "best.pt").read_bytes()
+    store = checkpoint.Store(str(tmp_path))
+    said = store.consolidate("best.pt")
+    assert said.startswith(f"kept {tmp_path / 'best.pt'} (iteration 3)") and "best.dcp (iteration 1)" in said
+    assert (tmp_path / "best.pt").read_bytes() == before
+    assert store.load("best.pt")[0]["iter_num"] == 3  # and the newer file is the one read
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+def test_a_damaged_shard_is_named_with_the_checkpoints_that_are_intact(tmp_path, how):
+    saver, step, _ = tiny_run(tmp_path, sharded=True, fsdp_consolidate="never")
+    saver.save(step(), best=True)
+    saver.save(step())
+    shard = tmp_path / "ckpt.dcp" / "__0_0.distcp"
+    data = shard.read_bytes()
+    shard.unlink()  # the numbered copy holds a second link to the file: it stays whole
+    if how == "truncated":
+        shard.write_bytes(data[:len(data) // 2])
+    store = checkpoint.Store(str(tmp_path))
+    for read in (store.load, lambda: store.load("ckpt.dcp")):
+        with pytest.raises(UserError) as e:
+            read()
+        err = str(e.value)
+        assert str(shard) in err and how in err and "damaged" in err, err
+        assert "intact: best.dcp, ckpt_0000001.dcp, ckpt_0000002.dcp" in err and "different model" not in err, err
+    assert store.load("ckpt_0000002.dcp")[0]["iter_num"] == 2

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from gptkit import configurator
-from conftest import ROOT, read_metrics, run, script
-from gptkit import keys, runtime, sharding
+from conftest import ROOT, export, read_metrics, run, script
+from gptkit import checkpoint, dcp, keys, runtime, sharding
 from gptkit.errors import UserError
 from test_ddp import (COMMON, ITERS, LAUNCH_TIMEOUT, TOL, assert_close, evals, start_and_interrupt, steps, stopped_at,
                       torchrun, worker_pids)
@@ -125,7 +125,7 @@ def test_a_sharded_muon_run_stopped_by_sigterm_resumes_on_two_processes_and_on_o
     k = stopped_at(output)
     assert 2 < k < ITERS, f"the signal landed at iteration {k}; the machine is too slow for this test"
     assert f"saved {two / 'ckpt.dcp'}" in output
-    assert sharding.read_run_state(two / "ckpt.dcp")["iter_num"] == k
+    assert checkpoint.Store(two).run_state(two / "ckpt.dcp")["iter_num"] == k
     assert torch.load(two / "ckpt.pt", weights_only=True)["iter_num"] == k  # consolidated as the run stopped
     shutil.copytree(two, one)
 
@@ -190,21 +190,24 @@ def test_a_run_resumes_only_with_the_engine_it_was_saved_by(adamw_runs):
 
 @SERIAL
 @pytest.mark.slow
-def test_a_run_with_only_sharded_checkpoints_says_how_to_consolidate_them_and_that_writes_the_same_file(
-        adamw_runs, tmp_path, monkeypatch):
+def test_a_run_with_only_sharded_checkpoints_is_read_whole_and_export_writes_the_same_file(
+        adamw_runs, tmp_path, capsys, monkeypatch):
     sharded, _, _ = adamw_runs
     bare = tmp_path / "bare"
     shutil.copytree(sharded, bare)
     for name in ("ckpt.pt", "best.pt"):
         (bare / name).unlink()
-    for command in (["sample.py", f"--out_dir={bare}"], ["train.py", f"--init_from={bare}", f"--out_dir={tmp_path}"]):
-        e = script(*command)
-        assert f"python -m gptkit.sharding --out_dir={bare}" in str(e), str(e)
-    monkeypatch.setattr(sys, "argv", ["sharding.py", f"--out_dir={bare}"])
-    sharding.main()
-    monkeypatch.setattr(sys, "argv", ["sharding.py", f"--out_dir={tmp_path}"])
+    texts = []
+    for out in (sharded, bare):  # the sharded checkpoint read whole, in memory: the text of the consolidated file
+        monkeypatch.setattr(sys, "argv", ["sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=40",
+                                          "--device=cpu"])
+        runpy.run_path(str(ROOT / "sample.py"), run_name="__main__")
+        texts.append(capsys.readouterr())
+    assert texts[0].out == texts[1].out and "read from the sharded ckpt.dcp" in texts[1].err
+    assert sorted(f.name for f in bare.glob("*.pt")) == []  # nothing was written to the run folder
+    export(f"--out_dir={bare}", "--format=pt")
     with pytest.raises(UserError, match="holds no sharded checkpoint"):
-        sharding.main()
+        export(f"--out_dir={tmp_path}", "--format=pt")
     assert_same_checkpoint_file(sharded / "ckpt.pt", bare / "ckpt.pt", tol=0.0)
     assert_same_checkpoint_file(sharded / "best.pt", bare / "best.pt", tol=0.0)
 
@@ -228,19 +231,19 @@ def test_float16_is_refused_before_anything_is_sharded():
 def test_a_crash_between_the_two_renames_leaves_the_previous_checkpoint_found(tmp_path):
     def checkpoint_folder(path, iteration):
         path.mkdir()
-        torch.save(dict(iter_num=iteration), path / sharding.RUN_STATE)
+        torch.save(dict(iter_num=iteration), path / checkpoint.RUN_STATE)
         return path
 
     folder = tmp_path / "ckpt.dcp"
-    assert sharding.latest(str(folder)) is None
+    assert dcp.latest(str(folder), checkpoint.RUN_STATE) is None
     checkpoint_folder(folder, 1)
-    sharding.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 2)), str(folder))
-    assert sharding.latest(str(folder)) == str(folder) and sorted(os.listdir(tmp_path)) == ["ckpt.dcp"]
-    assert torch.load(folder / sharding.RUN_STATE)["iter_num"] == 2
+    dcp.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 2)), str(folder))
+    assert dcp.latest(str(folder), checkpoint.RUN_STATE) == str(folder) and sorted(os.listdir(tmp_path)) == ["ckpt.dcp"]
+    assert torch.load(folder / checkpoint.RUN_STATE)["iter_num"] == 2
     os.rename(folder, tmp_path / "ckpt.dcp.previous")  # the first rename, then the crash
-    assert sharding.latest(str(folder)) == str(tmp_path / "ckpt.dcp.previous")
-    sharding.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 3)), str(folder))  # the next save
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.dcp"] and torch.load(folder / sharding.RUN_STATE)["iter_num"] == 3
+    assert checkpoint.Store(tmp_path).sharded("ckpt.pt") == str(tmp_path / "ckpt.dcp.previous")
+    dcp.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 3)), str(folder))  # the next save
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.dcp"] and torch.load(folder / checkpoint.RUN_STATE)["iter_num"] == 3
 
 
 def test_activation_checkpointing_gives_the_same_losses_gradients_and_dropout():
