@@ -64,7 +64,7 @@ start = everywhere(lambda: init_from.locate(cfg, KEYS, MACHINE_KEYS))
 cfg = start.cfg
 if cfg.lora_rank:
     lora.kinds(cfg.lora_targets)  # a misspelt layer name: one sentence now, not after loading the weights
-source = start.ckpt or {}  # the run resumed, or the one whose weights start this run (None: GPT-2's)
+source = start.saved or {}  # the run resumed, or the one whose weights start this run (None: GPT-2's)
 saved = source.get("config") or {}
 if start.resuming and isinstance(saved.get("reward"), str) and cfg.reward is None:
     raise UserError(f"the run in {cfg.out_dir} was rewarded by {saved['reward']}; resume it with that config file "
@@ -75,8 +75,8 @@ if cfg.gradient_accumulation_steps % dist.world_size:
     raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                     f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=USAGE)
 accum_local = cfg.gradient_accumulation_steps // dist.world_size
-vocab_dir = cfg.out_dir if start.resuming else os.path.dirname(start.source) if start.ckpt else None
-meta, meta_dir = loading.find_meta(source, vocab_dir) if start.ckpt else (None, None)
+vocab_dir = cfg.out_dir if start.resuming else os.path.dirname(start.source) if start.saved else None
+meta, meta_dir = loading.find_meta(source, vocab_dir) if start.saved else (None, None)
 tok = load_tokenizer(meta, meta_dir)
 fmt = ProblemFormat.of_run(saved)  # the generated problems the run was trained on, if any
 if cfg.prompts:
@@ -160,7 +160,7 @@ progress = start.progress(0)
 resume_rng, note = start.restore(optimizer, None, dist, raw_model)
 if master and note:
     print(note)
-start.ckpt = source = None  # free the memory
+source = None
 if progress.iter_num >= cfg.max_iters:
     if master:
         print(f"nothing to do: the run is at iteration {progress.iter_num} and max_iters={cfg.max_iters}; give a "

@@ -126,7 +126,6 @@ scaler = step.scaler if plan.grad_scaler else None
 resume_rng, note = start.restore(optimizer, scaler, dist, raw_model)
 if master and note:
     print(note)
-start.ckpt = None  # free the memory
 
 peak_flops, peak_source = runtime.peak_flops(device, plan.dtype, cfg.peak_flops)
 flops_per_token = raw_model.flops_per_token()
