@@ -1,6 +1,7 @@
 """
-Checkpoint files: nanoGPT's layout, atomic writes, safe (weights_only) reads with one-sentence errors,
-and what a training run saves in them.
+Checkpoints: the file (nanoGPT's layout, atomic writes, safe reads with one-sentence errors) and a run
+folder's store of them (checkpoint.Store: their names, declared here alone; which one to read; saving,
+whole-file or sharded; keep_last's copies; one-file checkpoints from sharded ones).
 
 A checkpoint is a dict with at least nanoGPT's six keys: model, optimizer, model_args, iter_num,
 best_val_loss, config. model_args holds only the settings nanoGPT's GPTConfig knows, so nanoGPT's own
@@ -9,6 +10,14 @@ beyond them sit beside it in model_options. Ours add the state needed to continu
 (RunSaver). A LoRA run's 'model' holds its adapters alone, and its 'lora' entry the settings and the
 base they adapt (gptkit/lora.py). Everything in it is tensors and plain Python values, so
 torch.load(weights_only=True) reads it. Building a model from one is loading.py's job.
+
+A parallel=fsdp run saves each checkpoint as a sharded folder instead (ckpt.pt -> ckpt.dcp; the format
+is dcp.py's), with RUN_STATE beside the shards: the checkpoint less its weights and optimizer state.
+
+    store = checkpoint.Store(out_dir)
+    ckpt, path, note = store.load("best.pt")     # the newest of best.pt and best.dcp (read whole, in memory)
+    saver = store.saver(sharded, model, ...)     # saver.save(progress, latest=True, best=False)
+    store.consolidate("ckpt.pt")                 # ckpt.pt from ckpt.dcp, never over a newer ckpt.pt
 """
 
 import os
@@ -62,7 +71,7 @@ def read(path, map_location="cpu"):
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}")
     if os.path.isdir(path):
-        raise UserError(f"{path} is a folder, not a checkpoint file; point out_dir at the folder that holds ckpt.pt")
+        raise UserError(f"{path} is a folder, not a checkpoint file; point out_dir at the folder that holds {LATEST}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol warning would bury the sentence
@@ -176,7 +185,8 @@ RUN_STATE = "run.pt"  # in each sharded checkpoint: everything but the weights a
 NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")  # keep_last's copies of the latest, by iteration
 # what a run writes besides its numbered copies: checkpoint files and sharded folders (and a sharded
 # folder moved aside while its successor is renamed into place)
-RUN_CHECKPOINTS = (LATEST, BEST, "ckpt.dcp", "best.dcp", "ckpt.dcp.previous", "best.dcp.previous")
+RUN_CHECKPOINTS = (LATEST, BEST, *(os.path.splitext(name)[0] + SHARDED + moved for name in (LATEST, BEST)
+                                    for moved in ("", ".previous")))
 
 
 def sharded_name(name):

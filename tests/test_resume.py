@@ -16,6 +16,7 @@ import torch
 
 import conftest
 from conftest import TINY, assert_clean_error, nanogpt_checkpoint, read_metrics, run
+from gptkit.errors import UserError
 
 # one intra-op thread: much faster for a tiny model on a busy machine, and the same in every run compared
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -315,6 +316,27 @@ def test_a_new_run_from_a_nanogpt_checkpoint_and_what_is_refused(char_data, tmp_
     p = run("train.py", "--dataset=play_char", *TINY, f"--init_from={tmp_path / 'wide'}",
             f"--out_dir={tmp_path / 'y'}", check=False, env=ENV)
     assert_clean_error(p, status=2, words=["does not fit", "vocabulary of 80"])
+
+
+def test_a_new_run_from_weights_takes_their_network_before_any_model_is_built_and_leaves_the_given_settings(
+        char_data, tmp_path):
+    from gptkit import configurator, init_from, keys
+    from gptkit.dataset import read_meta
+    nanogpt_checkpoint(tmp_path / "run" / "ckpt.pt", n_layer=2, n_embd=32, block_size=32)
+    cfg = configurator.configure(keys.KEYS, argv=["--dataset=play_char", f"--init_from={tmp_path / 'run'}",
+                                                  "--block_size=16", "--dropout=0.1"], announce=False)
+    given = dict(vars(cfg))
+    start = init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)
+    assert vars(cfg) == given  # the settings given are never written into
+    assert (start.cfg.n_layer, start.cfg.n_embd, start.cfg.bias, start.cfg.block_size) == (2, 32, False, 16)
+    assert "model" not in start.saved and start.saved["iter_num"] == 100
+    model, said = start.build_model(read_meta(char_data), "play_char")
+    assert model.config.n_layer == 2 and model.config.block_size == 16 and model.config.dropout == 0.1
+    assert said.startswith(f"starting a new run from the weights of {tmp_path / 'run' / 'ckpt.pt'} (iteration 100)")
+    # a setting that contradicts the weights is refused while the settings are resolved, before any data is read
+    cfg = configurator.configure(keys.KEYS, argv=[f"--init_from={tmp_path / 'run'}", "--n_embd=64"], announce=False)
+    with pytest.raises(UserError, match="n_embd=64 conflicts with .*which has n_embd=32"):
+        init_from.locate(cfg, keys.KEYS, keys.MACHINE_KEYS)
 
 
 # -----------------------------------------------------------------------------
