@@ -146,7 +146,7 @@ def remove(path):
 
 
 def remove_any(path):
-    """Delete a file, or a folder (a sharded checkpoint, gptkit/sharding.py), if it is there."""
+    """Delete a file, or a folder (a sharded checkpoint, gptkit/dcp.py), if it is there."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
