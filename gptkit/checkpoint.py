@@ -12,7 +12,7 @@ base they adapt (gptkit/lora.py). Everything in it is tensors and plain Python v
 torch.load(weights_only=True) reads it. Building a model from one is loading.py's job.
 
 A parallel=fsdp run saves each checkpoint as a sharded folder instead (ckpt.pt -> ckpt.dcp; the format
-is dcp.py's), with RUN_STATE beside the shards: the checkpoint less its weights and optimizer state.
+is dcp.py's, the names runs.py's), with RUN_STATE beside the shards: the checkpoint less its weights and optimizer state.
 
     store = checkpoint.Store(out_dir)
     ckpt, path, note = store.load("best.pt")     # the newest of best.pt and best.dcp (read whole, in memory)
@@ -23,7 +23,6 @@ is dcp.py's), with RUN_STATE beside the shards: the checkpoint less its weights 
 import os
 import pickle
 import random
-import re
 import shutil
 import warnings
 import zipfile
@@ -33,6 +32,8 @@ import torch
 
 from gptkit import dcp, fileio, lora, optim, runtime
 from gptkit.errors import USAGE, UserError
+from gptkit.runs import BEST, LATEST, NUMBERED, RUN_STATE, SHARDED, checkpoints, complete_sharded, numbered, \
+    sharded_name
 from model import GPT, MODEL_ARG_KEYS, GPTConfig
 
 # the fields of nanoGPT's GPTConfig: a checkpoint's model_args holds these and nothing else
@@ -176,28 +177,7 @@ def model_config(args, dropout=None):
 
 
 # -----------------------------------------------------------------------------
-# a run folder's checkpoints: their names, declared here and nowhere else
-
-LATEST = "ckpt.pt"  # the run after its last save: what init_from=resume continues and the scripts read
-BEST = "best.pt"  # the run at its best val loss so far
-SHARDED = ".dcp"  # a parallel=fsdp run's form of each checkpoint: a folder (ckpt.dcp, best.dcp; dcp.py)
-RUN_STATE = "run.pt"  # in each sharded checkpoint: everything but the weights and the optimizer state, written last
-NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")  # keep_last's copies of the latest, by iteration
-# what a run writes besides its numbered copies: checkpoint files and sharded folders (and a sharded
-# folder moved aside while its successor is renamed into place)
-RUN_CHECKPOINTS = (LATEST, BEST, *(os.path.splitext(name)[0] + SHARDED + moved for name in (LATEST, BEST)
-                                    for moved in ("", ".previous")))
-
-
-def sharded_name(name):
-    """The sharded form of the checkpoint file `name`: ckpt.pt -> ckpt.dcp."""
-    return os.path.splitext(name)[0] + SHARDED
-
-
-def numbered(iter_num, sharded=False):
-    """The name of keep_last's copy of the latest checkpoint at iter_num (zero-padded: names sort by iteration)."""
-    return f"ckpt_{iter_num:07d}" + (SHARDED if sharded else ".pt")
-
+# a run folder's checkpoints (their names are declared in runs.py, which plot.py reads without torch)
 
 def file_iteration(path):
     """The iteration a checkpoint file holds, read without loading its tensors (memory-mapped); None
@@ -224,15 +204,11 @@ class Store:
 
     def names(self):
         """The checkpoints in the folder: ckpt.pt, best.pt, numbered copies, sharded ones (empty when none)."""
-        try:
-            names = os.listdir(self.folder)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(n for n in names if n in RUN_CHECKPOINTS or NUMBERED.match(n))
+        return checkpoints(self.folder)
 
     def sharded(self, name):
         """The complete sharded checkpoint that stands for `name` (ckpt.pt or ckpt.dcp: ckpt.dcp), or None."""
-        return dcp.latest(self.path(name, sharded=not name.endswith(SHARDED)), RUN_STATE)
+        return complete_sharded(self.path(name, sharded=not name.endswith(SHARDED)))
 
     def find(self, name=None):
         """(path, sharded, note): the newest checkpoint under `name`, the file or its sharded form (a run killed

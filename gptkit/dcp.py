@@ -108,19 +108,10 @@ def damage(folder):
     return None
 
 
-def latest(folder, complete):
-    """folder if it holds a complete checkpoint (the file `complete` is in it); else the previous one,
-    where a crash fell between replace()'s two renames; None if neither is there."""
-    for path in (folder, folder + ".previous"):
-        if os.path.isfile(os.path.join(path, complete)):
-            return path
-    return None
-
-
 def replace(tmp, folder):
     """Rename the complete checkpoint tmp to folder. A folder cannot be renamed over another, so the
     previous checkpoint is first moved aside to folder.previous and deleted once the new one is in
-    place: a crash at any moment leaves a complete checkpoint that latest() finds."""
+    place: a crash at any moment leaves a complete checkpoint (runs.complete_sharded finds it)."""
     previous = folder + ".previous"
     try:
         fileio.fsync_folder(tmp)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from gptkit import configurator
 from gptkit import checkpoint, dcp, hf_models, keys, loading, lora, runtime
-from gptkit.checkpoint import LATEST
+from gptkit.runs import LATEST, SHARDED
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_PADDED_VOCAB, vocab_mismatch
 from gptkit.training import Progress
@@ -319,7 +319,7 @@ def read_weights_checkpoint(init_from):
     if os.path.isfile(init_from):
         return checkpoint.load(init_from), init_from
     folder, name = os.path.split(os.path.normpath(init_from))
-    if name.endswith(checkpoint.SHARDED) and os.path.isdir(init_from):
+    if name.endswith(SHARDED) and os.path.isdir(init_from):
         ckpt, path, _ = checkpoint.Store(folder).load(name)
         return ckpt, path
     store = checkpoint.Store(init_from)

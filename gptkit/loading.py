@@ -12,7 +12,7 @@ import torch
 from gptkit import checkpoint, hf_models, hub, lora, runs
 from gptkit.errors import USAGE, UserError
 from gptkit.tokenizer import GPT2_VOCAB, vocab_mismatch
-from gptkit.checkpoint import LATEST, SHARDED
+from gptkit.runs import LATEST, SHARDED
 from model import GPT
 
 

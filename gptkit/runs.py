@@ -2,8 +2,9 @@
 Run folders: what a folder holds (a run, the remains of one, or things that are not a run's), one writer
 per run (a lock), and starting over in one.
 
-A folder holds a run when it has a checkpoint (checkpoint.Store names them: ckpt.pt, best.pt, numbered
-copies, and a parallel=fsdp run's sharded folders). A new run starts in an empty folder, in
+A folder holds a run when it has a checkpoint: ckpt.pt, best.pt, numbered copies, and a parallel=fsdp
+run's sharded folders, whose names are declared here, for every script (checkpoint.Store saves, finds
+and reads them; this module imports no torch, so plot.py can list runs at once). A new run starts in an empty folder, in
 one holding only the remains of a run that never saved (its config.json, meta.pkl, metrics.jsonl: a
 start-up that failed), which it replaces, or, when told to overwrite, in one holding a run, whose files
 it deletes and nothing else. A folder holding files a run does not write (a Hugging Face model, a
@@ -18,10 +19,29 @@ import os
 import re
 import shutil
 
-from gptkit import checkpoint, fileio
-from gptkit.checkpoint import BEST, LATEST, NUMBERED, RUN_CHECKPOINTS
+from gptkit import fileio
 from gptkit.errors import USAGE, UserError
 
+# a run's checkpoints, named here and nowhere else
+LATEST = "ckpt.pt"  # the run after its last save: what init_from=resume continues and the scripts read
+BEST = "best.pt"  # the run at its best val loss so far
+SHARDED = ".dcp"  # a parallel=fsdp run's form of each checkpoint: a folder (ckpt.dcp, best.dcp; dcp.py)
+RUN_STATE = "run.pt"  # in each sharded checkpoint: everything but the weights and the optimizer state, written last
+NUMBERED = re.compile(r"ckpt_(\d+)\.(pt|dcp)$")  # keep_last's copies of the latest, by iteration
+
+
+def sharded_name(name):
+    """The sharded form of the checkpoint file `name`: ckpt.pt -> ckpt.dcp."""
+    return os.path.splitext(name)[0] + SHARDED
+
+
+def numbered(iter_num, sharded=False):
+    """The name of keep_last's copy of the latest checkpoint at iter_num (zero-padded: names sort by iteration)."""
+    return f"ckpt_{iter_num:07d}" + (SHARDED if sharded else ".pt")
+
+
+# checkpoint files and sharded folders (and a sharded folder moved aside while its successor is renamed into place)
+RUN_CHECKPOINTS = (LATEST, BEST, *(sharded_name(name) + moved for name in (LATEST, BEST) for moved in ("", ".previous")))
 LOCK = "train.lock"
 TEMPORARY = re.compile(r".*\.tmp\d+$")
 # what a run writes, all of which overwrite=True deletes (and nothing else in the folder)
@@ -34,7 +54,20 @@ BESIDE_A_RUN = ("hf",)
 
 def checkpoints(folder):
     """The checkpoints in folder: ckpt.pt, best.pt, numbered copies, sharded ones (empty when it holds none)."""
-    return checkpoint.Store(folder).names()
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n in RUN_CHECKPOINTS or NUMBERED.match(n))
+
+
+def complete_sharded(folder):
+    """folder if it is a complete sharded checkpoint (its run state is written last); else the previous one,
+    where a crash fell between the two renames that replace it; None if neither is there."""
+    for path in (folder, folder + ".previous"):
+        if os.path.isfile(os.path.join(path, RUN_STATE)):
+            return path
+    return None
 
 
 def _our_config(path):
@@ -60,18 +93,17 @@ def foreign_files(folder):
 
 def what_is_there(folder):
     """Its checkpoints, said with the command that uses them."""
-    store = checkpoint.Store(folder)
-    found = store.names()
-    if store.sharded(LATEST):
-        return (f"{folder} holds a sharded run ({checkpoint.sharded_name(LATEST)}): continue it with "
+    found = checkpoints(folder)
+    if complete_sharded(os.path.join(folder, sharded_name(LATEST))):
+        return (f"{folder} holds a sharded run ({sharded_name(LATEST)}): continue it with "
                 f"--init_from=resume --out_dir={folder}")
     if LATEST in found:
         return f"{folder} holds a run ({LATEST}): continue it with --init_from=resume --out_dir={folder}"
     numbered = sorted((n for n in found if NUMBERED.match(n)), key=lambda n: int(NUMBERED.match(n).group(1)))
-    newest = numbered[-1] if numbered else BEST if BEST in found else checkpoint.sharded_name(BEST)
+    newest = numbered[-1] if numbered else BEST if BEST in found else sharded_name(BEST)
     return (f"{folder} holds {', '.join(found)} but no {LATEST}, the state a run resumes from: start a new run from "
             f"those weights with --init_from={os.path.join(folder, newest)} --out_dir=NEW_FOLDER, or copy "
-            f"{newest} to {LATEST if newest.endswith('.pt') else checkpoint.sharded_name(LATEST)} to resume it")
+            f"{newest} to {LATEST if newest.endswith('.pt') else sharded_name(LATEST)} to resume it")
 
 
 def refuse_to_clobber(out_dir, overwrite=False):

@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from gptkit import arithmetic, checkpoint, dcp, optim, runtime, sharding, training
+from gptkit import arithmetic, checkpoint, dcp, optim, runs, runtime, sharding, training
 from model import GPT, GPTConfig
 
 STEPS = 3
@@ -66,7 +66,7 @@ def resharded(run_dir, plan, dist):
     """The largest differences between the weights and AdamW state of run_dir's sharded checkpoint, loaded
     into a model sharded over this run's processes, and those of its consolidated ckpt.pt."""
     store = checkpoint.Store(run_dir)
-    folder = store.sharded(checkpoint.LATEST)
+    folder = store.sharded(runs.LATEST)
     state = store.run_state(folder)
     c = state["config"]
     assert c["optimizer"] == "adamw", c["optimizer"]
@@ -74,7 +74,7 @@ def resharded(run_dir, plan, dist):
     model, _ = sharding.place(model, "fsdp", 0, False, dist, plan)
     optimizer = optim.configure_optimizers(model, c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]))
     dcp.load(folder, model, optimizer)
-    whole = torch.load(store.path(checkpoint.LATEST), weights_only=True)
+    whole = torch.load(store.path(runs.LATEST), weights_only=True)
     weights = max((p.full_tensor() - whole["model"][name]).abs().max().item() for name, p in model.named_parameters())
     # the one-file layout numbers the parameters in the order of the optimizer's groups
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -18,7 +18,7 @@ import torch
 
 from gptkit import configurator
 from conftest import ROOT, export, read_metrics, run, script
-from gptkit import checkpoint, dcp, keys, runtime, sharding
+from gptkit import checkpoint, dcp, keys, runs, runtime, sharding
 from gptkit.errors import UserError
 from test_ddp import (COMMON, ITERS, LAUNCH_TIMEOUT, TOL, assert_close, evals, start_and_interrupt, steps, stopped_at,
                       torchrun, worker_pids)
@@ -231,19 +231,19 @@ def test_float16_is_refused_before_anything_is_sharded():
 def test_a_crash_between_the_two_renames_leaves_the_previous_checkpoint_found(tmp_path):
     def checkpoint_folder(path, iteration):
         path.mkdir()
-        torch.save(dict(iter_num=iteration), path / checkpoint.RUN_STATE)
+        torch.save(dict(iter_num=iteration), path / runs.RUN_STATE)
         return path
 
     folder = tmp_path / "ckpt.dcp"
-    assert dcp.latest(str(folder), checkpoint.RUN_STATE) is None
+    assert runs.complete_sharded(str(folder)) is None
     checkpoint_folder(folder, 1)
     dcp.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 2)), str(folder))
-    assert dcp.latest(str(folder), checkpoint.RUN_STATE) == str(folder) and sorted(os.listdir(tmp_path)) == ["ckpt.dcp"]
-    assert torch.load(folder / checkpoint.RUN_STATE)["iter_num"] == 2
+    assert runs.complete_sharded(str(folder)) == str(folder) and sorted(os.listdir(tmp_path)) == ["ckpt.dcp"]
+    assert torch.load(folder / runs.RUN_STATE)["iter_num"] == 2
     os.rename(folder, tmp_path / "ckpt.dcp.previous")  # the first rename, then the crash
     assert checkpoint.Store(tmp_path).sharded("ckpt.pt") == str(tmp_path / "ckpt.dcp.previous")
     dcp.replace(str(checkpoint_folder(tmp_path / "ckpt.dcp.tmp1", 3)), str(folder))  # the next save
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.dcp"] and torch.load(folder / checkpoint.RUN_STATE)["iter_num"] == 3
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.dcp"] and torch.load(folder / runs.RUN_STATE)["iter_num"] == 3
 
 
 def test_activation_checkpointing_gives_the_same_losses_gradients_and_dropout():
