@@ -270,7 +270,12 @@ def locate(cfg, keys_, machine_keys):
         refuse_other_architecture(cfg, checkpoint.model_args(ckpt), path, resuming=False)
         return Start("checkpoint", with_network(cfg, network), saved=light(ckpt), source=path,
                      heavy={"model": ckpt["model"]})
-    network = vars(pretrained_config(cfg.init_from, cfg.dropout))
+    try:
+        network = vars(pretrained_config(cfg.init_from, cfg.dropout))
+    except UserError:
+        # not reachable or not readable (offline, a mistyped path): reading the weights fails with the same
+        # sentence, after the data's own refusals, and no run starts with these settings
+        return Start("pretrained", cfg, source=cfg.init_from)
     refuse_other_architecture(cfg, network, cfg.init_from, resuming=False)
     return Start("pretrained", with_network(cfg, network), source=cfg.init_from)
 
