@@ -85,7 +85,7 @@ def bench_train():
 
     import torch
 
-    from gptkit import optim, runtime
+    from gptkit import loggers, optim, runtime
     from gptkit.training import Step
     from model import GPT
 
@@ -152,7 +152,7 @@ def bench_train():
 
     tokens_per_iter = B * T * accum
     peak, peak_source = runtime.peak_flops(device, plan.dtype)
-    mfu = runtime.mfu(model.flops_per_token(), tokens_per_iter, dt, peak)
+    mfu = loggers.mfu_of(model.flops_per_token(), tokens_per_iter, dt, peak)
     if cuda:
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "CUDA max allocated"
     else:

@@ -22,6 +22,7 @@ from gptkit import errors
 errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
 
 from gptkit import configurator  # noqa: E402
+from gptkit import keys  # noqa: E402
 from gptkit.configurator import Key  # noqa: E402
 from gptkit.stopping import require_stdout  # noqa: E402
 
@@ -31,8 +32,8 @@ KEYS = [
     Key("init_from", "auto", "auto (the run in out_dir), resume, a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face "
         "folder or hub id (Llama, Qwen2, Qwen3, Mistral: an instruct model chats in its own template)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
-        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
+    keys.CKPT_NAME,
+    keys.LORA_BASE,
     Key("style", "auto", "auto (the run's chat template if it was fine-tuned on conversations, else play for "
         "character models, chat otherwise), template, play or chat: the default prefixes",
         choices=("auto", "template", "play", "chat")),
@@ -88,7 +89,8 @@ threads = ThreadChooser(cfg.threads, device, unit="token", say=lambda line: prin
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(init_from, cfg.out_dir, cfg.ckpt_name, device,
-                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32)
+                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32,
+                                              lora_base=cfg.lora_base)
 model = quantize.for_decoding(model, cfg.quantize)
 block_size = model.config.block_size
 if tok.prompt_format is not None:  # no conversation to continue: it knows problems and their answers

@@ -16,6 +16,7 @@ from gptkit import errors
 errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
 
 from gptkit import configurator  # noqa: E402
+from gptkit import keys  # noqa: E402
 from gptkit.configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -24,8 +25,8 @@ KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), or a Hugging Face folder or "
         "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
-        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
+    keys.CKPT_NAME,
+    keys.LORA_BASE,
     Key("tasks", "hellaswag", "comma-separated: hellaswag, FILE.jsonl (multiple choice), val, train, text:FILE "
         "(bits per byte)"),
     Key("split", "val", "HellaSwag's split: val or train (test has no labels)", choices=("val", "train", "test")),
@@ -57,7 +58,8 @@ if not specs:
     raise UserError("tasks is empty; give e.g. --tasks=hellaswag or --tasks=my_quiz.jsonl,val", status=USAGE)
 rt = runtime.setup(cfg.device, cfg.dtype, compile=False)
 dist, plan = rt.dist, rt.plan
-model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, plan.device)
+model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, plan.device,
+                                              lora_base=cfg.lora_base)
 block = model.config.block_size
 if dist.master:
     print(f"evaluating {desc}; {rt.why}", file=sys.stderr)

@@ -41,14 +41,15 @@ from gptkit import errors
 errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
 
 from gptkit import configurator  # noqa: E402
+from gptkit import keys  # noqa: E402
 from gptkit.configurator import Key  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # knobs
 KEYS = [
     Key("out_dir", "out", "the run folder holding the checkpoint"),
-    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
-        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
+    keys.CKPT_NAME,
+    keys.LORA_BASE,
     Key("export_dir", "", "the Hugging Face folder to write (default: out_dir/hf)"),
     Key("overwrite", False, "replace export_dir (or gguf_file) if it exists, and only if export.py wrote it"),
     Key("tokenizer_dir", "", "a folder with GPT-2's vocab.json and merges.txt (default: made from tiktoken's GPT-2 files)"),
@@ -140,7 +141,8 @@ if cfg.format == "gguf":
         ckpt, path, note = checkpoint.Store(cfg.out_dir).load(cfg.ckpt_name)  # a sharded one is read whole, in memory
         if note:
             print(f"note: {note}", file=sys.stderr)
-        model = lora.merge(loading.build_model(ckpt, path, dropout=0.0))  # a LoRA run: its adapters folded in
+        # a LoRA run: its adapters folded in
+        model = lora.merge(loading.build_model(ckpt, path, dropout=0.0, lora_base=cfg.lora_base))
         gguf_export.architecture(model.config)  # before any work: refuses, naming the option, what llama.cpp
                                                 # cannot compute
         meta, meta_dir = loading.find_meta(ckpt, cfg.out_dir)
@@ -224,7 +226,7 @@ except ImportError:
 ckpt, path, note = checkpoint.Store(cfg.out_dir).load(cfg.ckpt_name)  # a sharded one is read whole, in memory
 if note:
     print(f"note: {note}", file=sys.stderr)
-model = loading.build_model(ckpt, path, dropout=0.0)
+model = loading.build_model(ckpt, path, dropout=0.0, lora_base=cfg.lora_base)
 if cfg.peft and not hasattr(model, "lora"):
     raise UserError(f"--peft=True writes a LoRA run's adapters, and {path} is a model trained in full (lora_rank=0); "
                     f"export it without --peft")

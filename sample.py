@@ -11,6 +11,7 @@ from gptkit import errors
 errors.install()  # first: Ctrl-C while the rest loads ends in one line and status 130
 
 from gptkit import configurator  # noqa: E402
+from gptkit import keys  # noqa: E402
 from gptkit.configurator import Key  # noqa: E402
 from gptkit.stopping import require_stdout  # noqa: E402
 
@@ -20,8 +21,8 @@ KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl), a Hugging Face folder or "
         "hub id (Llama, Qwen2, Qwen3, Mistral, GPT-2)"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
-        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
+    keys.CKPT_NAME,
+    keys.LORA_BASE,
     Key("start", "\n", "the prompt, or FILE:path to read it from a file"),
     Key("num_samples", 10, "how many samples (with temperature=0 every sample is the same: 1 unless given)", min=1),
     Key("max_new_tokens", 500, "tokens generated per sample", min=1),
@@ -67,7 +68,8 @@ threads = ThreadChooser(cfg.threads, device, unit="token", say=lambda line: prin
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
 model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device,
-                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32)
+                                              dtype=plan.ptdtype if cfg.quantize == "none" else torch.float32,
+                                              lora_base=cfg.lora_base)
 model = quantize.for_decoding(model, cfg.quantize)
 print(f"sampling from {desc}; {rt.why}{'; int8 weights' if cfg.quantize == 'int8' else ''}", file=sys.stderr)
 num_samples = cfg.num_samples if cfg.temperature > 0 or cfg.is_set("num_samples") else 1  # greedy: all alike

@@ -11,6 +11,7 @@ Needs the serving extras: pip install -e '.[serve]'
 """
 
 from gptkit import configurator
+from gptkit import keys
 from gptkit.configurator import Key
 from gptkit import errors
 
@@ -21,8 +22,8 @@ errors.install()
 KEYS = [
     Key("init_from", "resume", "resume (a run in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face folder"),
     Key("out_dir", "out", "the run folder, with init_from=resume"),
-    Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val loss), "
-        "a numbered copy, or a sharded one by its folder's name (best.dcp)"),
+    keys.CKPT_NAME,
+    keys.LORA_BASE,
     Key("device", "auto", "auto, cpu, cuda, cuda:1, mps"),
     Key("dtype", "auto", "auto, float32, bfloat16 or float16"),
     Key("quantize", "none", "none, or int8: int8 weights for the Linear layers and the head, CPU only, several "
@@ -65,7 +66,8 @@ rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
 plan, device = rt.plan, rt.device
 if cfg.quantize == "int8":
     quantize.check_supported(device, plan.dtype)  # at once, before the weights are read
-model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device)
+model, tok, desc = loading.load_for_inference(cfg.init_from, cfg.out_dir, cfg.ckpt_name, device,
+                                              lora_base=cfg.lora_base)
 model = quantize.for_decoding(model, cfg.quantize)
 if tok.prompt_format is not None:
     raise UserError(f"{desc} is a model of {tok.prompt_format.describe()}, not a chat model; ask it with "

@@ -26,7 +26,6 @@ cfg = configurator.configure(keys.KEYS)
 runs.check_out_dir(cfg.out_dir)
 
 import importlib  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -42,13 +41,14 @@ from gptkit.batches import open_source  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
 from gptkit.threads import ThreadChooser  # noqa: E402
-from gptkit.training import Forecast, Step, evaluate, evaluations_left, first_evaluation  # noqa: E402
+from gptkit.training import EvalAndSave, Step, first_evaluation  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # processes, device, precision
 rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, cfg.backend)
 dist, plan, device = rt.dist, rt.plan, rt.device
 master = dist.master
+say = print if master else None  # what the run says, said once: by the first process
 
 
 def everywhere(fn):  # fn() on every process; a UserError on any one ends them all, each with its status
@@ -116,7 +116,10 @@ train_model = model
 if dist.enabled and cfg.parallel == "ddp":
     from torch.nn.parallel import DistributedDataParallel as DDP
     train_model = DDP(model, device_ids=[dist.local_rank] if plan.device_type == "cuda" else None)
-step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip)
+store = checkpoint.Store(cfg.out_dir)  # the run's checkpoints
+# a non-finite loss or gradient norm: the step is skipped or the run stops, before the update touches the weights
+step = Step(raw_model, train_model, optimizer, batches, plan, dist, accum_local, cfg.grad_clip, cfg.on_nonfinite,
+            cfg.max_skips, progress, last_good=store.saved, say=say)
 # bits per byte and the eval_tasks sets, scored at each evaluation beside the loss (every set read and checked now)
 scoring = everywhere(lambda: evaluation.DuringTraining(meta, cfg.eval_tasks, cfg.eval_tasks_limit,
                                                        model.config.block_size, model.config.vocab_size, device,
@@ -151,16 +154,14 @@ wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configur
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=writes, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-store = checkpoint.Store(cfg.out_dir)
 saver = store.saver(cfg.parallel == "fsdp", raw_model, optimizer, scaler, configurator.to_dict(cfg),
                     batches.chat_template, cfg.keep_last, dist, device)
-ckpt_path = saver.latest  # ckpt.pt, or the sharded ckpt.dcp
-stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
+stop = StopRequests(dist, last_save=saver.latest, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)
 picture = curves.LossPicture(cfg.out_dir, enabled=writes and cfg.loss_png, warn=bar.warn)  # drawn off the loop
 
 # CPU threads: all cores, or fewer where timing the steps says so (a machine busy with other programs)
-threads = ThreadChooser(cfg.threads, device, unit="step", say=print if master else None)
+threads = ThreadChooser(cfg.threads, device, unit="step", say=say)
 if master:
     print(threads.describe())
 evals = len(range(progress.iter_num, cfg.max_iters + 1, cfg.eval_interval))
@@ -169,114 +170,40 @@ for line in first_evaluation(model, batches, plan, cfg.eval_iters, accum_local, 
                              cfg.max_iters - progress.iter_num, evals):
     if master:
         print(line)
-forecast, forecast_said = Forecast(), False  # the run's pace, from its own steps
 if resume_rng is not None:
     checkpoint.set_rng_state(resume_rng)  # the random state saved after the last step, as if never stopped
 
 # -----------------------------------------------------------------------------
 # the loop
-start_iter = progress.iter_num
-t_log, iters_since_log, overflows = time.perf_counter(), 0, 0
+log = loggers.StepLog(metrics, progress, cfg.max_iters, cfg.eval_interval, cfg.log_interval, tokens_per_iter,
+                      flops_per_token, peak_flops, dist.world_size, over, scaler, say)
+evaluate_and_save = EvalAndSave(cfg, model, raw_model, batches, scoring, plan, dist, saver, metrics, picture,
+                                progress, stop=lambda: bool(stop), over=over, say=say)
 progress.start_clock()
 while True:
     iter_num = progress.iter_num
     lr = optim.lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
     optim.set_lr(optimizer, lr)
 
-    if cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters)
-                         and iter_num != progress.last_eval_iter):
-        t_eval = time.perf_counter()
-        losses = evaluate(model, batches, cfg.eval_iters, plan, dist, stop=lambda: bool(stop),
-                          token_bytes=scoring.token_bytes)
-        if losses is not None and scoring.sets:  # the uncompiled model: every batch of choices has its own shape
-            scores = scoring.score(raw_model, plan, dist, cfg.batch_size * cfg.block_size, lambda: bool(stop))
-            losses = None if scores is None else {**losses, **scores}
-        if losses is None:  # stopped during the evaluation: save now (it is redone on resume), don't make them wait
-            if iter_num > start_iter and not cfg.eval_only:
-                saver.save(progress)
-            if master and os.path.exists(ckpt_path):
-                print(f"stopped at iteration {iter_num} during its evaluation; {ckpt_path} holds the run up to "
-                      f"here: continue with: python train.py --init_from=resume --out_dir={cfg.out_dir}")
-            elif master:
-                print(f"stopped at iteration {iter_num} during its evaluation, before any step: nothing was saved")
-            break
-        progress.last_eval_iter = iter_num
-        improved = losses["val"] < progress.best_val_loss  # False for NaN: a NaN never becomes "best"
-        if improved:
-            progress.best_val_loss = losses["val"]
-        if master:
-            print(f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
-                  + (" (best)" if improved else "")
-                  + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
-                  + batches.eval_summary(losses, cfg.eval_iters * cfg.batch_size)  # exact match of problems
-                  + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
-            figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
-            metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures, lr=lr,
-                             elapsed_s=progress.elapsed()))
-            if iter_num > start_iter:  # the first evaluation's picture would hold no step: no drawing competes
-                picture.refresh()      # with the first steps (on a 2-core CPU that cost the recipe seconds)
-        if cfg.eval_only:
-            break
-        if math.isfinite(losses["val"]):
-            best = improved and iter_num > 0
-            latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and iter_num > start_iter
-            if best or latest:  # both: one file under two names
-                saver.save(progress, latest=latest, best=best)
-        t_log += time.perf_counter() - t_eval  # keep evaluation and saving out of ms/iter
-        forecast.evaluation(time.perf_counter() - t_eval)
+    if evaluate_and_save.due(iter_num):
+        with log.evaluation():  # kept out of ms/iter, timed for the forecast
+            if not evaluate_and_save(iter_num, lr):
+                break  # eval_only, or stopped during the evaluation (and saved)
     if iter_num >= cfg.max_iters:
         break
 
-    t_step = time.perf_counter()
-    with threads.timed():
+    with threads.timed(), log.timing():
         result = step(iter_num, flags=lambda: (bool(stop), metrics.failure is not None))
-    forecast.step(time.perf_counter() - t_step)
     stop_votes, failures = result.flags
     if failures:
         raise metrics.failure or UserError("rank 0 could not write the metrics (its error is in its output)")
-    if not result.finite:
-        if cfg.on_nonfinite == "skip" and progress.skipped_steps < cfg.max_skips:
-            progress.skipped_steps += 1
-            if master:
-                print(f"iter {iter_num}: non-finite loss {result.loss} or gradient norm {result.grad_norm}; "
-                      f"step skipped ({progress.skipped_steps} of at most {cfg.max_skips})")
-        else:
-            why = (f"after {progress.skipped_steps} skipped steps (max_skips={cfg.max_skips})"
-                   if cfg.on_nonfinite == "skip" else "(on_nonfinite=skip would skip such steps)")
-            saved = (f"the last good checkpoint, {ckpt_path}, is intact: resume it with a lower learning_rate"
-                     if os.path.exists(ckpt_path) else "nothing was saved yet: start again with a lower learning_rate")
-            raise UserError(f"iteration {iter_num}: the loss ({result.loss}) or gradient norm ({result.grad_norm}) "
-                            f"is not finite, so training stopped before the update {why}; {saved}")
     progress.iter_num += 1
     progress.tokens_seen += tokens_per_iter
-    iters_since_log += 1
-    overflows += result.overflow  # fp16: updates the loss scaler skipped since the last log line
     bar.update(progress.iter_num, result.loss)
-
-    steps_left = cfg.max_iters - progress.iter_num
-    evals_left = evaluations_left(iter_num, cfg.max_iters, cfg.eval_interval)
-    if master and not forecast_said and len(forecast.steps) >= 10 and steps_left >= 10:
-        print(forecast.line(time.perf_counter() - progress.started, steps_left, evals_left))
-        forecast_said = True
-    if master and iter_num % cfg.log_interval == 0:
-        now = time.perf_counter()
-        dt = (now - t_log) / iters_since_log
-        t_log, iters_since_log = now, 0
-        # per device: each process computes its share of the step against one device's peak
-        mfu = runtime.mfu(flops_per_token, tokens_per_iter // dist.world_size, dt, peak_flops)
-        eta = forecast.remaining(steps_left, evals_left)
-        print(loggers.step_line(iter_num, result.loss, over, lr, dt, tokens_per_iter, mfu,
-                                dt * steps_left if eta is None else eta, overflows, scaler))
-        overflows = 0
-        metrics.log(dict(iter=iter_num, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
-                         tok_s=tokens_per_iter / dt, mfu=mfu, tokens=progress.tokens_seen,
-                         elapsed_s=progress.elapsed()))
+    log.step(iter_num, result, lr)
 
     if stop_votes > 0:
-        saver.save(progress)
-        if master:
-            print(f"stopped at iteration {progress.iter_num} and saved {ckpt_path}; continue with: python train.py "
-                  f"--init_from=resume --out_dir={cfg.out_dir}")
+        evaluate_and_save.stopped()  # saves, and says how to continue
         break
 
 # -----------------------------------------------------------------------------

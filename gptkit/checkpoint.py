@@ -235,6 +235,13 @@ class Store:
                                   f"{ours}): read from it")
         return path, False, None
 
+    def saved(self):
+        """The path of the run's latest checkpoint (the file or its sharded form, the newer), or None."""
+        try:
+            return self.find()[0]
+        except UserError:
+            return None
+
     def describe(self):
         """The run's latest and best checkpoints, each as 'name (what it holds)', for a run's last lines."""
         said = []

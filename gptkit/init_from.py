@@ -92,7 +92,8 @@ def from_run(cfg, ckpt, source, sharded, changed, notes, meta, data_dir):
     if sharded:
         model = GPT(checkpoint.model_config(checkpoint.model_args(ckpt), dropout=cfg.dropout))
     else:
-        model = loading.build_model(ckpt, source, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout)
+        model = loading.build_model(ckpt, source, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout,
+                                    lora_base=cfg.lora_base)
     model = fit_context(model, cfg)
     described = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in changed.items())
     said = (f"resuming from {source} at iteration {int(ckpt['iter_num'])}, with the run's saved settings"
@@ -112,7 +113,7 @@ def from_checkpoint(cfg, ckpt, source, meta, data_dir):
     source_meta, where = loading.find_meta(ckpt, os.path.dirname(source))
     if where is not None:  # a character run's weights: its characters, not only their number
         refuse_other_vocabulary(source_meta, meta, data_dir, source, resuming=False)
-    model = loading.build_model(ckpt, source, dropout=cfg.dropout)
+    model = loading.build_model(ckpt, source, dropout=cfg.dropout, lora_base=cfg.lora_base)
     said = f"starting a new run from the weights of {source} (iteration {int(ckpt.get('iter_num', 0))})"
     return new_run(model, cfg, source, meta, data_dir, said)
 

@@ -46,6 +46,13 @@ def _pick(by_name, names, defaults=None, notes=None):
                                 help=by_name[n].help + notes.get(n, "")) for n in names]
 
 
+# what a script that reads a run (sample, chat, eval, serve, export) reads of it, declared once for them all
+CKPT_NAME = Key("ckpt_name", "", "which checkpoint of out_dir's run to read: the latest by default; best.pt (best val "
+                "loss), a numbered copy, or a sharded one by its folder's name (best.dcp)")
+LORA_BASE = Key("lora_base", "", "a LoRA run's base model where it is now, if it moved, was renamed or survives as a "
+                "numbered copy (a checkpoint file or a Hugging Face folder): used if its weights have the checksum "
+                "the run recorded")
+
 KEYS = [
     # I/O
     Key("out_dir", "out", "the run folder: ckpt.pt, best.pt, metrics.jsonl, config.json, loss.png"),
@@ -90,6 +97,7 @@ KEYS = [
         "checkpoint holds the adapters alone (0: off, every weight trains; 8 is common)", min=0),
     Key("lora_alpha", 16.0, "LoRA: the update is scaled by lora_alpha / lora_rank (16, as litgpt; PEFT's "
         "default is 8)", above=0.0),
+    LORA_BASE,
     Key("lora_dropout", 0.05, "LoRA: dropout on each adapter's input (0.05, as litgpt; PEFT's default is 0)",
         min=0.0, below=1.0),
     Key("lora_targets", "c_attn", "LoRA: comma-separated layers to adapt: c_attn (the attention's query/key/value, "
@@ -143,7 +151,7 @@ KEYS = [
 ]
 
 # settings of the machine rather than of the run: a resumed run takes them from today's command line
-MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
+MACHINE_KEYS = ("out_dir", "init_from", "lora_base", "overwrite", "eval_only", "device", "dtype", "compile", "backend",
                 "threads", "omp_passive", "peak_flops", "fused_adamw", "fsdp_shard_size",
                 "activation_checkpointing")
 # the keys that shape a training step (bench.py times a step from them)
@@ -162,7 +170,7 @@ def pick(names, defaults=None, notes=None):
 RL_KEYS = pick(
     ["out_dir", "overwrite", "init_from", "eval_interval", "log_interval", "keep_last", "loss_png", "wandb_log",
      "tensorboard_log", "wandb_project", "wandb_run_name", "seed", "block_size", "dropout",
-     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "gradient_accumulation_steps",
+     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_base", "gradient_accumulation_steps",
      "learning_rate", "max_iters", "weight_decay", "beta1", "beta2", "grad_clip", "decay_lr", "warmup_iters",
      "lr_decay_iters", "min_lr", "parallel", "backend", "device", "dtype"],
     defaults=dict(out_dir="out-rl", init_from="out-addition", eval_interval=20, log_interval=1, wandb_project="rl",
@@ -201,7 +209,7 @@ RL_KEYS = pick(
         "sampled completions each for the mean reward and pass@k", min=1),
     Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),
 ]
-RL_MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "device", "dtype", "backend")
+RL_MACHINE_KEYS = ("out_dir", "init_from", "lora_base", "overwrite", "device", "dtype", "backend")
 
 
 def model_args(cfg):

@@ -16,11 +16,12 @@ from gptkit.runs import LATEST, SHARDED
 from model import GPT
 
 
-def build_model(ckpt, path, dropout=None, lora_dropout=None):
+def build_model(ckpt, path, dropout=None, lora_dropout=None, lora_base=None):
     """A GPT with the checkpoint's architecture and weights; for a LoRA run, its base with the adapters
-    on top (not merged: lora.merge folds them in). dropout, lora_dropout: None keeps the saved ones."""
+    on top (not merged: lora.merge folds them in). dropout, lora_dropout: None keeps the saved ones.
+    lora_base: where a LoRA run's base is now, if not where the run recorded it (adapted_model)."""
     if ckpt.get("lora") is not None:
-        return adapted_model(ckpt, path, dropout, lora_dropout)
+        return adapted_model(ckpt, path, dropout, lora_dropout, lora_base)
     try:
         return GPT.with_weights(checkpoint.model_config(checkpoint.model_args(ckpt), dropout),
                                 checkpoint.clean_state_dict(ckpt["model"]))
@@ -36,21 +37,26 @@ def load_weights(source, dropout=None):
     return load_pretrained(source, dropout=0.0 if dropout is None else dropout)[0]
 
 
-def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
-    """A LoRA checkpoint's model: the base it names, refused with a sentence when it is missing or is not
-    the one the adapters were trained on, shortened to the run's context, with the adapters loaded."""
-    settings = ckpt["lora"]
-    source = settings["base"]["source"]
-    if os.path.isabs(source) and not os.path.exists(source):
-        raise UserError(f"the base model of {path}, {source}, is missing: the checkpoint holds only LoRA adapters, "
-                        f"an update to those weights that means nothing without them; put the base back at that "
-                        f"path")
+def adapted_model(ckpt, path, dropout=None, lora_dropout=None, lora_base=None):
+    """A LoRA checkpoint's model: its base, from where the run recorded it or from lora_base (a base that
+    moved, was renamed or survives as a numbered copy), used only if its weights have the recorded checksum;
+    shortened to the run's context, with the adapters loaded. A saved model then names the base where it is
+    now. A base that is missing or differs is refused with a sentence naming any copy that fits."""
+    settings = dict(ckpt["lora"])
+    recorded = settings["base"]["source"]
+    source = os.path.abspath(lora_base) if lora_base and os.path.exists(lora_base) else lora_base or recorded
+    if not lora_base and os.path.isabs(recorded) and not os.path.exists(recorded):
+        raise UserError(f"the base model of {path}, {recorded}, is missing: the checkpoint holds only LoRA adapters, "
+                        f"an update to those weights that means nothing without them; "
+                        f"{name_the_base(settings['base'])}")
     args = checkpoint.model_args(ckpt)
     try:
         model = load_weights(source, args.get("dropout", 0.0) if dropout is None else dropout)
     except UserError as e:
-        raise UserError(f"the base model of {path}, {source}, cannot be loaded: {e}") from None
-    lora.check_base(model, settings["base"], path)
+        given = " (lora_base)" if lora_base else ""
+        raise UserError(f"the base model of {path}, {source}{given}, cannot be loaded: {e}") from None
+    check_base(model, settings["base"], path, given=lora_base)
+    settings["base"] = dict(settings["base"], source=source)  # where it is now: what a save of this run records
     model = lora.merge(model)  # a base that is itself a LoRA run: its own adapters folded in
     if args.get("block_size", model.config.block_size) < model.config.block_size:
         model.crop_block_size(args["block_size"])
@@ -58,6 +64,37 @@ def adapted_model(ckpt, path, dropout=None, lora_dropout=None):
     lora.apply(model, settings["rank"], settings["alpha"], dropout, ",".join(settings["targets"]), settings["base"])
     lora.load_adapters(model, checkpoint.clean_state_dict(ckpt["model"]), path)
     return model
+
+
+def check_base(model, base, path, given=None):
+    """Refuse a base that is not the one the adapters in `path` were trained on. given: the lora_base the
+    user named, if any (else the model was loaded from where the run recorded its base)."""
+    now = lora.fingerprint(model)
+    if now == base["sha256"]:
+        return
+    if given:
+        raise UserError(f"lora_base={given} is not the base the LoRA adapters of {path} were trained on: its "
+                        f"weights' sha256 is {now[:12]}..., not {base['sha256'][:12]}...; name the file or folder "
+                        f"that holds those weights")
+    raise UserError(f"the base model of {path}, {base['source']}, has changed since its LoRA adapters were trained "
+                    f"(its weights' sha256 is {now[:12]}..., not {base['sha256'][:12]}...), and the adapters fit only "
+                    f"the weights they were trained on; {name_the_base(base)}, or train new adapters on this one")
+
+
+def name_the_base(base):
+    """What to do about a base that is missing or changed: the copies beside where it was (keep_last's
+    numbered ones) whose weights have its checksum, or how to name one."""
+    folder = os.path.dirname(base["source"]) if os.path.isabs(base["source"]) else None
+    copies = [name for name in runs.checkpoints(folder) if runs.NUMBERED.match(name)] if folder else []
+    for name in sorted(copies, reverse=True)[:8]:  # the newest first; each is loaded whole to be checked
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isfile(path) and lora.fingerprint(load_weights(path, dropout=0.0)) == base["sha256"]:
+                return f"{path} holds those weights: add --lora_base={path}"
+        except UserError:
+            continue
+    return ("if the base is elsewhere now (moved, renamed, or kept as a numbered copy), name it with "
+            "--lora_base=PATH: it is used if its weights have the checksum the run recorded")
 
 
 def load_pretrained(name_or_path, dropout=0.0, dtype=torch.float32):
@@ -143,7 +180,7 @@ def refuse_a_run_as_weights(init_from):
                         f"--out_dir={init_from} (and no init_from)", status=USAGE)
 
 
-def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=torch.float32):
+def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=torch.float32, lora_base=None):
     """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
     or from a Hugging Face model (a hub id or a local folder; its weights stored in dtype, its own
     tokenizer and chat template, GPT-2's through tiktoken). The tokenizer carries the chat
@@ -155,7 +192,7 @@ def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=t
     template = prompt_format = tok = None
     if init_from == "resume":
         ckpt, path, note = checkpoint.Store(out_dir).load(ckpt_name)  # the newest form of it: a file or sharded
-        model = build_model(ckpt, path, dropout=0.0)
+        model = build_model(ckpt, path, dropout=0.0, lora_base=lora_base)
         meta, folder = find_meta(ckpt, out_dir)
         dataset = (ckpt.get("config") or {}).get("dataset")
         check_vocab(model, meta, path, f"{out_dir} or data/{dataset}")

@@ -1,19 +1,22 @@
 """
 Where a run's figures go: out_dir/metrics.jsonl, with TensorBoard and Weights & Biases behind the same
-call, the printed line of a step, and tqdm's progress bar on an interactive terminal. The optional ones
-have stand-ins that do nothing, so the loop never branches on them.
+call, the printed lines of a step and an evaluation with the run's forecast, and tqdm's progress bar on an
+interactive terminal. The optional ones have stand-ins that do nothing, so the loop never branches on them.
 
     metrics = loggers.MetricsLog(out_dir, start_iter, ...); metrics.log(row); metrics.close()
-    print(loggers.step_line(iter_num, loss, ...))
+    log = loggers.StepLog(metrics, progress, ...); each step: log.step(iter_num, result, lr)
     bar = loggers.progress_bar(total=max_iters, initial=iter_num, enabled=master)
     ... each step: bar.update(iter_num, loss) ...; bar.close()
 
 tqdm, TensorBoard and wandb are imported only when they are used.
 """
 
+import contextlib
 import json
 import os
+import statistics
 import sys
+import time
 
 from gptkit import fileio
 from gptkit.errors import UserError
@@ -87,6 +90,80 @@ class MetricsLog:
 # the log line of a step
 
 
+def eval_line(iter_num, losses, over, improved, summary):
+    """train.py's line at an evaluation. losses: evaluate()'s figures (with eval_tasks' scores); summary:
+    what the data source adds about its own figures (generated problems: exact match)."""
+    return (f"eval {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{over}"
+            + (" (best)" if improved else "")
+            + (f", val {losses['val_bpb']:.4f} bits/byte" if "val_bpb" in losses else "")
+            + summary
+            + "".join(f"; {k} {v:.4f}" for k, v in losses.items() if k.endswith("_acc_norm")))
+
+
+class StepLog:
+    """After each step: the forecast once the first steps are timed, and every log_interval steps the line
+    (iter, loss, lr, ms, tok/s, MFU, ETA) and its metrics row. Time spent in evaluations and saves (inside
+    `with log.evaluation():`) is kept out of ms/iter and feeds the forecast. say: print on the first
+    process, None on the others (which only time)."""
+
+    def __init__(self, metrics, progress, max_iters, eval_interval, log_interval, tokens_per_iter, flops, peak,
+                 world_size, over, scaler, say):
+        self.metrics, self.progress, self.say, self.over, self.scaler = metrics, progress, say, over, scaler
+        self.max_iters, self.eval_interval, self.log_interval = max_iters, eval_interval, log_interval
+        self.tokens_per_iter, self.flops, self.peak, self.world_size = tokens_per_iter, flops, peak, world_size
+        self.forecast, self.forecast_said = Forecast(), False
+        self.t_log, self.steps, self.overflows = time.perf_counter(), 0, 0
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        t = time.perf_counter()
+        yield
+        took = time.perf_counter() - t
+        self.t_log += took
+        self.forecast.evaluation(took)
+
+    @contextlib.contextmanager
+    def timing(self):
+        t = time.perf_counter()
+        yield
+        self.forecast.step(time.perf_counter() - t)
+
+    def step(self, iter_num, result, lr):
+        """iter_num: the step just taken (progress has moved past it); result: its training.StepResult."""
+        self.steps += 1
+        self.overflows += result.overflow  # fp16: updates the loss scaler skipped since the last line
+        steps_left = self.max_iters - self.progress.iter_num
+        evals_left = evaluations_left(iter_num, self.max_iters, self.eval_interval)
+        if self.say is None:
+            return
+        if not self.forecast_said and len(self.forecast.steps) >= 10 and steps_left >= 10:
+            self.say(self.forecast.line(time.perf_counter() - self.progress.started, steps_left, evals_left))
+            self.forecast_said = True
+        if iter_num % self.log_interval:
+            return
+        now = time.perf_counter()
+        dt = (now - self.t_log) / self.steps
+        self.t_log, self.steps = now, 0
+        # per device: each process computes its share of the step against one device's peak
+        mfu = mfu_of(self.flops, self.tokens_per_iter // self.world_size, dt, self.peak)
+        eta = self.forecast.remaining(steps_left, evals_left)
+        self.say(step_line(iter_num, result.loss, self.over, lr, dt, self.tokens_per_iter, mfu,
+                           dt * steps_left if eta is None else eta, self.overflows, self.scaler))
+        self.overflows = 0
+        self.metrics.log(dict(iter=iter_num, loss=result.loss, lr=lr, grad_norm=result.grad_norm, ms=dt * 1000,
+                              tok_s=self.tokens_per_iter / dt, mfu=mfu, tokens=self.progress.tokens_seen,
+                              elapsed_s=self.progress.elapsed()))
+
+
+def mfu_of(flops_per_token, tokens, dt, peak):
+    """Model FLOPs utilisation: the training FLOP/s achieved over the device's peak. None if the peak
+    is unknown, or if the figure would exceed 100%, which cannot be true: then the peak is wrong."""
+    if not peak or dt <= 0:
+        return None
+    utilisation = flops_per_token * tokens / dt / peak
+    return utilisation if utilisation <= 1.0 else None
+
+
 def step_line(iter_num, loss, over, lr, dt, tokens_per_iter, mfu, eta, overflows=0, scaler=None):
     """train.py's line every log_interval steps. dt: seconds a step over the interval; eta: seconds left
     (a forecast over recent steps, not this interval's); overflows: fp16 updates the scaler skipped."""
@@ -95,6 +172,51 @@ def step_line(iter_num, loss, over, lr, dt, tokens_per_iter, mfu, eta, overflows
     return (f"iter {iter_num}: loss {loss:.4f}{over}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
             f"{tokens_per_iter / dt:,.0f} tok/s, mfu {f'{mfu * 100:.1f}%' if mfu is not None else '-'}, "
             f"eta {eta / 60:.1f} min{skipped}")
+
+
+
+def duration(seconds):
+    return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
+
+
+def evaluations_left(iter_num, max_iters, eval_interval):
+    """The evaluations a run does after iteration iter_num's: every eval_interval, and at max_iters."""
+    every = len(range(iter_num // eval_interval * eval_interval + eval_interval, max_iters + 1, eval_interval))
+    return every + (max_iters > iter_num and max_iters % eval_interval != 0)
+
+
+class Forecast:
+    """What the rest of a run will take, from its own steps and evaluations as they are timed: the median
+    of the last `window` steps (a step slowed by a passing hiccup moves it little; a lasting change in
+    pace within window/2 steps) and the last evaluation. The first step, which allocates, is not counted."""
+
+    def __init__(self, window=20):
+        self.window, self.steps, self.eval_time, self.first = window, [], 0.0, True
+
+    def step(self, seconds):
+        if self.first:
+            self.first = False
+            return
+        self.steps = (self.steps + [seconds])[-self.window:]
+
+    def evaluation(self, seconds):
+        self.eval_time = seconds
+
+    def step_time(self):
+        return statistics.median(self.steps) if self.steps else None
+
+    def remaining(self, steps_left, evals_left):
+        """Seconds; None before a step was timed."""
+        t = self.step_time()
+        return None if t is None else steps_left * t + evals_left * self.eval_time
+
+    def line(self, elapsed, steps_left, evals_left):
+        """The forecast, once enough steps were timed."""
+        total = elapsed + self.remaining(steps_left, evals_left)
+        evals = f", each evaluation ~{duration(self.eval_time)}" if evals_left and self.eval_time else ""
+        return (f"expect (from the first {len(self.steps)} steps): each step ~{self.step_time() * 1000:,.1f} ms"
+                f"{evals}, the whole run ~{duration(total)}")
 
 
 # -----------------------------------------------------------------------------

@@ -251,12 +251,3 @@ def identify(model, source):
     or hub name) and the fingerprint of the model as loaded from there."""
     return dict(source=source, sha256=fingerprint(model))
 
-
-def check_base(model, base, path):
-    """Refuse a base that is not the one the adapters in `path` were trained on."""
-    now = fingerprint(model)
-    if now != base["sha256"]:
-        raise UserError(f"the base model of {path}, {base['source']}, has changed since its LoRA adapters were "
-                        f"trained (its weights' sha256 is {now[:12]}..., not {base['sha256'][:12]}...), and the "
-                        f"adapters fit only the weights they were trained on: put the original base back there, "
-                        f"or train new adapters on this one")

@@ -427,15 +427,6 @@ def cpu_peak_flops(dtype="float32", cache=None):
     return best, f"CPU's best matmul measured here at {threads} thread{'s' * (threads > 1)}, {dtype}"
 
 
-def mfu(flops_per_token, tokens, dt, peak):
-    """Model FLOPs utilisation: the training FLOP/s achieved over the device's peak. None if the peak
-    is unknown, or if the figure would exceed 100%, which cannot be true: then the peak is wrong."""
-    if not peak or dt <= 0:
-        return None
-    utilisation = flops_per_token * tokens / dt / peak
-    return utilisation if utilisation <= 1.0 else None
-
-
 def peak_flops(device, dtype, override=0.0):
     """Return (peak FLOP/s, where the figure comes from)."""
     if override:

@@ -1,17 +1,18 @@
 """
-One optimizer step and one evaluation, exactly as train.py runs them (bench.py times the same Step, so
-what it measures is what trains), where a run stands (Progress), and what a run will cost.
+One optimizer step and one evaluation with the saves it calls for, exactly as train.py runs them
+(bench.py times the same Step, so what it measures is what trains), and where a run stands (Progress).
 """
 
 import math
-import statistics
+import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from gptkit import runtime
+from gptkit import loggers, runtime
+from gptkit.errors import UserError
 
 
 @dataclass
@@ -70,7 +71,9 @@ class Step:
     only on the last), each next micro-batch fetched while the device works on the current one, fp16
     loss scaling where the plan has it, gradient clipping, then a single host sync that carries the
     loss, the gradient norm and any flags every process must agree on (a stop request, a failure on rank 0).
-    The update happens only when the loss and the gradient norm are finite.
+    The update happens only when the loss and the gradient norm are finite; a step where they are not is
+    skipped (on_nonfinite='skip', at most max_skips over the whole run, counted in progress) or stops the
+    run with a sentence that names what is left to resume (last_good(): a checkpoint's path, or None).
 
     With masked targets (-1: a prompt, a user's turn) micro-batches count different numbers of
     targets, and the step's loss is the mean over all counted targets of the step, not a mean of
@@ -78,9 +81,12 @@ class Step:
     shares need the counts of every micro-batch of every process, which each process computes itself
     (batches are a function of seed, iteration and micro-step), so they cost no communication."""
 
-    def __init__(self, model, train_model, optimizer, batches, plan, dist, accum_local, grad_clip):
+    def __init__(self, model, train_model, optimizer, batches, plan, dist, accum_local, grad_clip,
+                 on_nonfinite="stop", max_skips=0, progress=None, last_good=lambda: None, say=None):
         self.model, self.train_model, self.optimizer, self.batches = model, train_model, optimizer, batches
         self.plan, self.dist, self.accum_local, self.grad_clip = plan, dist, accum_local, grad_clip
+        self.on_nonfinite, self.max_skips, self.last_good, self.say = on_nonfinite, max_skips, last_good, say
+        self.progress = progress if progress is not None else Progress()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.sharded = sharded(model)
         self.scaler = torch.amp.GradScaler(plan.device_type if plan.grad_scaler else "cpu", enabled=plan.grad_scaler)
@@ -156,7 +162,25 @@ class Step:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            self._not_finite(it, loss, grad_norm)
         return StepResult(loss, grad_norm, summed, finite, overflow=finite and not math.isfinite(grad_norm))
+
+    def _not_finite(self, it, loss, grad_norm):
+        progress = self.progress
+        if self.on_nonfinite == "skip" and progress.skipped_steps < self.max_skips:
+            progress.skipped_steps += 1
+            if self.say:
+                self.say(f"iter {it}: non-finite loss {loss} or gradient norm {grad_norm}; step skipped "
+                         f"({progress.skipped_steps} of at most {self.max_skips})")
+            return
+        why = (f"after {progress.skipped_steps} skipped steps (max_skips={self.max_skips})"
+               if self.on_nonfinite == "skip" else "(on_nonfinite=skip would skip such steps)")
+        last = self.last_good()
+        saved = (f"the last good checkpoint, {last}, is intact: resume it with a lower learning_rate" if last
+                 else "nothing was saved yet: start again with a lower learning_rate")
+        raise UserError(f"iteration {it}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite, so "
+                        f"training stopped before the update {why}; {saved}")
 
 
 @torch.no_grad()
@@ -212,11 +236,6 @@ def evaluate(model, batches, eval_iters, plan, dist, stop=lambda: False, token_b
     return out
 
 
-def duration(seconds):
-    return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
-            else f"{seconds / 3600:.1f} h")
-
-
 def first_evaluation(model, batches, plan, eval_iters, accum_local, world_size, threads, steps, evals):
     """Before a run's first evaluation (which on a GPU-sized config and a CPU alone can take half an
     hour), the lines that say what it costs, from timed forward passes of an evaluation batch, which
@@ -230,7 +249,7 @@ def first_evaluation(model, batches, plan, eval_iters, accum_local, world_size, 
     first_eval = 2 * eval_iters * forward / world_size
     lines = []
     if first_eval > 10:
-        lines.append(f"the first evaluation takes ~{duration(first_eval)} ({2 * eval_iters} forward passes of "
+        lines.append(f"the first evaluation takes ~{loggers.duration(first_eval)} ({2 * eval_iters} forward passes of "
                      f"{forward * 1000:,.0f} ms); the run's forecast follows its first steps")
     # a step costs about three forward passes (a backward about two): only to tell hours from minutes
     if plan.device_type == "cpu" and steps * 3 * forward * accum_local + evals * first_eval > 3600:
@@ -247,40 +266,71 @@ def _synchronized(model, X, Y, device):
     runtime.synchronize(device)
 
 
-def evaluations_left(iter_num, max_iters, eval_interval):
-    """The evaluations a run does after iteration iter_num's: every eval_interval, and at max_iters."""
-    every = len(range(iter_num // eval_interval * eval_interval + eval_interval, max_iters + 1, eval_interval))
-    return every + (max_iters > iter_num and max_iters % eval_interval != 0)
+class EvalAndSave:
+    """train.py's evaluation (every eval_interval, and at max_iters) and the saves it calls for: the losses and
+    the figures the data and eval_tasks add, their line and metrics row, then best.pt when val improved and
+    ckpt.pt when it improved, with always_save_checkpoint, or at the run's end (nanoGPT's rule; both: one
+    file under two names). A stop request (stop()) during the evaluation saves at once and ends the run: the
+    evaluation is redone on resume. say: print on the first process, None on the others."""
 
+    def __init__(self, cfg, model, raw_model, batches, scoring, plan, dist, saver, metrics, picture, progress,
+                 stop, over, say):
+        self.cfg, self.model, self.raw_model, self.batches, self.scoring = cfg, model, raw_model, batches, scoring
+        self.plan, self.dist, self.saver, self.metrics, self.picture = plan, dist, saver, metrics, picture
+        self.progress, self.stop, self.over, self.say = progress, stop, over, say
+        self.start_iter = progress.iter_num
 
-class Forecast:
-    """What the rest of a run will take, from its own steps and evaluations as they are timed: the median
-    of the last `window` steps (a step slowed by a passing hiccup moves it little; a lasting change in
-    pace within window/2 steps) and the last evaluation. The first step, which allocates, is not counted."""
+    def due(self, iter_num):
+        cfg = self.cfg
+        return cfg.eval_only or ((iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters)
+                                 and iter_num != self.progress.last_eval_iter)
 
-    def __init__(self, window=20):
-        self.window, self.steps, self.eval_time, self.first = window, [], 0.0, True
+    def __call__(self, iter_num, lr):
+        """False when the run ends here: eval_only, or a stop requested during the evaluation."""
+        cfg, progress = self.cfg, self.progress
+        losses = evaluate(self.model, self.batches, cfg.eval_iters, self.plan, self.dist, stop=self.stop,
+                          token_bytes=self.scoring.token_bytes)
+        if losses is not None and self.scoring.sets:  # the uncompiled model: each batch of choices has its shape
+            scores = self.scoring.score(self.raw_model, self.plan, self.dist, cfg.batch_size * cfg.block_size,
+                                        self.stop)
+            losses = None if scores is None else {**losses, **scores}
+        if losses is None:
+            self.stopped(during_evaluation=True)
+            return False
+        progress.last_eval_iter = iter_num
+        improved = losses["val"] < progress.best_val_loss  # False for NaN: a NaN never becomes "best"
+        if improved:
+            progress.best_val_loss = losses["val"]
+        if self.say:
+            summary = self.batches.eval_summary(losses, cfg.eval_iters * cfg.batch_size)  # exact match of problems
+            self.say(loggers.eval_line(iter_num, losses, self.over, improved, summary))
+            figures = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, accuracies
+            self.metrics.log(dict(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], **figures,
+                                  lr=lr, elapsed_s=progress.elapsed()))
+            if iter_num > self.start_iter:  # the first evaluation's picture would hold no step: no drawing
+                self.picture.refresh()      # competes with the first steps (on a 2-core CPU that cost seconds)
+        if cfg.eval_only:
+            return False
+        if math.isfinite(losses["val"]):
+            best = improved and iter_num > 0
+            latest = (improved or cfg.always_save_checkpoint or iter_num >= cfg.max_iters) and \
+                iter_num > self.start_iter
+            if best or latest:
+                self.saver.save(progress, latest=latest, best=best)
+        return True
 
-    def step(self, seconds):
-        if self.first:
-            self.first = False
+    def stopped(self, during_evaluation=False):
+        """A stop request (Ctrl-C, SIGTERM, a reader that left): save the run as it stands and say how to go on.
+        Nothing is saved before the run's first step (there is nothing new), nor by an evaluation alone."""
+        it, latest = self.progress.iter_num, self.saver.latest
+        if it > self.start_iter and not self.cfg.eval_only:
+            self.saver.save(self.progress)
+        if not self.say:
             return
-        self.steps = (self.steps + [seconds])[-self.window:]
-
-    def evaluation(self, seconds):
-        self.eval_time = seconds
-
-    def step_time(self):
-        return statistics.median(self.steps) if self.steps else None
-
-    def remaining(self, steps_left, evals_left):
-        """Seconds; None before a step was timed."""
-        t = self.step_time()
-        return None if t is None else steps_left * t + evals_left * self.eval_time
-
-    def line(self, elapsed, steps_left, evals_left):
-        """The forecast, once enough steps were timed."""
-        total = elapsed + self.remaining(steps_left, evals_left)
-        evals = f", each evaluation ~{duration(self.eval_time)}" if evals_left and self.eval_time else ""
-        return (f"expect (from the first {len(self.steps)} steps): each step ~{self.step_time() * 1000:,.1f} ms"
-                f"{evals}, the whole run ~{duration(total)}")
+        resume = f"continue with: python train.py --init_from=resume --out_dir={self.cfg.out_dir}"
+        if not during_evaluation:
+            self.say(f"stopped at iteration {it} and saved {latest}; {resume}")
+        elif os.path.exists(latest):
+            self.say(f"stopped at iteration {it} during its evaluation; {latest} holds the run up to here: {resume}")
+        else:
+            self.say(f"stopped at iteration {it} during its evaluation, before any step: nothing was saved")

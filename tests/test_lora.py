@@ -299,6 +299,47 @@ def test_a_missing_or_changed_base_is_one_sentence(lora_run, hf_base, tmp_path):
         loading.build_model(ckpt, "run/ckpt.pt")
 
 
+def test_a_base_that_moved_or_survives_as_a_numbered_copy_is_named_with_lora_base(tmp_path):
+    """Adapters over a run's ckpt.pt, after that run went on (its ckpt.pt is newer; keep_last kept the old one
+    as a numbered copy) or after the base moved: the refusal names the copy with the recorded checksum, and
+    --lora_base uses it (the same model as before), a wrong one is refused, and no file is written."""
+    base = tmp_path / "base" / "ckpt.pt"
+    nanogpt_checkpoint(base)
+    model = loading.build_model(checkpoint.load(str(base)), str(base), dropout=0.0)
+    lora.apply(model, 2, 4.0, 0.0, "attn", lora.identify(model, str(base)))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # adapters that change the logits
+    ckpt = dict(**checkpoint.model_entries(model.config), **lora.checkpoint_entries(model), iter_num=7)
+    idx = IDX % CORPUS_VOCAB
+    reference = logits(loading.build_model(ckpt, "run/ckpt.pt").eval(), idx)
+    copy_ = base.parent / "ckpt_0000100.pt"
+    shutil.copyfile(base, copy_)
+    nanogpt_checkpoint(base, iter_num=200, compiled=False)
+    newer = checkpoint.load(str(base))
+    newer["model"]["transformer.ln_f.weight"] += 0.5  # the run went on: other weights at the same path
+    torch.save(newer, base)
+    files = {p: p.read_bytes() for p in base.parent.iterdir()}
+    with pytest.raises(UserError) as e:
+        loading.build_model(ckpt, "run/ckpt.pt")
+    assert "has changed since its LoRA adapters were trained" in str(e.value)
+    assert f"{copy_} holds those weights: add --lora_base={copy_}" in str(e.value), str(e.value)
+    assert "put the" not in str(e.value)  # never sent to put an old base back over the newer run
+    model = loading.build_model(ckpt, "run/ckpt.pt", lora_base=str(copy_)).eval()
+    assert torch.equal(logits(model, idx), reference)
+    assert model.lora["base"]["source"] == str(copy_)  # what a save of this run records from now on
+    with pytest.raises(UserError, match=f"lora_base={base} is not the base the LoRA adapters of run/ckpt.pt "
+                                        f"were trained on"):
+        loading.build_model(ckpt, "run/ckpt.pt", lora_base=str(base))
+    assert {p: p.read_bytes() for p in base.parent.iterdir()} == files
+    moved = tmp_path / "moved"
+    (base.parent).rename(moved)
+    with pytest.raises(UserError, match="is missing: .*name it with --lora_base=PATH"):
+        loading.build_model(ckpt, "run/ckpt.pt")
+    model = loading.build_model(ckpt, "run/ckpt.pt", lora_base=str(moved / copy_.name)).eval()
+    assert torch.equal(logits(model, idx), reference)
+
+
 @pytest.mark.slow
 def test_a_run_folder_or_checkpoint_brings_weights_for_lora_and_a_lora_run_brings_its_merged_model(lora_run, char_data,
                                                                                                   tmp_path):

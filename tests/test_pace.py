@@ -9,7 +9,7 @@ import torch
 
 from conftest import run
 from gptkit.threads import ThreadChooser, ladder
-from gptkit.training import Forecast, evaluations_left
+from gptkit.loggers import Forecast, evaluations_left
 
 
 class Machine:
