@@ -34,11 +34,8 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from gptkit import checkpoint, curves, grpo, init_from, loading, loggers, lora, optim, runtime  # noqa: E402
-from gptkit.arithmetic import ProblemFormat  # noqa: E402
-from gptkit.conversation import Transcript  # noqa: E402
 from gptkit.errors import USAGE, UserError  # noqa: E402
 from gptkit.stopping import CLOSED_STATUS, StopRequests  # noqa: E402
-from gptkit.tokenizer import load_tokenizer  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # processes, device, precision
@@ -75,10 +72,16 @@ if cfg.gradient_accumulation_steps % dist.world_size:
     raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                     f"{dist.world_size} processes; make it a multiple of {dist.world_size}", status=USAGE)
 accum_local = cfg.gradient_accumulation_steps // dist.world_size
-vocab_dir = cfg.out_dir if start.resuming else os.path.dirname(start.source) if start.saved else None
-meta, meta_dir = loading.find_meta(source, vocab_dir) if start.saved else (None, None)
-tok = load_tokenizer(meta, meta_dir)
-fmt = ProblemFormat.of_run(saved)  # the generated problems the run was trained on, if any
+# the tokenizer, carrying the chat template a chat model is asked in, or the problems' format
+if start.saved:
+    vocab_dir = cfg.out_dir if start.resuming else os.path.dirname(start.source)
+    meta, meta_dir = loading.find_meta(source, vocab_dir)
+    tok = loading.run_tokenizer(source, start.source, meta, meta_dir)
+    chat_template = source.get("chat_template")  # as the checkpoint holds it, for this run's own
+else:  # a Hugging Face model: its own tokenizer, recorded in the run as a prepared dataset's is
+    tok, meta, meta_dir = loading.pretrained_vocabulary(cfg.init_from)
+    chat_template = {"jinja": tok.template} if tok.chat_template else None
+fmt = tok.prompt_format  # the generated problems the run was trained on, if any
 if cfg.prompts:
     pairs = grpo.read_prompts(cfg.prompts)
     if cfg.val_prompts:
@@ -101,26 +104,8 @@ else:
 reward = cfg.reward or task.reward
 if cfg.reward:  # a function that fails on a right answer fails before the run writes anything
     everywhere(lambda: [grpo.score(reward, p, a, a) for p, a in task.held_out(min(cfg.eval_prompts, 8))])
-# a chat fine-tune is asked in its template, and ends its reply with the template's marker
-template = Transcript.from_dict(source["chat_template"], start.source) if source.get("chat_template") else None
-ids_of = {}  # prompt text -> token ids, encoded once
-
-
-def encode(prompt):
-    if prompt not in ids_of:
-        ids_of[prompt] = tok.encode(template.render([], prompt) if template else prompt)
-    return ids_of[prompt]
-
-
-stop_text = cfg.stop or (template.turn_end if template else "")
-if stop_text:
-    try:
-        stop_ids = tok.encode(stop_text)
-    except UserError:
-        raise UserError(f"stop={stop_text!r} has characters outside the model's vocabulary; give a stop it can "
-                        f"write (e.g. a newline)", status=USAGE) from None
-else:
-    stop_ids = [tok.eot] if tok.eot is not None else tok.encode("\n")
+asking = grpo.Asking(tok, cfg.block_size, cfg.stop)  # a chat model in its template, ending at its end of turn
+encode, stops = asking.encode, asking.stops
 max_new = cfg.max_new_tokens or (task.longest_answer + 1 if task.longest_answer else cfg.block_size)
 if master:
     print(rt.why)
@@ -189,7 +174,7 @@ metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resum
                              last_eval_iter=progress.last_eval_iter, files=master, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
 saver = checkpoint.Store(cfg.out_dir).saver(False, raw_model, optimizer, None, run_config,
-                                             template.to_dict() if template else None, cfg.keep_last, dist, device)
+                                             chat_template, cfg.keep_last, dist, device)
 ckpt_path = saver.latest
 stop = StopRequests(dist, last_save=ckpt_path, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 picture = curves.LossPicture(cfg.out_dir, enabled=master and cfg.loss_png)
@@ -208,10 +193,10 @@ def rollouts(it):
         ids = [encode(p) for p, _ in asked]
         with plan.autocast_context():
             completions = grpo.rollout(raw_model, ids, cfg.group_size, max_new, cfg.temperature, cfg.top_k or None,
-                                       stop_ids, grpo.seeded(device, cfg.seed, 0, it, m))
-        r = grpo.scored(reward, tok, asked, completions, stop_ids)
+                                       stops, grpo.seeded(device, cfg.seed, 0, it, m))
+        r = grpo.scored(reward, tok, asked, completions, stops)
         A = grpo.group_advantages(r, cfg.normalize_advantages)
-        X, Y, A = grpo.policy_batch(ids, completions, A, pad=stop_ids[0])
+        X, Y, A = grpo.policy_batch(ids, completions, A, pad=stops[0][0])
         batches.append((X.to(device), Y.to(device), A.to(device)))
         sums += torch.tensor([r.sum(), (r >= 1).sum(), (Y >= 0).sum(), r.numel()])
     return batches, sums
@@ -230,7 +215,7 @@ while True:
         t_eval = time.perf_counter()
         figures = everywhere(lambda: grpo.evaluate(raw_model, task, reward, tok, encode, cfg.eval_prompts,
                                                    cfg.eval_samples, cfg.batch_prompts, max_new, cfg.temperature,
-                                                   cfg.top_k or None, stop_ids, cfg.seed, it, plan, dist))
+                                                   cfg.top_k or None, stops, cfg.seed, it, plan, dist))
         progress.last_eval_iter = it
         if master:
             k = cfg.eval_samples
@@ -281,7 +266,7 @@ metrics.close()
 if master:
     print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ "
           f"({os.path.basename(ckpt_path)}, metrics.jsonl, loss.png)")
-    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, template)[:-1]  # its last one is train.py's
+    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, tok.chat_template)[:-1]  # its last one is train.py's
     print("next: " + "  |  ".join(use + [f"more steps: python rl.py --init_from=resume --out_dir={cfg.out_dir} "
                                          f"--max_iters=N"]))
 stop.close()

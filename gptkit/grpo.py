@@ -4,7 +4,7 @@ Reinforcement learning from a program's rewards, GRPO-style (Shao et al. 2024, D
 tokens of the completions that did better than their group's mean. rl.py runs it; this module holds the
 pieces, each tested against a hand computation or a recomputation:
 
-    completions = rollout(model, prompts, group, max_new, temperature, top_k, stop, generator)
+    completions = rollout(model, prompts, group, max_new, temperature, top_k, stops, generator)
     advantages = group_advantages(rewards, normalize)               # (P, G): reward - the group's mean
     X, Y, A = policy_batch(prompts, completions, advantages, ...)  # rows, completion targets, advantages
     loss = policy_loss(logp, old_logp, A, mask, clip, kl, ref_logp) / n  # token-level, summed then divided
@@ -141,6 +141,38 @@ def encode_all(tok, pairs, where):
     return ids
 
 
+class Asking:
+    """How prompts are put to a model and where its completions end. A chat model (tok.chat_template: a
+    fine-tuned run's transcript or a Hugging Face model's Jinja template) is asked in its template, as chat.py
+    asks it, and its completion ends at the template's end of turn, for a Jinja template at any of the model's
+    stop tokens (the end of turn is one of them). Other models get the prompt as it is and end at their
+    end-of-text token, or at a newline where they have none. `stop`: a text that ends completions instead."""
+
+    def __init__(self, tok, block_size, stop=""):
+        self.tok, self.block_size, self.ids = tok, block_size, {}  # ids: prompt text -> token ids, encoded once
+        self.template = tok.chat_template
+        stop = stop or getattr(self.template, "turn_end", "")
+        if stop:
+            try:
+                self.stops = [self.text_ids(stop)]
+            except UserError:
+                raise UserError(f"stop={stop!r} has characters outside the model's vocabulary; give a stop it can "
+                                f"write (e.g. a newline)", status=USAGE) from None
+        else:
+            self.stops = [[i] for i in tok.stop_ids] or [self.text_ids("\n")]
+
+    def text_ids(self, text):
+        """The ids of text alone, without the BOS that a Hugging Face tokenizer may add."""
+        return self.tok.encode(text, add_special_tokens=False) if self.tok.name == "hf" else self.tok.encode(text)
+
+    def encode(self, prompt):
+        """The prompt's ids as the model is asked it (in a template: at most block_size of them, its end)."""
+        if prompt not in self.ids:
+            self.ids[prompt] = (self.template.fit(self.tok.encode, [], prompt, self.block_size) if self.template
+                                else self.tok.encode(prompt))
+        return self.ids[prompt]
+
+
 class ArithmeticPrompts:
     """The generated problems a run was trained on (an arithmetic.ProblemFormat), as (prompt, answer) pairs:
     training draws from the training set, the evaluation takes the held-out problems in their fixed order
@@ -189,21 +221,23 @@ class FilePrompts:
 # rollouts
 
 
-def ends_with(tokens, stop):
-    return bool(stop) and len(tokens) >= len(stop) and tokens[-len(stop):] == stop
+def stop_length(tokens, stops):
+    """The length of the stop sequence (of `stops`, lists of token ids) that tokens end with; 0 if none."""
+    return next((len(s) for s in stops if s and len(tokens) >= len(s) and tokens[-len(s):] == s), 0)
 
 
 @torch.no_grad()
-def rollout(model, prompts, group, max_new_tokens, temperature, top_k, stop, generator):
+def rollout(model, prompts, group, max_new_tokens, temperature, top_k, stops, generator):
     """`group` completions of each prompt (lists of token ids), sampled through the KV cache: prompts of
     one length are decoded together, each repeated `group` times, in one batch. A completion ends with
-    the first `stop` (a list of token ids, such as a chat template's end-of-turn marker; kept, so that the
-    model learns to stop) or after max_new_tokens; decoding ends when every row has stopped. Returns a
-    list per prompt of `group` token lists. The tokens drawn depend on the prompts, their order and the
-    generator only, so a (seed, iteration, micro-step) generator gives the same rollouts on any process."""
+    the first of `stops` (lists of token ids, such as a chat template's end-of-turn marker or a model's
+    stop tokens; kept, so that the model learns to stop) or after max_new_tokens; decoding ends when every
+    row has stopped. Returns a list per prompt of `group` token lists. The tokens drawn depend on the
+    prompts, their order and the generator only, so a (seed, iteration, micro-step) generator gives the
+    same rollouts on any process."""
     device = model.transformer.wte.weight.device
     block = model.config.block_size
-    stop = list(stop or ())
+    stops = [list(s) for s in stops or ()]
     out = [[None] * group for _ in prompts]
     by_length = {}
     for i, p in enumerate(prompts):
@@ -221,7 +255,7 @@ def rollout(model, prompts, group, max_new_tokens, temperature, top_k, stop, gen
                 for r, token in enumerate(nxt.tolist()):
                     if not done[r]:
                         rows[r].append(token)
-                        done[r] = ends_with(rows[r], stop)
+                        done[r] = stop_length(rows[r], stops) > 0
                 if all(done):
                     break
             for r, tokens in enumerate(rows):
@@ -293,17 +327,18 @@ def seeded(device, *key):
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
-def scored(reward, tok, pairs, completions, stop):
-    """(P, G) rewards of the completions of (prompt, answer) pairs, each decoded without its stop."""
+def scored(reward, tok, pairs, completions, stops):
+    """(P, G) rewards of the completions of (prompt, answer) pairs, each decoded without the stop it ends
+    with."""
     rows = []
     for (prompt, answer), group in zip(pairs, completions):
-        texts = [tok.decode(c[:-len(stop)] if ends_with(c, stop) else c) for c in group]
+        texts = [tok.decode(c[:len(c) - stop_length(c, stops)]) for c in group]
         rows.append([score(reward, prompt, t, answer) for t in texts])
     return torch.tensor(rows, dtype=torch.float32)
 
 
 @torch.no_grad()
-def evaluate(model, task, reward, tok, encode, n_prompts, k, chunk, max_new_tokens, temperature, top_k, stop,
+def evaluate(model, task, reward, tok, encode, n_prompts, k, chunk, max_new_tokens, temperature, top_k, stops,
              seed, iteration, plan, dist):
     """Figures on the first n_prompts held-out prompts, shared out over the processes in chunks of `chunk`
     prompts (chunk c on process c % world_size, its samples drawn by a generator of (seed, c) alone, so
@@ -316,11 +351,11 @@ def evaluate(model, task, reward, tok, encode, n_prompts, k, chunk, max_new_toke
         part = pairs[c * chunk:(c + 1) * chunk]
         ids = [encode(p) for p, _ in part]
         with plan.autocast_context():
-            greedy = rollout(model, ids, 1, max_new_tokens, 0, None, stop, None)
-            sampled = rollout(model, ids, k, max_new_tokens, temperature, top_k, stop,
+            greedy = rollout(model, ids, 1, max_new_tokens, 0, None, stops, None)
+            sampled = rollout(model, ids, k, max_new_tokens, temperature, top_k, stops,
                               seeded(plan.device, seed, 1, iteration, c))
-        g = scored(reward, tok, part, greedy, stop)
-        r = scored(reward, tok, part, sampled, stop)
+        g = scored(reward, tok, part, greedy, stops)
+        r = scored(reward, tok, part, sampled, stops)
         totals += torch.tensor([float((g >= 1).sum()), float(r.sum()), float((r >= 1).any(dim=1).sum()),
                                 float(sum(len(x) for group in sampled for x in group)), float(len(part))],
                                device=plan.device)

@@ -203,8 +203,8 @@ RL_KEYS = pick(
     Key("top_k", 0, "sample the rollouts from the k most likely tokens (0: all)", min=0),
     Key("max_new_tokens", 0, "longest completion in tokens (0: the generated problems' longest answer and its "
         "end, or what the context leaves for a prompts file)", min=0),
-    Key("stop", "", "the text that ends a completion (empty: a chat fine-tune's end-of-turn marker, else the "
-        "vocabulary's end of text, or a newline where it has none)"),
+    Key("stop", "", "the text that ends a completion (empty: a chat model's end of turn, for a Hugging Face "
+        "model's template its stop tokens; else the vocabulary's end of text, or a newline where it has none)"),
     Key("eval_prompts", 256, "held-out prompts scored at each evaluation: pass@1 greedy, and eval_samples "
         "sampled completions each for the mean reward and pass@k", min=1),
     Key("eval_samples", 8, "k of pass@k: sampled completions per held-out prompt", min=1),

@@ -180,16 +180,46 @@ def refuse_a_run_as_weights(init_from):
                         f"--out_dir={init_from} (and no init_from)", status=USAGE)
 
 
-def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=torch.float32, lora_base=None):
-    """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume)
-    or from a Hugging Face model (a hub id or a local folder; its weights stored in dtype, its own
-    tokenizer and chat template, GPT-2's through tiktoken). The tokenizer carries the chat
-    template the run was fine-tuned in as tok.chat_template (as Hugging Face keeps it with the
-    tokenizer), None for runs on data without one; a run trained on generated problems, the format
-    they are written in as tok.prompt_format (else None)."""
+def run_tokenizer(ckpt, path, meta, folder):
+    """The tokenizer of the run whose checkpoint is ckpt (read from path), from its meta.pkl found in folder,
+    carrying the chat template the run was fine-tuned in as tok.chat_template (a Hugging Face tokenizer brings
+    its own Jinja one; None for runs on data without one) and, for a run trained on generated problems, the
+    format they are written in as tok.prompt_format (else None)."""
     from gptkit.arithmetic import ProblemFormat
     from gptkit.tokenizer import load_tokenizer
-    template = prompt_format = tok = None
+    tok = load_tokenizer(meta, folder)
+    template = ckpt.get("chat_template")
+    if template is not None and "jinja" not in template:
+        from gptkit.conversation import Transcript
+        tok.chat_template = Transcript.from_dict(template, path)
+    tok.prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
+    return tok
+
+
+def pretrained_tokenizer(init_from):
+    """The tokenizer of a Hugging Face model (a hub id or a local folder): its own, with its special tokens,
+    stop tokens and Jinja chat template; GPT-2's through tiktoken."""
+    if hf_models.architecture(hf_models.read_config(init_from), init_from) != "gpt2":
+        from gptkit import hf_tokenizer
+        return hf_tokenizer.load(init_from)
+    from gptkit.tokenizer import BPETokenizer
+    return BPETokenizer()
+
+
+def pretrained_vocabulary(init_from):
+    """(tokenizer, meta, folder) of a Hugging Face model that a run starts from: its tokenizer
+    (pretrained_tokenizer) and, for one other than GPT-2's, the meta.pkl entries and the folder of its
+    tokenizer.json, which the run records as it records a dataset's prepared in that tokenizer."""
+    tok = pretrained_tokenizer(init_from)
+    if tok.name != "hf":
+        return tok, None, None
+    return tok, tok.meta(), os.path.dirname(hub.local_or_hub(init_from, "tokenizer.json"))
+
+
+def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=torch.float32, lora_base=None):
+    """(model in eval mode on device, tokenizer, description) from a run folder (init_from=resume; the
+    tokenizer of run_tokenizer) or from a Hugging Face model (a hub id or a local folder; its weights
+    stored in dtype, the tokenizer of pretrained_tokenizer)."""
     if init_from == "resume":
         ckpt, path, note = checkpoint.Store(out_dir).load(ckpt_name)  # the newest form of it: a file or sharded
         model = build_model(ckpt, path, dropout=0.0, lora_base=lora_base)
@@ -200,24 +230,12 @@ def load_for_inference(init_from, out_dir, ckpt_name=None, device="cpu", dtype=t
             f"; LoRA adapters over {ckpt['lora']['base']['source']}, merged)" if ckpt.get("lora") else ")") + (
             f" [{note}]" if note else "")
         model = lora.merge(model)  # one matrix per layer again: generation costs what the base's does
-        if ckpt.get("chat_template") is not None and "jinja" not in ckpt["chat_template"]:  # (a Jinja one comes with
-            # the Hugging Face tokenizer of the run's meta.pkl)
-            from gptkit.conversation import Transcript
-            template = Transcript.from_dict(ckpt["chat_template"], path)
-        prompt_format = ProblemFormat.of_run(ckpt.get("config") or {})
+        tok = run_tokenizer(ckpt, path, meta, folder)
     else:
         refuse_a_run_as_weights(init_from)
         check_source(init_from)
-        if hf_models.architecture(hf_models.read_config(init_from), init_from) != "gpt2":
-            from gptkit import hf_tokenizer
-            tok = hf_tokenizer.load(init_from)  # before the weights: a folder without one is told at once
+        tok = pretrained_tokenizer(init_from)  # before the weights: a folder without one is told at once
         model, desc = load_pretrained(init_from, dropout=0.0, dtype=dtype)
-        meta, folder = None, None
-    if tok is None:
-        tok = load_tokenizer(meta, folder)
-        if template is not None:  # (a Hugging Face tokenizer brings its own)
-            tok.chat_template = template
-        tok.prompt_format = prompt_format
     if tok.vocab_size < model.config.vocab_size:
         model.crop_vocab(tok.vocab_size)  # a BPE run's padded rows: never sample an undecodable id
     model.eval().to(device)

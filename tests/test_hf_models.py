@@ -313,6 +313,42 @@ def test_lora_fine_tune_in_the_template_then_chat(folders, chat_data, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.slow
+def test_rl_asks_an_instruct_model_in_its_template_and_the_run_keeps_its_tokenizer(folders, tmp_path):
+    """rl.py from a Hugging Face instruct folder: each prompt is apply_chat_template's ids, a completion ends at
+    any of the model's stop tokens, and the run keeps the model's tokenizer and template, for a resume and
+    for chat.py."""
+    from gptkit import grpo
+    folder = folders["llama-untied"]
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    tok, meta, where = loading.pretrained_vocabulary(str(folder))
+    asking = grpo.Asking(tok, 128)
+    question = "What is 2 plus 3?"
+    assert asking.encode(question) == theirs.apply_chat_template([{"role": "user", "content": question}],
+                                                                 add_generation_prompt=True, tokenize=True,
+                                                                 return_dict=True)["input_ids"]
+    stops = set(transformers.GenerationConfig.from_pretrained(folder).eos_token_id) | {theirs.eos_token_id}
+    assert sorted(asking.stops) == sorted([i] for i in stops)
+    assert grpo.Asking(tok, 128, stop="\n\n").stops == [theirs("\n\n", add_special_tokens=False)["input_ids"]]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(dict(prompt=f"What is {a} plus 3?", answer=str(a + 3))) + "\n"
+                               for a in range(4)))
+    out = tmp_path / "rl"
+    rl = ("rl.py", f"--prompts={prompts}", "--eval_prompts=1", "--eval_samples=2", "--answer_match=last_number",
+          f"--out_dir={out}", "--max_new_tokens=4", "--batch_prompts=2", "--group_size=2", "--block_size=128",
+          "--device=cpu")
+    p = run(*rl, f"--init_from={folder}", "--max_iters=1")
+    assert "next: python chat.py" in p.stdout
+    run(*rl, "--init_from=resume", "--max_iters=2")
+    _, kept, _ = loading.load_for_inference("resume", str(out))
+    messages = [{"role": "user", "content": question}]
+    assert kept.chat_template.apply(messages) == theirs.apply_chat_template(messages, tokenize=False,
+                                                                            add_generation_prompt=True)
+    assert kept.encode(TEXTS[1]) == theirs(TEXTS[1])["input_ids"] and set(kept.stop_ids) == stops
+    p = run("chat.py", f"--out_dir={out}", f"--prompt={question}", "--temperature=0", "--max_new_tokens=4")
+    assert "template style" in p.stderr
+
+
 @pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3", "mistral"])
 def test_export_round_trip_gives_the_original_tensors(folders, name):
     """Loaded, then written back as transformers' class of the same name (export.py learns a Mistral from the

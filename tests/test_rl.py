@@ -98,11 +98,12 @@ def test_rollouts_from_the_kv_cache_equal_recomputation():
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
     refs = [model.generate(torch.tensor([p]), 8, temperature=0)[0, len(p):].tolist() for p in prompts]
     assert grpo.rollout(model, prompts, 1, 8, 0, None, None, None) == [[r] for r in refs]
-    # a stop of two tokens, taken from a reference: that completion ends with it, the others are cut alike
-    stop = refs[0][2:4]
-    for p, [c], ref in zip(prompts, grpo.rollout(model, prompts, 1, 8, 0, None, stop, None), refs):
-        ends = [i + 2 for i in range(len(ref) - 1) if ref[i:i + 2] == stop]
-        assert c == ref[:ends[0]] if ends else c == ref
+    # stops of two tokens and of one, taken from the references: each completion ends with the first stop
+    # that its reference reaches, or runs to the end
+    stops = [refs[0][2:4], refs[1][3:4]]
+    for p, [c], ref in zip(prompts, grpo.rollout(model, prompts, 1, 8, 0, None, stops, None), refs):
+        ends = [i + len(s) for i in range(len(ref)) for s in stops if ref[i:i + len(s)] == s]
+        assert c == ref[:min(ends)] if ends else c == ref
         assert ends or len(c) == 8
     # sampled: the same draws as sampling each token from the whole context recomputed, with the same generator
     prompts = [[1, 2, 3], [6, 7, 8]]
