@@ -95,6 +95,7 @@ def sft_run(chat_data, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("sft_run")  # one worker trains the run both use
 def test_fine_tuned_run_chats_in_its_template_and_stops_where_the_reply_ends(sft_run):
     out, stdout = sft_run
     assert "(over assistant tokens)" in stdout
@@ -177,6 +178,7 @@ def test_the_jinja_chat_template_writes_what_the_model_was_trained_on():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("sft_run")  # one worker trains the run both use
 def test_an_exported_chat_model_answers_through_transformers_chat_template(sft_run, tmp_path):
     transformers = pytest.importorskip("transformers")
     out, _ = sft_run
