@@ -35,6 +35,7 @@ LONGEST_HOLD = 600.0
 ROUNDS = 3           # units of each candidate per trial, taking turns; the median of them counts
 SLOWER = 2.0         # the chosen count's recent median this many times its trial median: time again
 FEWER_BY = 0.97      # fewer threads must be at least 3% faster to be chosen (a tie keeps all cores)
+BUSY_BY = 1.5        # all cores this many times slower than the choice: other programs are busy, said once
 
 
 def ladder(most):
@@ -198,7 +199,8 @@ class ThreadChooser:
         self.left = max(self.hold, cost / TRIAL_BUDGET)
         self.chosen, self.chosen_time, self.recent = best, medians[best], []
         torch.set_num_threads(best)
-        if best < self.most and not self.said and self.say:
+        # (a small model is often a little faster on fewer threads on an idle machine too: that is not news)
+        if best < self.most and medians[self.most] >= BUSY_BY * medians[best] and not self.said and self.say:
             self.said = True
             self.say(f"note: the CPU is busy with other work: {_plural(self.unit)} took "
                      f"{medians[self.most] * 1000:,.1f} ms at {_threads(self.most)} and {medians[best] * 1000:,.1f} ms "

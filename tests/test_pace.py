@@ -69,6 +69,14 @@ def test_an_idle_machine_keeps_all_cores_and_spends_little_time_trying_fewer(two
     assert machine.now < 1.02 * 3000 * IDLE[2]  # re-timing costs under 2%
 
 
+def test_a_model_a_little_faster_on_fewer_threads_uses_them_without_a_word(two_cores):
+    said = []
+    machine = Machine(lambda n: {2: 0.0038, 1: 0.0034}[n])  # a tiny model's decoded tokens on an idle machine
+    chooser = ThreadChooser(device="cpu", unit="token", say=said.append, clock=machine.clock)
+    run_units(chooser, machine, 200)
+    assert torch.get_num_threads() == 1 and not said
+
+
 def test_load_that_arrives_midway_is_noticed_within_a_few_units(two_cores):
     machine = Machine(lambda n: IDLE[n])
     chooser = ThreadChooser(device="cpu", clock=machine.clock)
