@@ -266,7 +266,8 @@ metrics.close()
 if master:
     print(f"done in {time.perf_counter() - progress.started:.1f} s; the run is in {cfg.out_dir}/ "
           f"({os.path.basename(ckpt_path)}, metrics.jsonl, loss.png)")
-    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, tok.chat_template)[:-1]  # its last one is train.py's
+    # (the last of next_commands is train.py's "more steps")
+    use = runs.next_commands(cfg.out_dir, fmt if not cfg.prompts else None, tok.chat_template)[:-1]
     print("next: " + "  |  ".join(use + [f"more steps: python rl.py --init_from=resume --out_dir={cfg.out_dir} "
                                          f"--max_iters=N"]))
 stop.close()

@@ -110,6 +110,16 @@ def draw_levels(ax, metric, values):
                 fontsize="x-small", color="dimgray")
 
 
+def draw_lr(ax_lr, run):
+    """The learning rate of each logged step, in the lower panel that ends a run's picture."""
+    lr_its, lr, _ = run.series("lr")
+    if len(lr):
+        ax_lr.plot(lr_its, lr, color="C2", lw=1.2)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("iteration")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
 def task_metrics(evals):
     """The evaluation columns holding a multiple-choice set's headline figure, <set>_acc_norm."""
     return [k for k in evals if k.endswith("_acc_norm") and np.isfinite(evals[k]).any()]
@@ -137,14 +147,9 @@ def draw_rl_run(run, smooth=None):
     if "val_length" in evals:
         ax_len.plot(evals["iter"], evals["val_length"], eval_style(len(evals["iter"])), color="C2", ms=4.5, lw=1.2,
                     label="held-out")
-    lr_its, lr, _ = run.series("lr")
-    if len(lr):
-        ax_lr.plot(lr_its, lr, color="C2", lw=1.2)
+    draw_lr(ax_lr, run)
     ax.set_ylabel("reward, pass rate")
     ax_len.set_ylabel("tokens")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("iteration")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for a in (ax, ax_len, ax_lr):
         a.grid(alpha=0.3)
     for a in (ax, ax_len):
@@ -193,13 +198,8 @@ def draw_run(run, smooth=None):
         if name in evals:
             ax.plot(evals["iter"], evals[name], eval_style(len(evals["iter"])), color=color, ms=4.5, lw=1.2,
                     label=label)
-    lr_its, lr, _ = run.series("lr")
-    if len(lr):
-        ax_lr.plot(lr_its, lr, color="C2", lw=1.2)
+    draw_lr(ax_lr, run)
     ax.set_ylabel("loss")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("iteration")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for a in (ax, ax_lr):
         a.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
