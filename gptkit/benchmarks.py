@@ -24,6 +24,7 @@ import numpy as np
 from gptkit import fileio
 from gptkit.dataset import Tokens, check_folder, data_root, mask_file
 from gptkit.errors import USAGE, UserError
+from gptkit.tokenizer import text_ids
 
 # -----------------------------------------------------------------------------
 # HellaSwag (Zellers et al. 2019): the files build-nanogpt downloads, and their sizes
@@ -173,7 +174,7 @@ def tokenise_choices(name, rows, tok, block_size):
     examples = []
     for line, (context, choices, label) in rows:
         ctx = tok.encode(context)
-        ends = [tok.encode(" " + c) for c in choices]
+        ends = [text_ids(tok, " " + c) for c in choices]  # (a BOS only before the context)
         for j, end in enumerate(ends):
             # the last token of a choice is only predicted, never read: the model reads len(ctx) + len(end) - 1
             if len(ctx) + len(end) - 1 > block_size:
@@ -229,14 +230,15 @@ class TextSet:
 
 
 def _text_set(name, ids, tok, counted=None):
-    """Targets: every token, predicted from the one before, the first from <|endoftext|> where the
-    tokenizer has one (the harness's rolling rule: a document starts after a prefix token). A character
-    vocabulary has no such token, so there the first character is context only. Tokens that stand for
+    """Targets: every token, predicted from the one before, the first from the model's BOS, else from
+    <|endoftext|> where the tokenizer has one (the harness's rolling rule: a document starts after a prefix
+    token). A character vocabulary has no such token, so there the first character is context only. Tokens that stand for
     no text (<|endoftext|> inside a dataset) count in neither the bits nor the bytes."""
     ids = np.asarray(ids, dtype=np.int64)
     counted = np.ones(len(ids), dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
-    if tok.eot is not None:
-        seq = np.concatenate([np.array([tok.eot]), ids])
+    start = tok.eot if getattr(tok, "bos", None) is None else tok.bos
+    if start is not None:
+        seq = np.concatenate([np.array([start]), ids])
     else:
         seq, counted = ids, counted[1:]
     if len(seq) < 2:
@@ -261,7 +263,7 @@ def load_text(path, tok):
     except OSError as e:
         raise UserError(f"cannot read {path} ({fileio.reason(e)}); give text:PATH of a text file") from None
     refuse_unknown(tok, path, ((n, line) for n, line in enumerate(text.splitlines(), 1)), what="a text")
-    return _text_set(f"text:{path}", tok.encode(text), tok)
+    return _text_set(f"text:{path}", text_ids(tok, text), tok)
 
 
 MAX_SPLIT_TOKENS = 200_000_000  # 1.6 GB of int64 ids in memory; OpenWebText's val split is 4M, its train 9B

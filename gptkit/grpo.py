@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from gptkit import runtime
 from gptkit.errors import USAGE, UserError
 from gptkit.generate import generate_stream
+from gptkit.tokenizer import text_ids
 
 # -----------------------------------------------------------------------------
 # rewards
@@ -154,16 +155,12 @@ class Asking:
         stop = stop or getattr(self.template, "turn_end", "")
         if stop:
             try:
-                self.stops = [self.text_ids(stop)]
+                self.stops = [text_ids(tok, stop)]
             except UserError:
                 raise UserError(f"stop={stop!r} has characters outside the model's vocabulary; give a stop it can "
                                 f"write (e.g. a newline)", status=USAGE) from None
         else:
-            self.stops = [[i] for i in tok.stop_ids] or [self.text_ids("\n")]
-
-    def text_ids(self, text):
-        """The ids of text alone, without the BOS that a Hugging Face tokenizer may add."""
-        return self.tok.encode(text, add_special_tokens=False) if self.tok.name == "hf" else self.tok.encode(text)
+            self.stops = [[i] for i in tok.stop_ids] or [text_ids(tok, "\n")]
 
     def encode(self, prompt):
         """The prompt's ids as the model is asked it (in a template: at most block_size of them, its end)."""

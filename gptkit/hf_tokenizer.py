@@ -53,6 +53,8 @@ class HFTokenizer:
         # end of text) and at the tokenizer's own eos, as transformers' generate does
         self.stop_ids = list(dict.fromkeys([*eos_ids, *([eos] if eos is not None else [])]))
         self.eot = eos if eos is not None else (self.stop_ids[0] if self.stop_ids else None)
+        # the token a document starts after, where the model has one (evaluation reads a text after it)
+        self.bos = self.tok.token_to_id(special["bos_token"]) if "bos_token" in special else None
         self.chat_template = ChatTemplate(template, special, source) if template else None
         self.prompt_format = None
 

@@ -228,6 +228,12 @@ class TrainedTokenizer:
 
 
 
+def text_ids(tok, text):
+    """The ids of text alone, without the BOS that a Hugging Face tokenizer adds where its model expects one
+    (for a continuation or a stop sequence); the other tokenizers add nothing."""
+    return tok.encode(text, add_special_tokens=False) if tok.name == "hf" else tok.encode(text)
+
+
 def load_tokenizer(meta, folder=None):
     """The tokenizer of a dataset's or run's meta.pkl (in folder): its character vocabulary, the
     trained tokenizer it names (folder/tokenizer.json, checked against the hash meta.pkl records),

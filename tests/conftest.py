@@ -289,3 +289,40 @@ def nanogpt_checkpoint(path, vocab_size=None, n_layer=2, n_head=2, n_embd=32, bl
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return ckpt
+
+
+# lines of the tests' corpus long enough to be told apart, for multiple-choice sets and texts
+LINES = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if len(line) > 12]
+
+
+def choice_file(path, n, seed=0, max_chars=None):
+    """n multiple-choice examples from the tests' corpus: a line, then its next line among three others."""
+    rng = random.Random(seed)
+    cut = (lambda s: s[:max_chars]) if max_chars else (lambda s: s)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            k = rng.randrange(len(LINES) - 1)
+            choices = [cut(LINES[k + 1])]
+            while len(choices) < 4:  # three others, each unlike the rest (a choice twice is refused)
+                other = cut(rng.choice(LINES))
+                if other not in choices:
+                    choices.append(other)
+            rng.shuffle(choices)
+            f.write(json.dumps({"context": cut(LINES[k]), "choices": choices, "label": choices.index(cut(LINES[k + 1]))})
+                    + "\n")
+    return path
+
+
+def harness_tasks(folder, quiz, text):
+    """lm-evaluation-harness task files for a local multiple-choice file and a local text document."""
+    common = "dataset_path: json\nvalidation_split: validation\n"
+    (folder / "quiz.yaml").write_text(
+        f"task: local_quiz\n{common}dataset_kwargs:\n  data_files:\n    validation: {quiz}\n"
+        f"  cache_dir: {folder / 'cache'}\noutput_type: multiple_choice\ndoc_to_text: \"{{{{context}}}}\"\n"
+        f"doc_to_choice: \"{{{{choices}}}}\"\ndoc_to_target: \"{{{{label}}}}\"\nmetric_list:\n"
+        f"  - metric: acc\n  - metric: acc_norm\n")
+    (folder / "text.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    (folder / "text.yaml").write_text(
+        f"task: local_text\n{common}dataset_kwargs:\n  data_files:\n    validation: {folder / 'text.jsonl'}\n"
+        f"  cache_dir: {folder / 'cache'}\noutput_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
+        f"doc_to_target: \"{{{{text}}}}\"\nmetric_list:\n  - metric: bits_per_byte\n")

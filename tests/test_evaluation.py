@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CORPUS, ROOT, TINY, nanogpt_checkpoint, read_metrics, run
+from conftest import CORPUS, LINES, ROOT, TINY, choice_file, harness_tasks, nanogpt_checkpoint, read_metrics, run
 from gptkit import benchmarks, checkpoint, evaluation, loading, runtime
 from gptkit.errors import UserError
 from gptkit.source import DataSource
@@ -24,25 +24,6 @@ from gptkit.training import evaluate
 from model import GPT, GPTConfig
 
 PLAN, DIST = runtime.plan_for("cpu", "float32"), runtime.Dist()
-LINES = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if len(line) > 12]
-
-
-def choice_file(path, n, seed=0, max_chars=None):
-    """n multiple-choice examples from the tests' corpus: a line, then its next line among three others."""
-    rng = random.Random(seed)
-    cut = (lambda s: s[:max_chars]) if max_chars else (lambda s: s)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            k = rng.randrange(len(LINES) - 1)
-            choices = [cut(LINES[k + 1])]
-            while len(choices) < 4:  # three others, each unlike the rest (a choice twice is refused)
-                other = cut(rng.choice(LINES))
-                if other not in choices:
-                    choices.append(other)
-            rng.shuffle(choices)
-            f.write(json.dumps({"context": cut(LINES[k]), "choices": choices, "label": choices.index(cut(LINES[k + 1]))})
-                    + "\n")
-    return path
 
 
 def script(path, *args):
@@ -366,21 +347,6 @@ def bpe_run(tmp_path_factory, gpt2_encoding):
                          config=dict(dataset="none")), str(folder / "ckpt.pt"))
     script("export.py", f"--out_dir={folder}")
     return folder
-
-
-def harness_tasks(folder, quiz, text):
-    """lm-evaluation-harness task files for a local multiple-choice file and a local text document."""
-    common = "dataset_path: json\nvalidation_split: validation\n"
-    (folder / "quiz.yaml").write_text(
-        f"task: local_quiz\n{common}dataset_kwargs:\n  data_files:\n    validation: {quiz}\n"
-        f"  cache_dir: {folder / 'cache'}\noutput_type: multiple_choice\ndoc_to_text: \"{{{{context}}}}\"\n"
-        f"doc_to_choice: \"{{{{choices}}}}\"\ndoc_to_target: \"{{{{label}}}}\"\nmetric_list:\n"
-        f"  - metric: acc\n  - metric: acc_norm\n")
-    (folder / "text.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
-    (folder / "text.yaml").write_text(
-        f"task: local_text\n{common}dataset_kwargs:\n  data_files:\n    validation: {folder / 'text.jsonl'}\n"
-        f"  cache_dir: {folder / 'cache'}\noutput_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
-        f"doc_to_target: \"{{{{text}}}}\"\nmetric_list:\n  - metric: bits_per_byte\n")
 
 
 @pytest.mark.slow

@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from conftest import CORPUS, assert_clean_error, run
+from conftest import CORPUS, LINES, assert_clean_error, choice_file, harness_tasks, run
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("jinja2")
 
-from gptkit import hf_tokenizer, loading  # noqa: E402
+from gptkit import benchmarks, evaluation, hf_tokenizer, loading  # noqa: E402
 from gptkit.errors import UserError  # noqa: E402
 from gptkit.tokenizer import SPLIT_PATTERN  # noqa: E402
 
@@ -347,6 +347,43 @@ def test_rl_asks_an_instruct_model_in_its_template_and_the_run_keeps_its_tokeniz
     assert kept.encode(TEXTS[1]) == theirs(TEXTS[1])["input_ids"] and set(kept.stop_ids) == stops
     p = run("chat.py", f"--out_dir={out}", f"--prompt={question}", "--temperature=0", "--max_new_tokens=4")
     assert "template style" in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama-untied", "qwen2"])  # a tokenizer that adds a BOS, and one without
+def test_eval_py_scores_equal_lm_evaluation_harness_on_the_folder(folders, name, tmp_path):
+    """eval.py --init_from=FOLDER against lm-evaluation-harness's HFLM on the same folder: every choice's
+    log-likelihood and the accuracies (the harness's defaults: a BOS before the context where the tokenizer
+    adds one, none before a choice), and bits per byte of a text read after the BOS (the harness with
+    add_bos_token=False; by default it scores one more token, the BOS after the BOS)."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'lm-eval[hf]')")
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    folder = str(folders[name])
+    quiz = choice_file(tmp_path / "quiz.jsonl", 24)
+    text = "\n".join(LINES[100:124])
+    harness_tasks(tmp_path, quiz, text)
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False)
+
+    def harness(task, **kwargs):
+        lm = HFLM(pretrained=folder, dtype="float32", batch_size=8, device="cpu", **kwargs)
+        return lm_eval.simple_evaluate(model=lm, tasks=[task], log_samples=True, task_manager=tasks)
+
+    choices, rolling = harness("local_quiz"), harness("local_text", add_bos_token=False)
+    p = run("eval.py", f"--init_from={folder}", f"--tasks={quiz},text:{tmp_path / 'text.txt'}", "--device=cpu")
+    ours = json.loads(p.stdout.strip().splitlines()[-1])
+    theirs = choices["results"]["local_quiz"]
+    assert ours[str(quiz)]["acc"] == theirs["acc,none"]  # exactly: the same examples right
+    assert ours[str(quiz)]["acc_norm_chars"] == theirs["acc_norm,none"] and ours[str(quiz)]["n"] == 24
+    assert ours[f"text:{tmp_path / 'text.txt'}"]["bpb"] == pytest.approx(
+        rolling["results"]["local_text"]["bits_per_byte,none"], abs=1e-4)
+    model, tok, _ = loading.load_for_inference(folder, None)
+    quiz_set = benchmarks.load_choices(str(quiz), tok, model.config.block_size)
+    for sample in choices["samples"]["local_quiz"]:
+        with torch.no_grad():
+            total, _ = evaluation.choice_losses(model, [quiz_set.examples[sample["doc_id"]]])
+        assert (-total).tolist() == pytest.approx([ll for ll, _ in sample["filtered_resps"]], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3", "mistral"])
