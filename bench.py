@@ -56,7 +56,8 @@ KEYS = [
     Key("client_requests", 1, "serve: requests each client sends in a timed run", min=1),
 
     # --- process-mode keys ---
-    Key("init_from", "", "process: a Hugging Face GPT-2 folder (with its tokenizer files) or hub name"),
+    Key("init_from", "", "a Hugging Face model (a folder or hub id: GPT-2, Llama, Qwen2, Qwen3, Mistral) to time "
+        "instead of the model keys' network; process mode needs one, with its tokenizer"),
     Key("prompt", "The meaning of life is", "process: the prompt both generate from"),
 ]
 cfg = configurator.configure(KEYS, foreign_file_keys=True)
@@ -68,6 +69,25 @@ if cfg.profile:  # the trace replaces an earlier trace, nothing else
 def model_config(**overrides):
     """The GPTConfig of the model keys above (train.py's names, so a training config builds its network)."""
     return keys.model_config(cfg, **overrides)
+
+
+def build_model(**overrides):
+    """The network to time: init_from's, with its weights, else the model keys' with random weights (they
+    do not change the time)."""
+    from model import GPT
+    if not cfg.init_from:
+        return GPT(model_config(**overrides))
+    from gptkit import loading
+    loading.refuse_a_run_as_weights(cfg.init_from)
+    return loading.load_pretrained(cfg.init_from, dropout=cfg.dropout)[0]
+
+
+def describe(model):
+    """The network in a few words, as the tables print it."""
+    c = model.config
+    return (f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, vocab {c.vocab_size} "
+            f"({model.get_num_params() / 1e6:.1f}M parameters{''.join(f', {k}={v}' for k, v in c.options().items())})"
+            + (f", {cfg.init_from}" if cfg.init_from else ""))
 
 
 # -----------------------------------------------------------------------------
@@ -86,8 +106,8 @@ def bench_train():
     import torch
 
     from gptkit import loggers, optim, runtime
+    from gptkit.errors import UserError
     from gptkit.training import Step
-    from model import GPT
 
     rt = runtime.setup(cfg.device, cfg.dtype, cfg.compile, cfg.fused_adamw, distributed=False)
     plan, device = rt.plan, rt.device
@@ -97,13 +117,19 @@ def bench_train():
 
     # data: the real sampler (its cost is part of a step), or random tokens made once up front
     vocab_size = cfg.vocab_size
+    batches = None
     if cfg.dataset:
         from gptkit.batches import open_source
         batches = open_source(cfg.dataset, "", T, B, cfg.seed, device, plan.pin_memory)
         T = batches.seq_len  # a generated problem is as long as it is
         if batches.meta and not cfg.is_set("vocab_size"):
             vocab_size = batches.meta["vocab_size"]
-    else:
+    model = build_model(vocab_size=vocab_size).to(device)
+    vocab_size = model.config.vocab_size
+    if T > model.config.block_size:
+        raise UserError(f"block_size={T} is longer than the context of {cfg.init_from} ({model.config.block_size}); "
+                        f"give --block_size={model.config.block_size} or less")
+    if batches is None:
         class RandomTokens:
             counted = None  # every target counts
             pool = torch.randint(0, vocab_size, (accum * 2, B, T + 1), device=device)
@@ -113,7 +139,6 @@ def bench_train():
                 return row[:, :-1], row[:, 1:]
         batches = RandomTokens()
 
-    model = GPT(model_config(vocab_size=vocab_size)).to(device)
     optimizer = optim.configure_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            fused=plan.fused_adamw, optimizer=cfg.optimizer, muon_lr=cfg.muon_lr,
                                            muon_momentum=cfg.muon_momentum, muon_ns_steps=cfg.muon_ns_steps)
@@ -173,7 +198,8 @@ def bench_train():
     result = dict(
         mode="train", device=device, device_name=torch.cuda.get_device_name(device) if cuda else platform_name(),
         dtype=plan.dtype, compile=rt.compile, optimizer=cfg.optimizer, threads=torch.get_num_threads(),
-        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=vocab_size,
+        model=cfg.init_from or None, n_layer=model.config.n_layer, n_head=model.config.n_head,
+        n_embd=model.config.n_embd, block_size=T, vocab_size=vocab_size,
         options=model.config.options(), batch_size=B, gradient_accumulation_steps=accum, params=model.get_num_params(),
         data=cfg.dataset or "random", tokens_per_iter=tokens_per_iter,
         ms_per_iter=dt * 1000, ms_min=min(times) * 1000, ms_max=max(times) * 1000,
@@ -185,9 +211,7 @@ def bench_train():
         fused_adamw=bool((optimizer.adamw if cfg.optimizer == "muon" else optimizer).defaults.get("fused")),
     )
     rows = [
-        ("model", f"{cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {T}, "
-                  f"vocab {vocab_size} ({model.get_num_params() / 1e6:.2f}M parameters)"
-                  + "".join(f", {k}={v}" for k, v in model.config.options().items())),
+        ("model", f"{describe(model)}, block {T}"),
         ("step", f"batch {B} x accum {accum} = {tokens_per_iter:,} tokens, {cfg.optimizer}, data: {result['data']}"),
         ("ms/iter", f"{dt * 1000:.2f} (median of {cfg.repeats} runs of {cfg.steps} steps; "
                     f"min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f})"),
@@ -213,8 +237,8 @@ def platform_name():
 
 def bench_generate():
     # Three ways to produce the same greedy tokens from the same weights: this project's KV-cache
-    # path, full recomputation of the context for every token (nanoGPT), and transformers'
-    # GPT2LMHeadModel.generate with its own cache. The methods take turns within each repeat, so
+    # path, full recomputation of the context for every token (nanoGPT), and transformers' generate
+    # with its own cache (on init_from's folder, or on this network exported). The methods take turns within each repeat, so
     # a change in the load from other processes hits them all alike.
     import json
     import statistics
@@ -226,30 +250,37 @@ def bench_generate():
     import copy
 
     from gptkit import hf as hf_io
-    from gptkit import quantize, runtime
+    from gptkit import quantize, quiet, runtime
     from gptkit.errors import UserError
     from gptkit.generate import compile_for_decoding, decode_layout, generate, measure_layout
     from gptkit.tokenizer import GPT2_VOCAB
-    from model import GPT
 
     rt = runtime.setup(cfg.device, cfg.dtype, compile=cfg.compile, distributed=False)
     device, ptdtype = rt.device, rt.plan.ptdtype
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
-        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
-                        f"{cfg.block_size}; the benchmark times decoding without the sliding window, so lower one of them")
     torch.manual_seed(cfg.seed)
-    config = model_config(gelu_approximate="tanh")  # GPT-2's GELU, so transformers' GPT-2 computes the same
-    model = GPT(config).eval().to(device=device, dtype=ptdtype)
-    hf_vocab = min(cfg.vocab_size, GPT2_VOCAB)  # transformers gets GPT-2's real vocabulary, without our padding
+    model = build_model(gelu_approximate="tanh")  # GPT-2's GELU, so transformers' GPT-2 computes the same
+    model = model.eval().to(device=device, dtype=ptdtype)
+    config = model.config
+    if cfg.prompt_len + cfg.new_tokens > config.block_size:
+        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds the context "
+                        f"({config.block_size}); the benchmark times decoding without the sliding window, so lower "
+                        f"one of them")
+    # transformers gets GPT-2's real vocabulary, without our padding
+    hf_vocab = config.vocab_size if cfg.init_from else min(cfg.vocab_size, GPT2_VOCAB)
     hf = None
-    if cfg.hf:
+    if cfg.hf and cfg.init_from:
+        from transformers import AutoModelForCausalLM
+        with quiet.transformers():
+            hf = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=ptdtype).eval().to(device)
+    elif cfg.hf:
         try:
             hf_io.export_architecture(config)
         except UserError as e:
             raise UserError(f"{e}; time this model without transformers with --hf=False") from None
         hf = hf_io.to_transformers(model, hf_vocab).to(device=device, dtype=ptdtype)
+    if hf is not None:
         hf.generation_config.eos_token_id = None  # a random model must not stop early
         hf.generation_config.pad_token_id = 0
     # On a CPU, the weight layouts decode_layout chooses between, each timed (a copy of the model
@@ -274,9 +305,8 @@ def bench_generate():
     llm = None
     if cfg.llama_cpp:
         llm = llama_cpp_model(model, held)
-    options = "".join(f", {k}={v}" for k, v in config.options().items())
     n = torch.get_num_threads()
-    print(f"generation: {rt.why}, {n} thread{'s' * (n != 1)}, {model.get_num_params() / 1e6:.1f}M parameters{options}, "
+    print(f"generation: {rt.why}, {n} thread{'s' * (n != 1)}, {describe(model)}, "
           f"prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens"
           + (f"; decode_layout's timed choice here: {layout_choice}-major" if layout_choice else "")
           + (f" (recorded in {recorded} for sample.py, chat.py and serve.py)" if recorded else ""))
@@ -302,7 +332,7 @@ def bench_generate():
             methods["transformers"] = lambda n: run_hf(x, n)
         if llm is not None and B == 1:
             methods["llama_cpp_q8_0"] = lambda n: run_llama_cpp(llm, x, n)
-        if B <= cfg.recompute_max_batch:
+        if B <= cfg.recompute_max_batch and cfg.recompute_repeats > 0:
             methods["recompute"] = lambda n: run_ours(x, n, False)
         # warm-up: a few tokens each touch every kernel, the allocator and the thread pool
         for _ in range(cfg.warmup):
@@ -349,7 +379,8 @@ def bench_generate():
     for k, v in speedups.items():
         print(f"{k}: {v:.2f}x")
     print(json.dumps(dict(mode="generate", device=device, dtype=rt.plan.dtype, threads=torch.get_num_threads(),
-                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+                          model=cfg.init_from or None, n_layer=config.n_layer, n_head=config.n_head,
+                          n_embd=config.n_embd, vocab_size=config.vocab_size,
                           options=config.options(), prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
                           layout_choice=layout_choice, results=results, speedups=speedups)))
 
@@ -393,15 +424,15 @@ def run_llama_cpp(llm, x, n):
 TRANSFORMERS_SCRIPT = """
 import sys
 import torch
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tok = AutoTokenizer.from_pretrained(folder)
-model = GPT2LMHeadModel.from_pretrained(folder).eval()
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
 ids = tok(prompt, return_tensors="pt").input_ids
 with torch.no_grad():
     out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
                          pad_token_id=0, attention_mask=torch.ones_like(ids))
-print(tok.decode(out[0]))
+print(prompt + tok.decode(out[0, ids.shape[1]:]))  # as sample.py prints it: the prompt, then what follows
 """
 
 
@@ -418,8 +449,8 @@ def bench_process():
 
     from gptkit.errors import UserError
     if not cfg.init_from:
-        raise UserError("mode=process needs --init_from=FOLDER: a Hugging Face GPT-2 folder with its tokenizer "
-                        "files (vocab.json, merges.txt), or a hub name when online", status=2)
+        raise UserError("mode=process needs --init_from=FOLDER: a Hugging Face model folder with its tokenizer, "
+                        "or a hub id when online", status=2)
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ours_cmd = [sys.executable, os.path.join(here, "sample.py"), f"--init_from={cfg.init_from}", f"--start={cfg.prompt}",
@@ -507,19 +538,18 @@ def bench_serve():
     from gptkit.errors import UserError
     from gptkit.generate import decode_layout, generate_stream
     from gptkit.serving import Engine, Params
-    from model import GPT
 
     rt = runtime.setup(cfg.device, cfg.dtype, compile=False, distributed=False)
     device = rt.device
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    if cfg.prompt_len + cfg.new_tokens > cfg.block_size:
-        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds block_size="
-                        f"{cfg.block_size}; lower one of them")
     if not cfg.clients or not all(isinstance(n, int) and n >= 1 for n in cfg.clients):
         raise UserError(f"clients={cfg.clients!r} must be a tuple of positive counts, e.g. --clients='(1, 8)'")
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config()).eval().to(device)
+    model = build_model().eval().to(device)
+    if cfg.prompt_len + cfg.new_tokens > model.config.block_size:
+        raise UserError(f"prompt_len + new_tokens = {cfg.prompt_len + cfg.new_tokens} exceeds the context "
+                        f"({model.config.block_size}); lower one of them")
     if cfg.quantize == "int8":
         quantize.check_supported(device, rt.plan.dtype)
     model = quantize.for_decoding(model, cfg.quantize)
@@ -532,8 +562,8 @@ def bench_serve():
                     autocast=rt.plan.autocast_context)
     params = Params(max_tokens=cfg.new_tokens, temperature=0)
     n = torch.get_num_threads()
-    print(f"serving: {rt.why}, {n} thread{'s' * (n != 1)}, {model_config().n_layer} layers, n_embd "
-          f"{model_config().n_embd}{', int8 weights' if cfg.quantize == 'int8' else ''}, prompt {cfg.prompt_len}, "
+    print(f"serving: {rt.why}, {n} thread{'s' * (n != 1)}, {describe(model)}"
+          f"{', int8 weights' if cfg.quantize == 'int8' else ''}, prompt {cfg.prompt_len}, "
           f"{cfg.new_tokens} new tokens a request, {cfg.client_requests} request(s) a client")
 
     def client(stats):
@@ -605,7 +635,7 @@ def bench_serve():
               f"{r['per_token_p50_ms']:>14.1f}{r['per_token_p90_ms']:>8.1f}")
     print(f"generate_stream alone (sample.py's loop): {single:.1f} tok/s")
     print(json.dumps(dict(mode="serve", device=device, threads=torch.get_num_threads(), quantize=cfg.quantize,
-                          n_layer=cfg.n_layer, n_embd=cfg.n_embd, prompt_len=cfg.prompt_len,
+                          model=cfg.init_from or None, n_layer=model.config.n_layer, n_embd=model.config.n_embd, prompt_len=cfg.prompt_len,
                           new_tokens=cfg.new_tokens, client_requests=cfg.client_requests, results=results,
                           generate_stream_tok_s=round(single, 2))))
 

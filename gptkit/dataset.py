@@ -318,8 +318,8 @@ def check_folder(data_dir, dataset):
             raise UserError(f"{meta_path} is not the vocabulary {MANIFEST} recorded: the folder mixes two "
                             f"preparations; prepare the dataset again")
     if meta is not None and meta.get("tokenizer"):
-        from gptkit.tokenizer import TrainedTokenizer  # here: hashes the file against meta.pkl's record
-        TrainedTokenizer.load(os.path.join(data_dir, meta["tokenizer"]), meta["tokenizer_sha256"])
+        from gptkit.tokenizer import load_tokenizer  # here: hashes the file against meta.pkl's record
+        load_tokenizer(meta, data_dir)
     return meta, dtype, manifest, parts
 
 

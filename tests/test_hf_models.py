@@ -386,6 +386,42 @@ def test_eval_py_scores_equal_lm_evaluation_harness_on_the_folder(folders, name,
         assert (-total).tolist() == pytest.approx([ll for ll, _ in sample["filtered_resps"]], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_text_prepared_in_a_tokenizer_without_endoftext_trains(folders, tmp_path):
+    """Llama 3's tokenizer ends a text with <|end_of_text|>, not <|endoftext|>: data prepared in it trains,
+    and the run's val_bpb is logged."""
+    folder = folders["llama-untied"]
+    text = tmp_path / "book.txt"
+    text.write_text(CORPUS.read_text(encoding="utf-8")[:30000], encoding="utf-8")
+    run("data/corpus/prepare.py", text, f"--tokenizer={folder}", f"--out={tmp_path / 'data'}")
+    run("train.py", f"--init_from={folder}", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'run'}",
+        "--block_size=32", "--batch_size=2", "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu",
+        "--compile=False", "--dtype=float32")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["iter"] == 2 and last["val_bpb"] > 0
+
+
+@pytest.mark.slow
+def test_bench_py_times_the_folders_own_network(folders):
+    """bench.py --init_from=FOLDER times that model, not the model keys' GPT-2: a training step, decoding
+    beside transformers' generate on the same folder, and serving."""
+    folder = str(folders["qwen3"])
+    common = [f"--init_from={folder}", "--repeats=1", "--warmup=0", "--device=cpu"]
+    rows = {}
+    for mode, extra in (("train", ["--steps=1", "--block_size=32", "--batch_size=2"]),
+                        ("generate", ["--new_tokens=4", "--prompt_len=4", "--gen_batch_sizes=(1,)",
+                                      "--recompute_repeats=0"]),
+                        ("serve", ["--new_tokens=4", "--prompt_len=4", "--clients=(1,)"])):
+        p = run("bench.py", f"--mode={mode}", *common, *extra)
+        rows[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+        assert rows[mode]["model"] == folder and rows[mode]["n_layer"] == COMMON["num_hidden_layers"]
+        assert "qk_norm=True" in p.stdout, mode  # Qwen3's block, not GPT-2's
+    assert rows["train"]["params"] == loading.load_pretrained(folder)[0].get_num_params()
+    assert {r["method"] for r in rows["generate"]["results"]} >= {"kv_cache", "transformers"}
+    p = run("bench.py", "--mode=train", *common, "--block_size=4096", check=False)
+    assert_clean_error(p, words=["block_size=4096", "--block_size=128"])
+
+
 @pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3", "mistral"])
 def test_export_round_trip_gives_the_original_tensors(folders, name):
     """Loaded, then written back as transformers' class of the same name (export.py learns a Mistral from the
