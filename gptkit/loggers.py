@@ -174,7 +174,6 @@ def step_line(iter_num, loss, over, lr, dt, tokens_per_iter, mfu, eta, overflows
             f"eta {eta / 60:.1f} min{skipped}")
 
 
-
 def duration(seconds):
     return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
             else f"{seconds / 3600:.1f} h")
