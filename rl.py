@@ -161,6 +161,7 @@ if master:
 # -----------------------------------------------------------------------------
 # committed: from here on the run writes to out_dir
 run_config = {**configurator.to_dict(cfg), **checkpoint.model_entries(raw_model.config)["model_args"],
+              "hf_family": start.hf_family,  # what export.py writes the model back as
               # a function cannot be saved safely (weights_only): its name and file stand for it
               "reward": f"{cfg.reward.__name__}() of {cfg.reward.__code__.co_filename}" if cfg.reward else None,
               # the problems' format travels with the run: sample.py, chat.py and a resume read it

@@ -147,14 +147,15 @@ if progress.iter_num >= cfg.max_iters and not cfg.eval_only:
 # committed: from here on the run writes to out_dir. Nothing in it changed before this point, so a
 # run refused or failed above left the folder as it was; an evaluation alone (eval_only) writes nothing.
 writes = master and not cfg.eval_only
-lock = everywhere(lambda: runs.commit(cfg.out_dir, configurator.to_dict(cfg), meta, new_run=not start.resuming,
+run_config = dict(configurator.to_dict(cfg), hf_family=start.hf_family)  # the settings, as the run records them
+lock = everywhere(lambda: runs.commit(cfg.out_dir, run_config, meta, new_run=not start.resuming,
                                       overwrite=cfg.overwrite, data_dir=data_dir) if writes else None)
-wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.to_dict(cfg)) \
+wandb = dict(project=cfg.wandb_project, name=cfg.wandb_run_name, config=run_config) \
     if master and cfg.wandb_log else None
 metrics = loggers.MetricsLog(cfg.out_dir, progress.iter_num, resumed=start.resuming,
                              last_eval_iter=progress.last_eval_iter, files=writes, tensorboard=cfg.tensorboard_log,
                              wandb=wandb)
-saver = store.saver(cfg.parallel == "fsdp", raw_model, optimizer, scaler, configurator.to_dict(cfg),
+saver = store.saver(cfg.parallel == "fsdp", raw_model, optimizer, scaler, run_config,
                     batches.chat_template, cfg.keep_last, dist, device)
 stop = StopRequests(dist, last_save=saver.latest, output=output)  # SIGTERM, Ctrl-C: finish the step, save, exit
 bar = loggers.progress_bar(total=cfg.max_iters, initial=progress.iter_num, enabled=writes)

@@ -225,8 +225,12 @@ def state_dict(files, config, dtype):
 
 def family_of_run(ckpt):
     """'llama', 'qwen2', 'qwen3', 'mistral' or 'gpt2': the class of the Hugging Face model a run's checkpoint
-    started from (its LoRA base, or its init_from), where that folder, or the hub id's cached config.json, is
-    still there to say; None otherwise. Read without the network."""
+    started from, as the run recorded it (hf_family in its settings, carried through resumes and new runs
+    from its checkpoints), else as its LoRA base's or init_from's folder (or the hub id's cached config.json)
+    still says; None otherwise. Read without the network."""
+    recorded = (ckpt.get("config") or {}).get("hf_family")
+    if recorded:
+        return recorded
     base = (ckpt.get("lora") or {}).get("base") or {}
     source = base.get("source") or (ckpt.get("config") or {}).get("init_from")
     if not isinstance(source, str) or source in ("scratch", "resume") or os.path.isfile(source):

@@ -41,6 +41,14 @@ class Start:
     def resuming(self):
         return self.kind == "resume"
 
+    @property
+    def hf_family(self):
+        """The Hugging Face class the weights came from ('mistral', 'llama', ...; None for scratch or an unknown
+        one), which the run records so that export.py writes that class back after resumes too."""
+        if self.kind == "pretrained":
+            return hf_models.architecture(hf_models.read_config(self.source), self.source)
+        return hf_models.family_of_run(self.saved) if self.saved else None
+
     def progress(self, tokens_per_iter):
         """Where the run stands: a resumed run's counters, or a fresh start."""
         return Progress.of_checkpoint(self.saved, tokens_per_iter) if self.resuming else Progress()

@@ -387,18 +387,25 @@ def test_eval_py_scores_equal_lm_evaluation_harness_on_the_folder(folders, name,
 
 
 @pytest.mark.slow
-def test_text_prepared_in_a_tokenizer_without_endoftext_trains(folders, tmp_path):
-    """Llama 3's tokenizer ends a text with <|end_of_text|>, not <|endoftext|>: data prepared in it trains,
-    and the run's val_bpb is logged."""
-    folder = folders["llama-untied"]
+def test_a_mistral_run_on_text_in_its_tokenizer_trains_resumes_and_exports_as_a_mistral(folders, tmp_path):
+    """Text prepared in a tokenizer that ends a text with <|end_of_text|>, not <|endoftext|> (Llama 3's, as
+    this Mistral folder's) trains and logs val_bpb; after a resume, and with the folder it started from gone,
+    export.py still writes the class the run came from."""
+    folder = tmp_path / "mistral"
+    shutil.copytree(folders["mistral"], folder)
     text = tmp_path / "book.txt"
     text.write_text(CORPUS.read_text(encoding="utf-8")[:30000], encoding="utf-8")
     run("data/corpus/prepare.py", text, f"--tokenizer={folder}", f"--out={tmp_path / 'data'}")
-    run("train.py", f"--init_from={folder}", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'run'}",
-        "--block_size=32", "--batch_size=2", "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu",
-        "--compile=False", "--dtype=float32")
-    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["iter"] == 2 and last["val_bpb"] > 0
+    out = tmp_path / "run"
+    common = [f"--out_dir={out}", "--eval_iters=1", "--device=cpu", "--compile=False", "--dtype=float32"]
+    run("train.py", f"--init_from={folder}", f"--data_dir={tmp_path / 'data'}", "--block_size=32", "--batch_size=2",
+        "--max_iters=2", "--eval_interval=2", *common)
+    run("train.py", "--init_from=resume", "--max_iters=4", *common)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["iter"] == 4 and last["val_bpb"] > 0
+    shutil.rmtree(folder)
+    run("export.py", f"--out_dir={out}")
+    assert json.loads((out / "hf" / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
 
 
 @pytest.mark.slow
