@@ -88,7 +88,7 @@ def sft_run(chat_data, tmp_path_factory):
     GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(base)
     out = folder / "run"
     tiny = [a for a in TINY if not a.startswith(("--n_", "--block_size"))]  # the architecture is the weights'
-    p = run("train.py", "config/sft_gpt2.py", f"--init_from={base}", f"--data_dir={chat_data}", *tiny,
+    p = run("train.py", "config/sft_gpt2.py", f"--init_from={base}", f"--data_dir={chat_data}", *tiny, "--batch_size=4",
             "--block_size=48", "--max_iters=100", "--warmup_iters=5", "--lr_decay_iters=100", "--learning_rate=1e-2",
             "--min_lr=1e-3", "--eval_interval=100", "--eval_iters=2", "--log_interval=20", f"--out_dir={out}")
     return out, p.stdout
