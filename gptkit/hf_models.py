@@ -228,9 +228,8 @@ def family_of_run(ckpt):
     started from, as the run recorded it (hf_family in its settings, carried through resumes and new runs
     from its checkpoints), else as its LoRA base's or init_from's folder (or the hub id's cached config.json)
     still says; None otherwise. Read without the network."""
-    recorded = (ckpt.get("config") or {}).get("hf_family")
-    if recorded:
-        return recorded
+    if "hf_family" in (ckpt.get("config") or {}):
+        return ckpt["config"]["hf_family"]
     base = (ckpt.get("lora") or {}).get("base") or {}
     source = base.get("source") or (ckpt.get("config") or {}).get("init_from")
     if not isinstance(source, str) or source in ("scratch", "resume") or os.path.isfile(source):
@@ -246,7 +245,9 @@ def family_of_run(ckpt):
         return None
     try:
         with open(path) as f:
-            return architecture(json.load(f), source)
+            c = json.load(f)
+        # (a run folder's config.json holds the run's settings, not a model class)
+        return architecture(c, source) if "architectures" in c or "model_type" in c else None
     except (OSError, ValueError, UserError, AttributeError):
         return None
 
