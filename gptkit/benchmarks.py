@@ -232,8 +232,8 @@ class TextSet:
 def _text_set(name, ids, tok, counted=None):
     """Targets: every token, predicted from the one before, the first from the model's BOS, else from
     <|endoftext|> where the tokenizer has one (the harness's rolling rule: a document starts after a prefix
-    token). A character vocabulary has no such token, so there the first character is context only. Tokens that stand for
-    no text (<|endoftext|> inside a dataset) count in neither the bits nor the bytes."""
+    token). A character vocabulary has no such token, so there the first character is context only.
+    Tokens that stand for no text (<|endoftext|> inside a dataset) count in neither the bits nor the bytes."""
     ids = np.asarray(ids, dtype=np.int64)
     counted = np.ones(len(ids), dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
     start = tok.eot if getattr(tok, "bos", None) is None else tok.bos
