@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import CORPUS, LINES, assert_clean_error, choice_file, harness_tasks, run
+from conftest import CORPUS, LINES, assert_clean_error, choice_file, harness_tasks, read_metrics, run
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("jinja2")
@@ -427,6 +427,25 @@ def test_bench_py_times_the_folders_own_network(folders):
     assert {r["method"] for r in rows["generate"]["results"]} >= {"kv_cache", "transformers"}
     p = run("bench.py", "--mode=train", *common, "--block_size=4096", check=False)
     assert_clean_error(p, words=["block_size=4096", "--block_size=128"])
+
+
+@pytest.mark.serial
+@pytest.mark.slow
+def test_two_sharded_processes_fine_tune_a_qwen3_folder_like_one_process(folders, chat_data, tmp_path):
+    """parallel=fsdp over two processes (grouped-query attention, QK-norm, an untied head, masked chat data)
+    gives the losses of one process, step by step."""
+    from test_ddp import assert_close, steps, torchrun
+    data, _ = chat_data
+    args = [f"--init_from={folders['qwen3']}", f"--data_dir={data}", "--block_size=64", "--batch_size=4",
+            "--gradient_accumulation_steps=2", "--max_iters=6", "--eval_interval=6", "--eval_iters=1",
+            "--log_interval=1", "--learning_rate=1e-3", "--dropout=0.0", "--device=cpu", "--compile=False",
+            "--dtype=float32"]
+    torchrun(*args, "--parallel=fsdp", f"--out_dir={tmp_path / 'two'}")
+    run("train.py", *args, f"--out_dir={tmp_path / 'one'}", env={"OMP_NUM_THREADS": "1"})
+    two, one = (steps(read_metrics(tmp_path / n)) for n in ("two", "one"))
+    assert sorted(two) == sorted(one) == list(range(6))
+    for i in range(6):
+        assert_close(two[i]["loss"], one[i]["loss"], f"iteration {i}")
 
 
 @pytest.mark.parametrize("name", ["llama-tied-rope-scaled", "qwen2", "qwen3", "mistral"])
