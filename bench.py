@@ -238,8 +238,8 @@ def platform_name():
 def bench_generate():
     # Three ways to produce the same greedy tokens from the same weights: this project's KV-cache
     # path, full recomputation of the context for every token (nanoGPT), and transformers' generate
-    # with its own cache (on init_from's folder, or on this network exported). The methods take turns within each repeat, so
-    # a change in the load from other processes hits them all alike.
+    # with its own cache (on init_from's folder, or on this network exported). The methods take turns
+    # within each repeat, so a change in the load from other processes hits them all alike.
     import json
     import statistics
     import time
