@@ -36,18 +36,13 @@ class Start:
     notes: list = field(default_factory=list)  # resume: what was adjusted to what was given now, and why
     sharded: bool = False  # resuming a parallel=fsdp run: source is its sharded checkpoint (a folder)
     heavy: dict = field(default_factory=dict, repr=False)  # its weights and optimizer state, until taken
+    # the Hugging Face class the weights came from ('mistral', 'llama', ...; None for scratch or an unknown one),
+    # which the run records so that export.py writes that class back after resumes too
+    hf_family: str = None
 
     @property
     def resuming(self):
         return self.kind == "resume"
-
-    @property
-    def hf_family(self):
-        """The Hugging Face class the weights came from ('mistral', 'llama', ...; None for scratch or an unknown
-        one), which the run records so that export.py writes that class back after resumes too."""
-        if self.kind == "pretrained":
-            return hf_models.architecture(hf_models.read_config(self.source), self.source)
-        return hf_models.family_of_run(self.saved) if self.saved else None
 
     def progress(self, tokens_per_iter):
         """Where the run stands: a resumed run's counters, or a fresh start."""
@@ -278,15 +273,16 @@ def locate(cfg, keys_, machine_keys):
         network = vars(checkpoint.model_config(checkpoint.model_args(ckpt), dropout=cfg.dropout))
         refuse_other_architecture(cfg, checkpoint.model_args(ckpt), path, resuming=False)
         return Start("checkpoint", with_network(cfg, network), saved=light(ckpt), source=path,
-                     heavy={"model": ckpt["model"]})
+                     heavy={"model": ckpt["model"]}, hf_family=hf_models.family_of_run(ckpt))
     try:
-        network = vars(pretrained_config(cfg.init_from, cfg.dropout))
+        config, family = pretrained_config(cfg.init_from, cfg.dropout)
     except UserError:
         # not reachable or not readable (offline, a mistyped path): reading the weights fails with the same
         # sentence, after the data's own refusals, and no run starts with these settings
         return Start("pretrained", cfg, source=cfg.init_from)
+    network = vars(config)
     refuse_other_architecture(cfg, network, cfg.init_from, resuming=False)
-    return Start("pretrained", with_network(cfg, network), source=cfg.init_from)
+    return Start("pretrained", with_network(cfg, network), source=cfg.init_from, hf_family=family)
 
 
 def locate_run(cfg, keys_, machine_keys):
@@ -324,7 +320,7 @@ def locate_run(cfg, keys_, machine_keys):
     refuse_other_lora(base, ckpt.get("lora"))
     note = extend_schedule(base, changed, int(ckpt["iter_num"]))
     return Start("resume", base, changed, light(ckpt), path, notes=[note] if note else [], sharded=bool(sharded),
-                 heavy={k: ckpt[k] for k in HEAVY if k in ckpt})
+                 heavy={k: ckpt[k] for k in HEAVY if k in ckpt}, hf_family=hf_models.family_of_run(ckpt))
 
 
 def read_weights_checkpoint(init_from):
@@ -344,14 +340,15 @@ def read_weights_checkpoint(init_from):
 
 
 def pretrained_config(source, dropout):
-    """The GPTConfig of a Hugging Face model (a folder or hub id), read from its config.json alone."""
+    """(the GPTConfig of a Hugging Face model, its class: 'gpt2', 'llama', ...), from its config.json alone
+    (a folder or hub id)."""
     loading.check_source(source)
     c = hf_models.read_config(source)
     kind = hf_models.architecture(c, source)
     if kind != "gpt2":
-        return hf_models.gpt_config(c, kind, dropout)
+        return hf_models.gpt_config(c, kind, dropout), kind
     try:
-        return gpt2_config(c, dropout)
+        return gpt2_config(c, dropout), kind
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{source} is not a GPT-2 this tool can load ({e}); it needs a GPT-2 config.json and "
                         f"model.safetensors or pytorch_model.bin") from None
